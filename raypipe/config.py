@@ -1,0 +1,97 @@
+"""Settings: one object, read from ``RAYPIPE_*`` variables, with embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_QUEUE = "default"
+
+
+class QueueConfig(BaseModel):
+    """A named lane: how many of its jobs may run at once, and their default priority."""
+
+    concurrency: int = Field(default=100, ge=1)
+    priority: int = Field(default=0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything raypipe reads from its environment.
+
+    Built by :func:`get_settings` (never at import time) so tests and the CLI can
+    override it; the object is pickled into Ray actors, so it carries absolute paths.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAYPIPE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Path("raypipe-data")
+    database_url: str = ""
+    ray_address: str = "auto"
+    ray_port: int = 6380
+    ray_num_cpus: int | None = None
+    namespace: str = "raypipe"
+
+    queues: dict[str, QueueConfig] = Field(default_factory=dict)
+    processor_modules: list[str] = Field(default_factory=list)
+
+    default_max_attempts: int = Field(default=3, ge=1)
+    default_timeout_s: float = Field(default=3600.0, gt=0)
+    default_backoff_s: float = Field(default=2.0, ge=0)
+    max_backoff_s: float = Field(default=600.0, ge=0)
+
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: float = Field(default=60.0, gt=0)
+    claim_batch: int = Field(default=500, ge=1)
+    max_in_flight: int = Field(default=2000, ge=1)
+    oversubscription: float = Field(
+        default=4.0, ge=1.0, description="in-flight resource demand allowed per free unit"
+    )
+    cancel_grace_s: float = Field(default=3.0, ge=0)
+
+    progress_report_interval_s: float = Field(default=0.2, gt=0)
+    progress_flush_interval_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
+        self.database_url = normalize_database_url(self.database_url)
+        self.queues.setdefault(DEFAULT_QUEUE, QueueConfig())
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick psycopg 3 for PostgreSQL and make SQLite paths absolute.
+
+    Absolute paths matter because Ray workers do not share the caller's working directory.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:":
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+    return url
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with keyword overrides taking precedence."""
+    return Settings(**overrides)

@@ -1,0 +1,110 @@
+"""The in-cluster API: submit and follow jobs through the database and Ray, without HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import ray
+
+from raypipe import registry
+from raypipe.config import Settings, get_settings
+from raypipe.handle import JobHandle
+from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
+from raypipe.runtime import cluster
+from raypipe.runtime.names import DISPATCHER_ACTOR
+from raypipe.store import JobStore
+from raypipe.store import schema as store_schema
+from raypipe.submission import DEFAULT_TENANT, prepare
+
+SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
+
+
+class DirectClient:
+    """Submits straight into the database and wakes the dispatcher over Ray.
+
+    Works without Ray too (the CLI's reads); then submissions wait for the
+    dispatcher's next poll.
+    """
+
+    def __init__(self, settings: Settings | None = None, tenant: str = DEFAULT_TENANT):
+        self.settings = settings or get_settings()
+        self.tenant = tenant
+        self.store = JobStore.from_url(self.settings.database_url)
+        store_schema.check(self.store.engine)
+        registry.load(self.settings.processor_modules)
+        self._dispatcher: Any = None
+
+    def close(self) -> None:
+        self.store.dispose()
+
+    def submit(self, type: str, payload: dict[str, Any] | None = None, **options: Any) -> JobHandle:
+        """Submit one job; ``options`` are the other :class:`JobSpec` fields."""
+        return self.submit_many([{"type": type, "payload": payload or {}, **options}])[0]
+
+    def submit_many(self, specs: Iterable[SpecLike]) -> list[JobHandle]:
+        """Submit many jobs in one transaction: all are valid and written, or none is."""
+        items = [_as_spec(spec) for spec in specs]
+        rows = prepare(items, self.settings, self.store.clock(), self.tenant)
+        records = self.store.insert(rows)
+        self.wake()
+        return [JobHandle(job.id, self, job) for job, _created in records]
+
+    def get(self, job_id: str) -> JobHandle:
+        return JobHandle(job_id, self, self.get_job(job_id))
+
+    def jobs(
+        self,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+    ) -> list[JobRecord]:
+        return self.store.list(
+            tenant=self.tenant, status=status, type=type, queue=queue, limit=limit
+        )
+
+    # -- JobBackend -----------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id, self.tenant)
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        job = self.store.request_cancel(job_id, self.tenant)
+        self.wake()
+        return job
+
+    def retry_job(self, job_id: str) -> JobRecord:
+        job = self.store.retry(job_id, self.tenant)
+        self.wake()
+        return job
+
+    def job_attempts(self, job_id: str) -> list[AttemptRecord]:
+        self.store.get(job_id, self.tenant)
+        return self.store.attempts(job_id)
+
+    def wake(self) -> None:
+        """Tell the dispatcher there is news (fire-and-forget; a no-op without Ray)."""
+        if not ray.is_initialized():
+            return
+        if self._dispatcher is None:
+            self._dispatcher = cluster.find_actor(self.settings, DISPATCHER_ACTOR)
+        if self._dispatcher is not None:
+            self._dispatcher.wake.remote()
+
+
+def _as_spec(spec: SpecLike) -> JobSpec | dict[str, Any]:
+    if isinstance(spec, tuple):
+        type_, payload = spec
+        return {"type": type_, "payload": payload}
+    return spec
+
+
+def connect(settings: Settings | None = None, *, tenant: str = DEFAULT_TENANT) -> DirectClient:
+    """Join the Ray cluster (or start one in this process), make sure raypipe's actors run,
+    and return a client that submits without HTTP."""
+    settings = settings or get_settings()
+    cluster.init_ray(settings, start_local=True)
+    client = DirectClient(settings, tenant)
+    cluster.start_actors(settings)
+    return client

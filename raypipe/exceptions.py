@@ -1,0 +1,84 @@
+"""One exception hierarchy: the docstring of each class is its default message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RaypipeError(Exception):
+    """raypipe failed."""
+
+    code = "error"
+
+    def __init__(self, message: str | None = None, *, details: list[dict[str, Any]] | None = None):
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details or []
+        super().__init__(self.message)
+
+
+class InvalidInput(RaypipeError):
+    """The request is invalid."""
+
+    code = "validation_error"
+
+
+class NotFound(RaypipeError):
+    """No such object."""
+
+    code = "not_found"
+
+
+class Conflict(RaypipeError):
+    """The request conflicts with the current state."""
+
+    code = "conflict"
+
+
+class SchemaOutOfDate(RaypipeError):
+    """The database schema is behind this version of raypipe: run `raypipe migrate`."""
+
+    code = "schema_out_of_date"
+
+
+class NotRunning(RaypipeError):
+    """raypipe is not running here: start it with `raypipe up`."""
+
+    code = "not_running"
+
+
+class JobFailed(RaypipeError):
+    """The job ended without a result."""
+
+    code = "job_failed"
+
+    def __init__(self, message: str | None = None, *, job: Any = None):
+        super().__init__(message)
+        self.job = job
+
+
+class JobError(RaypipeError):
+    """The job's processor raised an error."""
+
+    code = "job_error"
+
+
+class RetryableError(JobError):
+    """A transient failure: the job is tried again after a backoff."""
+
+    code = "retryable_error"
+
+    def __init__(self, message: str | None = None, *, delay_s: float | None = None):
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PermanentError(JobError):
+    """The job cannot succeed (bad input, unsupported format): no more attempts."""
+
+    code = "permanent_error"
+
+
+class JobTimeout(JobError):
+    """The attempt ran past its timeout and was stopped."""
+
+    code = "timeout"

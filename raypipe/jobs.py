@@ -1,0 +1,222 @@
+"""The vocabulary of jobs: statuses, submission specs and records. No Ray, no SQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life; the values are what the API shows."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class AttemptStatus(str, Enum):
+    """The outcome of one execution of a job."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+class JobSpec(BaseModel):
+    """A job as submitted: only ``type`` and ``payload`` are required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: int | None = Field(default=None, ge=0, le=1_000_000)
+    delay_s: float = Field(default=0.0, ge=0)
+    run_at: datetime | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout_s: float | None = Field(default=None, gt=0)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    def fingerprint(self) -> str:
+        """A stable hash of what was asked, to tell a replay from a conflicting reuse of a key."""
+        body = self.model_dump(mode="json", exclude={"idempotency_key"})
+        encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What a failed attempt left behind."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job row as read from the store."""
+
+    id: str
+    tenant: str
+    type: str
+    queue: str
+    priority: int
+    status: JobStatus
+    payload: dict[str, Any]
+    progress: float
+    message: str | None
+    stage: str | None
+    result: Any
+    error: ErrorInfo | None
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+    tags: list[str]
+    idempotency_key: str | None
+    cancel_requested: bool
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the API and the CLI show it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "queue": self.queue,
+            "priority": self.priority,
+            "status": self.status.value,
+            "progress": self.progress,
+            "message": self.message,
+            "stage": self.stage,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "tenant": self.tenant,
+            "tags": list(self.tags),
+            "payload": self.payload,
+            "result": self.result,
+            "error": self.error.to_dict() if self.error else None,
+            "created_at": _iso(self.created_at),
+            "run_at": _iso(self.run_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One execution of a job."""
+
+    job_id: str
+    attempt: int
+    status: AttemptStatus
+    started_at: datetime
+    finished_at: datetime | None
+    error: ErrorInfo | None
+    lease_owner: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "status": self.status.value,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What the dispatcher needs to run one attempt of a job."""
+
+    id: str
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, as the dispatcher records it.
+
+    ``status`` is the job's next status: ``queued`` (a retry at ``run_at``),
+    ``completed``, ``failed`` or ``cancelled``; ``attempt_status`` overrides the
+    attempt's own (``timed_out``), which otherwise follows from ``status``.
+    """
+
+    job_id: str
+    attempt: int
+    status: JobStatus
+    result: Any = None
+    error: ErrorInfo | None = None
+    run_at: datetime | None = None
+    attempt_status: AttemptStatus | None = None
+
+    @property
+    def final_attempt_status(self) -> AttemptStatus:
+        if self.attempt_status is not None:
+            return self.attempt_status
+        return {
+            JobStatus.COMPLETED: AttemptStatus.COMPLETED,
+            JobStatus.CANCELLED: AttemptStatus.CANCELLED,
+        }.get(self.status, AttemptStatus.FAILED)
+
+
+@dataclass
+class ProgressState:
+    """The latest progress of a running job, as the progress actor keeps it."""
+
+    job_id: str
+    attempt: int
+    progress: float
+    message: str | None = None
+    stage: str | None = None
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.job_id,
+            "attempt": self.attempt,
+            "progress": self.progress,
+            "message": self.message,
+            "stage": self.stage,
+            "seq": self.seq,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,113 @@
+"""One attempt of one job, run inside a Ray worker."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+import ray
+
+from raypipe import registry
+from raypipe.config import Settings
+from raypipe.context import JobContext
+from raypipe.exceptions import InvalidInput, PermanentError
+from raypipe.jobs import ClaimedJob, ErrorInfo
+from raypipe.retry import ErrorKind, RetryPolicy, classify
+from raypipe.runtime.names import PROGRESS_ACTOR
+from raypipe.runtime.progress import ProgressReporter
+from raypipe.submission import parse_model
+
+TRACEBACK_LIMIT = 4000
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What the worker hands back: a JSON result, or a classified error."""
+
+    ok: bool
+    result: Any = None
+    kind: ErrorKind | None = None
+    error: ErrorInfo | None = None
+    delay_s: float | None = None
+
+
+_reporter: ProgressReporter | None = None
+
+
+def _progress_reporter(settings: Settings) -> ProgressReporter:
+    global _reporter
+    if _reporter is None:
+        actor = ray.get_actor(PROGRESS_ACTOR, namespace=settings.namespace)
+        _reporter = ProgressReporter(actor, settings.progress_report_interval_s)
+    return _reporter
+
+
+def default_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.default_max_attempts,
+        base_s=settings.default_backoff_s,
+        cap_s=settings.max_backoff_s,
+    )
+
+
+def run_attempt(settings: Settings, job: ClaimedJob) -> AttemptResult:
+    """Validate the payload, run the processor, and classify whatever it raised.
+
+    ``KeyboardInterrupt`` (a cancellation from the dispatcher) is left to propagate.
+    """
+    registry.load(settings.processor_modules)
+    spec = registry.get(job.type)
+    try:
+        payload = parse_model(spec.payload_model, job.payload, ("payload",))
+    except InvalidInput as exc:
+        return _failure(PermanentError(exc.message), ErrorKind.PERMANENT)
+    reporter = _progress_reporter(settings)
+    ctx = JobContext(
+        job_id=job.id,
+        job_type=job.type,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        report=reporter.report,
+        cancelled=lambda: reporter.is_cancelled(job.id),
+    )
+    try:
+        value = spec.fn(payload, ctx)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_awaited(value))
+        result = _jsonable(value)
+    except Exception as exc:
+        return _failure(exc, classify(exc, spec.retry or default_policy(settings)))
+    finally:
+        reporter.flush()
+    return AttemptResult(ok=True, result=result)
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pydantic.BaseModel):
+        value = value.model_dump(mode="json")
+    if value is None:
+        return {}
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"result is not JSON-serialisable: {exc}") from exc
+    return value
+
+
+def _failure(exc: BaseException, kind: ErrorKind) -> AttemptResult:
+    trace = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
+    return AttemptResult(
+        ok=False,
+        kind=kind,
+        error=ErrorInfo(type(exc).__name__, str(exc) or type(exc).__name__, trace),
+        delay_s=getattr(exc, "delay_s", None),
+    )

@@ -1,0 +1,204 @@
+"""Live progress: a per-process reporter that coalesces, and the actor that keeps and flushes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import ray
+
+from raypipe.config import Settings
+from raypipe.jobs import JobStatus, ProgressState
+from raypipe.store import JobStore
+
+log = logging.getLogger(__name__)
+
+#: How many finished jobs' last states the actor keeps for late readers.
+FINISHED_KEPT = 10_000
+
+
+class ProgressReporter:
+    """Ships the newest progress of each job in this process once per interval.
+
+    A processor's ``ctx.progress()`` only replaces an entry in a dict; a daemon
+    thread sends whatever changed in one fire-and-forget actor call, and learns
+    from the previous call's answer which of its jobs were cancelled.
+    """
+
+    def __init__(self, actor: ray.actor.ActorHandle, interval_s: float):
+        self._actor = actor
+        self._interval_s = interval_s
+        self._pending: dict[str, ProgressState] = {}
+        self._lock = threading.Lock()
+        self._cancelled: set[str] = set()
+        self._last_ref: ray.ObjectRef | None = None
+        self._thread: threading.Thread | None = None
+
+    def report(self, state: ProgressState) -> None:
+        with self._lock:
+            self._pending[state.job_id] = state
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="raypipe-progress"
+                )
+                self._thread.start()
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self._cancelled
+
+    def flush(self) -> None:
+        """Send what is pending now (also called when an attempt ends)."""
+        self._collect_cancellations()
+        with self._lock:
+            batch, self._pending = list(self._pending.values()), {}
+        if batch:
+            self._last_ref = self._actor.report.remote([s.to_dict() for s in batch])
+
+    def _collect_cancellations(self) -> None:
+        ref = self._last_ref
+        if ref is None:
+            return
+        ready, _ = ray.wait([ref], timeout=0)
+        if ready:
+            self._last_ref = None
+            try:
+                self._cancelled.update(ray.get(ready[0]))
+            except ray.exceptions.RayError:
+                log.warning("progress actor unavailable; reports will resume when it is back")
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            try:
+                self.flush()
+            except Exception:  # keep reporting alive whatever one send did
+                log.exception("progress flush failed")
+
+
+class ProgressActor:
+    """Keeps the latest progress of running jobs, wakes readers, and batches writes to the database.
+
+    Reports arrive fire-and-forget; the database sees one UPDATE batch per flush
+    interval, guarded by attempt and status so a stale report never lands.
+    """
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._store: JobStore | None = None
+        self._states: dict[str, ProgressState] = {}
+        self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._changed: asyncio.Condition | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.messages = 0
+        self.updates = 0
+        self.flushes = 0
+
+    def _start(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        return self._changed
+
+    async def report(self, states: list[dict[str, Any]]) -> list[str]:
+        """Take a batch of reports; returns which of those jobs are cancelled."""
+        changed = self._start()
+        self.messages += 1
+        for raw in states:
+            job_id = raw["id"]
+            current = self._states.get(job_id)
+            done = self._finished.get(job_id)
+            if (done and done["attempt"] >= raw["attempt"]) or (
+                current and current.attempt > raw["attempt"]
+            ):
+                continue
+            if done:
+                del self._finished[job_id]
+            seq = current.seq + 1 if current else 1
+            self._states[job_id] = ProgressState(
+                job_id, raw["attempt"], raw["progress"], raw["message"], raw["stage"], seq
+            )
+            self._dirty.add(job_id)
+            self.updates += 1
+        async with changed:
+            changed.notify_all()
+        return [s["id"] for s in states if s["id"] in self._cancelled]
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """The latest live state of a job, or its last state if it finished recently."""
+        self._start()
+        state = self._states.get(job_id)
+        return state.to_dict() if state else self._finished.get(job_id)
+
+    async def wait(self, job_id: str, after_seq: int, timeout_s: float) -> dict[str, Any] | None:
+        """Wait until the job's state passes ``after_seq``, it finishes, or time runs out."""
+        changed = self._start()
+
+        def moved() -> bool:
+            state = self._states.get(job_id)
+            return job_id in self._finished or (state is not None and state.seq > after_seq)
+
+        async with changed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait_for(moved), timeout_s)
+        return await self.get(job_id)
+
+    async def cancel(self, job_ids: list[str]) -> None:
+        """Mark jobs cancelled so their processors' ``ctx.is_cancelled()`` turns true."""
+        self._start()
+        self._cancelled.update(job_ids)
+
+    async def finished(self, ends: list[tuple[str, int, str]]) -> None:
+        """The dispatcher recorded these (id, attempt, status): drop live state, wake readers."""
+        changed = self._start()
+        for job_id, attempt, status in ends:
+            state = self._states.pop(job_id, None)
+            self._dirty.discard(job_id)
+            self._cancelled.discard(job_id)
+            if JobStatus(status) is JobStatus.QUEUED:
+                continue  # a retry: the next attempt reports afresh
+            last = state.to_dict() if state else {"id": job_id, "seq": 0}
+            self._finished[job_id] = {**last, "attempt": attempt, "status": status}
+            while len(self._finished) > FINISHED_KEPT:
+                self._finished.popitem(last=False)
+        async with changed:
+            changed.notify_all()
+
+    async def flush(self) -> int:
+        """Write dirty states to the database now; returns how many rows changed."""
+        self._start()
+        batch = [self._states[j].to_dict() for j in self._dirty if j in self._states]
+        self._dirty.clear()
+        if not batch:
+            return 0
+        if self._store is None:
+            self._store = JobStore.from_url(self._settings.database_url)
+        loop = asyncio.get_running_loop()
+        try:
+            written = await loop.run_in_executor(None, self._store.write_progress, batch)
+        except Exception:
+            log.exception("progress flush failed; will retry")
+            self._dirty.update(s["id"] for s in batch)
+            return 0
+        self.flushes += 1
+        return written
+
+    async def stats(self) -> dict[str, int]:
+        return {
+            "messages": self.messages,
+            "updates": self.updates,
+            "flushes": self.flushes,
+            "live": len(self._states),
+            "backlog": len(self._dirty),
+        }
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.progress_flush_interval_s)
+            await self.flush()

@@ -1,0 +1,37 @@
+"""Alembic environment: runs raypipe's migrations on the connection it is handed."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from raypipe.store.engine import create_engine
+from raypipe.store.tables import metadata
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is None:
+        engine = create_engine(config.get_main_option("sqlalchemy.url"))
+        with engine.begin() as connection:
+            _run(connection)
+        engine.dispose()
+    else:
+        _run(connection)
+
+
+def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("raypipe migrations run online only: use `raypipe migrate`")
+run_migrations_online()

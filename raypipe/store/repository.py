@@ -1,0 +1,570 @@
+"""All SQL that reads and writes jobs. Every status change is a guarded UPDATE."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, Row
+
+from raypipe.exceptions import Conflict, NotFound
+from raypipe.jobs import (
+    AttemptRecord,
+    AttemptStatus,
+    ClaimedJob,
+    ErrorInfo,
+    JobRecord,
+    JobStatus,
+    Outcome,
+    utcnow,
+)
+from raypipe.store.engine import READ_ONLY, create_engine
+from raypipe.store.tables import attempts, jobs
+
+#: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
+CLAIM_LOCK_KEY = 0x7261797069706500
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A runnable job offered to the dispatcher's claim policy."""
+
+    id: str
+    type: str
+    queue: str
+    priority: int
+    attempt: int
+
+
+ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
+
+
+class JobStore:
+    """Reads and writes jobs and attempts; the only module that writes SQL."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow):
+        self.engine = engine
+        self.clock = clock
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def from_url(cls, url: str, clock: Clock = utcnow) -> JobStore:
+        return cls(create_engine(url), clock)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- submission ---------------------------------------------------------------
+
+    def insert(self, rows: list[dict[str, Any]]) -> list[tuple[JobRecord, bool]]:
+        """Insert job rows (one transaction); returns each job and whether it is new.
+
+        A row whose (tenant, idempotency key) exists already returns the existing job
+        when its request hash matches, and raises :class:`Conflict` (writing nothing)
+        when it does not, including under concurrent duplicate submissions.
+        """
+        now = self.clock()
+        for row in rows:
+            row.setdefault("created_at", now)
+            row["updated_at"] = now
+            row.setdefault("run_at", now)
+            row["status"] = JobStatus.QUEUED
+        keyed = [row for row in rows if row.get("idempotency_key")]
+        with self.engine.begin() as conn:
+            if keyed:
+                conn.execute(self._insert_ignoring_duplicates(), rows)
+                existing = self._by_idempotency_key(conn, keyed)
+            else:
+                conn.execute(jobs.insert(), rows)
+                existing = {}
+            out: list[tuple[JobRecord, bool]] = []
+            for row in rows:
+                key = (row["tenant"], row.get("idempotency_key"))
+                found = existing.get(key)
+                if found is None or found.id == row["id"]:
+                    out.append((_job_from_mapping({**_JOB_DEFAULTS, **row}), True))
+                elif found.request_hash != row["request_hash"]:
+                    raise Conflict(
+                        f"idempotency key {row['idempotency_key']!r} was used for a different"
+                        f" request (job {found.id})"
+                    )
+                else:
+                    out.append((_job_from_mapping(found._mapping), False))
+        return out
+
+    def _insert_ignoring_duplicates(self) -> sa.Insert:
+        if self.dialect == "postgresql":
+            return postgresql.insert(jobs).on_conflict_do_nothing(
+                index_elements=["tenant", "idempotency_key"]
+            )
+        return sqlite.insert(jobs).on_conflict_do_nothing(
+            index_elements=["tenant", "idempotency_key"]
+        )
+
+    @staticmethod
+    def _by_idempotency_key(
+        conn: Connection, rows: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], Row[Any]]:
+        found: dict[tuple[str, str], Row[Any]] = {}
+        by_tenant: dict[str, set[str]] = {}
+        for row in rows:
+            by_tenant.setdefault(row["tenant"], set()).add(row["idempotency_key"])
+        for tenant, keys in by_tenant.items():
+            query = sa.select(jobs).where(
+                jobs.c.tenant == tenant, jobs.c.idempotency_key.in_(sorted(keys))
+            )
+            for existing in conn.execute(query):
+                found[(existing.tenant, existing.idempotency_key)] = existing
+        return found
+
+    # -- reads --------------------------------------------------------------------
+
+    def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job, or :class:`NotFound` (also for another tenant's job)."""
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return _job_from_mapping(row._mapping)
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        ids: Iterable[str] | None = None,
+        limit: int = 100,
+    ) -> list[JobRecord]:
+        """Jobs matching every filter given, newest first."""
+        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        for column, value in (
+            (jobs.c.tenant, tenant),
+            (jobs.c.status, status),
+            (jobs.c.type, type),
+            (jobs.c.queue, queue),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        with self._read() as conn:
+            return [_job_from_mapping(row._mapping) for row in conn.execute(query)]
+
+    def attempts(self, job_id: str) -> list[AttemptRecord]:
+        query = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
+        with self._read() as conn:
+            return [_attempt_from_row(row) for row in conn.execute(query)]
+
+    def count_by_status(self, ids: Iterable[str] | None = None) -> dict[JobStatus, int]:
+        query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        with self._read() as conn:
+            return {JobStatus(status): count for status, count in conn.execute(query)}
+
+    def running_by_queue(self) -> dict[str, int]:
+        with self._read() as conn:
+            return self._running_by_queue(conn)
+
+    @staticmethod
+    def _running_by_queue(conn: Connection) -> dict[str, int]:
+        query = (
+            sa.select(jobs.c.queue, sa.func.count())
+            .where(jobs.c.status == JobStatus.PROCESSING)
+            .group_by(jobs.c.queue)
+        )
+        return {queue: count for queue, count in conn.execute(query)}
+
+    def next_run_at(self) -> datetime | None:
+        """When the earliest queued job becomes runnable (for the dispatcher's sleep)."""
+        query = (
+            sa.select(jobs.c.run_at)
+            .where(jobs.c.status == JobStatus.QUEUED)
+            .order_by(jobs.c.run_at)
+            .limit(1)
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar()
+
+    # -- the dispatcher's writes ----------------------------------------------------
+
+    def claim(
+        self,
+        owner: str,
+        lease_ttl_s: float,
+        queue_limits: dict[str, int],
+        choose: ChooseClaims,
+        limit: int,
+    ) -> list[ClaimedJob]:
+        """Move runnable jobs to ``processing`` under ``owner``'s lease.
+
+        Candidates come highest priority first, then oldest, from queues with free
+        slots; ``choose`` picks among them (resources, per-queue free slots).
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            running = self._running_by_queue(conn)
+            free = {q: n - running.get(q, 0) for q, n in queue_limits.items()}
+            open_queues = [q for q, n in free.items() if n > 0]
+            if not open_queues:
+                return []
+            query = (
+                sa.select(jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.priority, jobs.c.attempt)
+                .where(
+                    jobs.c.status == JobStatus.QUEUED,
+                    jobs.c.run_at <= now,
+                    jobs.c.queue.in_(open_queues),
+                )
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+                .limit(limit)
+            )
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            candidates = [Candidate(*row) for row in conn.execute(query)]
+            chosen = choose(candidates, free)
+            if not chosen:
+                return []
+            expires = now + timedelta(seconds=lease_ttl_s)
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.PROCESSING,
+                    attempt=sa.bindparam("b_attempt"),
+                    started_at=now,
+                    updated_at=now,
+                    lease_owner=owner,
+                    lease_expires_at=expires,
+                    progress=0.0,
+                    message=None,
+                    stage=None,
+                ),
+                [{"b_id": c.id, "b_attempt": c.attempt + 1} for c in chosen],
+            )
+            conn.execute(
+                attempts.insert(),
+                [
+                    {
+                        "job_id": c.id,
+                        "attempt": c.attempt + 1,
+                        "status": AttemptStatus.RUNNING,
+                        "lease_owner": owner,
+                        "started_at": now,
+                    }
+                    for c in chosen
+                ],
+            )
+            details = conn.execute(
+                sa.select(jobs.c.id, jobs.c.payload, jobs.c.max_attempts, jobs.c.timeout_s).where(
+                    jobs.c.id.in_([c.id for c in chosen])
+                )
+            )
+            by_id = {row.id: row for row in details}
+        return [
+            ClaimedJob(
+                id=c.id,
+                type=c.type,
+                queue=c.queue,
+                payload=by_id[c.id].payload,
+                attempt=c.attempt + 1,
+                max_attempts=by_id[c.id].max_attempts,
+                timeout_s=by_id[c.id].timeout_s,
+            )
+            for c in chosen
+        ]
+
+    def record(self, outcomes: Sequence[Outcome]) -> int:
+        """Record how attempts ended; stale outcomes (wrong attempt or status) change nothing.
+
+        Returns how many jobs changed.
+        """
+        if not outcomes:
+            return 0
+        now = self.clock()
+        changed = 0
+        with self.engine.begin() as conn:
+            groups: dict[tuple[JobStatus, AttemptStatus], list[Outcome]] = {}
+            for outcome in outcomes:
+                key = (outcome.status, outcome.final_attempt_status)
+                groups.setdefault(key, []).append(outcome)
+            for (status, attempt_status), group in groups.items():
+                changed += conn.execute(
+                    _finish_statement(status, now), [_finish_params(o) for o in group]
+                ).rowcount
+                conn.execute(
+                    sa.update(attempts)
+                    .where(
+                        attempts.c.job_id == sa.bindparam("b_id"),
+                        attempts.c.attempt == sa.bindparam("b_attempt"),
+                        attempts.c.status == AttemptStatus.RUNNING,
+                    )
+                    .values(
+                        status=attempt_status,
+                        finished_at=now,
+                        error_type=sa.bindparam("b_error_type"),
+                        error_message=sa.bindparam("b_error_message"),
+                        error_traceback=sa.bindparam("b_error_traceback"),
+                    ),
+                    [_finish_params(o) for o in group],
+                )
+        return changed
+
+    def renew_leases(self, owner: str, lease_ttl_s: float) -> int:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.lease_owner == owner, jobs.c.status == JobStatus.PROCESSING)
+                .values(lease_expires_at=now + timedelta(seconds=lease_ttl_s))
+            ).rowcount
+
+    def lost_jobs(
+        self,
+        *,
+        expired: bool = True,
+        owner_prefix: str | None = None,
+        exclude_owner: str | None = None,
+        limit: int = 500,
+    ) -> list[JobRecord]:
+        """Processing jobs whose lease expired, or held by an earlier dispatcher incarnation."""
+        query = sa.select(jobs).where(jobs.c.status == JobStatus.PROCESSING).limit(limit)
+        if expired:
+            query = query.where(jobs.c.lease_expires_at < self.clock())
+        if owner_prefix is not None:
+            query = query.where(jobs.c.lease_owner.startswith(owner_prefix, autoescape=True))
+        if exclude_owner is not None:
+            query = query.where(jobs.c.lease_owner != exclude_owner)
+        with self._read() as conn:
+            return [_job_from_mapping(row._mapping) for row in conn.execute(query)]
+
+    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
+        """(job id, attempt) of jobs ``owner`` runs whose cancellation was asked for."""
+        query = sa.select(jobs.c.id, jobs.c.attempt).where(
+            jobs.c.status == JobStatus.PROCESSING,
+            jobs.c.cancel_requested.is_(True),
+            jobs.c.lease_owner == owner,
+        )
+        with self._read() as conn:
+            return [(row.id, row.attempt) for row in conn.execute(query)]
+
+    def write_progress(self, updates: Sequence[dict[str, Any]]) -> int:
+        """Write running attempts' latest progress (id, attempt, progress, message, stage)."""
+        if not updates:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(jobs)
+                .where(
+                    jobs.c.id == sa.bindparam("b_id"),
+                    jobs.c.attempt == sa.bindparam("b_attempt"),
+                    jobs.c.status == JobStatus.PROCESSING,
+                )
+                .values(
+                    progress=sa.bindparam("b_progress"),
+                    message=sa.bindparam("b_message"),
+                    stage=sa.bindparam("b_stage"),
+                ),
+                [
+                    {
+                        "b_id": u["id"],
+                        "b_attempt": u["attempt"],
+                        "b_progress": u["progress"],
+                        "b_message": u["message"],
+                        "b_stage": u["stage"],
+                    }
+                    for u in updates
+                ],
+            ).rowcount
+
+    # -- the user's writes -----------------------------------------------------------
+
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """Cancel a queued job now, or flag a running one for its dispatcher to stop."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, job_id, tenant)
+            if job.status.is_terminal:
+                raise Conflict(
+                    f"job {job_id} is {job.status.value}: only queued or processing jobs"
+                    " can be cancelled"
+                )
+            if job.status is JobStatus.QUEUED:
+                values: dict[str, Any] = {
+                    "status": JobStatus.CANCELLED,
+                    "finished_at": now,
+                    "cancel_requested": True,
+                }
+            else:
+                values = {"cancel_requested": True}
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == job.status)
+                .values(updated_at=now, **values)
+            )
+        return self.get(job_id)
+
+    def retry(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """Queue a failed or cancelled job again, allowing it one more attempt."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, job_id, tenant)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise Conflict(
+                    f"job {job_id} is {job.status.value}: only failed or cancelled jobs"
+                    " can be retried"
+                )
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == job.status)
+                .values(
+                    status=JobStatus.QUEUED,
+                    run_at=now,
+                    updated_at=now,
+                    finished_at=None,
+                    cancel_requested=False,
+                    max_attempts=max(job.max_attempts, job.attempt + 1),
+                    progress=0.0,
+                    message=None,
+                    stage=None,
+                    error_type=None,
+                    error_message=None,
+                    error_traceback=None,
+                )
+            )
+        return self.get(job_id)
+
+    def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return _job_from_mapping(row._mapping)
+
+    def _read(self) -> Connection:
+        return self.engine.connect().execution_options(**READ_ONLY)
+
+
+def _finish_statement(status: JobStatus, now: datetime) -> sa.Update:
+    values: dict[str, Any] = {
+        "status": status,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "error_type": sa.bindparam("b_error_type"),
+        "error_message": sa.bindparam("b_error_message"),
+        "error_traceback": sa.bindparam("b_error_traceback"),
+    }
+    if status is JobStatus.QUEUED:
+        values["run_at"] = sa.bindparam("b_run_at")
+    else:
+        values["finished_at"] = now
+    if status is JobStatus.COMPLETED:
+        values["result"] = sa.bindparam("b_result", type_=jobs.c.result.type)
+        values["progress"] = 100.0
+    return (
+        sa.update(jobs)
+        .where(
+            jobs.c.id == sa.bindparam("b_id"),
+            jobs.c.attempt == sa.bindparam("b_attempt"),
+            jobs.c.status == JobStatus.PROCESSING,
+        )
+        .values(**values)
+    )
+
+
+def _finish_params(outcome: Outcome) -> dict[str, Any]:
+    error = outcome.error
+    return {
+        "b_id": outcome.job_id,
+        "b_attempt": outcome.attempt,
+        "b_result": outcome.result,
+        "b_run_at": outcome.run_at,
+        "b_error_type": error.type if error else None,
+        "b_error_message": error.message if error else None,
+        "b_error_traceback": error.traceback if error else None,
+    }
+
+
+_JOB_DEFAULTS: dict[str, Any] = {
+    "progress": 0.0,
+    "message": None,
+    "stage": None,
+    "result": None,
+    "error_type": None,
+    "error_message": None,
+    "error_traceback": None,
+    "attempt": 0,
+    "cancel_requested": False,
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "started_at": None,
+    "finished_at": None,
+}
+
+
+def _job_from_mapping(row: Any) -> JobRecord:
+    error = (
+        ErrorInfo(row["error_type"], row["error_message"] or "", row["error_traceback"])
+        if row["error_type"]
+        else None
+    )
+    return JobRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        type=row["type"],
+        queue=row["queue"],
+        priority=row["priority"],
+        status=JobStatus(row["status"]),
+        payload=row["payload"],
+        progress=float(row["progress"]),
+        message=row["message"],
+        stage=row["stage"],
+        result=row["result"],
+        error=error,
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"],
+        tags=list(row["tags"] or []),
+        idempotency_key=row["idempotency_key"],
+        cancel_requested=bool(row["cancel_requested"]),
+        created_at=row["created_at"],
+        run_at=row["run_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+    )
+
+
+def _attempt_from_row(row: Row[Any]) -> AttemptRecord:
+    error = (
+        ErrorInfo(row.error_type, row.error_message or "", row.error_traceback)
+        if row.error_type
+        else None
+    )
+    return AttemptRecord(
+        job_id=row.job_id,
+        attempt=row.attempt,
+        status=AttemptStatus(row.status),
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=error,
+        lease_owner=row.lease_owner,
+    )

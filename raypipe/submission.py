@@ -1,0 +1,102 @@
+"""Turning submitted job specs into rows: validation and defaults, shared by every entry point."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pydantic
+
+from raypipe import registry
+from raypipe.config import DEFAULT_QUEUE, Settings
+from raypipe.exceptions import InvalidInput
+from raypipe.jobs import JobSpec
+
+DEFAULT_TENANT = "default"
+
+
+def prepare(
+    specs: Sequence[JobSpec | dict[str, Any]],
+    settings: Settings,
+    now: datetime,
+    tenant: str = DEFAULT_TENANT,
+    loc_prefix: tuple[str | int, ...] = (),
+) -> list[dict[str, Any]]:
+    """Validate every spec and return the rows to insert; raise one error listing every problem.
+
+    Nothing is written when any spec is invalid (all-or-nothing).
+    """
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    for index, raw in enumerate(specs):
+        prefix = (*loc_prefix, index) if len(specs) > 1 or loc_prefix else ()
+        try:
+            rows.append(_row(raw, settings, now, tenant))
+        except InvalidInput as exc:
+            details.extend({**d, "loc": [*prefix, *d.get("loc", [])]} for d in exc.details)
+    if details:
+        raise InvalidInput(_summary(details), details=details)
+    return rows
+
+
+def _row(
+    raw: JobSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str
+) -> dict[str, Any]:
+    spec = raw if isinstance(raw, JobSpec) else parse_model(JobSpec, raw, ())
+    processor = registry.get(spec.type)
+    payload = parse_model(processor.payload_model, spec.payload, ("payload",))
+    queue = spec.queue or processor.queue or DEFAULT_QUEUE
+    if queue not in settings.queues:
+        known = ", ".join(sorted(settings.queues))
+        raise InvalidInput(
+            f"queue: unknown queue {queue!r}",
+            details=[{"loc": ["queue"], "msg": f"unknown queue {queue!r}; known: {known}"}],
+        )
+    policy_attempts = processor.retry.max_attempts if processor.retry else None
+    run_at = _run_at(spec, now)
+    return {
+        "id": str(uuid.uuid4()),
+        "tenant": tenant,
+        "type": spec.type,
+        "queue": queue,
+        "priority": spec.priority if spec.priority is not None else settings.queues[queue].priority,
+        "payload": payload.model_dump(mode="json", exclude_unset=True),
+        "tags": list(spec.tags),
+        "max_attempts": spec.max_attempts or policy_attempts or settings.default_max_attempts,
+        "timeout_s": spec.timeout_s or processor.timeout_s or settings.default_timeout_s,
+        "idempotency_key": spec.idempotency_key,
+        "request_hash": spec.fingerprint(),
+        "created_at": now,
+        "run_at": run_at,
+    }
+
+
+def _run_at(spec: JobSpec, now: datetime) -> datetime:
+    if spec.run_at is not None:
+        if spec.run_at.tzinfo is None:
+            raise InvalidInput(
+                "run_at: must include a time zone",
+                details=[{"loc": ["run_at"], "msg": "must include a time zone (e.g. Z)"}],
+            )
+        return max(spec.run_at.astimezone(timezone.utc), now)
+    return now + timedelta(seconds=spec.delay_s)
+
+
+def parse_model(model: type[pydantic.BaseModel], data: Any, loc: tuple[str | int, ...]) -> Any:
+    """``model.model_validate(data)``; errors become :class:`InvalidInput` under ``loc``."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        details = [
+            {"loc": [*loc, *err["loc"]], "msg": err["msg"]} for err in exc.errors(include_url=False)
+        ]
+        raise InvalidInput(_summary(details), details=details) from None
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    first = details[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
