@@ -1,0 +1,134 @@
+"""Shared fixtures: isolated databases (SQLite and PostgreSQL), one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from raypipe.config import Settings, get_settings
+from raypipe.store import create_engine
+from raypipe.store import schema as store_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get(
+    "RAYPIPE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+PG_TEMPLATE = "raypipe_test_template"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Ray workers import the tests' own processors from the repository root.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(delay)
+        delay = min(0.2, delay * 1.5)
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+def _pg_admin() -> sa.Engine | None:
+    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError:
+        engine.dispose()
+        return None
+    return engine
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[sa.Engine]:
+    """An admin connection to PostgreSQL, with a migrated template database.
+
+    A missing server skips PostgreSQL tests on a laptop and fails them in CI.
+    """
+    engine = _pg_admin()
+    if engine is None:
+        message = f"PostgreSQL unreachable at {PG_ADMIN_URL}"
+        if IN_CI:
+            pytest.fail(message + " (CI requires it)")
+        pytest.skip(message)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {PG_TEMPLATE}"))
+    template = create_engine(_pg_url(PG_TEMPLATE))
+    store_schema.upgrade(template)
+    template.dispose()
+    yield engine
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
+    engine.dispose()
+
+
+def _pg_url(database: str) -> str:
+    return sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(
+        hide_password=False
+    )
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "raypipe.db"
+    engine = create_engine(f"sqlite:///{path}")
+    store_schema.upgrade(engine)
+    engine.dispose()  # closing the last connection folds the WAL into the file
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+    """A fresh, migrated database per test: a copied SQLite file, or a PostgreSQL
+    database created from the migrated template."""
+    if request.param == "sqlite":
+        target = tmp_path / "raypipe.db"
+        shutil.copy(sqlite_template, target)
+        yield f"sqlite:///{target}"
+        return
+    admin: sa.Engine = request.getfixturevalue("pg_admin")
+    name = f"raypipe_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE {PG_TEMPLATE}"))
+    yield _pg_url(name)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own database, data folder and Ray namespace, fast timings."""
+    return get_settings(
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        namespace=f"t-{uuid.uuid4().hex[:10]}",
+        processor_modules=["tests.processors"],
+        queues={"default": {"concurrency": 100}, "solo": {"concurrency": 1},
+                "pair": {"concurrency": 2}},
+        poll_interval_s=0.5,
+        lease_ttl_s=3.0,
+        default_backoff_s=0.2,
+        cancel_grace_s=2.0,
+        progress_report_interval_s=0.05,
+        progress_flush_interval_s=0.1,
+    )

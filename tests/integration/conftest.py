@@ -1,0 +1,41 @@
+"""A real local Ray for the session, and raypipe's actors started per test."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from raypipe.config import Settings
+from raypipe.direct import DirectClient
+from raypipe.runtime import cluster
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=150 * 1024 * 1024,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def raypipe(ray_session: None, settings: Settings) -> Iterator[DirectClient]:
+    """raypipe running against this test's database: dispatcher, progress actor, client."""
+    cluster.start_actors(settings)
+    client = DirectClient(settings)
+    yield client
+    cluster.stop_actors(settings)
+    client.close()
+
+
+def dispatcher(settings: Settings) -> ray.actor.ActorHandle:
+    return ray.get_actor("raypipe-dispatcher", namespace=settings.namespace)

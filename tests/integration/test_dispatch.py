@@ -1,0 +1,186 @@
+"""The dispatcher against real SQLite and PostgreSQL on a real local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import ray
+
+from raypipe.direct import DirectClient
+from raypipe.jobs import AttemptStatus, JobStatus
+from tests.conftest import wait_for
+from tests.integration.conftest import dispatcher
+
+
+def _terminal(client: DirectClient, handles: list, timeout: float = 120) -> list:
+    def all_done() -> list | None:
+        jobs = [h.refresh() for h in handles]
+        return jobs if all(j.status.is_terminal for j in jobs) else None
+
+    return wait_for(all_done, timeout, "every job to end")  # type: ignore[return-value]
+
+
+def _processing(handle) -> bool:
+    return handle.refresh().status is JobStatus.PROCESSING
+
+
+def test_priorities_are_honoured_under_a_concurrency_limit_of_one(
+    raypipe: DirectClient, tmp_path: Path
+) -> None:
+    blocker = raypipe.submit("test.gate", {"folder": str(tmp_path)}, queue="solo", priority=100)
+    wait_for(lambda: _processing(blocker), what="the blocker to start")
+    priorities = [3, 1, 5, 2, 4, 0, 5]
+    handles = [raypipe.submit("noop", {}, queue="solo", priority=p) for p in priorities]
+    (tmp_path / "release").touch()
+    jobs = _terminal(raypipe, handles)
+    assert all(job.status is JobStatus.COMPLETED for job in jobs)
+    started = sorted(jobs, key=lambda job: job.started_at)
+    assert [job.priority for job in started] == sorted(priorities, reverse=True)
+    # Equal priorities run oldest first.
+    fives = [job.id for job in started if job.priority == 5]
+    assert fives == [handles[2].id, handles[6].id]
+
+
+def test_a_queue_never_runs_more_than_its_limit(raypipe: DirectClient, tmp_path: Path) -> None:
+    folders = [tmp_path / str(i) for i in range(5)]
+    for folder in folders:
+        folder.mkdir()
+    handles = [raypipe.submit("test.gate", {"folder": str(f)}, queue="pair") for f in folders]
+    wait_for(lambda: sum(_processing(h) for h in handles) == 2, what="two gates to run")
+    assert raypipe.store.running_by_queue() == {"pair": 2}
+    for folder in folders:
+        (folder / "release").touch()
+    jobs = _terminal(raypipe, handles)
+    assert all(job.status is JobStatus.COMPLETED for job in jobs)
+    spans = [(a.started_at, a.finished_at) for h in handles for a in h.attempts()]
+    most = max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans)
+    assert most == 2
+
+
+def test_retryable_errors_back_off_with_growing_delays(raypipe: DirectClient) -> None:
+    job = raypipe.submit("fail", {"error": "RetryableError"}, max_attempts=4)
+    final = job.wait(60)
+    assert final.status is JobStatus.FAILED
+    assert final.error is not None and final.error.type == "RetryableError"
+    attempts = job.attempts()
+    assert [a.attempt for a in attempts] == [1, 2, 3, 4]
+    assert all(a.status is AttemptStatus.FAILED for a in attempts)
+    base, jitter = raypipe.settings.default_backoff_s, 0.1
+    gaps = [
+        (nxt.started_at - prev.finished_at).total_seconds()
+        for prev, nxt in zip(attempts, attempts[1:])
+    ]
+    for n, gap in enumerate(gaps, start=1):
+        # Attempt n+1 never starts before its backoff: base * 2**(n-1), less the jitter.
+        assert gap >= base * 2 ** (n - 1) * (1 - jitter) - 0.01, gaps
+
+
+def test_a_job_that_succeeds_on_a_retry_completes(raypipe: DirectClient) -> None:
+    job = raypipe.submit("fail", {"error": "ValueError", "succeed_on_attempt": 2})
+    assert job.result(timeout=60) == {"attempt": 2}
+    assert [a.status for a in job.attempts()] == [AttemptStatus.FAILED, AttemptStatus.COMPLETED]
+
+
+def test_a_permanent_error_is_not_retried(raypipe: DirectClient) -> None:
+    job = raypipe.submit("fail", {"error": "PermanentError", "message": "bad input"},
+                         max_attempts=5)
+    final = job.wait(60)
+    assert final.status is JobStatus.FAILED
+    assert final.error is not None
+    assert (final.error.type, final.error.message) == ("PermanentError", "bad input")
+    assert "Traceback" in (final.error.traceback or "")
+    assert len(job.attempts()) == 1
+
+
+def test_a_timed_out_attempt_is_recorded_and_retried(raypipe: DirectClient) -> None:
+    job = raypipe.submit("sleep", {"seconds": 120, "steps": 1200}, timeout_s=1, max_attempts=2)
+    final = job.wait(90)
+    assert final.status is JobStatus.FAILED
+    assert final.error is not None and final.error.type == "JobTimeout"
+    attempts = job.attempts()
+    assert [a.status for a in attempts] == [AttemptStatus.TIMED_OUT, AttemptStatus.TIMED_OUT]
+
+
+def test_cancelling_a_queued_job(raypipe: DirectClient) -> None:
+    job = raypipe.submit("noop", {}, delay_s=3600)
+    assert job.cancel().status is JobStatus.CANCELLED
+    assert job.attempts() == []
+    with pytest.raises(Exception, match="only queued or processing"):
+        job.cancel()
+
+
+def test_cancelling_a_running_job_stops_its_task(raypipe: DirectClient, tmp_path: Path) -> None:
+    job = raypipe.submit("test.gate", {"folder": str(tmp_path)})
+    wait_for(lambda: (tmp_path / "pid-1").exists(), what="the gate to start")
+    pid = int((tmp_path / "pid-1").read_text())
+    assert job.cancel().status is JobStatus.PROCESSING
+    final = job.wait(60)
+    assert final.status is JobStatus.CANCELLED
+    assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]
+    # The task itself stopped: it left its marker, or its worker process is gone.
+    wait_for(lambda: (tmp_path / "stopped-1").exists() or not _alive(pid),
+             what="the cancelled task to stop")
+    assert not (tmp_path / "pid-2").exists()
+
+
+def test_killing_the_dispatcher_loses_nothing(raypipe: DirectClient) -> None:
+    handles = raypipe.submit_many(
+        [("sleep", {"seconds": 0.4, "steps": 4}) for _ in range(16)]
+    )
+    wait_for(lambda: raypipe.store.count_by_status().get(JobStatus.COMPLETED, 0) >= 2,
+             what="some jobs to complete")
+    ray.kill(dispatcher(raypipe.settings), no_restart=False)
+    jobs = _terminal(raypipe, handles, timeout=180)
+    assert all(job.status is JobStatus.COMPLETED for job in jobs)
+    for handle in handles:
+        statuses = [a.status for a in handle.attempts()]
+        assert statuses.count(AttemptStatus.COMPLETED) == 1, statuses
+        assert AttemptStatus.RUNNING not in statuses
+
+
+def test_a_killed_worker_is_a_system_failure_and_is_retried(
+    raypipe: DirectClient, tmp_path: Path
+) -> None:
+    job = raypipe.submit("test.gate", {"folder": str(tmp_path), "release_on_attempt": 2})
+    wait_for(lambda: (tmp_path / "pid-1").exists(), what="the gate to start")
+    os.kill(int((tmp_path / "pid-1").read_text()), signal.SIGKILL)
+    assert job.result(timeout=90)["attempt"] == 2
+    first, second = job.attempts()
+    assert first.status is AttemptStatus.FAILED
+    assert first.error is not None and first.error.type in (
+        "WorkerCrashedError", "ActorDiedError", "RayTaskError", "LocalRayletDiedError"
+    ), first.error
+    assert second.status is AttemptStatus.COMPLETED
+
+
+def test_progress_reports_are_coalesced(raypipe: DirectClient) -> None:
+    job = raypipe.submit("test.spin_progress", {"calls": 100_000})
+    assert job.result(timeout=120) == {"calls": 100_000}
+    progress = ray.get_actor("raypipe-progress", namespace=raypipe.settings.namespace)
+    stats = ray.get(progress.stats.remote())
+    # 100,000 reports became a handful of actor messages, not 100,000.
+    assert 1 <= stats["messages"] < 1000
+    assert job.refresh().progress == 100.0
+
+
+def test_progress_is_live_and_reaches_the_database(raypipe: DirectClient, tmp_path: Path) -> None:
+    job = raypipe.submit("sleep", {"seconds": 6, "steps": 60})
+    seen = wait_for(lambda: job.refresh().progress >= 10 and job.refresh(), what="progress")
+    assert seen.status is JobStatus.PROCESSING
+    assert seen.stage == "sleep" and seen.message and seen.message.startswith("step ")
+    progress = ray.get_actor("raypipe-progress", namespace=raypipe.settings.namespace)
+    live = ray.get(progress.wait.remote(job.id, 0, 10))
+    assert live is not None and live["progress"] > 0
+    job.cancel()
+    assert job.wait(60).status is JobStatus.CANCELLED
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
