@@ -83,8 +83,10 @@ def pg_admin() -> Iterator[sa.Engine]:
 
 
 def _pg_url(database: str) -> str:
-    return sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(
-        hide_password=False
+    return (
+        sa.engine.make_url(PG_ADMIN_URL)
+        .set(database=database)
+        .render_as_string(hide_password=False)
     )
 
 
@@ -123,8 +125,11 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         namespace=f"t-{uuid.uuid4().hex[:10]}",
         processor_modules=["tests.processors"],
-        queues={"default": {"concurrency": 100}, "solo": {"concurrency": 1},
-                "pair": {"concurrency": 2}},
+        queues={
+            "default": {"concurrency": 100},
+            "solo": {"concurrency": 1},
+            "pair": {"concurrency": 2},
+        },
         poll_interval_s=0.5,
         lease_ttl_s=3.0,
         default_backoff_s=0.2,

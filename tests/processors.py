@@ -26,7 +26,8 @@ def gate(payload: GatePayload, ctx: JobContext) -> dict[str, int]:
     folder = Path(payload.folder)
     (folder / f"pid-{ctx.attempt}").write_text(str(os.getpid()))
     try:
-        released = payload.release_on_attempt is not None and ctx.attempt >= payload.release_on_attempt
+        after = payload.release_on_attempt
+        released = after is not None and ctx.attempt >= after
         while not released and not (folder / "release").exists():
             time.sleep(0.02)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_retryable_errors_back_off_with_growing_delays(raypipe: DirectClient) ->
     base, jitter = raypipe.settings.default_backoff_s, 0.1
     gaps = [
         (nxt.started_at - prev.finished_at).total_seconds()
-        for prev, nxt in zip(attempts, attempts[1:])
+        for prev, nxt in itertools.pairwise(attempts)
     ]
     for n, gap in enumerate(gaps, start=1):
         # Attempt n+1 never starts before its backoff: base * 2**(n-1), less the jitter.
@@ -85,8 +86,9 @@ def test_a_job_that_succeeds_on_a_retry_completes(raypipe: DirectClient) -> None
 
 
 def test_a_permanent_error_is_not_retried(raypipe: DirectClient) -> None:
-    job = raypipe.submit("fail", {"error": "PermanentError", "message": "bad input"},
-                         max_attempts=5)
+    job = raypipe.submit(
+        "fail", {"error": "PermanentError", "message": "bad input"}, max_attempts=5
+    )
     final = job.wait(60)
     assert final.status is JobStatus.FAILED
     assert final.error is not None
@@ -121,17 +123,19 @@ def test_cancelling_a_running_job_stops_its_task(raypipe: DirectClient, tmp_path
     assert final.status is JobStatus.CANCELLED
     assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]
     # The task itself stopped: it left its marker, or its worker process is gone.
-    wait_for(lambda: (tmp_path / "stopped-1").exists() or not _alive(pid),
-             what="the cancelled task to stop")
+    wait_for(
+        lambda: (tmp_path / "stopped-1").exists() or not _alive(pid),
+        what="the cancelled task to stop",
+    )
     assert not (tmp_path / "pid-2").exists()
 
 
 def test_killing_the_dispatcher_loses_nothing(raypipe: DirectClient) -> None:
-    handles = raypipe.submit_many(
-        [("sleep", {"seconds": 0.4, "steps": 4}) for _ in range(16)]
+    handles = raypipe.submit_many([("sleep", {"seconds": 0.4, "steps": 4}) for _ in range(16)])
+    wait_for(
+        lambda: raypipe.store.count_by_status().get(JobStatus.COMPLETED, 0) >= 2,
+        what="some jobs to complete",
     )
-    wait_for(lambda: raypipe.store.count_by_status().get(JobStatus.COMPLETED, 0) >= 2,
-             what="some jobs to complete")
     ray.kill(dispatcher(raypipe.settings), no_restart=False)
     jobs = _terminal(raypipe, handles, timeout=180)
     assert all(job.status is JobStatus.COMPLETED for job in jobs)
@@ -151,7 +155,10 @@ def test_a_killed_worker_is_a_system_failure_and_is_retried(
     first, second = job.attempts()
     assert first.status is AttemptStatus.FAILED
     assert first.error is not None and first.error.type in (
-        "WorkerCrashedError", "ActorDiedError", "RayTaskError", "LocalRayletDiedError"
+        "WorkerCrashedError",
+        "ActorDiedError",
+        "RayTaskError",
+        "LocalRayletDiedError",
     ), first.error
     assert second.status is AttemptStatus.COMPLETED
 
