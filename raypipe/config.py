@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 DEFAULT_QUEUE = "default"
 
@@ -85,10 +86,12 @@ def normalize_database_url(url: str) -> str:
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        path = url[len("sqlite:///") :]
-        if path and path != ":memory:":
-            return f"sqlite:///{Path(path).expanduser().resolve()}"
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if path.expanduser() != path or not path.is_absolute():
+            absolute = str(path.expanduser().resolve())
+            return parsed.set(database=absolute).render_as_string(hide_password=False)
     return url
 
 

@@ -43,6 +43,10 @@ class AttemptStatus(str, Enum):
     CANCELLED = "cancelled"
 
 
+#: The longest delay a job may be submitted with (ten years).
+MAX_DELAY_S = 10 * 365 * 86_400
+
+
 class JobSpec(BaseModel):
     """A job as submitted: only ``type`` and ``payload`` are required."""
 
@@ -52,7 +56,7 @@ class JobSpec(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(default=None, min_length=1, max_length=200)
     priority: int | None = Field(default=None, ge=0, le=1_000_000)
-    delay_s: float = Field(default=0.0, ge=0)
+    delay_s: float = Field(default=0.0, ge=0, le=MAX_DELAY_S)
     run_at: datetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0)

@@ -129,5 +129,5 @@ def get(type: str) -> ProcessorSpec:
         known = ", ".join(sorted(_registry)) or "none"
         raise InvalidInput(
             f"type: unknown job type {type!r} (known: {known})",
-            details=[{"loc": ["type"], "msg": f"unknown job type; known: {known}"}],
+            details=[{"loc": ["type"], "msg": f"unknown job type {type!r}; known: {known}"}],
         ) from None

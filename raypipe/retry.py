@@ -62,7 +62,10 @@ def classify(exc: BaseException, policy: RetryPolicy) -> ErrorKind:
 
 def backoff(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
     """The delay before the attempt after ``attempt`` (1-based)."""
-    raw = min(policy.cap_s, policy.base_s * policy.factor ** max(attempt - 1, 0))
+    try:
+        raw = min(policy.cap_s, policy.base_s * policy.factor ** max(attempt - 1, 0))
+    except OverflowError:
+        raw = policy.cap_s
     if policy.jitter and raw:
         spread = raw * policy.jitter
         raw += (rng or random).uniform(-spread, spread)

@@ -80,7 +80,13 @@ def _run_at(spec: JobSpec, now: datetime) -> datetime:
                 "run_at: must include a time zone",
                 details=[{"loc": ["run_at"], "msg": "must include a time zone (e.g. Z)"}],
             )
-        return max(spec.run_at.astimezone(timezone.utc), now)
+        try:
+            return max(spec.run_at.astimezone(timezone.utc), now)
+        except OverflowError:
+            raise InvalidInput(
+                "run_at: out of range",
+                details=[{"loc": ["run_at"], "msg": "out of range"}],
+            ) from None
     return now + timedelta(seconds=spec.delay_s)
 
 

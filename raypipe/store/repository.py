@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +40,11 @@ class Candidate:
     type: str
     queue: str
     priority: int
+    created_at: datetime
     attempt: int
+    max_attempts: int
+    timeout_s: float
+    payload: dict[str, Any]
 
 
 ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
@@ -173,6 +178,14 @@ class JobStore:
         with self._read() as conn:
             return {JobStatus(status): count for status, count in conn.execute(query)}
 
+    def count_unfinished(self) -> int:
+        """How many jobs are queued or processing (served by the claim index)."""
+        query = sa.select(sa.func.count()).where(
+            jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING])
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar_one()
+
     def running_by_queue(self) -> dict[str, int]:
         with self._read() as conn:
             return self._running_by_queue(conn)
@@ -218,42 +231,35 @@ class JobStore:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             running = self._running_by_queue(conn)
             free = {q: n - running.get(q, 0) for q, n in queue_limits.items()}
-            open_queues = [q for q, n in free.items() if n > 0]
-            if not open_queues:
-                return []
-            query = (
-                sa.select(jobs.c.id, jobs.c.type, jobs.c.queue, jobs.c.priority, jobs.c.attempt)
-                .where(
-                    jobs.c.status == JobStatus.QUEUED,
-                    jobs.c.run_at <= now,
-                    jobs.c.queue.in_(open_queues),
-                )
-                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
-                .limit(limit)
+            candidates = sorted(
+                (
+                    candidate
+                    for queue, slots in free.items()
+                    if slots > 0
+                    for candidate in self._candidates(conn, queue, now, min(slots, limit))
+                ),
+                key=lambda c: (-c.priority, c.created_at, c.id),
             )
-            if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            candidates = [Candidate(*row) for row in conn.execute(query)]
             chosen = choose(candidates, free)
             if not chosen:
                 return []
             expires = now + timedelta(seconds=lease_ttl_s)
-            conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == sa.bindparam("b_id"), jobs.c.status == JobStatus.QUEUED)
-                .values(
-                    status=JobStatus.PROCESSING,
-                    attempt=sa.bindparam("b_attempt"),
-                    started_at=now,
-                    updated_at=now,
-                    lease_owner=owner,
-                    lease_expires_at=expires,
-                    progress=0.0,
-                    message=None,
-                    stage=None,
-                ),
-                [{"b_id": c.id, "b_attempt": c.attempt + 1} for c in chosen],
-            )
+            for chunk in _chunks([c.id for c in chosen]):
+                conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id.in_(chunk), jobs.c.status == JobStatus.QUEUED)
+                    .values(
+                        status=JobStatus.PROCESSING,
+                        attempt=jobs.c.attempt + 1,
+                        started_at=now,
+                        updated_at=now,
+                        lease_owner=owner,
+                        lease_expires_at=expires,
+                        progress=0.0,
+                        message=None,
+                        stage=None,
+                    )
+                )
             conn.execute(
                 attempts.insert(),
                 [
@@ -267,59 +273,71 @@ class JobStore:
                     for c in chosen
                 ],
             )
-            details = conn.execute(
-                sa.select(jobs.c.id, jobs.c.payload, jobs.c.max_attempts, jobs.c.timeout_s).where(
-                    jobs.c.id.in_([c.id for c in chosen])
-                )
-            )
-            by_id = {row.id: row for row in details}
         return [
             ClaimedJob(
                 id=c.id,
                 type=c.type,
                 queue=c.queue,
-                payload=by_id[c.id].payload,
+                payload=c.payload,
                 attempt=c.attempt + 1,
-                max_attempts=by_id[c.id].max_attempts,
-                timeout_s=by_id[c.id].timeout_s,
+                max_attempts=c.max_attempts,
+                timeout_s=c.timeout_s,
             )
             for c in chosen
         ]
 
+    def _candidates(
+        self, conn: Connection, queue: str, now: datetime, limit: int
+    ) -> list[Candidate]:
+        """Runnable jobs of one queue in claim order; one query per queue so that the
+        claim index serves the ORDER BY instead of a sort of every queued row."""
+        query = (
+            sa.select(*(jobs.c[name] for name in Candidate.__dataclass_fields__))
+            .where(jobs.c.status == JobStatus.QUEUED, jobs.c.queue == queue, jobs.c.run_at <= now)
+            .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [Candidate(*row) for row in conn.execute(query)]
+
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Record how attempts ended; stale outcomes (wrong attempt or status) change nothing.
 
-        Returns how many jobs changed.
+        Outcomes with the same values (every no-op's ``{}``, say) share one UPDATE,
+        guarded row by row on (id, attempt). Returns how many jobs changed.
         """
         if not outcomes:
             return 0
         now = self.clock()
+        groups: dict[tuple[Any, ...], list[Outcome]] = {}
+        for outcome in outcomes:
+            groups.setdefault(_same_values(outcome), []).append(outcome)
         changed = 0
         with self.engine.begin() as conn:
-            groups: dict[tuple[JobStatus, AttemptStatus], list[Outcome]] = {}
-            for outcome in outcomes:
-                key = (outcome.status, outcome.final_attempt_status)
-                groups.setdefault(key, []).append(outcome)
-            for (status, attempt_status), group in groups.items():
-                changed += conn.execute(
-                    _finish_statement(status, now), [_finish_params(o) for o in group]
-                ).rowcount
-                conn.execute(
-                    sa.update(attempts)
-                    .where(
-                        attempts.c.job_id == sa.bindparam("b_id"),
-                        attempts.c.attempt == sa.bindparam("b_attempt"),
-                        attempts.c.status == AttemptStatus.RUNNING,
+            for group in groups.values():
+                first = group[0]
+                for chunk in _chunks([(o.job_id, o.attempt) for o in group]):
+                    changed += conn.execute(
+                        sa.update(jobs)
+                        .where(
+                            sa.tuple_(jobs.c.id, jobs.c.attempt).in_(chunk),
+                            jobs.c.status == JobStatus.PROCESSING,
+                        )
+                        .values(_finish_values(first, now))
+                    ).rowcount
+                    conn.execute(
+                        sa.update(attempts)
+                        .where(
+                            sa.tuple_(attempts.c.job_id, attempts.c.attempt).in_(chunk),
+                            attempts.c.status == AttemptStatus.RUNNING,
+                        )
+                        .values(
+                            status=first.final_attempt_status,
+                            finished_at=now,
+                            **_error_values(first.error),
+                        )
                     )
-                    .values(
-                        status=attempt_status,
-                        finished_at=now,
-                        error_type=sa.bindparam("b_error_type"),
-                        error_message=sa.bindparam("b_error_message"),
-                        error_traceback=sa.bindparam("b_error_traceback"),
-                    ),
-                    [_finish_params(o) for o in group],
-                )
         return changed
 
     def renew_leases(self, owner: str, lease_ttl_s: float) -> int:
@@ -461,45 +479,51 @@ class JobStore:
         return self.engine.connect().execution_options(**READ_ONLY)
 
 
-def _finish_statement(status: JobStatus, now: datetime) -> sa.Update:
-    values: dict[str, Any] = {
-        "status": status,
-        "updated_at": now,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "error_type": sa.bindparam("b_error_type"),
-        "error_message": sa.bindparam("b_error_message"),
-        "error_traceback": sa.bindparam("b_error_traceback"),
-    }
-    if status is JobStatus.QUEUED:
-        values["run_at"] = sa.bindparam("b_run_at")
-    else:
-        values["finished_at"] = now
-    if status is JobStatus.COMPLETED:
-        values["result"] = sa.bindparam("b_result", type_=jobs.c.result.type)
-        values["progress"] = 100.0
+#: Rows per statement when a guard lists (id, attempt) pairs: well under SQLite's
+#: limit on bound parameters.
+CHUNK = 400
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _same_values(outcome: Outcome) -> tuple[Any, ...]:
+    """Outcomes with equal keys write equal values, so one statement serves them all."""
     return (
-        sa.update(jobs)
-        .where(
-            jobs.c.id == sa.bindparam("b_id"),
-            jobs.c.attempt == sa.bindparam("b_attempt"),
-            jobs.c.status == JobStatus.PROCESSING,
-        )
-        .values(**values)
+        outcome.status,
+        outcome.final_attempt_status,
+        json.dumps(outcome.result, sort_keys=True),
+        outcome.error,
+        outcome.run_at,
     )
 
 
-def _finish_params(outcome: Outcome) -> dict[str, Any]:
-    error = outcome.error
+def _error_values(error: ErrorInfo | None) -> dict[str, Any]:
     return {
-        "b_id": outcome.job_id,
-        "b_attempt": outcome.attempt,
-        "b_result": outcome.result,
-        "b_run_at": outcome.run_at,
-        "b_error_type": error.type if error else None,
-        "b_error_message": error.message if error else None,
-        "b_error_traceback": error.traceback if error else None,
+        "error_type": error.type if error else None,
+        "error_message": error.message if error else None,
+        "error_traceback": error.traceback if error else None,
     }
+
+
+def _finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        **_error_values(outcome.error),
+    }
+    if outcome.status is JobStatus.QUEUED:
+        values["run_at"] = outcome.run_at
+    else:
+        values["finished_at"] = now
+    if outcome.status is JobStatus.COMPLETED:
+        values["result"] = outcome.result
+        values["progress"] = 100.0
+    return values
 
 
 _JOB_DEFAULTS: dict[str, Any] = {

@@ -83,7 +83,14 @@ jobs = sa.Table(
 )
 
 # The dispatcher's claim: runnable jobs by queue, highest priority first, then oldest.
-sa.Index("ix_jobs_claim", jobs.c.status, jobs.c.queue, jobs.c.priority.desc(), jobs.c.created_at)
+sa.Index(
+    "ix_jobs_claim",
+    jobs.c.status,
+    jobs.c.queue,
+    jobs.c.priority.desc(),
+    jobs.c.created_at,
+    jobs.c.id,
+)
 sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
 

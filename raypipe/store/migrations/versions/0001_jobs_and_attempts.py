@@ -61,7 +61,7 @@ def upgrade() -> None:
         sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
     )
     op.create_index(
-        "ix_jobs_claim", "jobs", ["status", "queue", sa.text("priority DESC"), "created_at"]
+        "ix_jobs_claim", "jobs", ["status", "queue", sa.text("priority DESC"), "created_at", "id"]
     )
     op.create_index("ix_jobs_lease", "jobs", ["status", "lease_expires_at"])
     op.create_index("ix_jobs_tenant_created", "jobs", ["tenant", "created_at"])

@@ -1,0 +1,123 @@
+"""No-op jobs through raypipe against raw Ray tasks doing the same no-op, in the same run.
+
+    python bench/noop.py --jobs 5000 --db sqlite --db postgres
+
+For each database: raw Ray tasks (N ``ray.remote`` no-ops, ``ray.get`` on all), then N
+raypipe ``noop`` jobs submitted in one batch and timed until every row is terminal.
+Prints jobs/s for both and the ratio raypipe / raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import ray
+import sqlalchemy as sa
+
+from raypipe.config import Settings, get_settings
+from raypipe.direct import DirectClient
+from raypipe.jobs import JobStatus
+from raypipe.runtime import cluster
+from raypipe.store import create_engine
+from raypipe.store import schema as store_schema
+
+PG_ADMIN_URL = os.environ.get(
+    "RAYPIPE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def raw_noop() -> dict[str, object]:
+    return {}
+
+
+def raw_rate(n: int) -> float:
+    started = time.perf_counter()
+    ray.get([raw_noop.remote() for _ in range(n)])
+    return n / (time.perf_counter() - started)
+
+
+def raypipe_rate(settings: Settings, n: int) -> tuple[float, float]:
+    """(jobs/s end to end, seconds spent submitting)."""
+    cluster.start_actors(settings)
+    client = DirectClient(settings)
+    try:
+        started = time.perf_counter()
+        client.submit_many([("noop", {})] * n)
+        submitted = time.perf_counter() - started
+        while client.store.count_unfinished():
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        counts = client.store.count_by_status()
+        if counts.get(JobStatus.COMPLETED) != n:
+            raise SystemExit(f"not every job completed: {counts}")
+        return n / elapsed, submitted
+    finally:
+        cluster.stop_actors(settings)
+        client.close()
+
+
+def database(kind: str, folder: Path) -> tuple[str, object]:
+    """A fresh migrated database; returns its URL and a cleanup callable."""
+    if kind == "sqlite":
+        url = f"sqlite:///{folder / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        cleanup = None
+    else:
+        name = f"raypipe_bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
+
+        def cleanup() -> None:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin.dispose()
+
+    engine = create_engine(url)
+    store_schema.upgrade(engine)
+    engine.dispose()
+    return url, cleanup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--db", action="append", choices=["sqlite", "postgres"])
+    parser.add_argument("--num-cpus", type=int, default=2)
+    args = parser.parse_args()
+    kinds = args.db or ["sqlite", "postgres"]
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)
+    raw_rate(min(args.jobs, 500))  # start the workers for both sides
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            url, cleanup = database(kind, Path(tmp))
+            settings = get_settings(
+                database_url=url, data_dir=Path(tmp) / "data",
+                namespace=f"bench-{uuid.uuid4().hex[:8]}",
+            )
+            raw = raw_rate(args.jobs)
+            ours, submit_s = raypipe_rate(settings, args.jobs)
+            rows.append((kind, raw, ours, submit_s))
+            if cleanup:
+                cleanup()
+    ray.shutdown()
+    print(f"\n{args.jobs} no-op jobs, {args.num_cpus} CPUs")
+    print(f"{'database':<10} {'raw Ray jobs/s':>15} {'raypipe jobs/s':>15} {'ratio':>7}"
+          f" {'submit s':>9}")
+    for kind, raw, ours, submit_s in rows:
+        print(f"{kind:<10} {raw:>15.0f} {ours:>15.0f} {ours / raw:>7.2f} {submit_s:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
