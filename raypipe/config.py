@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_backoff_s: float = Field(default=600.0, ge=0)
 
     poll_interval_s: float = Field(default=1.0, gt=0)
+    dispatch_interval_s: float = Field(
+        default=0.02, ge=0, description="least time between dispatcher rounds while busy"
+    )
     lease_ttl_s: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=500, ge=1)
     max_in_flight: int = Field(default=2000, ge=1)

@@ -68,7 +68,7 @@ class Dispatcher:
         self.settings = settings
         self.owner_prefix = f"{settings.namespace}/{DISPATCHER_ACTOR}:"
         self.owner = self.owner_prefix + uuid.uuid4().hex[:12]
-        self.store = JobStore.from_url(settings.database_url)
+        self.store = JobStore.from_url(settings.database_url, wait_for_flush=False)
         store_schema.check(self.store.engine)
         self.processors = registry.load(settings.processor_modules)
         self._settings_ref = ray.put(settings)
@@ -128,10 +128,11 @@ class Dispatcher:
                 await asyncio.sleep(min(MAX_ERROR_BACKOFF_S, 0.2 * 2**failures))
                 continue
             self._last_round = time.monotonic()
-            if more:
-                await asyncio.sleep(0)  # let completion callbacks in before the next round
-            else:
+            if not more:
                 await self._sleep()
+            # While work is in flight, space rounds out so that each one records and
+            # claims a batch: per-round costs (locks, commits) are then shared by many jobs.
+            await asyncio.sleep(self.settings.dispatch_interval_s if self._running else 0)
 
     def _round(self) -> bool:
         """One pass; returns whether there may be more to claim right away."""

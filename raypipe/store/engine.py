@@ -13,12 +13,20 @@ from sqlalchemy.pool import ConnectionPoolEntry
 READ_ONLY = {"raypipe_read_only": True}
 
 
-def create_engine(url: str, pool_size: int = 5) -> Engine:
-    """An engine for ``url``; created per process because engines cannot be pickled into Ray."""
+def create_engine(url: str, pool_size: int = 5, wait_for_flush: bool = True) -> Engine:
+    """An engine for ``url``; created per process because engines cannot be pickled into Ray.
+
+    ``wait_for_flush=False`` lets PostgreSQL acknowledge commits before their WAL
+    reaches disk. The dispatcher uses it: a crash can only roll its recent claims
+    and outcomes back to an earlier consistent state, which lease expiry then
+    re-runs (delivery is at-least-once anyway). Submissions always wait.
+    """
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
+    options = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
     return sa.create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, future=True
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        connect_args=options,
     )
 
 

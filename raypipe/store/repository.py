@@ -59,8 +59,8 @@ class JobStore:
         self.dialect = engine.dialect.name
 
     @classmethod
-    def from_url(cls, url: str, clock: Clock = utcnow) -> JobStore:
-        return cls(create_engine(url), clock)
+    def from_url(cls, url: str, clock: Clock = utcnow, wait_for_flush: bool = True) -> JobStore:
+        return cls(create_engine(url, wait_for_flush=wait_for_flush), clock)
 
     def dispose(self) -> None:
         self.engine.dispose()
