@@ -95,15 +95,21 @@ def main() -> None:
     kinds = args.db or ["sqlite", "postgres"]
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     raw_rate(min(args.jobs, 500))  # start the workers for both sides
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
             url, cleanup = database(kind, Path(tmp))
             settings = get_settings(
-                database_url=url, data_dir=Path(tmp) / "data",
+                database_url=url,
+                data_dir=Path(tmp) / "data",
                 namespace=f"bench-{uuid.uuid4().hex[:8]}",
             )
             raw = raw_rate(args.jobs)
@@ -113,8 +119,10 @@ def main() -> None:
                 cleanup()
     ray.shutdown()
     print(f"\n{args.jobs} no-op jobs, {args.num_cpus} CPUs")
-    print(f"{'database':<10} {'raw Ray jobs/s':>15} {'raypipe jobs/s':>15} {'ratio':>7}"
-          f" {'submit s':>9}")
+    print(
+        f"{'database':<10} {'raw Ray jobs/s':>15} {'raypipe jobs/s':>15} {'ratio':>7}"
+        f" {'submit s':>9}"
+    )
     for kind, raw, ours, submit_s in rows:
         print(f"{kind:<10} {raw:>15.0f} {ours:>15.0f} {ours / raw:>7.2f} {submit_s:>9.2f}")
 

@@ -25,7 +25,10 @@ def create_engine(url: str, pool_size: int = 5, wait_for_flush: bool = True) -> 
         return _sqlite_engine(url)
     options = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
     return sa.create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
         connect_args=options,
     )
 

@@ -70,8 +70,9 @@ def test_delayed_jobs_wait_for_their_time(client: DirectClient) -> None:
 
 def test_an_expired_lease_is_found(client: DirectClient) -> None:
     job = client.submit("noop", {})
-    client.store.claim("gone", -1.0, {"default": 10},
-                       lambda c, f: choose_claims(c, f, {}, lambda _t: {}, 10), 10)
+    client.store.claim(
+        "gone", -1.0, {"default": 10}, lambda c, f: choose_claims(c, f, {}, lambda _t: {}, 10), 10
+    )
     lost = client.store.lost_jobs(expired=True)
     assert [j.id for j in lost] == [job.id]
     assert client.store.renew_leases("gone", 60) == 1
