@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     claim_batch: int = Field(default=500, ge=1)
     max_in_flight: int = Field(default=2000, ge=1)
     oversubscription: float = Field(
-        default=4.0, ge=1.0, description="in-flight resource demand allowed per free unit"
+        default=16.0, ge=1.0, description="in-flight resource demand per unit of cluster resource"
     )
     cancel_grace_s: float = Field(default=3.0, ge=0)
 

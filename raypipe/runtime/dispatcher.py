@@ -119,7 +119,10 @@ class Dispatcher:
         failures = 0
         while True:
             try:
+                started = time.perf_counter()
                 more = self._round()
+                self.counters["rounds"] += 1
+                self.counters["round_ms"] += int((time.perf_counter() - started) * 1000)
                 failures, self._last_error = 0, None
             except Exception as exc:  # the database or Ray is away: degrade, retry, lose nothing
                 failures += 1

@@ -24,7 +24,7 @@ from raypipe.jobs import (
     utcnow,
 )
 from raypipe.store.engine import READ_ONLY, create_engine
-from raypipe.store.tables import attempts, jobs
+from raypipe.store.tables import PROCESSING_ONLY, QUEUED_ONLY, attempts, jobs
 
 #: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
 CLAIM_LOCK_KEY = 0x7261797069706500
@@ -193,9 +193,7 @@ class JobStore:
     @staticmethod
     def _running_by_queue(conn: Connection) -> dict[str, int]:
         query = (
-            sa.select(jobs.c.queue, sa.func.count())
-            .where(jobs.c.status == JobStatus.PROCESSING)
-            .group_by(jobs.c.queue)
+            sa.select(jobs.c.queue, sa.func.count()).where(PROCESSING_ONLY).group_by(jobs.c.queue)
         )
         return {queue: count for queue, count in conn.execute(query)}
 
@@ -293,7 +291,7 @@ class JobStore:
         claim index serves the ORDER BY instead of a sort of every queued row."""
         query = (
             sa.select(*(jobs.c[name] for name in Candidate.__dataclass_fields__))
-            .where(jobs.c.status == JobStatus.QUEUED, jobs.c.queue == queue, jobs.c.run_at <= now)
+            .where(QUEUED_ONLY, jobs.c.queue == queue, jobs.c.run_at <= now)
             .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
             .limit(limit)
         )
@@ -358,7 +356,7 @@ class JobStore:
         limit: int = 500,
     ) -> list[JobRecord]:
         """Processing jobs whose lease expired, or held by an earlier dispatcher incarnation."""
-        query = sa.select(jobs).where(jobs.c.status == JobStatus.PROCESSING).limit(limit)
+        query = sa.select(jobs).where(PROCESSING_ONLY).limit(limit)
         if expired:
             query = query.where(jobs.c.lease_expires_at < self.clock())
         if owner_prefix is not None:

@@ -82,16 +82,27 @@ jobs = sa.Table(
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
 )
 
-# The dispatcher's claim: runnable jobs by queue, highest priority first, then oldest.
+# Partial indexes: each holds only the rows its query looks for, so the churn of
+# finished jobs never touches them. The claim: runnable jobs by queue, highest
+# priority first, then oldest. The lease sweep: running jobs by lease expiry.
+QUEUED_ONLY = sa.text("status = 'queued'")
+PROCESSING_ONLY = sa.text("status = 'processing'")
 sa.Index(
     "ix_jobs_claim",
-    jobs.c.status,
     jobs.c.queue,
     jobs.c.priority.desc(),
     jobs.c.created_at,
     jobs.c.id,
+    postgresql_where=QUEUED_ONLY,
+    sqlite_where=QUEUED_ONLY,
 )
-sa.Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
+sa.Index(
+    "ix_jobs_lease",
+    jobs.c.queue,
+    jobs.c.lease_expires_at,
+    postgresql_where=PROCESSING_ONLY,
+    sqlite_where=PROCESSING_ONLY,
+)
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
 
 attempts = sa.Table(

@@ -60,10 +60,21 @@ def upgrade() -> None:
         sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
         sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
     )
+    queued, processing = sa.text("status = 'queued'"), sa.text("status = 'processing'")
     op.create_index(
-        "ix_jobs_claim", "jobs", ["status", "queue", sa.text("priority DESC"), "created_at", "id"]
+        "ix_jobs_claim",
+        "jobs",
+        ["queue", sa.text("priority DESC"), "created_at", "id"],
+        postgresql_where=queued,
+        sqlite_where=queued,
     )
-    op.create_index("ix_jobs_lease", "jobs", ["status", "lease_expires_at"])
+    op.create_index(
+        "ix_jobs_lease",
+        "jobs",
+        ["queue", "lease_expires_at"],
+        postgresql_where=processing,
+        sqlite_where=processing,
+    )
     op.create_index("ix_jobs_tenant_created", "jobs", ["tenant", "created_at"])
     op.create_table(
         "attempts",
