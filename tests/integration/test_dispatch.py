@@ -191,3 +191,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_cancel_asked_while_no_dispatcher_runs_is_honoured_on_restart(
+    raypipe: DirectClient, tmp_path: Path
+) -> None:
+    from raypipe.runtime import cluster
+
+    job = raypipe.submit("test.gate", {"folder": str(tmp_path)})
+    wait_for(lambda: (tmp_path / "pid-1").exists(), what="the gate to start")
+    ray.kill(dispatcher(raypipe.settings), no_restart=True)
+    assert job.cancel().status is JobStatus.PROCESSING  # only flagged: nobody runs it now
+    cluster.start_actors(raypipe.settings)
+    final = job.wait(60)
+    assert final.status is JobStatus.CANCELLED
+    assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]
+    assert not (tmp_path / "pid-2").exists()
