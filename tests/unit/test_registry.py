@@ -58,7 +58,12 @@ def second_impl(payload: TextPayload, ctx: JobContext) -> None:
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test works on a copy of the registry (built-ins loaded) that is thrown away."""
     registry.load()
-    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    builtins = {
+        name: spec
+        for name, spec in registry._registry.items()
+        if spec.fn.__module__ in registry.BUILTIN_MODULES
+    }
+    monkeypatch.setattr(registry, "_registry", builtins)
     yield
 
 
