@@ -1,12 +1,9 @@
-"""Ray Serve entry point (`serve run serve_app:app`).
-
-The HTTP API (routes under /v1, auth, streams) arrives with the HTTP issue; until
-then this module only builds the settings it will deploy with, so that it imports.
-"""
+"""Ray Serve entry point: `serve run serve_app:app`, or `serve build serve_app:app` for a
+config file to `serve deploy` on a cluster. Settings come from RAYPIPE_* variables."""
 
 from __future__ import annotations
 
+from raypipe.api.deployment import build
 from raypipe.config import get_settings
 
-settings = get_settings()
-app = None  # replaced by the Serve application in the HTTP issue
+app = build(get_settings())

@@ -18,6 +18,13 @@ class QueueConfig(BaseModel):
     priority: int = Field(default=0, ge=0)
 
 
+class RateLimit(BaseModel):
+    """At most ``limit`` units (jobs submitted, for ``submit``) per tenant per window."""
+
+    limit: int = Field(ge=1)
+    window_s: int = Field(default=60, ge=1)
+
+
 class Settings(BaseSettings):
     """Everything raypipe reads from its environment.
 
@@ -55,6 +62,16 @@ class Settings(BaseSettings):
         default=16.0, ge=1.0, description="in-flight resource demand per unit of cluster resource"
     )
     cancel_grace_s: float = Field(default=3.0, ge=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_replicas: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_bulk_jobs: int = Field(default=10_000, ge=1)
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=lambda: {"submit": RateLimit(limit=100_000, window_s=60)}
+    )
+    events_poll_interval_s: float = Field(default=0.25, gt=0)
 
     progress_report_interval_s: float = Field(default=0.2, gt=0)
     progress_flush_interval_s: float = Field(default=0.5, gt=0)

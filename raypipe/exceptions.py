@@ -34,6 +34,28 @@ class Conflict(RaypipeError):
     code = "conflict"
 
 
+class Unauthorized(RaypipeError):
+    """A valid API key is required: send `Authorization: Bearer <key>`."""
+
+    code = "unauthorized"
+
+
+class RateLimited(RaypipeError):
+    """Too many requests: slow down and retry after the given delay."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLarge(RaypipeError):
+    """The request body is larger than this server accepts."""
+
+    code = "payload_too_large"
+
+
 class SchemaOutOfDate(RaypipeError):
     """The database schema is behind this version of raypipe: run `raypipe migrate`."""
 

@@ -24,7 +24,14 @@ from raypipe.jobs import (
     utcnow,
 )
 from raypipe.store.engine import READ_ONLY, create_engine
-from raypipe.store.tables import PROCESSING_ONLY, QUEUED_ONLY, attempts, jobs
+from raypipe.store.tables import (
+    PROCESSING_ONLY,
+    QUEUED_ONLY,
+    UTCDateTime,
+    attempts,
+    job_events,
+    jobs,
+)
 
 #: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
 CLAIM_LOCK_KEY = 0x7261797069706500
@@ -101,6 +108,11 @@ class JobStore:
                     )
                 else:
                     out.append((_job_from_mapping(found._mapping), False))
+            created = [job for job, new in out if new]
+            if created:
+                conn.execute(
+                    job_events.insert(), [_event(job.id, job.status, 0, now) for job in created]
+                )
         return out
 
     def _insert_ignoring_duplicates(self) -> sa.Insert:
@@ -148,10 +160,15 @@ class JobStore:
         status: JobStatus | None = None,
         type: str | None = None,
         queue: str | None = None,
+        tag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         ids: Iterable[str] | None = None,
+        before: tuple[datetime, str] | None = None,
         limit: int = 100,
     ) -> list[JobRecord]:
-        """Jobs matching every filter given, newest first."""
+        """Jobs matching every filter given, newest first; ``before`` is the (created_at, id)
+        of the last job of the previous page (keyset pagination)."""
         query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
         for column, value in (
             (jobs.c.tenant, tenant),
@@ -161,10 +178,68 @@ class JobStore:
         ):
             if value is not None:
                 query = query.where(column == value)
+        if tag is not None:
+            query = query.where(self._has_tag(tag))
+        if created_after is not None:
+            query = query.where(jobs.c.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(jobs.c.created_at < created_before)
         if ids is not None:
             query = query.where(jobs.c.id.in_(list(ids)))
+        if before is not None:
+            at, last_id = before
+            query = query.where(
+                sa.or_(
+                    jobs.c.created_at < at,
+                    sa.and_(jobs.c.created_at == at, jobs.c.id < last_id),
+                )
+            )
         with self._read() as conn:
             return [_job_from_mapping(row._mapping) for row in conn.execute(query)]
+
+    def _has_tag(self, tag: str) -> sa.ColumnElement[bool]:
+        if self.dialect == "postgresql":
+            return jobs.c.tags.contains([tag])
+        each = sa.func.json_each(jobs.c.tags).table_valued("value")
+        return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: queued depth, running count and the oldest runnable job's wait."""
+        now = self.clock()
+        query = (
+            sa.select(
+                jobs.c.queue,
+                jobs.c.status,
+                sa.func.count(),
+                sa.func.min(sa.case((jobs.c.run_at <= now, jobs.c.run_at))),
+            )
+            .where(jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
+            .group_by(jobs.c.queue, jobs.c.status)
+        )
+        stats: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for queue, status, count, oldest in conn.execute(query):
+                entry = stats.setdefault(
+                    queue, {"depth": 0, "running": 0, "oldest_waiting_s": None}
+                )
+                if JobStatus(status) is JobStatus.PROCESSING:
+                    entry["running"] = count
+                    continue
+                entry["depth"] = count
+                if oldest is not None:
+                    oldest = jobs.c.run_at.type.process_result_value(oldest, self.engine.dialect)
+                    entry["oldest_waiting_s"] = round((now - oldest).total_seconds(), 3)
+        return stats
+
+    def count_stuck(self) -> int:
+        """Running jobs whose lease expired: their dispatcher is gone, no one rescued them yet."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(PROCESSING_ONLY, jobs.c.lease_expires_at < self.clock())
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar_one()
 
     def attempts(self, job_id: str) -> list[AttemptRecord]:
         query = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
@@ -271,6 +346,10 @@ class JobStore:
                     for c in chosen
                 ],
             )
+            conn.execute(
+                job_events.insert(),
+                [_event(c.id, JobStatus.PROCESSING, c.attempt + 1, now) for c in chosen],
+            )
         return [
             ClaimedJob(
                 id=c.id,
@@ -316,14 +395,34 @@ class JobStore:
             for group in groups.values():
                 first = group[0]
                 for chunk in _chunks([(o.job_id, o.attempt) for o in group]):
-                    changed += conn.execute(
+                    rows = conn.execute(
                         sa.update(jobs)
                         .where(
                             sa.tuple_(jobs.c.id, jobs.c.attempt).in_(chunk),
                             jobs.c.status == JobStatus.PROCESSING,
                         )
                         .values(_finish_values(first, now))
-                    ).rowcount
+                        .returning(
+                            jobs.c.id, jobs.c.attempt, jobs.c.progress, jobs.c.message, jobs.c.stage
+                        )
+                    ).all()
+                    changed += len(rows)
+                    if rows:
+                        conn.execute(
+                            job_events.insert(),
+                            [
+                                _event(
+                                    r.id,
+                                    first.status,
+                                    r.attempt,
+                                    now,
+                                    r.progress,
+                                    r.message,
+                                    r.stage,
+                                )
+                                for r in rows
+                            ],
+                        )
                     conn.execute(
                         sa.update(attempts)
                         .where(
@@ -377,33 +476,74 @@ class JobStore:
             return [(row.id, row.attempt) for row in conn.execute(query)]
 
     def write_progress(self, updates: Sequence[dict[str, Any]]) -> int:
-        """Write running attempts' latest progress (id, attempt, progress, message, stage)."""
+        """Write running attempts' latest progress (id, attempt, progress, message, stage),
+        each with a progress event; reports for attempts no longer running change nothing."""
         if not updates:
             return 0
+        now = self.clock()
+        params = [
+            {
+                "b_id": u["id"],
+                "b_attempt": u["attempt"],
+                "b_progress": u["progress"],
+                "b_message": u["message"],
+                "b_stage": u["stage"],
+            }
+            for u in updates
+        ]
+        guard = (
+            jobs.c.id == sa.bindparam("b_id"),
+            jobs.c.attempt == sa.bindparam("b_attempt"),
+            jobs.c.status == JobStatus.PROCESSING,
+        )
         with self.engine.begin() as conn:
-            return conn.execute(
+            written = conn.execute(
                 sa.update(jobs)
-                .where(
-                    jobs.c.id == sa.bindparam("b_id"),
-                    jobs.c.attempt == sa.bindparam("b_attempt"),
-                    jobs.c.status == JobStatus.PROCESSING,
-                )
+                .where(*guard)
                 .values(
                     progress=sa.bindparam("b_progress"),
                     message=sa.bindparam("b_message"),
                     stage=sa.bindparam("b_stage"),
                 ),
-                [
-                    {
-                        "b_id": u["id"],
-                        "b_attempt": u["attempt"],
-                        "b_progress": u["progress"],
-                        "b_message": u["message"],
-                        "b_stage": u["stage"],
-                    }
-                    for u in updates
-                ],
+                params,
             ).rowcount
+            conn.execute(
+                job_events.insert().from_select(
+                    [
+                        "job_id",
+                        "kind",
+                        "status",
+                        "attempt",
+                        "progress",
+                        "message",
+                        "stage",
+                        "created_at",
+                    ],
+                    sa.select(
+                        jobs.c.id,
+                        sa.literal("progress"),
+                        sa.literal(JobStatus.PROCESSING.value),
+                        jobs.c.attempt,
+                        jobs.c.progress,
+                        jobs.c.message,
+                        jobs.c.stage,
+                        sa.literal(now, UTCDateTime),
+                    ).where(*guard),
+                ),
+                params,
+            )
+        return written
+
+    def events(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        """A job's events after event id ``after``, oldest first."""
+        query = (
+            sa.select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.id > after)
+            .order_by(job_events.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     # -- the user's writes -----------------------------------------------------------
 
@@ -430,6 +570,11 @@ class JobStore:
                 .where(jobs.c.id == job_id, jobs.c.status == job.status)
                 .values(updated_at=now, **values)
             )
+            if job.status is JobStatus.QUEUED:
+                conn.execute(
+                    job_events.insert(),
+                    [_event(job_id, JobStatus.CANCELLED, job.attempt, now, job.progress)],
+                )
         return self.get(job_id)
 
     def retry(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -460,6 +605,7 @@ class JobStore:
                     error_traceback=None,
                 )
             )
+            conn.execute(job_events.insert(), [_event(job_id, JobStatus.QUEUED, job.attempt, now)])
         return self.get(job_id)
 
     def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:
@@ -475,6 +621,27 @@ class JobStore:
 
     def _read(self) -> Connection:
         return self.engine.connect().execution_options(**READ_ONLY)
+
+
+def _event(
+    job_id: str,
+    status: JobStatus,
+    attempt: int,
+    now: datetime,
+    progress: float = 0.0,
+    message: str | None = None,
+    stage: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "kind": "status",
+        "status": status.value,
+        "attempt": attempt,
+        "progress": progress,
+        "message": message,
+        "stage": stage,
+        "created_at": now,
+    }
 
 
 #: Rows per statement when a guard lists (id, attempt) pairs: well under SQLite's

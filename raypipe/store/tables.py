@@ -121,3 +121,46 @@ attempts = sa.Table(
     sa.Column("error_traceback", sa.Text),
     sa.PrimaryKeyConstraint("job_id", "attempt", name="pk_attempts"),
 )
+
+# Every status change and coalesced progress step, in order: the history a job's
+# event stream replays from (`Last-Event-ID`), the same on every API replica.
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column(
+        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("progress", sa.Float, nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("stage", sa.String(200)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_job_events_job", job_events.c.job_id, job_events.c.id)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+# Fixed-window counters per tenant and action, shared by every API replica.
+rate_limits = sa.Table(
+    "rate_limits",
+    metadata,
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(50), nullable=False),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("tenant", "action", "window_start", name="pk_rate_limits"),
+)

@@ -178,3 +178,26 @@ def test_status_values_are_constrained_in_the_database(client: DirectClient) -> 
     job = client.submit("noop", {})
     with pytest.raises(sa.exc.DBAPIError), client.store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE jobs SET status = 'exploded' WHERE id = :id"), {"id": job.id})
+
+
+def test_every_status_change_and_progress_step_is_an_event(client: DirectClient) -> None:
+    store = client.store
+    job = client.submit("noop", {})
+    assert [c.id for c in _claim_all(store)] == [job.id]
+    assert store.write_progress(
+        [{"id": job.id, "attempt": 1, "progress": 40.0, "message": "half", "stage": "s"}]
+    ) == 1
+    # A report from an attempt that is not running writes neither row nor event.
+    assert store.write_progress(
+        [{"id": job.id, "attempt": 7, "progress": 90.0, "message": "x", "stage": None}]
+    ) == 0
+    store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={})])
+    events = store.events(job.id)
+    assert [(e["kind"], e["status"], e["progress"]) for e in events] == [
+        ("status", "queued", 0.0),
+        ("status", "processing", 0.0),
+        ("progress", "processing", 40.0),
+        ("status", "completed", 100.0),
+    ]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert store.events(job.id, after=events[1]["id"])[0]["progress"] == 40.0

@@ -1,0 +1,320 @@
+"""The FastAPI app: routes under /v1, one error format, API keys, rate limits, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import ray
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from raypipe import registry
+from raypipe.api import errors
+from raypipe.api.schemas import (
+    BulkAccepted,
+    BulkCreate,
+    CheckView,
+    ErrorResponse,
+    HealthView,
+    JobCreate,
+    JobList,
+    JobTypeView,
+    JobView,
+    QueueView,
+)
+from raypipe.api.services import Principal, Services
+from raypipe.config import Settings
+from raypipe.exceptions import InvalidInput, PayloadTooLarge
+from raypipe.jobs import JobRecord, JobStatus
+from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
+from raypipe.submission import prepare
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429)
+}
+#: How long a status check of an actor may take before it counts as degraded.
+ACTOR_CHECK_TIMEOUT_S = 3.0
+#: Seconds between keep-alive comments on an idle event stream.
+KEEPALIVE_S = 15.0
+
+
+def _principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return request.app.state.services.authenticate(authorization)
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API for ``settings``; it touches no database until the first request."""
+    services = Services(settings)
+    app = FastAPI(
+        title="raypipe",
+        version="1",
+        description="Durable background jobs on Ray. Authenticate with `Bearer <api key>`.",
+    )
+    errors.install(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            exc = PayloadTooLarge(f"body: at most {settings.max_body_bytes} bytes")
+            return errors.error_response(413, exc.code, exc.message)
+        return await call_next(request)
+
+    app.state.services = services
+    v1 = APIRouter(prefix="/v1", responses=ERRORS)
+
+    def submit(
+        caller: Principal, specs: list[JobCreate], prefix: tuple[str | int, ...]
+    ) -> list[tuple[JobRecord, bool]]:
+        services.charge(caller, "submit", len(specs))
+        rows = prepare(
+            [s.model_dump(exclude={"webhook_url", "then"}) for s in specs],
+            settings,
+            services.jobs.clock(),
+            caller.tenant,
+            prefix,
+        )
+        records = services.jobs.insert(rows)
+        services.wake_dispatcher()
+        return records
+
+    @v1.post("/jobs", status_code=202, response_model=JobView)
+    def create_job(
+        spec: JobCreate,
+        caller: Caller,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> JobView:
+        """Submit a job; the row is committed before the answer."""
+        if idempotency_key:
+            spec = spec.model_copy(update={"idempotency_key": idempotency_key})
+        [(job, created)] = submit(caller, [spec], ())
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        if not created:
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
+        return JobView.of(job)
+
+    @v1.post("/jobs/bulk", status_code=202, response_model=BulkAccepted)
+    def create_jobs(body: BulkCreate, caller: Caller) -> BulkAccepted:
+        """Submit many jobs in one transaction: every one is valid and written, or none."""
+        if len(body.jobs) > settings.max_bulk_jobs:
+            raise InvalidInput(
+                f"jobs: at most {settings.max_bulk_jobs} per request",
+                details=[{"loc": ["jobs"], "msg": f"at most {settings.max_bulk_jobs} items"}],
+            )
+        records = submit(caller, body.jobs, ("jobs",))
+        return BulkAccepted(count=len(records), jobs=[JobView.of(job) for job, _ in records])
+
+    @v1.get("/jobs", response_model=JobList)
+    def list_jobs(
+        caller: Caller,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        tag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> JobList:
+        """Jobs, newest first, filtered; follow `next_cursor` for the next page."""
+        for name, value in (("created_after", created_after), ("created_before", created_before)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidInput(
+                    f"{name}: must include a time zone",
+                    details=[{"loc": [name], "msg": "must include a time zone"}],
+                )
+        found = services.jobs.list(
+            tenant=caller.scope,
+            status=status,
+            type=type,
+            queue=queue,
+            tag=tag,
+            created_after=created_after,
+            created_before=created_before,
+            before=_decode_cursor(cursor) if cursor else None,
+            limit=limit,
+        )
+        next_cursor = _encode_cursor(found[-1]) if len(found) == limit else None
+        return JobList(jobs=[JobView.of(job) for job in found], next_cursor=next_cursor)
+
+    @v1.get("/jobs/{job_id}", response_model=JobView, response_model_exclude_none=False)
+    def get_job(
+        job_id: str,
+        caller: Caller,
+        include: Annotated[str | None, Query(pattern="^attempts$")] = None,
+    ) -> JobView:
+        """A job's status, progress, result and error; `?include=attempts` adds its attempts."""
+        job = services.jobs.get(job_id, caller.scope)
+        attempts = services.jobs.attempts(job_id) if include == "attempts" else None
+        return JobView.of(job, attempts)
+
+    @v1.post("/jobs/{job_id}/cancel", response_model=JobView)
+    def cancel_job(job_id: str, caller: Caller) -> JobView:
+        """Cancel a queued job now, or stop a running one (its status follows shortly)."""
+        job = services.jobs.request_cancel(job_id, caller.scope)
+        services.wake_dispatcher()
+        return JobView.of(job)
+
+    @v1.post("/jobs/{job_id}/retry", response_model=JobView)
+    def retry_job(job_id: str, caller: Caller) -> JobView:
+        """Queue a failed or cancelled job again; its attempts so far stay on record."""
+        job = services.jobs.retry(job_id, caller.scope)
+        services.wake_dispatcher()
+        return JobView.of(job)
+
+    @v1.get(
+        "/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def job_events(
+        job_id: str,
+        caller: Caller,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: every status and progress change, resumable with
+        `Last-Event-ID`, closed after the terminal status."""
+        await run_in_threadpool(services.jobs.get, job_id, caller.scope)
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        return StreamingResponse(
+            _stream(services, job_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @v1.get("/queues", response_model=list[QueueView])
+    def queues(caller: Caller) -> list[QueueView]:
+        """Per queue: depth, running jobs, the oldest runnable job's wait, and its limit."""
+        stats = services.jobs.queue_stats()
+        return [
+            QueueView(
+                name=name,
+                concurrency=q.concurrency,
+                priority=q.priority,
+                **stats.get(name, {"depth": 0, "running": 0, "oldest_waiting_s": None}),
+            )
+            for name, q in sorted(settings.queues.items())
+        ]
+
+    @v1.get("/job-types", response_model=list[JobTypeView])
+    def job_types(caller: Caller) -> list[JobTypeView]:
+        """Registered processors, with the JSON schema of each one's payload."""
+        services.jobs  # noqa: B018 - loads the registry
+        return [
+            JobTypeView(
+                type=spec.type,
+                description=spec.description,
+                queue=spec.queue,
+                resources=spec.demand(),
+                timeout_s=spec.timeout_s,
+                max_attempts=spec.retry.max_attempts if spec.retry else None,
+                payload_schema=spec.payload_model.model_json_schema(),
+            )
+            for spec in sorted(
+                registry.load(settings.processor_modules).values(), key=lambda s: s.type
+            )
+        ]
+
+    app.include_router(v1)
+
+    @app.get("/health", response_model=HealthView, responses={503: {"model": HealthView}})
+    def health() -> JSONResponse:
+        """Database, dispatcher, progress actor and stuck jobs; 503 if any is degraded."""
+        checks = _health_checks(services)
+        ok = all(c.status == "ok" for c in checks.values())
+        body = HealthView(status="ok" if ok else "degraded", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    return app
+
+
+def _stream_event(event: dict[str, Any]) -> str:
+    data = {
+        "id": event["job_id"],
+        "status": event["status"],
+        "progress": event["progress"],
+        "message": event["message"],
+        "stage": event["stage"],
+        "attempt": event["attempt"],
+    }
+    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _stream(services: Services, job_id: str, after: int) -> Any:
+    terminal = {s.value for s in JobStatus if s.is_terminal}
+    idle = 0.0
+    while True:
+        events = await run_in_threadpool(services.jobs.events, job_id, after)
+        for event in events:
+            after = event["id"]
+            yield _stream_event(event)
+            if event["kind"] == "status" and event["status"] in terminal:
+                return
+        if events:
+            idle = 0.0
+            continue
+        await asyncio.sleep(services.settings.events_poll_interval_s)
+        idle += services.settings.events_poll_interval_s
+        if idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+
+
+def _health_checks(services: Services) -> dict[str, CheckView]:
+    checks: dict[str, CheckView] = {}
+    try:
+        stuck = services.jobs.count_stuck()
+        checks["database"] = CheckView(status="ok")
+        checks["stuck_jobs"] = (
+            CheckView(status="ok")
+            if stuck == 0
+            else CheckView(status="degraded", detail=f"{stuck} running jobs past their lease")
+        )
+    except Exception as exc:  # any database failure is the report
+        checks["database"] = CheckView(status="degraded", detail=f"{type(exc).__name__}: {exc}")
+    checks["dispatcher"] = _actor_check(services, DISPATCHER_ACTOR, "info")
+    checks["progress"] = _actor_check(services, PROGRESS_ACTOR, "stats")
+    return checks
+
+
+def _actor_check(services: Services, name: str, method: str) -> CheckView:
+    if not ray.is_initialized():
+        return CheckView(status="degraded", detail="this process is not connected to Ray")
+    try:
+        actor = ray.get_actor(name, namespace=services.settings.namespace)
+        info = ray.get(getattr(actor, method).remote(), timeout=ACTOR_CHECK_TIMEOUT_S)
+    except ValueError:
+        return CheckView(status="degraded", detail=f"{name} is not running")
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        return CheckView(status="degraded", detail=f"{name}: {type(exc).__name__}")
+    if isinstance(info, dict) and info.get("last_error"):
+        return CheckView(status="degraded", detail=str(info["last_error"]))
+    return CheckView(status="ok")
+
+
+def _encode_cursor(job: JobRecord) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(at), job_id
+    except ValueError:
+        raise InvalidInput(
+            "cursor: not a cursor from a previous page",
+            details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
+        ) from None

@@ -1,0 +1,45 @@
+"""The API as a Ray Serve application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from raypipe.api.app import create_app
+from raypipe.config import Settings
+
+APP_NAME = "raypipe"
+DEPLOYMENT_NAME = "raypipe-api"
+
+
+def build(settings: Settings) -> serve.Application:
+    """A Serve application whose replicas each build the FastAPI app from ``settings``.
+
+    The app is built inside each replica (a builder, not a pickled app), so every
+    replica opens its own database pool. Replicas reserve no CPU: they only validate,
+    write rows and read state.
+    """
+
+    def build_asgi_app() -> FastAPI:
+        return create_app(settings)
+
+    ingress: Any = serve.ingress(build_asgi_app)()
+    deployment = serve.deployment(
+        name=DEPLOYMENT_NAME,
+        num_replicas=settings.api_replicas,
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 0},
+    )(ingress)
+    return deployment.bind()
+
+
+def deploy(settings: Settings) -> None:
+    """Start Serve's HTTP proxy on the configured address and run the API there."""
+    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.run(build(settings), name=APP_NAME, route_prefix="/")
+
+
+def undeploy() -> None:
+    serve.delete(APP_NAME)

@@ -1,0 +1,94 @@
+"""One place that turns errors into JSON: `{"error": {"code", "message", "details"}}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raypipe.exceptions import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotRunning,
+    PayloadTooLarge,
+    RateLimited,
+    RaypipeError,
+    SchemaOutOfDate,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unauthorized: 401,
+    RateLimited: 429,
+    PayloadTooLarge: 413,
+    SchemaOutOfDate: 503,
+    NotRunning: 503,
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RaypipeError)
+    async def raypipe_error(_request: Request, exc: RaypipeError) -> JSONResponse:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return error_response(status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            detail = next(e for e in errors if e.get("type") == "json_invalid")
+            reason = (detail.get("ctx") or {}).get("error", "invalid JSON")
+            return error_response(400, "invalid_json", f"body: not valid JSON ({reason})")
+        details = [
+            {
+                "loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]][_skip(e) :],
+                "msg": e["msg"],
+            }
+            for e in errors
+        ]
+        first = details[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        return error_response(422, "validation_error", f"{where}: {first['msg']}{more}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, "internal_error", "internal error; see the server log")
+
+
+def _skip(error: dict[str, Any]) -> int:
+    """Drop FastAPI's leading "body" so locations read as the field paths users sent."""
+    loc = error["loc"]
+    return 1 if loc and loc[0] == "body" else 0

@@ -1,0 +1,140 @@
+"""Request and response shapes of the HTTP API (what /docs shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from raypipe.jobs import AttemptRecord, JobRecord, JobSpec
+
+
+class JobCreate(JobSpec):
+    """A job to submit. `Idempotency-Key` travels as a header."""
+
+    webhook_url: str | None = Field(default=None, description="not available yet: must be null")
+    then: dict[str, Any] | None = Field(default=None, description="not available yet: must be null")
+
+    @field_validator("webhook_url", "then")
+    @classmethod
+    def _not_yet(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("not available in this version: leave it null")
+        return value
+
+
+class BulkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1)
+
+
+class ErrorInfoView(BaseModel):
+    type: str
+    message: str
+
+
+class AttemptView(BaseModel):
+    attempt: int
+    status: str
+    started_at: str
+    finished_at: str | None
+    error: ErrorInfoView | None
+
+    @classmethod
+    def of(cls, attempt: AttemptRecord) -> AttemptView:
+        return cls(**attempt.to_dict())
+
+
+class ArtifactView(BaseModel):
+    name: str
+    size: int
+    url: str
+
+
+class JobView(BaseModel):
+    id: str
+    type: str
+    queue: str
+    priority: int
+    status: Literal["queued", "processing", "completed", "failed", "cancelled"]
+    progress: float
+    message: str | None
+    stage: str | None
+    attempt: int
+    max_attempts: int
+    tenant: str
+    tags: list[str]
+    batch_id: str | None = None
+    payload: dict[str, Any]
+    result: Any
+    error: ErrorInfoView | None
+    created_at: str
+    run_at: str
+    started_at: str | None
+    finished_at: str | None
+    artifacts: list[ArtifactView] = Field(default_factory=list)
+    links: dict[str, str]
+    attempts: list[AttemptView] | None = None
+
+    @classmethod
+    def of(cls, job: JobRecord, attempts: list[AttemptRecord] | None = None) -> JobView:
+        return cls(
+            **job.to_dict(),
+            links={"self": f"/v1/jobs/{job.id}", "events": f"/v1/jobs/{job.id}/events"},
+            attempts=[AttemptView.of(a) for a in attempts] if attempts is not None else None,
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class BulkAccepted(BaseModel):
+    count: int
+    jobs: list[JobView]
+
+
+class QueueView(BaseModel):
+    name: str
+    concurrency: int
+    priority: int
+    depth: int
+    running: int
+    oldest_waiting_s: float | None
+
+
+class JobTypeView(BaseModel):
+    type: str
+    description: str
+    queue: str | None
+    resources: dict[str, float]
+    timeout_s: float | None
+    max_attempts: int | None
+    payload_schema: dict[str, Any]
+
+
+class CheckView(BaseModel):
+    status: Literal["ok", "degraded"]
+    detail: str | None = None
+
+
+class HealthView(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, CheckView]
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

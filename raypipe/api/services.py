@@ -1,0 +1,102 @@
+"""What the API's routes share in one process: stores, settings, the dispatcher's handle.
+
+Built lazily on first use, because the FastAPI app is pickled into Serve replicas
+and database engines cannot be.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import ray
+
+from raypipe import registry
+from raypipe.config import Settings
+from raypipe.exceptions import RateLimited, Unauthorized
+from raypipe.jobs import utcnow
+from raypipe.runtime import cluster
+from raypipe.runtime.names import DISPATCHER_ACTOR
+from raypipe.store import JobStore
+from raypipe.store import schema as store_schema
+from raypipe.store.access import AccessStore, ApiKey
+
+#: Seconds a verified key is trusted before the database is asked again (revocations
+#: take effect within this).
+KEY_CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant, and whether its key sees every tenant."""
+
+    tenant: str
+    admin: bool
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant to filter by; None for an admin."""
+        return None if self.admin else self.tenant
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._keys: dict[str, tuple[float, ApiKey]] = {}
+        self._dispatcher: Any = None
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        store = JobStore.from_url(self.settings.database_url)
+        store_schema.check(store.engine)
+        registry.load(self.settings.processor_modules)
+        return store
+
+    @cached_property
+    def access(self) -> AccessStore:
+        return AccessStore(self.jobs.engine)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized()
+        secret = secret.strip()
+        cached = self._keys.get(secret)
+        if cached is None or cached[0] < time.monotonic():
+            key = self.access.find_key(secret)
+            if key is None:
+                self._keys.pop(secret, None)
+                raise Unauthorized("invalid or revoked API key")
+            cached = (time.monotonic() + KEY_CACHE_S, key)
+            self._keys[secret] = cached
+        key = cached[1]
+        return Principal(tenant=key.tenant, admin=key.admin)
+
+    def charge(self, principal: Principal, action: str, cost: int) -> None:
+        """Count ``cost`` against the tenant's limit for ``action``; 429 past it."""
+        limit = self.settings.rate_limits.get(action)
+        if limit is None:
+            return
+        now = utcnow()
+        count, window_end = self.access.hit(principal.tenant, action, cost, limit.window_s, now)
+        if count > limit.limit:
+            wait = max(1, int((window_end - now).total_seconds() + 0.999))
+            raise RateLimited(
+                f"{action}: at most {limit.limit} per {limit.window_s}s for tenant"
+                f" {principal.tenant!r}; retry after {wait}s",
+                retry_after_s=wait,
+            )
+
+    def wake_dispatcher(self) -> None:
+        """Fire-and-forget: the dispatcher looks for work now (it polls anyway)."""
+        if not ray.is_initialized():
+            return
+        if self._dispatcher is None:
+            self._dispatcher = cluster.find_actor(self.settings, DISPATCHER_ACTOR)
+        if self._dispatcher is not None:
+            try:
+                self._dispatcher.wake.remote()
+            except ray.exceptions.RayError:
+                self._dispatcher = None
