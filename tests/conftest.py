@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import ray
 import sqlalchemy as sa
 
 from raypipe.config import Settings, get_settings
@@ -99,13 +102,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
-    """A fresh, migrated database per test: a copied SQLite file, or a PostgreSQL
-    database created from the migrated template."""
-    if request.param == "sqlite":
-        target = tmp_path / "raypipe.db"
-        shutil.copy(sqlite_template, target)
+DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def fresh_database(request: pytest.FixtureRequest, kind: str, folder: Path) -> Iterator[str]:
+    """A migrated database of ``kind``: a copied SQLite file, or a PostgreSQL database
+    created from the migrated template."""
+    if kind == "sqlite":
+        target = folder / "raypipe.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
         yield f"sqlite:///{target}"
         return
     admin: sa.Engine = request.getfixturevalue("pg_admin")
@@ -117,23 +123,53 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+@pytest.fixture(params=DB_KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per test, on SQLite and on PostgreSQL."""
+    with fresh_database(request, request.param, tmp_path) as url:
+        yield url
+
+
+def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
+    """Settings for tests: their own database, data folder and Ray namespace, fast timings."""
+    return get_settings(
+        **{
+            "database_url": db_url,
+            "data_dir": data_dir,
+            "namespace": f"t-{uuid.uuid4().hex[:10]}",
+            "processor_modules": ["tests.processors"],
+            "queues": {
+                "default": {"concurrency": 100},
+                "solo": {"concurrency": 1},
+                "pair": {"concurrency": 2},
+            },
+            "poll_interval_s": 0.5,
+            "lease_ttl_s": 3.0,
+            "default_backoff_s": 0.2,
+            "cancel_grace_s": 2.0,
+            "progress_report_interval_s": 0.05,
+            "progress_flush_interval_s": 0.1,
+            **overrides,
+        }
+    )
+
+
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    """Settings for one test: its own database, data folder and Ray namespace, fast timings."""
-    return get_settings(
-        database_url=db_url,
-        data_dir=tmp_path / "data",
-        namespace=f"t-{uuid.uuid4().hex[:10]}",
-        processor_modules=["tests.processors"],
-        queues={
-            "default": {"concurrency": 100},
-            "solo": {"concurrency": 1},
-            "pair": {"concurrency": 2},
-        },
-        poll_interval_s=0.5,
-        lease_ttl_s=3.0,
-        default_backoff_s=0.2,
-        cancel_grace_s=2.0,
-        progress_report_interval_s=0.05,
-        progress_flush_interval_s=0.1,
+    """Settings for one test (see :func:`make_settings`)."""
+    return make_settings(db_url, tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real local Ray for the whole session, with a fixed number of CPUs."""
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=150 * 1024 * 1024,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
     )
+    yield
+    ray.shutdown()

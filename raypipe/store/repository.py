@@ -199,7 +199,7 @@ class JobStore:
 
     def _has_tag(self, tag: str) -> sa.ColumnElement[bool]:
         if self.dialect == "postgresql":
-            return jobs.c.tags.contains([tag])
+            return sa.type_coerce(jobs.c.tags, postgresql.JSONB).contains([tag])
         each = sa.func.json_each(jobs.c.tags).table_valued("value")
         return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
 

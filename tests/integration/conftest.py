@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
@@ -11,20 +10,6 @@ import ray
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.runtime import cluster
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=150 * 1024 * 1024,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture
