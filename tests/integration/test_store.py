@@ -184,13 +184,19 @@ def test_every_status_change_and_progress_step_is_an_event(client: DirectClient)
     store = client.store
     job = client.submit("noop", {})
     assert [c.id for c in _claim_all(store)] == [job.id]
-    assert store.write_progress(
-        [{"id": job.id, "attempt": 1, "progress": 40.0, "message": "half", "stage": "s"}]
-    ) == 1
+    assert (
+        store.write_progress(
+            [{"id": job.id, "attempt": 1, "progress": 40.0, "message": "half", "stage": "s"}]
+        )
+        == 1
+    )
     # A report from an attempt that is not running writes neither row nor event.
-    assert store.write_progress(
-        [{"id": job.id, "attempt": 7, "progress": 90.0, "message": "x", "stage": None}]
-    ) == 0
+    assert (
+        store.write_progress(
+            [{"id": job.id, "attempt": 7, "progress": 90.0, "message": "x", "stage": None}]
+        )
+        == 0
+    )
     store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={})])
     events = store.events(job.id)
     assert [(e["kind"], e["status"], e["progress"]) for e in events] == [
