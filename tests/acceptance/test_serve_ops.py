@@ -1,0 +1,70 @@
+"""Serve-level behaviour: rate limits shared by replicas, and work that outlives a redeploy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from ray import serve
+
+from raypipe.api.deployment import APP_NAME, build
+from tests.acceptance.conftest import Api, deploy_api
+from tests.conftest import wait_for
+
+LIMIT = 6
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def api(
+    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """Two replicas sharing PostgreSQL, with a small submission limit."""
+    yield from deploy_api(
+        request,
+        "postgres",
+        tmp_path_factory.mktemp("ops"),
+        serve_port,
+        api_replicas=2,
+        rate_limits={"submit": {"limit": LIMIT, "window_s": 3600}},
+    )
+
+
+def test_the_submission_limit_holds_across_replicas(api: Api) -> None:
+    client = api.client(api.key("limited"))
+    statuses = [client.post("/v1/jobs", json={"type": "noop"}).status_code for _ in range(LIMIT)]
+    assert statuses == [202] * LIMIT
+    refused = client.post("/v1/jobs", json={"type": "noop"})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    bulk = client.post("/v1/jobs/bulk", json={"jobs": [{"type": "noop"}] * 2})
+    assert bulk.status_code == 429
+    assert len(client.get("/v1/jobs").json()["jobs"]) == LIMIT
+    # Another tenant has its own window.
+    other = api.client(api.key("unlimited"))
+    assert other.post("/v1/jobs", json={"type": "noop"}).status_code == 202
+
+
+def test_jobs_finish_when_the_api_is_redeployed_under_them(api: Api) -> None:
+    client = api.client(api.key("redeploy"))
+    ids = [
+        client.post(
+            "/v1/jobs", json={"type": "sleep", "payload": {"seconds": 3, "steps": 6}}
+        ).json()["id"]
+        for _ in range(2)
+    ]
+    wait_for(
+        lambda: all(client.get(f"/v1/jobs/{i}").json()["status"] == "processing" for i in ids),
+        what="both jobs to run",
+    )
+    settings = api.settings.model_copy(update={"api_replicas": 1})
+    serve.run(build(settings), name=APP_NAME, route_prefix="/")
+    wait_for(
+        lambda: all(client.get(f"/v1/jobs/{i}").json()["status"] == "completed" for i in ids),
+        timeout=90,
+        what="both jobs to complete",
+    )
+    for job_id in ids:
+        attempts = client.get(f"/v1/jobs/{job_id}", params={"include": "attempts"}).json()
+        assert [a["status"] for a in attempts["attempts"]] == ["completed"]
