@@ -107,13 +107,14 @@ class AccessStore:
         ).returning(rate_limits.c.count)
         with self.engine.begin() as conn:
             count = conn.execute(statement).scalar_one()
-            conn.execute(
-                sa.delete(rate_limits).where(
-                    rate_limits.c.tenant == tenant,
-                    rate_limits.c.action == action,
-                    rate_limits.c.window_start < start,
+            if count == cost:  # a new window began: drop the tenant's older ones
+                conn.execute(
+                    sa.delete(rate_limits).where(
+                        rate_limits.c.tenant == tenant,
+                        rate_limits.c.action == action,
+                        rate_limits.c.window_start < start,
+                    )
                 )
-            )
         return count, start + timedelta(seconds=window_s)
 
 
