@@ -36,15 +36,17 @@ class AttemptResult:
     delay_s: float | None = None
 
 
-_reporter: ProgressReporter | None = None
+#: One reporter per worker process and raypipe namespace (workers are reused across jobs).
+_reporters: dict[str, ProgressReporter] = {}
 
 
 def _progress_reporter(settings: Settings) -> ProgressReporter:
-    global _reporter
-    if _reporter is None:
+    reporter = _reporters.get(settings.namespace)
+    if reporter is None:
         actor = ray.get_actor(PROGRESS_ACTOR, namespace=settings.namespace)
-        _reporter = ProgressReporter(actor, settings.progress_report_interval_s)
-    return _reporter
+        reporter = ProgressReporter(actor, settings.progress_report_interval_s)
+        _reporters[settings.namespace] = reporter
+    return reporter
 
 
 def default_policy(settings: Settings) -> RetryPolicy:
