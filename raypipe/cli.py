@@ -1,16 +1,28 @@
-"""The ``raypipe`` command: start and stop the local stack, submit and inspect jobs."""
+"""The ``raypipe`` command: start and stop the local stack, submit and inspect jobs.
+
+Every failure ends the same way: one line on stderr starting with ``raypipe:`` and a
+non-zero exit code (2 for bad input, 1 otherwise), never a traceback.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
-from raypipe.exceptions import JobFailed, RaypipeError
+from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
 from raypipe.jobs import JobRecord, JobStatus
 from raypipe.runtime import cluster
 from raypipe.runtime.names import DISPATCHER_ACTOR
@@ -24,23 +36,119 @@ app = typer.Typer(
     add_completion=False,
 )
 
+#: Click's exceptions, wherever this typer keeps click (typer >= 0.2x vendors it).
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
+#: Exit codes: 1 for failures (a failed job, raypipe not running), 2 for bad input.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+#: Seconds `down` gives each group of Ray processes to exit after SIGTERM.
+STOP_GRACE_S = 10.0
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     typer.echo(f"raypipe: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _client(settings: Settings, ray_needed: bool = False, wake: bool = False) -> DirectClient:
-    """A client; ``ray_needed`` fails without Ray, ``wake`` joins Ray only if it runs."""
-    if ray_needed or wake:
+# -- Ray, found quickly ------------------------------------------------------------------
+#
+# ``ray.init(address=...)`` retries for many minutes when nothing listens at the address,
+# so the CLI looks for a listening GCS port first and only then joins Ray.
+
+
+def _gcs_address(settings: Settings) -> tuple[str, int] | None:
+    """The ``(host, port)`` of the Ray cluster the settings name, or None when none is found."""
+    address = settings.ray_address
+    if address in ("", "auto"):
         try:
-            cluster.init_ray(settings)
-        except RaypipeError:
-            if ray_needed:
-                raise
-    return DirectClient(settings)
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or ""
+        except Exception:  # no cluster found, or Ray's private API moved
+            return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return None
+    return host or "127.0.0.1", int(port)
+
+
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _ray_running(settings: Settings) -> bool:
+    """Whether a Ray cluster answers at the settings' address (without joining it)."""
+    address = settings.ray_address
+    if address == "local" or "://" in address:
+        return True  # nothing to probe: let Ray decide
+    found = _gcs_address(settings)
+    return found is not None and _port_open(*found)
+
+
+def _init_ray(settings: Settings) -> None:
+    """``cluster.init_ray``, sending this machine's Ray token when there is one."""
+    _use_local_ray_token()
+    cluster.init_ray(settings)
+
+
+def _use_local_ray_token() -> None:
+    """Use ``~/.ray/auth_token`` unless ``RAY_AUTH_MODE`` says otherwise.
+
+    ``ray start`` turns token authentication on when that file exists, but ``ray.init``
+    only sends the token by itself for ``address="auto"``, not for the explicit address
+    that ``RAYPIPE_RAY_ADDRESS`` names: without this, joining the head `up` started fails
+    after 20 s of retries. A cluster without authentication ignores the token.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+
+        logger = logging.getLogger(auth.__name__)
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # it warns on stderr that auth is on
+        try:
+            auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        finally:
+            logger.setLevel(level)
+    except Exception:  # Ray's private API moved: fall back to Ray's own behaviour
+        pass
+
+
+def _join_ray(settings: Settings) -> bool:
+    """Join Ray if it runs; returns whether this process is connected now."""
+    if not _ray_running(settings):
+        return False
+    try:
+        _init_ray(settings)
+    except RaypipeError:
+        return False
+    return True
+
+
+def _wake(settings: Settings, client: DirectClient) -> bool:
+    """Tell the dispatcher there is news, if Ray runs (it polls the database anyway).
+
+    Returns whether this process joined Ray.
+    """
+    if not _join_ray(settings):
+        return False
+    import ray
+
+    dispatcher = cluster.find_actor(settings, DISPATCHER_ACTOR)
+    if dispatcher is not None:
+        # Wait for delivery: a fire-and-forget call may die with this short-lived process.
+        with contextlib.suppress(Exception):
+            ray.get(dispatcher.wake.remote(), timeout=5)
+    return True
 
 
 def _print_job(job: JobRecord, as_json: bool, attempts: list[dict[str, Any]] | None = None) -> None:
@@ -62,6 +170,115 @@ def _print_job(job: JobRecord, as_json: bool, attempts: list[dict[str, Any]] | N
             )
 
 
+# -- the local Ray head ------------------------------------------------------------------
+
+
+def _start_head(settings: Settings) -> bool:
+    """Start a local Ray head with ``ray start`` unless one answers; returns whether it did.
+
+    Records the head's GCS port in the marker file, so that `down` stops that head and
+    no other Ray on this machine.
+    """
+    if _ray_running(settings):
+        return False
+    command = [
+        shutil.which("ray") or "ray",
+        "start",
+        "--head",
+        f"--port={settings.ray_port}",
+        "--disable-usage-stats",
+        "--dashboard-host=127.0.0.1",
+    ]
+    if settings.ray_num_cpus is not None:
+        command.append(f"--num-cpus={settings.ray_num_cpus}")
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).strip().splitlines() if line]
+        raise NotRunning(f"`ray start` failed: {lines[-1] if lines else done.returncode}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    marker = settings.data_dir / cluster.STARTED_MARKER
+    marker.write_text(json.dumps({"port": settings.ray_port}))
+    return True
+
+
+def _stop_head(settings: Settings) -> bool:
+    """Stop the Ray head that `up` started (none if it joined one); returns whether it did.
+
+    Unlike ``ray stop``, which ends every Ray process on the machine, this ends only the
+    processes of the head on the recorded GCS port, and their children (workers, agents).
+    """
+    marker = settings.data_dir / cluster.STARTED_MARKER
+    if not marker.exists():
+        return False
+    try:
+        port = int(json.loads(marker.read_text() or "{}").get("port", settings.ray_port))
+    except (ValueError, AttributeError):
+        port = settings.ray_port
+    _terminate(_head_processes(port))
+    marker.unlink(missing_ok=True)
+    return True
+
+
+def _head_processes(port: int) -> list[Any]:
+    """The processes of the local Ray head whose GCS listens on ``port``, with descendants."""
+    import psutil  # Ray's vendored copy, on sys.path once ray is imported (by cluster)
+
+    exclude = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if proc.pid not in exclude and _names_gcs_port(args, port):
+            roots.append(proc)
+    found = {proc.pid: proc for proc in roots}
+    for proc in roots:
+        with contextlib.suppress(psutil.Error):
+            found.update((child.pid, child) for child in proc.children(recursive=True))
+    return [proc for pid, proc in found.items() if pid not in exclude]
+
+
+def _names_gcs_port(args: Sequence[str], port: int) -> bool:
+    """Whether a command line is one of Ray's for the GCS on ``port``."""
+
+    def names_port(arg: str, flag: str) -> bool:
+        return arg.startswith(flag) and arg.rsplit(":", 1)[-1] == str(port)
+
+    if f"--gcs_server_port={port}" in args:  # gcs_server itself
+        return True
+    if any(names_port(arg, "--gcs-address=") for arg in args):
+        return True  # raylet, dashboard, monitors
+    # Ray's client server names the GCS with --address, which other programs use too.
+    return "ray.util.client.server" in args and any(names_port(a, "--address=") for a in args)
+
+
+def _terminate(procs: Sequence[Any]) -> None:
+    """Stop processes the way ``ray stop`` orders it: raylet, then the rest, then the GCS."""
+    import psutil
+
+    def name(proc: Any) -> str:
+        try:
+            return proc.name()
+        except psutil.Error:
+            return ""
+
+    raylets = [p for p in procs if name(p) == "raylet"]
+    gcs = [p for p in procs if name(p) == "gcs_server"]
+    rest = [p for p in procs if p not in raylets and p not in gcs]
+    for group in (raylets, rest, gcs):
+        for proc in group:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _gone, alive = psutil.wait_procs(group, timeout=STOP_GRACE_S / 3)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=2)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
 @app.command()
 def up(
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for a new local Ray head.")] = None,
@@ -69,9 +286,12 @@ def up(
     """Start a local Ray head if none runs, migrate the database, start the dispatcher."""
     overrides: dict[str, Any] = {"ray_num_cpus": num_cpus} if num_cpus is not None else {}
     settings = get_settings(**overrides)
-    started = cluster.start_head(settings)
     migrate_database(settings)
-    cluster.init_ray(settings)
+    started = _start_head(settings)
+    if not _ray_running(settings):
+        hint = f": `up` started one on port {settings.ray_port}" if started else ""
+        raise NotRunning(f"no Ray answers at {settings.ray_address!r}{hint}")
+    _init_ray(settings)
     cluster.start_actors(settings)
     where = "started a local Ray head" if started else f"joined Ray at {settings.ray_address}"
     typer.echo(f"raypipe is up: {where}; database {_safe_url(settings)}")
@@ -81,16 +301,16 @@ def up(
 def down() -> None:
     """Stop the dispatcher and progress actor, and the local Ray head if `up` started it."""
     settings = get_settings()
-    try:
-        cluster.init_ray(settings)
-    except RaypipeError:
+    stopped: list[str] = []
+    if _join_ray(settings):
+        import ray
+
+        stopped = cluster.stop_actors(settings)
+        ray.shutdown()
+    elif not (settings.data_dir / cluster.STARTED_MARKER).exists():
         typer.echo("raypipe is not running")
         return
-    stopped = cluster.stop_actors(settings)
-    import ray
-
-    ray.shutdown()
-    head = cluster.stop_head(settings)
+    head = _stop_head(settings)
     typer.echo(f"stopped {', '.join(stopped) or 'nothing'}" + ("; stopped Ray" if head else ""))
 
 
@@ -130,9 +350,9 @@ def submit(
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
-        _fail(f"--payload is not valid JSON: {exc}", 2)
+        _fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)
     settings = get_settings()
-    client = _client(settings, ray_needed=wait, wake=True)
+    client = DirectClient(settings)
     options: dict[str, Any] = {
         "queue": queue,
         "priority": priority,
@@ -142,23 +362,23 @@ def submit(
         "tags": tag or [],
         "idempotency_key": idempotency_key,
     }
+    # Validated and written before joining Ray: bad input fails fast and writes nothing.
     handle = client.submit_many([{"type": type, "payload": body, **options}])[0]
+    # A delayed job needs no wake-up (joining Ray takes seconds): it is found when due.
+    joined = _wake(settings, client) if wait or delay <= 0 else False
     if not wait:
         _print_job(handle.refresh(), as_json) if as_json else typer.echo(handle.id)
         return
-    if cluster.find_actor(settings, DISPATCHER_ACTOR) is None:
+    if not joined or cluster.find_actor(settings, DISPATCHER_ACTOR) is None:
         _fail(f"job {handle.id} is queued, but no dispatcher runs: start one with `raypipe up`")
-    job = handle.wait(wait_timeout, progress=not as_json and sys.stderr.isatty())
+    try:
+        job = handle.wait(wait_timeout, progress=not as_json and sys.stderr.isatty())
+    except TimeoutError as exc:
+        _fail(f"{exc}; follow it with `raypipe show {handle.id}`")
     _print_job(job, as_json)
     if job.status is not JobStatus.COMPLETED:
-        _fail(
-            str(
-                JobFailed(
-                    f"job {job.id} {job.status.value}"
-                    + (f": {job.error.type}: {job.error.message}" if job.error else "")
-                )
-            )
-        )
+        reason = f": {job.error.type}: {job.error.message}" if job.error else ""
+        _fail(f"job {job.id} {job.status.value}{reason}")
 
 
 @app.command()
@@ -170,7 +390,7 @@ def jobs(
     as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
-    found = _client(get_settings()).jobs(status=status, type=type, queue=queue, limit=limit)
+    found = DirectClient(get_settings()).jobs(status=status, type=type, queue=queue, limit=limit)
     if as_json:
         typer.echo(json.dumps([job.to_dict() for job in found], indent=2))
         return
@@ -184,7 +404,7 @@ def jobs(
 @app.command()
 def show(job_id: str, as_json: JsonFlag = False) -> None:
     """Show one job with its attempts."""
-    client = _client(get_settings())
+    client = DirectClient(get_settings())
     job = client.get_job(job_id)
     _print_job(job, as_json, [a.to_dict() for a in client.job_attempts(job_id)])
 
@@ -192,7 +412,11 @@ def show(job_id: str, as_json: JsonFlag = False) -> None:
 @app.command()
 def cancel(job_id: str, as_json: JsonFlag = False) -> None:
     """Cancel a queued or running job."""
-    job = _client(get_settings(), wake=True).cancel_job(job_id)
+    settings = get_settings()
+    client = DirectClient(settings)
+    job = client.cancel_job(job_id)
+    if not job.status.is_terminal:  # running: the dispatcher stops it
+        _wake(settings, client)
     _print_job(job, as_json) if as_json else typer.echo(f"{job.id} {_cancel_word(job)}")
 
 
@@ -203,7 +427,10 @@ def _cancel_word(job: JobRecord) -> str:
 @app.command()
 def retry(job_id: str, as_json: JsonFlag = False) -> None:
     """Queue a failed or cancelled job again."""
-    job = _client(get_settings(), wake=True).retry_job(job_id)
+    settings = get_settings()
+    client = DirectClient(settings)
+    job = client.retry_job(job_id)
+    _wake(settings, client)
     _print_job(job, as_json) if as_json else typer.echo(f"{job.id} queued again")
 
 
@@ -213,10 +440,54 @@ def _safe_url(settings: Settings) -> str:
     return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
-def main() -> None:
-    """Entry point: one-line errors on stderr and a non-zero exit code."""
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _click_error(exc: Any) -> int:
+    """Print a click error (bad option, missing argument, unknown command) as one line."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        help_text = exc.format_message()  # typer's rich help prints itself and returns ""
+        if help_text.strip():
+            typer.echo(help_text)
+        return int(exc.exit_code)
+    message = f"raypipe: {_one_line(exc.format_message())}"
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _click_errors.UsageError):
+        message += f" (see `{ctx.command_path if ctx else 'raypipe'} --help`)"
+    typer.echo(message, err=True)
+    return int(exc.exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: one-line errors on stderr and a non-zero exit code, never a traceback."""
+    import sqlalchemy.exc
+    from pydantic import ValidationError
+
     try:
-        app()
+        code = app(args=argv, prog_name="raypipe", standalone_mode=False)
+    except _click_errors.ClickException as exc:
+        code = _click_error(exc)
+    except typer.Abort:
+        typer.echo("raypipe: aborted", err=True)
+        code = 130
+    except InvalidInput as exc:
+        typer.echo(f"raypipe: {_one_line(exc.message)}", err=True)
+        code = EXIT_USAGE
     except RaypipeError as exc:
-        typer.echo(f"raypipe: {exc.message}", err=True)
-        sys.exit(1)
+        typer.echo(f"raypipe: {_one_line(exc.message)}", err=True)
+        code = EXIT_FAILURE
+    except ValidationError as exc:  # settings from RAYPIPE_* variables
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        typer.echo(f"raypipe: invalid setting {where}: {first['msg']}", err=True)
+        code = EXIT_USAGE
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = _one_line(str(getattr(exc, "orig", None) or exc))
+        typer.echo(f"raypipe: database error: {reason}", err=True)
+        code = EXIT_FAILURE
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""Acceptance: the real ``raypipe`` command, run in subprocesses.
+
+One ``raypipe up`` per module starts a Ray head of its own (on a free port, with its own
+data folder, SQLite database and namespace); ``raypipe down`` at the end must stop that
+head, and nothing else. Commands that do not depend on each other run concurrently to
+keep the module short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FIRST_PORT = 6391  # 6379 is Redis here, 6380 raypipe's default
+UP_TIMEOUT_S = 240
+COMMAND_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Done:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+    def describe(self) -> str:
+        return (
+            f"raypipe {' '.join(self.args)} exited {self.returncode}\n"
+            f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        )
+
+
+class Raypipe:
+    """Runs the installed ``raypipe`` console script in an isolated environment."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, port: int, data_dir: Path):
+        self.env = env
+        self.cwd = cwd
+        self.port = port
+        self.data_dir = data_dir
+        script = Path(sys.executable).with_name("raypipe")
+        self.command = (
+            [str(script)]
+            if script.exists()
+            else [sys.executable, "-c", "from raypipe.cli import main; main()"]
+        )
+
+    def __call__(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> Done:
+        done = subprocess.run(
+            [*self.command, *args],
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return Done(tuple(args), done.returncode, done.stdout, done.stderr)
+
+    def many(self, commands: Sequence[Sequence[str]]) -> list[Done]:
+        """Run several commands at once; results in the same order."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda args: self(*args), commands))
+
+    def ok(self, *args: str) -> Done:
+        done = self(*args)
+        assert done.returncode == 0, done.describe()
+        return done
+
+    def job_count(self) -> int:
+        jobs = self.ok("jobs", "--json", "--limit", "10000").json()
+        assert isinstance(jobs, list)
+        return len(jobs)
+
+    def rows_in_database(self) -> int:
+        with closing(sqlite3.connect(self.data_dir / "raypipe.db")) as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+def _free_port() -> int:
+    for port in range(FIRST_PORT, FIRST_PORT + 100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a Ray head")
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _gcs_processes(port: int) -> list[int]:
+    """Pids of Ray GCS servers listening on ``port`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"--gcs_server_port={port}".encode() in args:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def raypipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raypipe]:
+    """`raypipe up` once for the module; `raypipe down` must stop the head it started."""
+    root = tmp_path_factory.mktemp("cli")
+    data_dir = root / "data"
+    port = _free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("RAYPIPE_") and key not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")
+    }
+    env.update(
+        RAYPIPE_DATA_DIR=str(data_dir),
+        RAYPIPE_RAY_PORT=str(port),
+        RAYPIPE_RAY_ADDRESS=f"127.0.0.1:{port}",
+        RAYPIPE_NAMESPACE=f"cli-{uuid.uuid4().hex[:10]}",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    cli = Raypipe(env, cwd=root, port=port, data_dir=data_dir)  # cwd: no stray .env file
+    try:
+        up = cli("up", "--num-cpus", "2", timeout=UP_TIMEOUT_S)
+        assert up.returncode == 0, up.describe()
+        assert "started a local Ray head" in up.stdout, up.describe()
+        assert _port_open(port)
+        yield cli
+    finally:
+        if _gcs_processes(port):  # test_down_stops_only_its_own_head did not run or failed
+            cli("down")
+
+
+# -- up, migrate ------------------------------------------------------------------------
+
+
+def test_up_twice_joins_the_running_head(raypipe: Raypipe) -> None:
+    done = raypipe.ok("up")
+    assert f"joined Ray at 127.0.0.1:{raypipe.port}" in done.stdout
+
+
+def test_migrate_prints_the_revision(raypipe: Raypipe) -> None:
+    from raypipe.store.schema import head_revision
+
+    done = raypipe.ok("migrate")
+    assert done.stdout.strip().endswith(f"is at revision {head_revision()}")
+    assert str(raypipe.data_dir / "raypipe.db") in done.stdout
+    assert done.stderr_lines == []
+
+
+# -- submit --wait ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def waited(raypipe: Raypipe) -> dict[str, Done]:
+    """Three `submit --wait` runs, side by side."""
+    runs = {
+        "noop": ("submit", "noop", "--payload", "{}", "--wait"),
+        "sleep": (
+            "submit",
+            "sleep",
+            "--payload",
+            '{"seconds": 1, "steps": 4}',
+            "--wait",
+            "--json",
+        ),
+        "fail": ("submit", "fail", "--payload", '{"error": "PermanentError"}', "--wait"),
+    }
+    return dict(zip(runs, raypipe.many(list(runs.values())), strict=True))
+
+
+def test_submit_wait_prints_the_completed_job(waited: dict[str, Done]) -> None:
+    done = waited["noop"]
+    assert done.returncode == 0, done.describe()
+    fields = dict(
+        (part.strip() for part in line.split(":", 1))
+        for line in done.stdout.splitlines()
+        if ":" in line
+    )
+    assert fields["type"] == "noop"
+    assert fields["status"] == "completed"
+    uuid.UUID(fields["id"])
+    assert done.stderr_lines == []
+
+
+def test_submit_wait_json_reports_completion_and_progress(waited: dict[str, Done]) -> None:
+    done = waited["sleep"]
+    assert done.returncode == 0, done.describe()
+    job = done.json()
+    assert isinstance(job, dict)
+    assert job["type"] == "sleep"
+    assert job["status"] == "completed"
+    assert job["progress"] == 100
+    assert job["result"] == {"slept": 1.0}
+    assert job["payload"] == {"seconds": 1.0, "steps": 4}
+    assert done.stderr_lines == []
+
+
+def test_submit_wait_of_a_failing_job_exits_non_zero_with_one_line(
+    waited: dict[str, Done],
+) -> None:
+    done = waited["fail"]
+    assert done.returncode != 0, done.describe()
+    assert len(done.stderr_lines) == 1, done.describe()
+    line = done.stderr_lines[0]
+    assert line.startswith("raypipe: job ")
+    assert "failed: PermanentError: failed on purpose" in line
+    assert re.search(r"^\s*status: failed$", done.stdout, re.MULTILINE), done.describe()
+
+
+# -- jobs, show, cancel, retry -----------------------------------------------------------
+
+
+def _job_id(done: Done) -> str:
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "id":
+            return value.strip()
+    raise AssertionError(f"no id in output\n{done.describe()}")
+
+
+def test_jobs_lists_completed_jobs_as_json(raypipe: Raypipe, waited: dict[str, Done]) -> None:
+    completed, failed = raypipe.many(
+        [
+            ("jobs", "--status", "completed", "--json"),
+            ("jobs", "--status", "failed", "--type", "fail", "--json"),
+        ]
+    )
+    assert completed.returncode == 0, completed.describe()
+    jobs = completed.json()
+    assert isinstance(jobs, list)
+    ids = {_job_id(waited["noop"]), waited["sleep"].json()["id"]}  # type: ignore[index]
+    assert ids <= {job["id"] for job in jobs}
+    assert {job["status"] for job in jobs} == {"completed"}
+    assert failed.returncode == 0, failed.describe()
+    assert _job_id(waited["fail"]) in {job["id"] for job in failed.json()}  # type: ignore[union-attr]
+
+
+def test_show_json_includes_attempts(raypipe: Raypipe, waited: dict[str, Done]) -> None:
+    job_id = _job_id(waited["fail"])
+    job = raypipe.ok("show", job_id, "--json").json()
+    assert isinstance(job, dict)
+    assert job["id"] == job_id
+    assert job["status"] == "failed"
+    assert job["error"] == {"type": "PermanentError", "message": "failed on purpose"}
+    assert [attempt["attempt"] for attempt in job["attempts"]] == [1]
+    assert job["attempts"][0]["status"] == "failed"
+    assert job["attempts"][0]["error"]["type"] == "PermanentError"
+
+
+def test_cancel_a_delayed_job(raypipe: Raypipe) -> None:
+    submitted = raypipe.ok("submit", "noop", "--delay", "3600")
+    job_id = submitted.stdout.strip()
+    uuid.UUID(job_id)
+    done = raypipe.ok("cancel", job_id)
+    assert done.stdout.strip() == f"{job_id} cancelled"
+    again = raypipe("cancel", job_id)  # a second cancel is refused in one line
+    assert again.returncode != 0
+    assert len(again.stderr_lines) == 1, again.describe()
+    assert again.stderr_lines[0].startswith(f"raypipe: job {job_id} is cancelled")
+
+
+def test_retry_a_failed_job_queues_it_again(raypipe: Raypipe, waited: dict[str, Done]) -> None:
+    job_id = _job_id(waited["fail"])
+    done = raypipe.ok("retry", job_id, "--json")
+    job = done.json()
+    assert isinstance(job, dict)
+    assert job["id"] == job_id
+    assert job["status"] == "queued"
+    assert job["error"] is None
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+BAD_INPUT: dict[str, tuple[tuple[str, ...], Sequence[str]]] = {
+    "unknown type": (
+        ("submit", "nope", "--payload", "{}"),
+        ("unknown job type 'nope'", "fail", "noop", "sleep"),
+    ),
+    "payload failing its model": (
+        ("submit", "sleep", "--payload", '{"seconds": "soon"}'),
+        ("payload.seconds",),
+    ),
+    "negative priority": (
+        ("submit", "noop", "--priority", "-1"),
+        ("priority", "greater than or equal to 0"),
+    ),
+    "unknown queue": (("submit", "noop", "--queue", "nope"), ("unknown queue 'nope'", "default")),
+    "invalid JSON": (("submit", "noop", "--payload", "{not json"), ("--payload", "not valid JSON")),
+    "show unknown id": (("show", UNKNOWN_ID), (f"job {UNKNOWN_ID} not found",)),
+    "cancel unknown id": (("cancel", UNKNOWN_ID), (f"job {UNKNOWN_ID} not found",)),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input(raypipe: Raypipe) -> tuple[dict[str, Done], int, int]:
+    """Every bad command, run side by side; with the job count before and after."""
+    before = raypipe.job_count()
+    results = raypipe.many([args for args, _ in BAD_INPUT.values()])
+    after = raypipe.job_count()
+    return dict(zip(BAD_INPUT, results, strict=True)), before, after
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_fails_with_one_clear_line(
+    bad_input: tuple[dict[str, Done], int, int], case: str
+) -> None:
+    done = bad_input[0][case]
+    assert done.returncode != 0, done.describe()
+    assert "Traceback" not in done.stderr, done.describe()
+    assert len(done.stderr_lines) == 1, done.describe()
+    line = done.stderr_lines[0]
+    assert line.startswith("raypipe: "), done.describe()
+    for fragment in BAD_INPUT[case][1]:
+        assert fragment in line, done.describe()
+    assert done.stdout.strip() == "", done.describe()
+
+
+def test_bad_input_writes_nothing(
+    raypipe: Raypipe, bad_input: tuple[dict[str, Done], int, int]
+) -> None:
+    _, before, after = bad_input
+    assert after == before
+    assert raypipe.rows_in_database() == after
+
+
+def test_invalid_input_exits_2_and_missing_jobs_exit_1(
+    bad_input: tuple[dict[str, Done], int, int],
+) -> None:
+    results = bad_input[0]
+    assert results["unknown type"].returncode == 2
+    assert results["invalid JSON"].returncode == 2
+    assert results["show unknown id"].returncode == 1
+
+
+USAGE_ERRORS = {
+    "unknown status filter": (("jobs", "--status", "lost"), ("--status", "'lost'")),
+    "limit out of range": (("jobs", "--limit", "0"), ("--limit", "greater than or equal to 1")),
+    "priority not a number": (("submit", "noop", "--priority", "high"), ("--priority",)),
+    "missing job type": (("submit",), ("Missing argument",)),
+    "unknown command": (("launch",), ("No such command 'launch'",)),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_ERRORS))
+def test_usage_errors_are_one_line(case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rejected while parsing, before any database or Ray: checked in-process, for speed."""
+    from raypipe.cli import main
+
+    args, fragments = USAGE_ERRORS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("raypipe: ")
+    assert lines[0].endswith("--help`)")
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+# -- down (last: it ends the module's Ray) -----------------------------------------------
+
+
+def test_down_stops_only_its_own_head(raypipe: Raypipe) -> None:
+    # `ray stop` would kill these bystanders: their command lines look like Ray's.
+    bystanders = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)", *args],
+            stdin=subprocess.DEVNULL,
+        )
+        for args in (["log_monitor.py"], [f"--address=127.0.0.1:{raypipe.port}"])
+    ]
+    try:
+        assert _gcs_processes(raypipe.port)
+        done = raypipe.ok("down")
+        assert "stopped Ray" in done.stdout, done.describe()
+        assert "raypipe-dispatcher" in done.stdout
+        assert not _port_open(raypipe.port)
+        assert _gcs_processes(raypipe.port) == []
+        assert [b.poll() for b in bystanders] == [None, None], "down stopped others' processes"
+
+        again, listed, waiting = raypipe.many(
+            [("down",), ("jobs", "--json"), ("submit", "noop", "--wait")]
+        )
+        assert again.returncode == 0, again.describe()
+        assert again.stdout.strip() == "raypipe is not running"
+        # Without Ray, reads still work and --wait says why it cannot follow the job.
+        assert listed.returncode == 0, listed.describe()
+        assert len(listed.json()) >= 4  # type: ignore[arg-type]
+        assert waiting.returncode == 1, waiting.describe()
+        assert len(waiting.stderr_lines) == 1, waiting.describe()
+        assert "no dispatcher runs: start one with `raypipe up`" in waiting.stderr
+    finally:
+        for bystander in bystanders:
+            bystander.kill()
+            bystander.wait()
