@@ -1,5 +1,6 @@
 """raypipe: durable background jobs on a Ray cluster, recorded in a database."""
 
+from raypipe.client import AsyncClient, Client
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.direct import DirectClient, connect
@@ -10,6 +11,8 @@ from raypipe.registry import processor
 from raypipe.retry import RetryPolicy
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "DirectClient",
     "JobContext",
     "JobFailed",

@@ -9,11 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import logging
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, NoReturn
@@ -24,10 +19,12 @@ from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
 from raypipe.jobs import JobRecord, JobStatus
-from raypipe.runtime import cluster
+from raypipe.runtime import cluster, head
 from raypipe.runtime.names import DISPATCHER_ACTOR
 from raypipe.store import create_engine
 from raypipe.store import schema as store_schema
+from raypipe.store.access import AccessStore
+from raypipe.submission import DEFAULT_TENANT
 
 app = typer.Typer(
     help="Durable background jobs on Ray.",
@@ -54,81 +51,10 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
-# -- Ray, found quickly ------------------------------------------------------------------
-#
-# ``ray.init(address=...)`` retries for many minutes when nothing listens at the address,
-# so the CLI looks for a listening GCS port first and only then joins Ray.
-
-
-def _gcs_address(settings: Settings) -> tuple[str, int] | None:
-    """The ``(host, port)`` of the Ray cluster the settings name, or None when none is found."""
-    address = settings.ray_address
-    if address in ("", "auto"):
-        try:
-            from ray._private.services import canonicalize_bootstrap_address
-
-            address = canonicalize_bootstrap_address("auto") or ""
-        except Exception:  # no cluster found, or Ray's private API moved
-            return None
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return None
-    return host or "127.0.0.1", int(port)
-
-
-def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _ray_running(settings: Settings) -> bool:
-    """Whether a Ray cluster answers at the settings' address (without joining it)."""
-    address = settings.ray_address
-    if address == "local" or "://" in address:
-        return True  # nothing to probe: let Ray decide
-    found = _gcs_address(settings)
-    return found is not None and _port_open(*found)
-
-
-def _init_ray(settings: Settings) -> None:
-    """``cluster.init_ray``, sending this machine's Ray token when there is one."""
-    _use_local_ray_token()
-    cluster.init_ray(settings)
-
-
-def _use_local_ray_token() -> None:
-    """Use ``~/.ray/auth_token`` unless ``RAY_AUTH_MODE`` says otherwise.
-
-    ``ray start`` turns token authentication on when that file exists, but ``ray.init``
-    only sends the token by itself for ``address="auto"``, not for the explicit address
-    that ``RAYPIPE_RAY_ADDRESS`` names: without this, joining the head `up` started fails
-    after 20 s of retries. A cluster without authentication ignores the token.
-    """
-    if os.environ.get("RAY_AUTH_MODE"):
-        return
-    try:
-        from ray._private.authentication import authentication_token_setup as auth
-
-        logger = logging.getLogger(auth.__name__)
-        level = logger.level
-        logger.setLevel(logging.ERROR)  # it warns on stderr that auth is on
-        try:
-            auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-        finally:
-            logger.setLevel(level)
-    except Exception:  # Ray's private API moved: fall back to Ray's own behaviour
-        pass
-
-
 def _join_ray(settings: Settings) -> bool:
     """Join Ray if it runs; returns whether this process is connected now."""
-    if not _ray_running(settings):
-        return False
     try:
-        _init_ray(settings)
+        cluster.init_ray(settings)
     except RaypipeError:
         return False
     return True
@@ -170,131 +96,50 @@ def _print_job(job: JobRecord, as_json: bool, attempts: list[dict[str, Any]] | N
             )
 
 
-# -- the local Ray head ------------------------------------------------------------------
-
-
-def _start_head(settings: Settings) -> bool:
-    """Start a local Ray head with ``ray start`` unless one answers; returns whether it did.
-
-    Records the head's GCS port in the marker file, so that `down` stops that head and
-    no other Ray on this machine.
-    """
-    if _ray_running(settings):
-        return False
-    command = [
-        shutil.which("ray") or "ray",
-        "start",
-        "--head",
-        f"--port={settings.ray_port}",
-        "--disable-usage-stats",
-        "--dashboard-host=127.0.0.1",
-    ]
-    if settings.ray_num_cpus is not None:
-        command.append(f"--num-cpus={settings.ray_num_cpus}")
-    done = subprocess.run(
-        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).strip().splitlines() if line]
-        raise NotRunning(f"`ray start` failed: {lines[-1] if lines else done.returncode}")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    marker = settings.data_dir / cluster.STARTED_MARKER
-    marker.write_text(json.dumps({"port": settings.ray_port}))
-    return True
-
-
-def _stop_head(settings: Settings) -> bool:
-    """Stop the Ray head that `up` started (none if it joined one); returns whether it did.
-
-    Unlike ``ray stop``, which ends every Ray process on the machine, this ends only the
-    processes of the head on the recorded GCS port, and their children (workers, agents).
-    """
-    marker = settings.data_dir / cluster.STARTED_MARKER
-    if not marker.exists():
-        return False
-    try:
-        port = int(json.loads(marker.read_text() or "{}").get("port", settings.ray_port))
-    except (ValueError, AttributeError):
-        port = settings.ray_port
-    _terminate(_head_processes(port))
-    marker.unlink(missing_ok=True)
-    return True
-
-
-def _head_processes(port: int) -> list[Any]:
-    """The processes of the local Ray head whose GCS listens on ``port``, with descendants."""
-    import psutil  # Ray's vendored copy, on sys.path once ray is imported (by cluster)
-
-    exclude = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    roots = []
-    for proc in psutil.process_iter(["cmdline"]):
-        args = proc.info["cmdline"] or []
-        if proc.pid not in exclude and _names_gcs_port(args, port):
-            roots.append(proc)
-    found = {proc.pid: proc for proc in roots}
-    for proc in roots:
-        with contextlib.suppress(psutil.Error):
-            found.update((child.pid, child) for child in proc.children(recursive=True))
-    return [proc for pid, proc in found.items() if pid not in exclude]
-
-
-def _names_gcs_port(args: Sequence[str], port: int) -> bool:
-    """Whether a command line is one of Ray's for the GCS on ``port``."""
-
-    def names_port(arg: str, flag: str) -> bool:
-        return arg.startswith(flag) and arg.rsplit(":", 1)[-1] == str(port)
-
-    if f"--gcs_server_port={port}" in args:  # gcs_server itself
-        return True
-    if any(names_port(arg, "--gcs-address=") for arg in args):
-        return True  # raylet, dashboard, monitors
-    # Ray's client server names the GCS with --address, which other programs use too.
-    return "ray.util.client.server" in args and any(names_port(a, "--address=") for a in args)
-
-
-def _terminate(procs: Sequence[Any]) -> None:
-    """Stop processes the way ``ray stop`` orders it: raylet, then the rest, then the GCS."""
-    import psutil
-
-    def name(proc: Any) -> str:
-        try:
-            return proc.name()
-        except psutil.Error:
-            return ""
-
-    raylets = [p for p in procs if name(p) == "raylet"]
-    gcs = [p for p in procs if name(p) == "gcs_server"]
-    rest = [p for p in procs if p not in raylets and p not in gcs]
-    for group in (raylets, rest, gcs):
-        for proc in group:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _gone, alive = psutil.wait_procs(group, timeout=STOP_GRACE_S / 3)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=2)
-
-
 # -- commands ----------------------------------------------------------------------------
 
 
 @app.command()
 def up(
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for a new local Ray head.")] = None,
+    api: Annotated[bool, typer.Option(help="Also serve the HTTP API on Ray Serve.")] = True,
 ) -> None:
-    """Start a local Ray head if none runs, migrate the database, start the dispatcher."""
+    """Start a local Ray head if none runs, migrate the database, start the dispatcher and
+    the HTTP API."""
     overrides: dict[str, Any] = {"ray_num_cpus": num_cpus} if num_cpus is not None else {}
     settings = get_settings(**overrides)
     migrate_database(settings)
-    started = _start_head(settings)
-    if not _ray_running(settings):
+    started = head.start_head(settings)
+    if not head.ray_running(settings):
         hint = f": `up` started one on port {settings.ray_port}" if started else ""
         raise NotRunning(f"no Ray answers at {settings.ray_address!r}{hint}")
-    _init_ray(settings)
+    cluster.init_ray(settings)
     cluster.start_actors(settings)
     where = "started a local Ray head" if started else f"joined Ray at {settings.ray_address}"
     typer.echo(f"raypipe is up: {where}; database {_safe_url(settings)}")
+    if api:
+        from raypipe.api.deployment import deploy
+
+        deploy(settings)
+        typer.echo(f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs)")
+        _first_key(settings)
+
+
+def _first_key(settings: Settings) -> None:
+    """On a database without keys, make an admin key for the default tenant and show it
+    once (also kept, readable only by this user, in the data folder)."""
+    engine = create_engine(settings.database_url)
+    try:
+        access = AccessStore(engine)
+        if access.count_keys():
+            return
+        secret, _key = access.create_key(DEFAULT_TENANT, name="first key", admin=True)
+    finally:
+        engine.dispose()
+    path = settings.data_dir / "api-key"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    typer.echo(f"API key (admin, tenant {DEFAULT_TENANT!r}; also in {path}): {secret}")
 
 
 @app.command()
@@ -305,13 +150,19 @@ def down() -> None:
     if _join_ray(settings):
         import ray
 
+        from raypipe.api.deployment import undeploy
+
         stopped = cluster.stop_actors(settings)
+        if undeploy():
+            stopped.append("the API")
         ray.shutdown()
-    elif not (settings.data_dir / cluster.STARTED_MARKER).exists():
+    elif not head.started_here(settings):
         typer.echo("raypipe is not running")
         return
-    head = _stop_head(settings)
-    typer.echo(f"stopped {', '.join(stopped) or 'nothing'}" + ("; stopped Ray" if head else ""))
+    stopped_ray = head.stop_head(settings)
+    typer.echo(
+        f"stopped {', '.join(stopped) or 'nothing'}" + ("; stopped Ray" if stopped_ray else "")
+    )
 
 
 @app.command()
@@ -432,6 +283,63 @@ def retry(job_id: str, as_json: JsonFlag = False) -> None:
     job = client.retry_job(job_id)
     _wake(settings, client)
     _print_job(job, as_json) if as_json else typer.echo(f"{job.id} queued again")
+
+
+keys = typer.Typer(help="API keys: each belongs to a tenant; admin keys see every tenant.")
+app.add_typer(keys, name="keys")
+
+
+def _access() -> AccessStore:
+    settings = get_settings()
+    engine = create_engine(settings.database_url)
+    store_schema.check(engine)
+    return AccessStore(engine)
+
+
+@keys.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="See every tenant.")] = False,
+) -> None:
+    """Create a key and print it; it is shown only this once."""
+    secret, key = _access().create_key(tenant, name=name, admin=admin)
+    typer.echo(secret)
+    typer.echo(
+        f"key {key.prefix}… for tenant {key.tenant!r}" + (" (admin)" if admin else ""), err=True
+    )
+
+
+@keys.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False
+) -> None:
+    """List keys (never their secrets)."""
+    found = _access().list_keys(tenant)
+    rows = [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "tenant": k.tenant,
+            "name": k.name,
+            "admin": k.admin,
+            "revoked": k.revoked_at is not None,
+        }
+        for k in found
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        flags = " admin" * row["admin"] + " revoked" * row["revoked"]
+        typer.echo(f"{row['prefix']}…  {row['tenant']:<16} {row['name']}{flags}")
+
+
+@keys.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or prefix.")]) -> None:
+    """Revoke a key: requests with it are refused from then on."""
+    revoked = _access().revoke_key(key)
+    typer.echo(f"revoked {revoked.prefix}… of tenant {revoked.tenant!r}")
 
 
 def _safe_url(settings: Settings) -> str:

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("raypipe-data")
     database_url: str = ""
-    ray_address: str = "auto"
+    ray_address: str = ""
     ray_port: int = 6380
     ray_num_cpus: int | None = None
     namespace: str = "raypipe"
@@ -87,6 +87,9 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)
         self.queues.setdefault(DEFAULT_QUEUE, QueueConfig())
+        if not self.ray_address:
+            # The head `raypipe up` starts, not whichever Ray happens to run on this machine.
+            self.ray_address = f"127.0.0.1:{self.ray_port}"
         return self
 
     @property

@@ -68,6 +68,18 @@ class NotRunning(RaypipeError):
     code = "not_running"
 
 
+class ServerError(RaypipeError):
+    """The raypipe server failed to answer the request."""
+
+    code = "server_error"
+
+
+class Unreachable(RaypipeError):
+    """The raypipe server could not be reached."""
+
+    code = "unreachable"
+
+
 class JobFailed(RaypipeError):
     """The job ended without a result."""
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +81,13 @@ class ErrorInfo:
     def to_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ErrorInfo | None:
+        """The API's ``{"type", "message"}``, or None for no error."""
+        if not data:
+            return None
+        return cls(type=data["type"], message=data.get("message") or "")
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -135,6 +142,38 @@ class JobRecord:
             "finished_at": _iso(self.finished_at),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        """A job from the API's JSON (the inverse of :meth:`to_dict`).
+
+        Fields the API does not show take neutral values: ``timeout_s`` 0.0,
+        ``idempotency_key`` None, ``cancel_requested`` False, no lease.
+        """
+        return cls(
+            id=data["id"],
+            tenant=data["tenant"],
+            type=data["type"],
+            queue=data["queue"],
+            priority=data["priority"],
+            status=JobStatus(data["status"]),
+            payload=data.get("payload") or {},
+            progress=float(data["progress"]),
+            message=data.get("message"),
+            stage=data.get("stage"),
+            result=data.get("result"),
+            error=ErrorInfo.from_dict(data.get("error")),
+            attempt=data["attempt"],
+            max_attempts=data["max_attempts"],
+            timeout_s=float(data.get("timeout_s") or 0.0),
+            tags=list(data.get("tags") or []),
+            idempotency_key=data.get("idempotency_key"),
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            created_at=_parse_iso(data["created_at"]),
+            run_at=_parse_iso(data["run_at"]),
+            started_at=_parse_iso(data.get("started_at")),
+            finished_at=_parse_iso(data.get("finished_at")),
+        )
+
 
 @dataclass(frozen=True)
 class AttemptRecord:
@@ -156,6 +195,19 @@ class AttemptRecord:
             "finished_at": _iso(self.finished_at),
             "error": self.error.to_dict() if self.error else None,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], job_id: str) -> AttemptRecord:
+        """An attempt of job ``job_id`` from the API's JSON (the inverse of :meth:`to_dict`)."""
+        return cls(
+            job_id=job_id,
+            attempt=data["attempt"],
+            status=AttemptStatus(data["status"]),
+            started_at=_parse_iso(data["started_at"]),
+            finished_at=_parse_iso(data.get("finished_at")),
+            error=ErrorInfo.from_dict(data.get("error")),
+            lease_owner=None,
+        )
 
 
 @dataclass(frozen=True)
@@ -224,3 +276,19 @@ def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@overload
+def _parse_iso(value: str) -> datetime: ...
+
+
+@overload
+def _parse_iso(value: str | None) -> datetime | None: ...
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    """Read what :func:`_iso` wrote (Python 3.10's ``fromisoformat`` knows no ``Z``)."""
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -41,5 +41,9 @@ def deploy(settings: Settings) -> None:
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
 
 
-def undeploy() -> None:
+def undeploy() -> bool:
+    """Remove the API from Serve, if it runs there; returns whether it did."""
+    if APP_NAME not in serve.status().applications:
+        return False
     serve.delete(APP_NAME)
+    return True

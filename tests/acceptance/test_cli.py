@@ -98,8 +98,8 @@ class Raypipe:
             return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
 
 
-def _free_port() -> int:
-    for port in range(FIRST_PORT, FIRST_PORT + 100):
+def _free_port(first: int = FIRST_PORT) -> int:
+    for port in range(first, first + 100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("0.0.0.0", port))
@@ -148,6 +148,7 @@ def raypipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raypipe]:
         RAYPIPE_RAY_PORT=str(port),
         RAYPIPE_RAY_ADDRESS=f"127.0.0.1:{port}",
         RAYPIPE_NAMESPACE=f"cli-{uuid.uuid4().hex[:10]}",
+        RAYPIPE_API_PORT=str(_free_port(port + 1)),
         RAY_USAGE_STATS_ENABLED="0",
     )
     cli = Raypipe(env, cwd=root, port=port, data_dir=data_dir)  # cwd: no stray .env file

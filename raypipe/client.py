@@ -1,0 +1,699 @@
+"""The HTTP client: :class:`Client` and :class:`AsyncClient` for the raypipe API.
+
+Both build requests, decide retries and read answers with the same code (the ``_…_call``
+functions, :class:`_ClientBase`, :class:`_Pages`, :class:`_EventReader`); only sending differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from raypipe.exceptions import (
+    Conflict,
+    InvalidInput,
+    JobFailed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RaypipeError,
+    ServerError,
+    Unauthorized,
+    Unreachable,
+)
+from raypipe.handle import JobHandle, _progress_bar
+from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+#: Where the API key comes from when none is passed.
+API_KEY_ENV = "RAYPIPE_API_KEY"
+#: The longest pause between two tries of one request.
+MAX_BACKOFF_S = 10.0
+#: Read timeout on event streams, which the server keeps alive every 15 s.
+STREAM_READ_TIMEOUT_S = 60.0
+
+#: Transport errors after which the request surely never reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: Transport errors worth another try of a request that is safe to send twice.
+_TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+#: Answers of a proxy or an overloaded server, worth another try of such a request.
+_RETRY_STATUS = frozenset({502, 503, 504})
+
+_ERRORS: dict[int, type[RaypipeError]] = {
+    400: InvalidInput,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: InvalidInput,
+    429: RateLimited,
+}
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The optional fields of a submission; None leaves the server's default."""
+
+    queue: str | None
+    priority: int | None
+    delay_s: float | None
+    run_at: datetime | str | None
+    max_attempts: int | None
+    timeout_s: float | None
+    tags: Sequence[str] | None
+    idempotency_key: str | None
+
+
+SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+def _body(body: Any) -> Any:
+    return body
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API request before it is sent, and how to read its answer's JSON;
+    ``idempotent``: sending it twice is safe."""
+
+    method: str
+    path: str
+    read: Callable[[Any], T] = _body
+    params: dict[str, Any] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = True
+    stream: bool = False
+
+
+def _job_path(job_id: str, *rest: str) -> str:
+    return "/".join(("/v1/jobs", quote(job_id, safe=""), *rest))
+
+
+def _spec_body(spec: SpecLike) -> dict[str, Any]:
+    """A job spec as the API takes it: None leaves the default, datetimes go as ISO 8601."""
+    if isinstance(spec, JobSpec):
+        return spec.model_dump(mode="json", exclude_unset=True)
+    if isinstance(spec, tuple):
+        type_, payload = spec
+        spec = {"type": type_, "payload": payload}
+    body = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in spec.items()}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _submit_call(
+    type: str, payload: dict[str, Any] | None, options: SubmitOptions
+) -> _Call[JobRecord]:
+    unknown = set(options) - SubmitOptions.__optional_keys__
+    if unknown:
+        raise TypeError(f"submit() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    body = _spec_body({"type": type, "payload": payload or {}, **options})
+    # The key makes a retried submission return the job the first try made, if it made one.
+    key = body.pop("idempotency_key", None) or str(uuid.uuid4())
+    return _Call(
+        "POST", "/v1/jobs", JobRecord.from_dict, json=body, headers={"Idempotency-Key": key}
+    )
+
+
+def _bulk_call(specs: Iterable[SpecLike]) -> _Call[list[JobRecord]]:
+    # No idempotency for bulk submissions: tried again only when surely never sent.
+    body = {"jobs": [_spec_body(spec) for spec in specs]}
+    return _Call("POST", "/v1/jobs/bulk", _jobs, json=body, idempotent=False)
+
+
+def _job_call(job_id: str) -> _Call[JobRecord]:
+    return _Call("GET", _job_path(job_id), JobRecord.from_dict)
+
+
+def _attempts_call(job_id: str) -> _Call[list[AttemptRecord]]:
+    return _Call("GET", _job_path(job_id), _attempts, params={"include": "attempts"})
+
+
+def _action_call(job_id: str, action: str) -> _Call[JobRecord]:
+    # Cancel and retry answer 409 the second time: tried again only when surely never sent.
+    return _Call("POST", _job_path(job_id, action), JobRecord.from_dict, idempotent=False)
+
+
+def _jobs(body: dict[str, Any]) -> list[JobRecord]:
+    return [JobRecord.from_dict(job) for job in body["jobs"]]
+
+
+def _attempts(body: dict[str, Any]) -> list[AttemptRecord]:
+    return [AttemptRecord.from_dict(a, body["id"]) for a in body.get("attempts") or []]
+
+
+class _Pages:
+    """``GET /v1/jobs`` page after page, following ``next_cursor``."""
+
+    def __init__(self, limit: int, filters: dict[str, str | JobStatus | None]):
+        status = filters.get("status")
+        if status is not None:
+            filters["status"] = JobStatus(status).value
+        self.params = {k: v for k, v in filters.items() if v is not None} | {"limit": limit}
+        self.cursor: str | None = None
+        self.done = False
+
+    def next_call(self) -> _Call[list[JobRecord]] | None:
+        if self.done:
+            return None
+        cursor = {"cursor": self.cursor} if self.cursor else {}
+        return _Call("GET", "/v1/jobs", self._read, params=self.params | cursor)
+
+    def _read(self, body: dict[str, Any]) -> list[JobRecord]:
+        self.cursor = body.get("next_cursor")
+        self.done = not self.cursor
+        return _jobs(body)
+
+
+class _EventReader:
+    """Reads one job's Server-Sent Events line by line; remembers the last event id, so that
+    a dropped stream resumes where it stopped."""
+
+    def __init__(self, job_id: str, last_event_id: int | str | None):
+        self.job_id = job_id
+        self.last_id = last_event_id
+        self.done = False
+        self.drops = 0
+        self._fields: dict[str, str] = {}
+        self._data: list[str] = []
+
+    def call(self) -> _Call[Any]:
+        self._fields, self._data = {}, []
+        headers = {"Accept": "text/event-stream"}
+        if self.last_id is not None:
+            headers["Last-Event-ID"] = str(self.last_id)
+        path = _job_path(self.job_id, "events")
+        return _Call("GET", path, headers=headers, stream=True)
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """Take one line; return the event it completes, if it completes one."""
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):  # a comment: keep-alive
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name in ("event", "id"):
+            self._fields[name] = value
+        return None
+
+    def _dispatch(self) -> dict[str, Any] | None:
+        fields, data = self._fields, self._data
+        self._fields, self._data = {}, []
+        if not data:
+            return None
+        raw_id = fields.get("id")
+        event_id = int(raw_id) if raw_id and raw_id.isdigit() else raw_id
+        event = {"event": fields.get("event", "message"), "event_id": event_id}
+        event.update(json.loads("\n".join(data)))
+        if event_id is not None:
+            self.last_id = event_id
+        self.drops = 0
+        terminal = {s.value for s in JobStatus if s.is_terminal}
+        self.done = event["event"] == "status" and event.get("status") in terminal
+        return event
+
+
+def _outcome(job: JobRecord) -> Any:
+    """A terminal job's result, or :class:`JobFailed` (as :meth:`JobHandle.result` decides)."""
+    if job.status is JobStatus.COMPLETED:
+        return job.result
+    reason = f": {job.error.type}: {job.error.message}" if job.error else ""
+    raise JobFailed(f"job {job.id} {job.status.value}{reason}", job=job)
+
+
+class _ClientBase:
+    """Settings, request building, retry decisions and error reading of both clients."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        *,
+        backoff_s: float = 0.5,
+    ):
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
+        self.base_url = str(url).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.base_url}>"
+
+    def _http_options(self) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return {"base_url": self.base_url, "headers": headers, "timeout": self.timeout}
+
+    def _build(self, http: httpx.Client | httpx.AsyncClient, call: _Call[Any]) -> httpx.Request:
+        timeout = (
+            httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT_S))
+            if call.stream
+            else httpx.USE_CLIENT_DEFAULT
+        )
+        return http.build_request(
+            call.method,
+            call.path,
+            params=call.params,
+            json=call.json,
+            headers=call.headers,
+            timeout=timeout,
+        )
+
+    def _backoff(self, tries: int) -> float:
+        return min(MAX_BACKOFF_S, self.backoff_s * 2 ** (tries - 1))
+
+    def _after_error(self, call: _Call[Any], tries: int, error: httpx.TransportError) -> float:
+        """The pause before trying ``call`` again after ``error``; :class:`Unreachable` once it
+        should not be tried again (retries spent, or it may have reached the server)."""
+        again = isinstance(error, _NOT_SENT) or (call.idempotent and isinstance(error, _TRANSIENT))
+        if again and tries <= self.retries:
+            return self._backoff(tries)
+        spent = f" (tried {tries} times)" if tries > 1 else ""
+        raise Unreachable(
+            f"cannot reach raypipe at {self.base_url}: {call.method} {call.path} failed with"
+            f" {type(error).__name__}: {error or 'no detail'}{spent}"
+        ) from error
+
+    def _after_response(
+        self, call: _Call[Any], tries: int, response: httpx.Response
+    ) -> float | None:
+        """The pause before trying ``call`` again after this answer, or None to keep it."""
+        if call.idempotent and response.status_code in _RETRY_STATUS and tries <= self.retries:
+            return self._backoff(tries)
+        return None
+
+    def _after_drop(self, reader: _EventReader, error: Exception | None) -> float:
+        """The pause before reopening a dropped event stream; :class:`Unreachable` after
+        ``retries`` drops in a row with no event between them."""
+        reader.drops += 1
+        if reader.drops <= self.retries:
+            return self._backoff(reader.drops)
+        why = f"{type(error).__name__}: {error}" if error else "closed before the job ended"
+        raise Unreachable(
+            f"event stream of job {reader.job_id} at {self.base_url} dropped"
+            f" {reader.drops} times in a row ({why})"
+        ) from error
+
+    def _error(self, response: httpx.Response) -> RaypipeError:
+        """The typed exception for an error answer, with the server's message and details."""
+        try:
+            body = response.json()["error"]
+            code, message, details = body.get("code"), body["message"], body.get("details")
+        except (ValueError, KeyError, TypeError):
+            text = response.text.strip()[:500]
+            reason = f"HTTP {response.status_code} {response.reason_phrase}"
+            code, message, details = None, f"{reason}: {text}" if text else reason, None
+        status = response.status_code
+        if status == 401 and not self.api_key:
+            message += f" (no API key: pass api_key= or set {API_KEY_ENV})"
+        if status == 429:
+            retry_after = response.headers.get("Retry-After", "")
+            exc: RaypipeError = RateLimited(
+                message, retry_after_s=int(retry_after) if retry_after.isdigit() else 1
+            )
+            exc.details = details or []
+        else:
+            cls = _ERRORS.get(status, ServerError if status >= 500 else RaypipeError)
+            exc = cls(message, details=details)
+        if code:
+            exc.code = code
+        return exc
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.is_error:
+            raise self._error(response)
+        return response.json()
+
+
+# -- the blocking client ------------------------------------------------------------------
+
+
+class Client(_ClientBase):
+    """The raypipe HTTP API from Python: ``submit`` returns a :class:`JobHandle`.
+
+    ``api_key`` defaults to ``$RAYPIPE_API_KEY``. Requests that are safe to repeat are
+    tried ``retries`` more times after a connection error or a 502/503/504, pausing
+    ``backoff_s``, then twice that, and so on; a server that stays unreachable raises
+    :class:`~raypipe.exceptions.Unreachable`, an error answer the matching
+    :class:`~raypipe.exceptions.RaypipeError`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        *,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        super().__init__(base_url, api_key, timeout, retries, backoff_s=backoff_s)
+        self._http = httpx.Client(transport=transport, **self._http_options())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, call: _Call[Any]) -> httpx.Response:
+        request = self._build(self._http, call)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                response = self._http.send(request, stream=call.stream)
+            except httpx.TransportError as exc:
+                time.sleep(self._after_error(call, tries, exc))
+                continue
+            pause = self._after_response(call, tries, response)
+            if pause is None:
+                return response
+            response.close()
+            time.sleep(pause)
+
+    def _call(self, call: _Call[T]) -> T:
+        return call.read(self._json(self._send(call)))
+
+    def _handle(self, job: JobRecord) -> JobHandle:
+        return JobHandle(job.id, self, job)
+
+    def submit(
+        self, type: str, payload: dict[str, Any] | None = None, **options: Unpack[SubmitOptions]
+    ) -> JobHandle:
+        """Submit a job (``POST /v1/jobs``); ``options`` are :class:`SubmitOptions`.
+
+        Without an ``idempotency_key`` one is made up for this call, so that trying again
+        after a lost connection cannot submit the job twice.
+        """
+        return self._handle(self._call(_submit_call(type, payload, options)))
+
+    def submit_many(self, specs: Iterable[SpecLike]) -> builtins.list[JobHandle]:
+        """Submit many jobs in one request: all are valid and written, or none is.
+
+        ``specs``: dicts like ``submit``'s arguments, or ``(type, payload)`` pairs. Not tried
+        again once the request may have reached the server (the API cannot deduplicate it).
+        """
+        return [self._handle(job) for job in self._call(_bulk_call(specs))]
+
+    def get(self, job_id: str) -> JobHandle:
+        return self._handle(self._call(_job_call(job_id)))
+
+    def wait(self, job_id: str, timeout: float | None = None, progress: bool = False) -> JobRecord:
+        """Block until the job is terminal (see :meth:`JobHandle.wait`)."""
+        return self.get(job_id).wait(timeout, progress)
+
+    def stream(
+        self, job_id: str, last_event_id: int | str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The job's events as they happen, ending after the terminal status event.
+
+        Each is the event's data (``id`` is the job's) plus ``event`` (``status`` or
+        ``progress``) and ``event_id``, which ``last_event_id`` takes to resume after it.
+        A dropped connection is reopened where it stopped.
+        """
+        reader = _EventReader(job_id, last_event_id)
+        while not reader.done:
+            error: httpx.TransportError | None = None
+            try:
+                with self._open(reader.call()) as response:
+                    for line in response.iter_lines():
+                        event = reader.feed(line)
+                        if event is not None:
+                            yield event
+                            if reader.done:
+                                return
+            except httpx.TransportError as exc:
+                error = exc
+            time.sleep(self._after_drop(reader, error))
+
+    @contextmanager
+    def _open(self, call: _Call[Any]) -> Iterator[httpx.Response]:
+        response = self._send(call)
+        try:
+            if response.is_error:
+                response.read()
+                raise self._error(response)
+            yield response
+        finally:
+            response.close()
+
+    # -- JobBackend -----------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self._call(_job_call(job_id))
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        """Cancel a queued job, or ask a running one to stop (its status follows)."""
+        return self._call(_action_call(job_id, "cancel"))
+
+    def retry_job(self, job_id: str) -> JobRecord:
+        """Queue a failed or cancelled job again."""
+        return self._call(_action_call(job_id, "retry"))
+
+    def job_attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
+        return self._call(_attempts_call(job_id))
+
+    cancel = cancel_job
+    retry = retry_job
+    attempts = job_attempts
+
+    def list(
+        self,
+        status: JobStatus | str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+    ) -> Iterator[JobRecord]:
+        """Every matching job, newest first, fetched ``limit`` per request as it is iterated."""
+        pages = _Pages(limit, {"status": status, "type": type, "queue": queue, "tag": tag})
+        while (call := pages.next_call()) is not None:
+            yield from self._call(call)
+
+
+# -- the asyncio client -------------------------------------------------------------------
+
+
+class AsyncJobHandle:
+    """:class:`JobHandle` for :class:`AsyncClient`: the same methods, awaited."""
+
+    def __init__(self, job_id: str, client: AsyncClient, job: JobRecord | None = None):
+        self.id = job_id
+        self._client = client
+        self._job = job
+
+    def __repr__(self) -> str:
+        status = self._job.status.value if self._job else "?"
+        return f"<AsyncJobHandle {self.id} {status}>"
+
+    async def refresh(self) -> JobRecord:
+        self._job = await self._client.get_job(self.id)
+        return self._job
+
+    async def status(self) -> JobStatus:
+        return (await self.refresh()).status
+
+    async def progress(self) -> float:
+        """Percent done (0–100)."""
+        return (await self.refresh()).progress
+
+    async def attempts(self) -> list[AttemptRecord]:
+        return await self._client.job_attempts(self.id)
+
+    async def wait(self, timeout: float | None = None, progress: bool = False) -> JobRecord:
+        """Until the job is terminal, following its event stream; :class:`TimeoutError` after
+        ``timeout`` s. ``progress=True`` shows a tqdm bar."""
+        bar = _progress_bar(self.id) if progress else None
+        try:
+            return await asyncio.wait_for(self._settle(bar), timeout)
+        except asyncio.TimeoutError:
+            status = self._job.status.value if self._job else "unknown"
+            raise TimeoutError(f"job {self.id} still {status} after {timeout}s") from None
+        finally:
+            if bar is not None:
+                bar.close()
+
+    async def _settle(self, bar: Any) -> JobRecord:
+        last_event_id = None
+        # A stream read from the start may end at an earlier attempt's end (the job was
+        # retried since): then the job is read again and the stream resumed.
+        while not (job := await self.refresh()).status.is_terminal:
+            async for event in self._client.stream(self.id, last_event_id):
+                last_event_id = event["event_id"]
+                if bar is not None:
+                    bar.n = round(event["progress"], 1)
+                    bar.set_postfix_str(event["message"] or event["status"], refresh=True)
+        return job
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The result once completed; :class:`JobFailed` if it failed or was cancelled."""
+        return _outcome(await self.wait(timeout))
+
+    async def cancel(self) -> JobRecord:
+        self._job = await self._client.cancel_job(self.id)
+        return self._job
+
+    async def retry(self) -> JobRecord:
+        self._job = await self._client.retry_job(self.id)
+        return self._job
+
+
+class AsyncClient(_ClientBase):
+    """:class:`Client` for asyncio: the same methods, awaited; ``stream`` and ``list`` are
+    async iterators and ``submit`` returns an :class:`AsyncJobHandle`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        *,
+        backoff_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        super().__init__(base_url, api_key, timeout, retries, backoff_s=backoff_s)
+        self._http = httpx.AsyncClient(transport=transport, **self._http_options())
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _send(self, call: _Call[Any]) -> httpx.Response:
+        request = self._build(self._http, call)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                response = await self._http.send(request, stream=call.stream)
+            except httpx.TransportError as exc:
+                await asyncio.sleep(self._after_error(call, tries, exc))
+                continue
+            pause = self._after_response(call, tries, response)
+            if pause is None:
+                return response
+            await response.aclose()
+            await asyncio.sleep(pause)
+
+    async def _call(self, call: _Call[T]) -> T:
+        return call.read(self._json(await self._send(call)))
+
+    def _handle(self, job: JobRecord) -> AsyncJobHandle:
+        return AsyncJobHandle(job.id, self, job)
+
+    async def submit(
+        self, type: str, payload: dict[str, Any] | None = None, **options: Unpack[SubmitOptions]
+    ) -> AsyncJobHandle:
+        """See :meth:`Client.submit`."""
+        return self._handle(await self._call(_submit_call(type, payload, options)))
+
+    async def submit_many(self, specs: Iterable[SpecLike]) -> builtins.list[AsyncJobHandle]:
+        """See :meth:`Client.submit_many`."""
+        return [self._handle(job) for job in await self._call(_bulk_call(specs))]
+
+    async def get(self, job_id: str) -> AsyncJobHandle:
+        return self._handle(await self._call(_job_call(job_id)))
+
+    async def wait(
+        self, job_id: str, timeout: float | None = None, progress: bool = False
+    ) -> JobRecord:
+        return await (await self.get(job_id)).wait(timeout, progress)
+
+    async def stream(
+        self, job_id: str, last_event_id: int | str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """See :meth:`Client.stream`."""
+        reader = _EventReader(job_id, last_event_id)
+        while not reader.done:
+            error: httpx.TransportError | None = None
+            try:
+                async with self._open(reader.call()) as response:
+                    async for line in response.aiter_lines():
+                        event = reader.feed(line)
+                        if event is not None:
+                            yield event
+                            if reader.done:
+                                return
+            except httpx.TransportError as exc:
+                error = exc
+            await asyncio.sleep(self._after_drop(reader, error))
+
+    @asynccontextmanager
+    async def _open(self, call: _Call[Any]) -> AsyncIterator[httpx.Response]:
+        response = await self._send(call)
+        try:
+            if response.is_error:
+                await response.aread()
+                raise self._error(response)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        return await self._call(_job_call(job_id))
+
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        return await self._call(_action_call(job_id, "cancel"))
+
+    async def retry_job(self, job_id: str) -> JobRecord:
+        return await self._call(_action_call(job_id, "retry"))
+
+    async def job_attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
+        return await self._call(_attempts_call(job_id))
+
+    cancel = cancel_job
+    retry = retry_job
+    attempts = job_attempts
+
+    async def list(
+        self,
+        status: JobStatus | str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+    ) -> AsyncIterator[JobRecord]:
+        """See :meth:`Client.list`."""
+        pages = _Pages(limit, {"status": status, "type": type, "queue": queue, "tag": tag})
+        while (call := pages.next_call()) is not None:
+            for job in await self._call(call):
+                yield job
