@@ -131,6 +131,8 @@ class JobRecord:
             "stage": self.stage,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
+            "timeout_s": self.timeout_s,
+            "cancel_requested": self.cancel_requested,
             "tenant": self.tenant,
             "tags": list(self.tags),
             "payload": self.payload,

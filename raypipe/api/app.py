@@ -41,6 +41,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 ACTOR_CHECK_TIMEOUT_S = 3.0
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE_S = 15.0
+#: Events read per query while streaming.
+EVENTS_PAGE = 500
 
 
 def _principal(
@@ -187,7 +189,12 @@ def create_app(settings: Settings) -> FastAPI:
         """Server-Sent Events: every status and progress change, resumable with
         `Last-Event-ID`, closed after the terminal status."""
         await run_in_threadpool(services.jobs.get, job_id, caller.scope)
-        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        if last_event_id and not last_event_id.isdigit():
+            raise InvalidInput(
+                "Last-Event-ID: must be an event id from this stream (a whole number)",
+                details=[{"loc": ["header", "Last-Event-ID"], "msg": "must be a whole number"}],
+            )
+        after = int(last_event_id or 0)
         return StreamingResponse(
             _stream(services, job_id, after),
             media_type="text/event-stream",
@@ -256,13 +263,20 @@ async def _stream(services: Services, job_id: str, after: int) -> Any:
     terminal = {s.value for s in JobStatus if s.is_terminal}
     idle = 0.0
     while True:
-        events = await run_in_threadpool(services.jobs.events, job_id, after)
+        events = await run_in_threadpool(services.jobs.events, job_id, after, EVENTS_PAGE)
         for event in events:
             after = event["id"]
             yield _stream_event(event)
-            if event["kind"] == "status" and event["status"] in terminal:
-                return
         if events:
+            last = events[-1]
+            # Close on the job's latest event only: a job retried after failing has a
+            # terminal event in the middle of its history.
+            if (
+                len(events) < EVENTS_PAGE
+                and last["kind"] == "status"
+                and last["status"] in terminal
+            ):
+                return
             idle = 0.0
             continue
         await asyncio.sleep(services.settings.events_poll_interval_s)

@@ -63,6 +63,8 @@ class JobView(BaseModel):
     stage: str | None
     attempt: int
     max_attempts: int
+    timeout_s: float
+    cancel_requested: bool
     tenant: str
     tags: list[str]
     batch_id: str | None = None

@@ -204,6 +204,11 @@ def test_a_failed_job_can_be_retried_and_keeps_its_attempts(api: Api) -> None:
         "attempts"
     ]
     assert [a["attempt"] for a in attempts] == [1, 2]
+    # Replayed from the start, the stream runs through the first failure to the last.
+    statuses = [e["status"] for e in _events(client, job["id"]) if e["event"] == "status"]
+    assert statuses.count("failed") == 2 and statuses[-1] == "failed"
+    bad = client.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "soon"})
+    assert bad.status_code == 422 and "Last-Event-ID" in bad.json()["error"]["message"]
 
 
 def test_queues_job_types_and_health(api: Api) -> None:
