@@ -50,7 +50,7 @@ MAX_DELAY_S = 10 * 365 * 86_400
 class JobSpec(BaseModel):
     """A job as submitted: only ``type`` and ``payload`` are required."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict)

@@ -41,10 +41,34 @@ def prepare(
     return rows
 
 
+def check_text(value: Any, loc: tuple[str | int, ...] = ()) -> None:
+    """Refuse strings a database cannot store: NUL characters (PostgreSQL text and JSONB)
+    and lone surrogates (not UTF-8), anywhere in a JSON value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            problem = "must not contain NUL characters"
+        else:
+            try:
+                value.encode("utf-8")
+                return
+            except UnicodeEncodeError:
+                problem = "must be valid Unicode (no lone surrogates)"
+        where = ".".join(str(part) for part in loc) or "body"
+        raise InvalidInput(f"{where}: {problem}", details=[{"loc": list(loc), "msg": problem}])
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, loc)
+            check_text(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_text(item, (*loc, index))
+
+
 def _row(
     raw: JobSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str
 ) -> dict[str, Any]:
     spec = raw if isinstance(raw, JobSpec) else parse_model(JobSpec, raw, ())
+    check_text(spec.model_dump(mode="json"))
     processor = registry.get(spec.type)
     payload = parse_model(processor.payload_model, spec.payload, ("payload",))
     queue = spec.queue or processor.queue or DEFAULT_QUEUE

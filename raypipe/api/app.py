@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import ray
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import registry
 from raypipe.api import errors
@@ -32,7 +33,7 @@ from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput, PayloadTooLarge
 from raypipe.jobs import JobRecord, JobStatus
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
-from raypipe.submission import prepare
+from raypipe.submission import check_text, prepare
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429)
@@ -43,6 +44,36 @@ ACTOR_CHECK_TIMEOUT_S = 3.0
 KEEPALIVE_S = 15.0
 #: Events read per query while streaming.
 EVENTS_PAGE = 500
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with a 413: by their Content-Length at once, and
+    chunked ones as soon as they grow past it (nothing is written either way)."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        error = PayloadTooLarge(f"body: at most {self.limit} bytes")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await errors.error_response(413, error.code, error.message)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise error
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _principal(
@@ -64,14 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            exc = PayloadTooLarge(f"body: at most {settings.max_body_bytes} bytes")
-            return errors.error_response(413, exc.code, exc.message)
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.services = services
     v1 = APIRouter(prefix="/v1", responses=ERRORS)
 
@@ -90,7 +114,12 @@ def create_app(settings: Settings) -> FastAPI:
         services.wake_dispatcher()
         return records
 
-    @v1.post("/jobs", status_code=202, response_model=JobView)
+    @v1.post(
+        "/jobs",
+        status_code=202,
+        response_model=JobView,
+        responses={200: {"model": JobView, "description": "an idempotent replay"}},
+    )
     def create_job(
         spec: JobCreate,
         caller: Caller,
@@ -131,12 +160,14 @@ def create_app(settings: Settings) -> FastAPI:
         cursor: str | None = None,
     ) -> JobList:
         """Jobs, newest first, filtered; follow `next_cursor` for the next page."""
-        for name, value in (("created_after", created_after), ("created_before", created_before)):
-            if value is not None and value.tzinfo is None:
-                raise InvalidInput(
-                    f"{name}: must include a time zone",
-                    details=[{"loc": [name], "msg": "must include a time zone"}],
-                )
+        created_after, created_before = (
+            _utc(name, value)
+            for name, value in (
+                ("created_after", created_after),
+                ("created_before", created_before),
+            )
+        )
+        check_text({"type": type, "queue": queue, "tag": tag, "cursor": cursor})
         found = services.jobs.list(
             tenant=caller.scope,
             status=status,
@@ -189,7 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Server-Sent Events: every status and progress change, resumable with
         `Last-Event-ID`, closed after the terminal status."""
         await run_in_threadpool(services.jobs.get, job_id, caller.scope)
-        if last_event_id and not last_event_id.isdigit():
+        if last_event_id and not (last_event_id.isdigit() and int(last_event_id) < 2**63):
             raise InvalidInput(
                 "Last-Event-ID: must be an event id from this stream (a whole number)",
                 details=[{"loc": ["header", "Last-Event-ID"], "msg": "must be a whole number"}],
@@ -267,6 +298,8 @@ async def _stream(services: Services, job_id: str, after: int) -> Any:
         for event in events:
             after = event["id"]
             yield _stream_event(event)
+        if not events and await run_in_threadpool(_finished, services, job_id):
+            return  # resumed past the end of a finished job: nothing more will come
         if events:
             last = events[-1]
             # Close on the job's latest event only: a job retried after failing has a
@@ -318,6 +351,25 @@ def _actor_check(services: Services, name: str, method: str) -> CheckView:
     return CheckView(status="ok")
 
 
+def _finished(services: Services, job_id: str) -> bool:
+    return services.jobs.get(job_id).status.is_terminal
+
+
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    """An aware datetime in UTC, or a 422 naming the parameter."""
+    if value is None:
+        return None
+    try:
+        if value.tzinfo is None:
+            raise ValueError("must include a time zone")
+        return value.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        message = str(exc) if isinstance(exc, ValueError) else "out of range"
+        raise InvalidInput(
+            f"{name}: {message}", details=[{"loc": [name], "msg": message}]
+        ) from None
+
+
 def _encode_cursor(job: JobRecord) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode()
@@ -326,8 +378,11 @@ def _encode_cursor(job: JobRecord) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(at), job_id
-    except ValueError:
+        check_text(job_id)
+        when = _utc("cursor", datetime.fromisoformat(at))
+        assert when is not None
+        return when, job_id
+    except (ValueError, InvalidInput):
         raise InvalidInput(
             "cursor: not a cursor from a previous page",
             details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],

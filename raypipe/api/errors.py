@@ -50,6 +50,9 @@ def error_response(
 def install(app: FastAPI) -> None:
     @app.exception_handler(RaypipeError)
     async def raypipe_error(_request: Request, exc: RaypipeError) -> JSONResponse:
+        return _raypipe_response(exc)
+
+    def _raypipe_response(exc: RaypipeError) -> JSONResponse:
         status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
         headers = {}
         if isinstance(exc, RateLimited):
@@ -79,7 +82,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if isinstance(exc.__cause__, RaypipeError):  # raised while FastAPI read the body
+            return _raypipe_response(exc.__cause__)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -144,6 +144,7 @@ class JobStore:
 
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job, or :class:`NotFound` (also for another tenant's job)."""
+        _known_shape(job_id)
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
@@ -609,6 +610,7 @@ class JobStore:
         return self.get(job_id)
 
     def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:
+        _known_shape(job_id)
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
@@ -621,6 +623,12 @@ class JobStore:
 
     def _read(self) -> Connection:
         return self.engine.connect().execution_options(**READ_ONLY)
+
+
+def _known_shape(job_id: str) -> None:
+    """Ids are UUID strings: anything a database could choke on (NUL, oversize) is unknown."""
+    if len(job_id) > 36 or "\x00" in job_id:
+        raise NotFound(f"job {job_id[:40]!r} not found")
 
 
 def _event(
