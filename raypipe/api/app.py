@@ -294,12 +294,15 @@ async def _stream(services: Services, job_id: str, after: int) -> Any:
     terminal = {s.value for s in JobStatus if s.is_terminal}
     idle = 0.0
     while True:
+        # Read the status before the events: a terminal status seen here has its event
+        # committed already, so an empty read after it means nothing more will come.
+        finished = await run_in_threadpool(_finished, services, job_id)
         events = await run_in_threadpool(services.jobs.events, job_id, after, EVENTS_PAGE)
         for event in events:
             after = event["id"]
             yield _stream_event(event)
-        if not events and await run_in_threadpool(_finished, services, job_id):
-            return  # resumed past the end of a finished job: nothing more will come
+        if not events and finished:
+            return  # resumed past the end of a finished job
         if events:
             last = events[-1]
             # Close on the job's latest event only: a job retried after failing has a
