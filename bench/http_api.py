@@ -1,6 +1,6 @@
 """Job submission over HTTP: the API on Ray Serve against the same app on plain uvicorn.
 
-    python bench/http.py --db sqlite --db postgres
+    python bench/http_api.py --db sqlite --db postgres
 
 For each database and each server (a fresh database each), measures:
 
@@ -23,44 +23,37 @@ Ray cluster so it wakes the dispatcher too). Prints one table with both and the 
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-# This file is named http.py: with its own folder first on sys.path (as `python
-# bench/http.py` puts it) it would shadow the standard library's `http` package, in this
-# process and, through Ray's copy of the driver's path, in every Ray worker.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+import httpx
+import ray
+import sqlalchemy as sa
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import httpx  # noqa: E402
-import ray  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from raypipe.config import RateLimit, Settings, get_settings  # noqa: E402
-from raypipe.runtime import cluster  # noqa: E402
-from raypipe.store import create_engine  # noqa: E402
-from raypipe.store import schema as store_schema  # noqa: E402
-from raypipe.store.access import AccessStore  # noqa: E402
-from raypipe.store.tables import jobs as jobs_table  # noqa: E402
+from raypipe.config import RateLimit, Settings, get_settings
+from raypipe.runtime import cluster
+from raypipe.store import create_engine
+from raypipe.store import schema as store_schema
+from raypipe.store.access import AccessStore
+from raypipe.store.tables import jobs as jobs_table
 
 PG_ADMIN_URL = os.environ.get(
     "RAYPIPE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-ROOT = Path(_HERE).parent
+ROOT = Path(__file__).resolve().parent.parent
 SERVE_APP = "raypipe-bench"
 TARGET_BULK_JOBS_S = 2000.0
 TARGET_SINGLE_P50_MS = 20.0
