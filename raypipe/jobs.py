@@ -241,6 +241,8 @@ class Outcome:
     error: ErrorInfo | None = None
     run_at: datetime | None = None
     attempt_status: AttemptStatus | None = None
+    message: str | None = None
+    stage: str | None = None
 
     @property
     def final_attempt_status(self) -> AttemptStatus:

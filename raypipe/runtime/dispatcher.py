@@ -264,7 +264,14 @@ class Dispatcher:
         if run.stop is not None:
             return run.stop  # cancellation and timeouts win over a late result
         if result.ok:
-            return Outcome(job.id, job.attempt, JobStatus.COMPLETED, result=result.result)
+            return Outcome(
+                job.id,
+                job.attempt,
+                JobStatus.COMPLETED,
+                result=result.result,
+                message=result.message,
+                stage=result.stage,
+            )
         assert result.kind is not None and result.error is not None
         return self._failure(job, result.kind, result.error, result.delay_s)
 

@@ -34,6 +34,8 @@ class AttemptResult:
     kind: ErrorKind | None = None
     error: ErrorInfo | None = None
     delay_s: float | None = None
+    message: str | None = None
+    stage: str | None = None
 
 
 #: One reporter per worker process and raypipe namespace (workers are reused across jobs).
@@ -86,7 +88,13 @@ def run_attempt(settings: Settings, job: ClaimedJob) -> AttemptResult:
         return _failure(exc, classify(exc, spec.retry or default_policy(settings)))
     finally:
         reporter.flush()
-    return AttemptResult(ok=True, result=result)
+        last = reporter.forget(job.id)
+    return AttemptResult(
+        ok=True,
+        result=result,
+        message=last.message if last else None,
+        stage=last.stage if last else None,
+    )
 
 
 async def _awaited(value: Any) -> Any:

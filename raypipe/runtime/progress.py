@@ -34,6 +34,7 @@ class ProgressReporter:
         self._actor = actor
         self._interval_s = interval_s
         self._pending: dict[str, ProgressState] = {}
+        self._last: dict[str, ProgressState] = {}
         self._lock = threading.Lock()
         self._cancelled: set[str] = set()
         self._last_ref: ray.ObjectRef | None = None
@@ -42,11 +43,18 @@ class ProgressReporter:
     def report(self, state: ProgressState) -> None:
         with self._lock:
             self._pending[state.job_id] = state
+            self._last[state.job_id] = state
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, daemon=True, name="raypipe-progress"
                 )
                 self._thread.start()
+
+    def forget(self, job_id: str) -> ProgressState | None:
+        """The job's last report (handed back with its result, since a report sent as
+        the attempt ends would reach the database after its outcome)."""
+        with self._lock:
+            return self._last.pop(job_id, None)
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled

@@ -670,6 +670,8 @@ def _same_values(outcome: Outcome) -> tuple[Any, ...]:
         json.dumps(outcome.result, sort_keys=True),
         outcome.error,
         outcome.run_at,
+        outcome.message,
+        outcome.stage,
     )
 
 
@@ -696,6 +698,8 @@ def _finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
     if outcome.status is JobStatus.COMPLETED:
         values["result"] = outcome.result
         values["progress"] = 100.0
+        if outcome.message is not None or outcome.stage is not None:
+            values["message"], values["stage"] = outcome.message, outcome.stage
     return values
 
 

@@ -59,7 +59,7 @@ def test_submit_stream_and_poll_agree(api: Api) -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     final = client.get(f"/v1/jobs/{job['id']}", params={"include": "attempts"}).json()
     assert final["status"] == "completed" and final["result"] == {"slept": 1.5}
-    assert final["progress"] == 100.0
+    assert final["progress"] == 100.0 and final["message"] == "step 6/6"
     assert [a["status"] for a in final["attempts"]] == ["completed"]
 
 
