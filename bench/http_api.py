@@ -42,17 +42,14 @@ from typing import Any
 import httpx
 import ray
 import sqlalchemy as sa
+from benchdb import database
 
 from raypipe.config import RateLimit, Settings, get_settings
 from raypipe.runtime import cluster
 from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
 from raypipe.store.access import AccessStore
 from raypipe.store.tables import jobs as jobs_table
 
-PG_ADMIN_URL = os.environ.get(
-    "RAYPIPE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_APP = "raypipe-bench"
 TARGET_BULK_JOBS_S = 2000.0
@@ -60,30 +57,6 @@ TARGET_SINGLE_P50_MS = 20.0
 
 
 # -- databases ---------------------------------------------------------------------------
-
-
-@contextmanager
-def database(kind: str, folder: Path) -> Iterator[str]:
-    """A fresh migrated database of ``kind``; dropped afterwards (PostgreSQL)."""
-    if kind == "sqlite":
-        url = f"sqlite:///{folder / f'bench-{uuid.uuid4().hex[:8]}.db'}"
-        admin = None
-    else:
-        name = f"raypipe_bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
-    engine = create_engine(url)
-    store_schema.upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            admin.dispose()
 
 
 def count_rows(url: str) -> int:

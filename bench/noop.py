@@ -18,18 +18,12 @@ import uuid
 from pathlib import Path
 
 import ray
-import sqlalchemy as sa
+from benchdb import database
 
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus
 from raypipe.runtime import cluster
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
-
-PG_ADMIN_URL = os.environ.get(
-    "RAYPIPE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 @ray.remote(num_cpus=1, max_retries=0)
@@ -63,29 +57,6 @@ def raypipe_rate(settings: Settings, n: int) -> tuple[float, float]:
         client.close()
 
 
-def database(kind: str, folder: Path) -> tuple[str, object]:
-    """A fresh migrated database; returns its URL and a cleanup callable."""
-    if kind == "sqlite":
-        url = f"sqlite:///{folder / f'bench-{uuid.uuid4().hex[:8]}.db'}"
-        cleanup = None
-    else:
-        name = f"raypipe_bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
-
-        def cleanup() -> None:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            admin.dispose()
-
-    engine = create_engine(url)
-    store_schema.upgrade(engine)
-    engine.dispose()
-    return url, cleanup
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
@@ -106,17 +77,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            url, cleanup = database(kind, Path(tmp))
-            settings = get_settings(
-                database_url=url,
-                data_dir=Path(tmp) / "data",
-                namespace=f"bench-{uuid.uuid4().hex[:8]}",
-            )
-            raw = raw_rate(args.jobs)
-            ours, submit_s = raypipe_rate(settings, args.jobs)
-            rows.append((kind, raw, ours, submit_s))
-            if cleanup:
-                cleanup()
+            with database(kind, Path(tmp)) as url:
+                settings = get_settings(
+                    database_url=url,
+                    data_dir=Path(tmp) / "data",
+                    namespace=f"bench-{uuid.uuid4().hex[:8]}",
+                )
+                raw = raw_rate(args.jobs)
+                ours, submit_s = raypipe_rate(settings, args.jobs)
+                rows.append((kind, raw, ours, submit_s))
     ray.shutdown()
     print(f"\n{args.jobs} no-op jobs, {args.num_cpus} CPUs")
     print(
