@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import ray
-
 from raypipe import registry
 from raypipe.config import Settings, get_settings
 from raypipe.handle import JobHandle
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
 from raypipe.runtime import cluster
-from raypipe.runtime.names import DISPATCHER_ACTOR
 from raypipe.store import JobStore
 from raypipe.store import schema as store_schema
 from raypipe.submission import DEFAULT_TENANT, prepare
@@ -33,7 +30,7 @@ class DirectClient:
         self.store = JobStore.from_url(self.settings.database_url)
         store_schema.check(self.store.engine)
         registry.load(self.settings.processor_modules)
-        self._dispatcher: Any = None
+        self._bell = cluster.DispatcherBell(self.settings)
 
     def close(self) -> None:
         self.store.dispose()
@@ -85,12 +82,7 @@ class DirectClient:
 
     def wake(self) -> None:
         """Tell the dispatcher there is news (fire-and-forget; a no-op without Ray)."""
-        if not ray.is_initialized():
-            return
-        if self._dispatcher is None:
-            self._dispatcher = cluster.find_actor(self.settings, DISPATCHER_ACTOR)
-        if self._dispatcher is not None:
-            self._dispatcher.wake.remote()
+        self._bell.ring()
 
 
 def _as_spec(spec: SpecLike) -> JobSpec | dict[str, Any]:

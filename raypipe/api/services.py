@@ -9,16 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-import ray
 
 from raypipe import registry
 from raypipe.config import Settings
 from raypipe.exceptions import RateLimited, Unauthorized
 from raypipe.jobs import utcnow
 from raypipe.runtime import cluster
-from raypipe.runtime.names import DISPATCHER_ACTOR
 from raypipe.store import JobStore
 from raypipe.store import schema as store_schema
 from raypipe.store.access import AccessStore, ApiKey
@@ -45,7 +41,7 @@ class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._keys: dict[str, tuple[float, ApiKey]] = {}
-        self._dispatcher: Any = None
+        self._bell = cluster.DispatcherBell(settings)
 
     @cached_property
     def jobs(self) -> JobStore:
@@ -91,12 +87,4 @@ class Services:
 
     def wake_dispatcher(self) -> None:
         """Fire-and-forget: the dispatcher looks for work now (it polls anyway)."""
-        if not ray.is_initialized():
-            return
-        if self._dispatcher is None:
-            self._dispatcher = cluster.find_actor(self.settings, DISPATCHER_ACTOR)
-        if self._dispatcher is not None:
-            try:
-                self._dispatcher.wake.remote()
-            except ray.exceptions.RayError:
-                self._dispatcher = None
+        self._bell.ring()

@@ -91,3 +91,23 @@ def stop_actors(settings: Settings) -> list[str]:
             ray.kill(actor, no_restart=True)
             stopped.append(name)
     return stopped
+
+
+class DispatcherBell:
+    """Wakes the dispatcher, fire-and-forget; a no-op without Ray (the dispatcher polls
+    anyway). Keeps the actor's handle, and looks it up again after a failed call."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._dispatcher: ActorHandle | None = None
+
+    def ring(self) -> None:
+        if not ray.is_initialized():
+            return
+        if self._dispatcher is None:
+            self._dispatcher = find_actor(self._settings, DISPATCHER_ACTOR)
+        if self._dispatcher is not None:
+            try:
+                self._dispatcher.wake.remote()
+            except ray.exceptions.RayError:
+                self._dispatcher = None
