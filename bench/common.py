@@ -1,13 +1,15 @@
-"""A fresh, migrated database for one benchmark run (shared by the scripts in bench/)."""
+"""What the scripts in bench/ share: a local Ray of fixed size, a fresh migrated database."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import ray
 import sqlalchemy as sa
 
 from raypipe.store import create_engine
@@ -40,3 +42,15 @@ def database(kind: str, folder: Path) -> Iterator[str]:
             with admin.connect() as conn:
                 conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             admin.dispose()
+
+
+def start_ray(num_cpus: int) -> None:
+    """A local Ray of ``num_cpus`` CPUs for this run, quiet and without the dashboard."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )

@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import ray
 import sqlalchemy as sa
-from benchdb import database
+from common import database, start_ray
 
 from raypipe.config import RateLimit, Settings, get_settings
 from raypipe.runtime import cluster
@@ -337,14 +337,7 @@ def main() -> None:
     kinds = args.db or ["sqlite"]
     servers = args.server or ["serve", "uvicorn"]
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=args.num_cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    start_ray(args.num_cpus)
     from ray import serve
 
     port = free_port()

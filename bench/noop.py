@@ -10,15 +10,13 @@ Prints jobs/s for both and the ratio raypipe / raw.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import ray
-from benchdb import database
+from common import database, start_ray
 
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
@@ -65,14 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     kinds = args.db or ["sqlite", "postgres"]
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=args.num_cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    start_ray(args.num_cpus)
     raw_rate(min(args.jobs, 500))  # start the workers for both sides
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
