@@ -116,3 +116,12 @@ def split_ref(ref: str) -> tuple[str, str]:
     """``"<job id>/<name>"`` → (job id, name)."""
     job_id, _, name = ref.partition("/")
     return job_id, check_name(name)
+
+
+def listed(artifacts: list[dict[str, Any]], job_id: str, name: str) -> ArtifactInfo:
+    """The listed artifact ``name`` of a job; only what a completed attempt listed is served."""
+    for artifact in artifacts:
+        if artifact["name"] == name:
+            return ArtifactInfo.from_dict(artifact)
+    have = ", ".join(a["name"] for a in artifacts) or "none"
+    raise NotFound(f"job {job_id} has no artifact {name!r} (it has: {have})")

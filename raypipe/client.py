@@ -33,7 +33,7 @@ from raypipe.exceptions import (
     Unauthorized,
     Unreachable,
 )
-from raypipe.handle import JobHandle, _progress_bar
+from raypipe.handle import JobHandle, _progress_bar, decode_artifact
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class SubmitOptions(TypedDict, total=False):
     timeout_s: float | None
     tags: Sequence[str] | None
     idempotency_key: str | None
+    then: dict[str, Any] | None
 
 
 SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
@@ -103,6 +104,7 @@ class _Call(Generic[T]):
     headers: dict[str, str] = field(default_factory=dict)
     idempotent: bool = True
     stream: bool = False
+    raw: bool = False  # the answer is bytes (an artifact, or nothing), not JSON
 
 
 def _job_path(job_id: str, *rest: str) -> str:
@@ -151,6 +153,14 @@ def _attempts_call(job_id: str) -> _Call[list[AttemptRecord]]:
 def _action_call(job_id: str, action: str) -> _Call[JobRecord]:
     # Cancel and retry answer 409 the second time: tried again only when surely never sent.
     return _Call("POST", _job_path(job_id, action), JobRecord.from_dict, idempotent=False)
+
+
+def _artifact_call(job_id: str, name: str) -> _Call[bytes]:
+    return _Call("GET", _job_path(job_id, "artifacts", quote(name, safe="")), raw=True)
+
+
+def _delete_call(job_id: str) -> _Call[Any]:
+    return _Call("DELETE", _job_path(job_id), raw=True)
 
 
 def _jobs(body: dict[str, Any]) -> list[JobRecord]:
@@ -348,10 +358,10 @@ class _ClientBase:
             exc.code = code
         return exc
 
-    def _json(self, response: httpx.Response) -> Any:
+    def _read(self, call: _Call[T], response: httpx.Response) -> T:
         if response.is_error:
             raise self._error(response)
-        return response.json()
+        return call.read(response.content if call.raw else response.json())
 
 
 # -- the blocking client ------------------------------------------------------------------
@@ -406,7 +416,7 @@ class Client(_ClientBase):
             time.sleep(pause)
 
     def _call(self, call: _Call[T]) -> T:
-        return call.read(self._json(self._send(call)))
+        return self._read(call, self._send(call))
 
     def _handle(self, job: JobRecord) -> JobHandle:
         return JobHandle(job.id, self, job)
@@ -486,6 +496,14 @@ class Client(_ClientBase):
 
     def job_attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
         return self._call(_attempts_call(job_id))
+
+    def job_artifact(self, job_id: str, name: str) -> bytes:
+        """The bytes of one of a job's artifacts."""
+        return self._call(_artifact_call(job_id, name))
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job, its history and its artifacts."""
+        self._call(_delete_call(job_id))
 
     cancel = cancel_job
     retry = retry_job
@@ -571,6 +589,10 @@ class AsyncJobHandle:
         self._job = await self._client.retry_job(self.id)
         return self._job
 
+    async def artifact(self, name: str) -> Any:
+        """An artifact: a numpy array for ``.npy``, bytes otherwise."""
+        return decode_artifact(name, await self._client.job_artifact(self.id, name))
+
 
 class AsyncClient(_ClientBase):
     """:class:`Client` for asyncio: the same methods, awaited; ``stream`` and ``list`` are
@@ -615,7 +637,7 @@ class AsyncClient(_ClientBase):
             await asyncio.sleep(pause)
 
     async def _call(self, call: _Call[T]) -> T:
-        return call.read(self._json(await self._send(call)))
+        return self._read(call, await self._send(call))
 
     def _handle(self, job: JobRecord) -> AsyncJobHandle:
         return AsyncJobHandle(job.id, self, job)
@@ -676,6 +698,12 @@ class AsyncClient(_ClientBase):
 
     async def retry_job(self, job_id: str) -> JobRecord:
         return await self._call(_action_call(job_id, "retry"))
+
+    async def job_artifact(self, job_id: str, name: str) -> bytes:
+        return await self._call(_artifact_call(job_id, name))
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._call(_delete_call(job_id))
 
     async def job_attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
         return await self._call(_attempts_call(job_id))

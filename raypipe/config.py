@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 DEFAULT_QUEUE = "default"
+#: Lanes of the built-in workloads, so a flood of one kind cannot starve the others.
+BUILTIN_QUEUES = (DEFAULT_QUEUE, "embeddings", "mesh", "documents", "ai")
 
 
 class QueueConfig(BaseModel):
@@ -121,7 +123,8 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)
-        self.queues.setdefault(DEFAULT_QUEUE, QueueConfig())
+        for name in BUILTIN_QUEUES:
+            self.queues.setdefault(name, QueueConfig())
         if not self.artifacts_url:
             self.artifacts_url = str(self.data_dir / "artifacts")
         if not self.ray_address:
@@ -132,7 +135,6 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
 
 
 def normalize_database_url(url: str) -> str:

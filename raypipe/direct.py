@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from raypipe import registry
+from raypipe import artifacts, registry
 from raypipe.config import Settings, get_settings
 from raypipe.handle import JobHandle
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
@@ -28,6 +28,7 @@ class DirectClient:
         self.settings = settings or get_settings()
         self.tenant = tenant
         self.store = JobStore.from_url(self.settings.database_url)
+        self.artifacts = artifacts.ArtifactStore(self.settings.artifacts_url)
         store_schema.check(self.store.engine)
         registry.load(self.settings.processor_modules)
         self._bell = cluster.DispatcherBell(self.settings)
@@ -79,6 +80,16 @@ class DirectClient:
     def job_attempts(self, job_id: str) -> list[AttemptRecord]:
         self.store.get(job_id, self.tenant)
         return self.store.attempts(job_id)
+
+    def job_artifact(self, job_id: str, name: str) -> bytes:
+        job = self.store.get(job_id, self.tenant)
+        artifacts.listed(job.artifacts, job_id, name)
+        return self.artifacts.read(job.tenant, job_id, name)
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job, its history and its artifacts."""
+        job = self.store.delete(job_id, self.tenant)
+        self.artifacts.delete(job.tenant, job_id)
 
     def wake(self) -> None:
         """Tell the dispatcher there is news (fire-and-forget; a no-op without Ray)."""

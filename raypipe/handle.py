@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any, Protocol
 
@@ -22,6 +23,8 @@ class JobBackend(Protocol):
     def retry_job(self, job_id: str) -> JobRecord: ...
 
     def job_attempts(self, job_id: str) -> list[AttemptRecord]: ...
+
+    def job_artifact(self, job_id: str, name: str) -> bytes: ...
 
 
 class JobHandle:
@@ -90,6 +93,18 @@ class JobHandle:
     def retry(self) -> JobRecord:
         self._job = self._backend.retry_job(self.id)
         return self._job
+
+    def artifact(self, name: str) -> Any:
+        """An artifact of the job: a numpy array for ``.npy``, bytes otherwise."""
+        return decode_artifact(name, self._backend.job_artifact(self.id, name))
+
+
+def decode_artifact(name: str, data: bytes) -> Any:
+    if name.endswith(".npy"):
+        import numpy as np
+
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return data
 
 
 def _progress_bar(job_id: str) -> Any:

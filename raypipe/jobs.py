@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, overload
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def utcnow() -> datetime:
@@ -47,8 +47,8 @@ class AttemptStatus(str, Enum):
 MAX_DELAY_S = 10 * 365 * 86_400
 
 
-class JobSpec(BaseModel):
-    """A job as submitted: only ``type`` and ``payload`` are required."""
+class _JobFields(BaseModel):
+    """What a submitted job and a follow-up job have in common."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -57,15 +57,61 @@ class JobSpec(BaseModel):
     queue: str | None = Field(default=None, min_length=1, max_length=200)
     priority: int | None = Field(default=None, ge=0, le=1_000_000)
     delay_s: float = Field(default=0.0, ge=0, le=MAX_DELAY_S)
-    run_at: datetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0)
     tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class Condition(BaseModel):
+    """A test on one field of a result: ``{"field": "confidence", "gte": 0.8}``.
+
+    ``field`` is a dotted path into the result; a missing field fails the test.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    field: str = Field(min_length=1, max_length=200)
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+    eq: str | float | bool | None = None
+    ne: str | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        tests = self.model_fields_set - {"field"}
+        if len(tests) != 1:
+            raise ValueError("give exactly one of gte, gt, lte, lt, eq, ne")
+        return self
+
+
+#: How deep ``then`` chains may nest.
+MAX_FOLLOW_UP_DEPTH = 10
+
+
+class FollowUpSpec(_JobFields):
+    """A job submitted when its parent completes, if ``when`` holds for the parent's result.
+
+    ``with_result`` names a payload field that receives the parent's result.
+    """
+
+    when: Condition | None = None
+    with_result: str | None = Field(default=None, min_length=1, max_length=200)
+    then: FollowUpSpec | None = None
+
+
+class JobSpec(_JobFields):
+    """A job as submitted: only ``type`` and ``payload`` are required."""
+
+    run_at: datetime | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    then: FollowUpSpec | None = None
 
     def fingerprint(self) -> str:
         """A stable hash of what was asked, to tell a replay from a conflicting reuse of a key."""
-        body = self.model_dump(mode="json", exclude={"idempotency_key"})
+        exclude = {"idempotency_key"} if self.then is not None else {"idempotency_key", "then"}
+        body = self.model_dump(mode="json", exclude=exclude)
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
 
@@ -117,6 +163,9 @@ class JobRecord:
     finished_at: datetime | None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    parent_id: str | None = None
+    then: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The job as the API and the CLI show it."""
@@ -142,6 +191,12 @@ class JobRecord:
             "run_at": _iso(self.run_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "artifacts": [
+                {**artifact, "url": f"/v1/jobs/{self.id}/artifacts/{artifact['name']}"}
+                for artifact in self.artifacts
+            ],
+            "parent_id": self.parent_id,
+            "then": self.then,
         }
 
     @classmethod
@@ -174,6 +229,11 @@ class JobRecord:
             run_at=_parse_iso(data["run_at"]),
             started_at=_parse_iso(data.get("started_at")),
             finished_at=_parse_iso(data.get("finished_at")),
+            artifacts=[
+                {k: v for k, v in a.items() if k != "url"} for a in data.get("artifacts") or []
+            ],
+            parent_id=data.get("parent_id"),
+            then=data.get("then"),
         )
 
 
@@ -223,6 +283,7 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     timeout_s: float
+    tenant: str = "default"
 
 
 @dataclass(frozen=True)
@@ -243,6 +304,7 @@ class Outcome:
     attempt_status: AttemptStatus | None = None
     message: str | None = None
     stage: str | None = None
+    artifacts: tuple[dict[str, Any], ...] = ()
 
     @property
     def final_attempt_status(self) -> AttemptStatus:

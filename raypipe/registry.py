@@ -15,7 +15,7 @@ from raypipe.exceptions import InvalidInput
 from raypipe.retry import RetryPolicy
 
 #: Modules of the built-in processors, always loaded.
-BUILTIN_MODULES = ("raypipe.processors.basic",)
+BUILTIN_MODULES = ("raypipe.processors.basic", "raypipe.processors.embed")
 
 ProcessorFn = Callable[..., Any]
 

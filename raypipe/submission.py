@@ -12,7 +12,7 @@ import pydantic
 from raypipe import registry
 from raypipe.config import DEFAULT_QUEUE, Settings
 from raypipe.exceptions import InvalidInput
-from raypipe.jobs import JobSpec
+from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec
 
 DEFAULT_TENANT = "default"
 
@@ -69,8 +69,37 @@ def _row(
 ) -> dict[str, Any]:
     spec = raw if isinstance(raw, JobSpec) else parse_model(JobSpec, raw, ())
     check_text(spec.model_dump(mode="json"))
+    return {
+        "id": str(uuid.uuid4()),
+        "tenant": tenant,
+        **_resolved(spec, settings),
+        "idempotency_key": spec.idempotency_key,
+        "request_hash": spec.fingerprint(),
+        "created_at": now,
+        "run_at": _run_at(spec, now),
+        "then": _follow_up(spec.then, settings, ("then",), 1) if spec.then else None,
+        "parent_id": None,
+    }
+
+
+def _resolved(
+    spec: JobSpec | FollowUpSpec, settings: Settings, optional: str | None = None
+) -> dict[str, Any]:
+    """Type, queue, priority, payload and limits of a spec, with the defaults filled in.
+
+    ``optional`` names a payload field filled in later (a follow-up's ``with_result``):
+    the payload is checked without complaining that it is missing.
+    """
     processor = registry.get(spec.type)
-    payload = parse_model(processor.payload_model, spec.payload, ("payload",))
+    try:
+        payload = parse_model(
+            processor.payload_model, spec.payload, ("payload",), settings
+        ).model_dump(mode="json", exclude_unset=True)
+    except InvalidInput as exc:
+        kept = [d for d in exc.details if d["loc"][:2] != ["payload", optional]]
+        if kept:
+            raise InvalidInput(_summary(kept), details=kept) from None
+        payload = spec.payload
     queue = spec.queue or processor.queue or DEFAULT_QUEUE
     if queue not in settings.queues:
         known = ", ".join(sorted(settings.queues))
@@ -79,21 +108,37 @@ def _row(
             details=[{"loc": ["queue"], "msg": f"unknown queue {queue!r}; known: {known}"}],
         )
     policy_attempts = processor.retry.max_attempts if processor.retry else None
-    run_at = _run_at(spec, now)
     return {
-        "id": str(uuid.uuid4()),
-        "tenant": tenant,
         "type": spec.type,
         "queue": queue,
         "priority": spec.priority if spec.priority is not None else settings.queues[queue].priority,
-        "payload": payload.model_dump(mode="json", exclude_unset=True),
+        "payload": payload,
         "tags": list(spec.tags),
         "max_attempts": spec.max_attempts or policy_attempts or settings.default_max_attempts,
         "timeout_s": spec.timeout_s or processor.timeout_s or settings.default_timeout_s,
-        "idempotency_key": spec.idempotency_key,
-        "request_hash": spec.fingerprint(),
-        "created_at": now,
-        "run_at": run_at,
+    }
+
+
+def _follow_up(
+    spec: FollowUpSpec, settings: Settings, loc: tuple[str, ...], depth: int
+) -> dict[str, Any]:
+    """The stored form of a ``then``: validated now, turned into a job on completion."""
+    if depth > MAX_FOLLOW_UP_DEPTH:
+        problem = f"follow-ups nest at most {MAX_FOLLOW_UP_DEPTH} deep"
+        raise InvalidInput(
+            f"{'.'.join(loc)}: {problem}", details=[{"loc": list(loc), "msg": problem}]
+        )
+    try:
+        resolved = _resolved(spec, settings, optional=spec.with_result)
+    except InvalidInput as exc:
+        details = [{**d, "loc": [*loc, *d.get("loc", [])]} for d in exc.details]
+        raise InvalidInput(_summary(details), details=details) from None
+    return {
+        **resolved,
+        "delay_s": spec.delay_s,
+        "when": spec.when.model_dump(mode="json", exclude_unset=True) if spec.when else None,
+        "with_result": spec.with_result,
+        "then": _follow_up(spec.then, settings, (*loc, "then"), depth + 1) if spec.then else None,
     }
 
 
@@ -114,10 +159,18 @@ def _run_at(spec: JobSpec, now: datetime) -> datetime:
     return now + timedelta(seconds=spec.delay_s)
 
 
-def parse_model(model: type[pydantic.BaseModel], data: Any, loc: tuple[str | int, ...]) -> Any:
-    """``model.model_validate(data)``; errors become :class:`InvalidInput` under ``loc``."""
+def parse_model(
+    model: type[pydantic.BaseModel],
+    data: Any,
+    loc: tuple[str | int, ...],
+    settings: Settings | None = None,
+) -> Any:
+    """``model.model_validate(data)``; errors become :class:`InvalidInput` under ``loc``.
+
+    Validators see the settings as ``info.context["settings"]`` (configured limits).
+    """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"settings": settings} if settings else None)
     except pydantic.ValidationError as exc:
         details = [
             {"loc": [*loc, *err["loc"]], "msg": err["msg"]} for err in exc.errors(include_url=False)

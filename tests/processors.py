@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from raypipe import JobContext, processor
+from raypipe.exceptions import PermanentError
 
 
 class GatePayload(BaseModel):
@@ -45,3 +48,44 @@ def spin_progress(payload: SpinPayload, ctx: JobContext) -> dict[str, int]:
     for i in range(payload.calls):
         ctx.progress(100.0 * (i + 1) / payload.calls, f"{i + 1}/{payload.calls}")
     return {"calls": payload.calls}
+
+
+class EchoPayload(BaseModel):
+    result: dict[str, Any] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    parent: dict[str, Any] | None = None
+
+
+@processor("test.echo", num_cpus=0.5)
+def echo(payload: EchoPayload, ctx: JobContext) -> dict[str, Any]:
+    """Writes the given artifacts and returns the given result (plus what a parent passed)."""
+    for name, text in payload.artifacts.items():
+        ctx.write_artifact(name, text)
+    return {**payload.result, **({"parent": payload.parent} if payload.parent else {})}
+
+
+class FanoutPayload(BaseModel):
+    numbers: list[int]
+    fail_on: int | None = None
+
+
+def _square(number: int, fail_on: int | None) -> dict[str, int]:
+    if number == fail_on:
+        raise PermanentError(f"refusing {number}")
+    return {"square": number * number, "pid": os.getpid()}
+
+
+@processor("test.fanout", num_cpus=0.5)
+def fanout(payload: FanoutPayload, ctx: JobContext) -> dict[str, Any]:
+    """Squares numbers in parallel Ray tasks, reporting each as it finishes."""
+    done: list[int] = []
+    results = ctx.parallel(
+        [partial(_square, n, payload.fail_on) for n in payload.numbers],
+        num_cpus=0.5,
+        on_done=lambda index, _result: done.append(index),
+    )
+    return {
+        "squares": [r["square"] for r in results],
+        "reported": sorted(done),
+        "pids": sorted({r["pid"] for r in results}),
+    }

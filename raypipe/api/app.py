@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raypipe import registry
+from raypipe import artifacts, registry
 from raypipe.api import errors
 from raypipe.api.schemas import (
     BulkAccepted,
@@ -193,6 +193,32 @@ def create_app(settings: Settings) -> FastAPI:
         attempts = services.jobs.attempts(job_id) if include == "attempts" else None
         return JobView.of(job, attempts)
 
+    @v1.get(
+        "/jobs/{job_id}/artifacts/{name}",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    def get_artifact(job_id: str, name: str, caller: Caller) -> StreamingResponse:
+        """One file a job produced, with its content type (only listed artifacts are served)."""
+        job = services.jobs.get(job_id, caller.scope)
+        info = artifacts.listed(job.artifacts, job_id, name)
+        source = services.artifacts.open(job.tenant, job_id, info.name)
+        return StreamingResponse(
+            _chunks(source),
+            media_type=info.content_type,
+            headers={
+                "Content-Length": str(info.size),
+                "Content-Disposition": f'inline; filename="{info.name}"',
+            },
+        )
+
+    @v1.delete("/jobs/{job_id}", status_code=204, response_class=Response)
+    def delete_job(job_id: str, caller: Caller) -> Response:
+        """Delete a finished job with its attempts, events and artifacts (409 while it runs)."""
+        job = services.jobs.delete(job_id, caller.scope)
+        services.artifacts.delete(job.tenant, job_id)
+        return Response(status_code=204)
+
     @v1.post("/jobs/{job_id}/cancel", response_model=JobView)
     def cancel_job(job_id: str, caller: Caller) -> JobView:
         """Cancel a queued job now, or stop a running one (its status follows shortly)."""
@@ -276,6 +302,12 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     return app
+
+
+def _chunks(source: Any, size: int = 1 << 20) -> Any:
+    with source:
+        while chunk := source.read(size):
+            yield chunk
 
 
 def _stream_event(event: dict[str, Any]) -> str:

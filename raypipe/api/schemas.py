@@ -13,9 +13,8 @@ class JobCreate(JobSpec):
     """A job to submit. `Idempotency-Key` travels as a header."""
 
     webhook_url: str | None = Field(default=None, description="not available yet: must be null")
-    then: dict[str, Any] | None = Field(default=None, description="not available yet: must be null")
 
-    @field_validator("webhook_url", "then")
+    @field_validator("webhook_url")
     @classmethod
     def _not_yet(cls, value: Any) -> Any:
         if value is not None:
@@ -49,6 +48,7 @@ class AttemptView(BaseModel):
 class ArtifactView(BaseModel):
     name: str
     size: int
+    content_type: str
     url: str
 
 
@@ -76,6 +76,8 @@ class JobView(BaseModel):
     started_at: str | None
     finished_at: str | None
     artifacts: list[ArtifactView] = Field(default_factory=list)
+    parent_id: str | None = None
+    then: dict[str, Any] | None = None
     links: dict[str, str]
     attempts: list[AttemptView] | None = None
 

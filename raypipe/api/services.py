@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from raypipe import registry
+from raypipe.artifacts import ArtifactStore
 from raypipe.config import Settings
 from raypipe.exceptions import RateLimited, Unauthorized
 from raypipe.jobs import utcnow
@@ -49,6 +50,10 @@ class Services:
         store_schema.check(store.engine)
         registry.load(self.settings.processor_modules)
         return store
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.artifacts_url)
 
     @cached_property
     def access(self) -> AccessStore:

@@ -57,7 +57,9 @@ def check_model(settings: Settings, name: str | None) -> str:
         known = ", ".join(sorted(settings.embedding_models))
         raise InvalidInput(
             f"payload.model: unknown model {name!r} (known: {known})",
-            details=[{"loc": ["payload", "model"], "msg": f"unknown model {name!r}; known: {known}"}],
+            details=[
+                {"loc": ["payload", "model"], "msg": f"unknown model {name!r}; known: {known}"}
+            ],
         )
     return name
 
@@ -116,7 +118,11 @@ _cache: dict[tuple[str, str | None, int], EmbeddingModel] = {}
 
 def load_cached(settings: Settings, name: str | None = None) -> EmbeddingModel:
     """One loaded model per (name, fallback, batch size) per process."""
-    key = (check_model(settings, name), settings.embedding_fallback_model, settings.embedding_batch_size)
+    key = (
+        check_model(settings, name),
+        settings.embedding_fallback_model,
+        settings.embedding_batch_size,
+    )
     if key not in _cache:
         _cache[key] = load(settings, key[0])
     return _cache[key]

@@ -50,7 +50,7 @@ def fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
             if response.status_code >= 400:
                 problem = f"{url} answered HTTP {response.status_code}"
                 if response.status_code in RETRYABLE_STATUSES:
-                    delay = _retry_after(response.headers.get("retry-after"))
+                    delay = retry_after_s(response.headers.get("retry-after"))
                     raise RetryableError(problem, delay_s=delay)
                 raise PermanentError(problem)
             declared = response.headers.get("content-length")
@@ -70,7 +70,7 @@ def fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
         raise PermanentError(f"{url} is unreachable: {exc}") from exc
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_s(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (the delta form; dates are rare enough to ignore)."""
     try:
         return max(0.0, float(value)) if value is not None else None

@@ -9,7 +9,7 @@ import ray
 
 from raypipe.config import Settings
 from raypipe.exceptions import NotRunning
-from raypipe.runtime import head
+from raypipe.runtime import embedder, head
 from raypipe.runtime.dispatcher import Dispatcher
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
 from raypipe.runtime.progress import ProgressActor
@@ -90,7 +90,7 @@ def stop_actors(settings: Settings) -> list[str]:
         if actor is not None:
             ray.kill(actor, no_restart=True)
             stopped.append(name)
-    return stopped
+    return stopped + embedder.stop(settings)
 
 
 class DispatcherBell:

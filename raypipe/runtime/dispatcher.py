@@ -271,6 +271,7 @@ class Dispatcher:
                 result=result.result,
                 message=result.message,
                 stage=result.stage,
+                artifacts=result.artifacts,
             )
         assert result.kind is not None and result.error is not None
         return self._failure(job, result.kind, result.error, result.delay_s)

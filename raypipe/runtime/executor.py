@@ -18,6 +18,7 @@ from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput, PermanentError
 from raypipe.jobs import ClaimedJob, ErrorInfo
 from raypipe.retry import ErrorKind, RetryPolicy, classify
+from raypipe.runtime.fanout import RayRunner
 from raypipe.runtime.names import PROGRESS_ACTOR
 from raypipe.runtime.progress import ProgressReporter
 from raypipe.submission import parse_model
@@ -36,6 +37,7 @@ class AttemptResult:
     delay_s: float | None = None
     message: str | None = None
     stage: str | None = None
+    artifacts: tuple[dict[str, Any], ...] = ()
 
 
 #: One reporter per worker process and raypipe namespace (workers are reused across jobs).
@@ -67,17 +69,20 @@ def run_attempt(settings: Settings, job: ClaimedJob) -> AttemptResult:
     registry.load(settings.processor_modules)
     spec = registry.get(job.type)
     try:
-        payload = parse_model(spec.payload_model, job.payload, ("payload",))
+        payload = parse_model(spec.payload_model, job.payload, ("payload",), settings)
     except InvalidInput as exc:
         return _failure(PermanentError(exc.message), ErrorKind.PERMANENT)
     reporter = _progress_reporter(settings)
     ctx = JobContext(
         job_id=job.id,
         job_type=job.type,
+        settings=settings,
         attempt=job.attempt,
         max_attempts=job.max_attempts,
+        tenant=job.tenant,
         report=reporter.report,
         cancelled=lambda: reporter.is_cancelled(job.id),
+        runner=RayRunner(settings),
     )
     try:
         value = spec.fn(payload, ctx)
@@ -94,6 +99,7 @@ def run_attempt(settings: Settings, job: ClaimedJob) -> AttemptResult:
         result=result,
         message=last.message if last else None,
         stage=last.stage if last else None,
+        artifacts=tuple(info.to_dict() for info in ctx.artifacts.values()),
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 
 from raypipe.exceptions import Conflict, NotFound
+from raypipe.followups import follow_up_row
 from raypipe.jobs import (
     AttemptRecord,
     AttemptStatus,
@@ -52,6 +53,7 @@ class Candidate:
     max_attempts: int
     timeout_s: float
     payload: dict[str, Any]
+    tenant: str
 
 
 ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
@@ -360,6 +362,7 @@ class JobStore:
                 attempt=c.attempt + 1,
                 max_attempts=c.max_attempts,
                 timeout_s=c.timeout_s,
+                tenant=c.tenant,
             )
             for c in chosen
         ]
@@ -404,10 +407,18 @@ class JobStore:
                         )
                         .values(_finish_values(first, now))
                         .returning(
-                            jobs.c.id, jobs.c.attempt, jobs.c.progress, jobs.c.message, jobs.c.stage
+                            jobs.c.id,
+                            jobs.c.attempt,
+                            jobs.c.progress,
+                            jobs.c.message,
+                            jobs.c.stage,
+                            jobs.c.tenant,
+                            jobs.c.then,
                         )
                     ).all()
                     changed += len(rows)
+                    if first.status is JobStatus.COMPLETED:
+                        self._follow_up(conn, rows, first.result, now)
                     if rows:
                         conn.execute(
                             job_events.insert(),
@@ -437,6 +448,41 @@ class JobStore:
                         )
                     )
         return changed
+
+    def _follow_up(
+        self, conn: Connection, parents: Sequence[Row[Any]], result: Any, now: datetime
+    ) -> None:
+        """Submit the follow-ups of jobs that just completed, in the same transaction as
+        their completion: exactly once, whatever crashes afterwards."""
+        rows = [
+            row
+            for parent in parents
+            if parent.then
+            for row in [follow_up_row(parent.then, parent.id, parent.tenant, result, now)]
+            if row is not None
+        ]
+        if rows:
+            self._add(conn, rows, now)
+
+    def _add(self, conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+        for row in rows:
+            row.update(status=JobStatus.QUEUED, updated_at=now)
+        conn.execute(jobs.insert(), rows)
+        conn.execute(
+            job_events.insert(), [_event(row["id"], JobStatus.QUEUED, 0, now) for row in rows]
+        )
+
+    def delete(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """Remove a finished job with its attempts and events; returns what was removed.
+
+        A job still queued or running is a :class:`Conflict` (cancel it first).
+        """
+        with self.engine.begin() as conn:
+            job = self._locked(conn, job_id, tenant)
+            if not job.status.is_terminal:
+                raise Conflict(f"job {job_id} is {job.status.value}: cancel it before deleting it")
+            conn.execute(sa.delete(jobs).where(jobs.c.id == job_id))
+        return job
 
     def renew_leases(self, owner: str, lease_ttl_s: float) -> int:
         now = self.clock()
@@ -672,6 +718,7 @@ def _same_values(outcome: Outcome) -> tuple[Any, ...]:
         outcome.run_at,
         outcome.message,
         outcome.stage,
+        json.dumps(outcome.artifacts, sort_keys=True),
     )
 
 
@@ -697,6 +744,7 @@ def _finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
         values["finished_at"] = now
     if outcome.status is JobStatus.COMPLETED:
         values["result"] = outcome.result
+        values["artifacts"] = list(outcome.artifacts) or None
         values["progress"] = 100.0
         if outcome.message is not None or outcome.stage is not None:
             values["message"], values["stage"] = outcome.message, outcome.stage
@@ -717,6 +765,9 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "lease_expires_at": None,
     "started_at": None,
     "finished_at": None,
+    "artifacts": None,
+    "then": None,
+    "parent_id": None,
 }
 
 
@@ -751,6 +802,9 @@ def _job_from_mapping(row: Any) -> JobRecord:
         finished_at=row["finished_at"],
         lease_owner=row["lease_owner"],
         lease_expires_at=row["lease_expires_at"],
+        artifacts=list(row["artifacts"] or []),
+        parent_id=row["parent_id"],
+        then=row["then"],
     )
 
 

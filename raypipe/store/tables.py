@@ -45,6 +45,10 @@ def _status_enum(enum: type[JobStatus] | type[AttemptStatus], name: str) -> sa.E
 metadata = sa.MetaData()
 
 JSONType: Any = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+#: For optional JSON columns: Python None is SQL NULL (not JSON 'null'), so IS NULL finds it.
+NullableJSON: Any = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
 
 jobs = sa.Table(
     "jobs",
@@ -77,6 +81,9 @@ jobs = sa.Table(
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("artifacts", NullableJSON),
+    sa.Column("then", NullableJSON),
+    sa.Column("parent_id", sa.String(36)),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
@@ -104,6 +111,7 @@ sa.Index(
     sqlite_where=PROCESSING_ONLY,
 )
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
+sa.Index("ix_jobs_parent", jobs.c.parent_id)
 
 attempts = sa.Table(
     "attempts",

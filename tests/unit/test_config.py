@@ -8,7 +8,13 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from raypipe.config import DEFAULT_QUEUE, QueueConfig, get_settings, normalize_database_url
+from raypipe.config import (
+    BUILTIN_QUEUES,
+    DEFAULT_QUEUE,
+    QueueConfig,
+    get_settings,
+    normalize_database_url,
+)
 
 # The unit conftest clears RAYPIPE_* variables and runs each test in its own tmp_path.
 
@@ -89,10 +95,14 @@ def test_database_url_override_is_normalized(tmp_path: Path) -> None:
     assert not settings.is_sqlite
 
 
-def test_default_queue_always_present(tmp_path: Path) -> None:
-    assert get_settings(data_dir=tmp_path).queues == {DEFAULT_QUEUE: QueueConfig()}
-    settings = get_settings(data_dir=tmp_path, queues={"gpu": {"concurrency": 2}})
-    assert set(settings.queues) == {"gpu", DEFAULT_QUEUE}
+def test_builtin_queues_always_present(tmp_path: Path) -> None:
+    assert get_settings(data_dir=tmp_path).queues == {q: QueueConfig() for q in BUILTIN_QUEUES}
+    assert DEFAULT_QUEUE in BUILTIN_QUEUES
+    settings = get_settings(
+        data_dir=tmp_path, queues={"gpu": {"concurrency": 2}, "mesh": {"concurrency": 3}}
+    )
+    assert set(settings.queues) == {"gpu", *BUILTIN_QUEUES}
+    assert settings.queues["mesh"].concurrency == 3
     assert settings.queues["gpu"] == QueueConfig(concurrency=2, priority=0)
     assert settings.queues[DEFAULT_QUEUE].concurrency == 100
 
@@ -101,7 +111,8 @@ def test_configured_default_queue_is_kept(tmp_path: Path) -> None:
     settings = get_settings(
         data_dir=tmp_path, queues={"default": {"concurrency": 3, "priority": 7}}
     )
-    assert settings.queues == {"default": QueueConfig(concurrency=3, priority=7)}
+    assert settings.queues["default"] == QueueConfig(concurrency=3, priority=7)
+    assert set(settings.queues) == set(BUILTIN_QUEUES)
 
 
 def test_default_queue_is_not_shared_between_settings(tmp_path: Path) -> None:
@@ -143,7 +154,7 @@ def test_queues_from_environment_as_json(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.queues == {
         "gpu": QueueConfig(concurrency=2, priority=10),
         "bulk": QueueConfig(concurrency=500, priority=0),
-        "default": QueueConfig(),
+        **{q: QueueConfig() for q in BUILTIN_QUEUES},
     }
 
 

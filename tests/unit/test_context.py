@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import uuid
+from pathlib import Path
 
 import pytest
 
+from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
+from raypipe.exceptions import InvalidInput, PermanentError
 from raypipe.jobs import ProgressState
 
 
@@ -30,10 +34,16 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def ctx(recorder: Recorder) -> JobContext:
+def settings(tmp_path: Path) -> Settings:
+    return get_settings(data_dir=tmp_path)
+
+
+@pytest.fixture
+def ctx(recorder: Recorder, settings: Settings) -> JobContext:
     return JobContext(
         job_id="job-1",
         job_type="sleep",
+        settings=settings,
         attempt=2,
         max_attempts=3,
         report=recorder.report,
@@ -47,10 +57,11 @@ def test_identity(ctx: JobContext) -> None:
 
 
 @pytest.mark.parametrize(("attempt", "last"), [(1, False), (2, False), (3, True), (4, True)])
-def test_is_last_attempt(recorder: Recorder, attempt: int, last: bool) -> None:
+def test_is_last_attempt(recorder: Recorder, settings: Settings, attempt: int, last: bool) -> None:
     ctx = JobContext(
         job_id="j",
         job_type="t",
+        settings=settings,
         attempt=attempt,
         max_attempts=3,
         report=recorder.report,
@@ -113,3 +124,56 @@ def test_is_cancelled_delegates(ctx: JobContext, recorder: Recorder) -> None:
     recorder.cancelled = True
     assert ctx.is_cancelled() is True
     assert recorder.checks == 2
+
+
+# -- artifacts ------------------------------------------------------------------------
+
+
+def test_artifacts_are_written_listed_and_read_back(settings: Settings) -> None:
+    ctx = JobContext.local("t", settings)
+    info = ctx.write_artifact("mesh.glb", b"\x00glb")
+    text = ctx.write_artifact("notes.txt", "héllo")
+    assert (info.size, info.content_type) == (4, "model/gltf-binary")
+    assert text.size == len("héllo".encode())
+    assert set(ctx.artifacts) == {"mesh.glb", "notes.txt"}
+    assert ctx.read_artifact("mesh.glb") == b"\x00glb"
+    assert ctx.read_artifact(f"{ctx.job_id}/notes.txt") == "héllo".encode()
+    on_disk = Path(settings.artifacts_url) / "default" / ctx.job_id / "mesh.glb"
+    assert on_disk.read_bytes() == b"\x00glb"
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b", "..", ".hidden", "", "a" * 201, "x\\y", "naïve.txt", "a b"]
+)
+def test_unsafe_artifact_names_are_refused(settings: Settings, name: str) -> None:
+    with pytest.raises(InvalidInput, match="artifact name"):
+        JobContext.local("t", settings).write_artifact(name, b"x")
+
+
+def test_another_tenants_artifact_cannot_be_read(settings: Settings) -> None:
+    owner = JobContext.local("t", settings, tenant="acme")
+    owner.write_artifact("secret.txt", b"s3cret")
+    intruder = JobContext.local("t", settings, tenant="other")
+    with pytest.raises(PermanentError, match=r"no artifact 'secret\.txt'"):
+        intruder.read_artifact(f"{owner.job_id}/secret.txt")
+    assert (
+        JobContext.local("t", settings, tenant="acme").read_artifact(f"{owner.job_id}/secret.txt")
+        == b"s3cret"
+    )
+
+
+def test_missing_artifact_is_a_permanent_error(settings: Settings) -> None:
+    with pytest.raises(PermanentError, match=r"no artifact 'nope\.npy'"):
+        JobContext.local("t", settings).read_artifact(f"{uuid.uuid4()}/nope.npy")
+
+
+# -- local fan-out ----------------------------------------------------------------------
+
+
+def test_local_parallel_keeps_order_and_reports_each(settings: Settings) -> None:
+    done: list[tuple[int, int]] = []
+    results = JobContext.local("t", settings).parallel(
+        [lambda i=i: i * i for i in range(5)], on_done=lambda i, r: done.append((i, r))
+    )
+    assert results == [0, 1, 4, 9, 16]
+    assert done == [(i, i * i) for i in range(5)]

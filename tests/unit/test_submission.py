@@ -14,7 +14,7 @@ from raypipe import registry
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput
-from raypipe.jobs import JobSpec
+from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, JobSpec
 from raypipe.retry import RetryPolicy
 from raypipe.submission import DEFAULT_TENANT, prepare
 
@@ -112,6 +112,8 @@ def test_row_has_exactly_the_expected_columns(settings: Settings) -> None:
         "request_hash",
         "created_at",
         "run_at",
+        "then",
+        "parent_id",
     }
 
 
@@ -281,7 +283,7 @@ def test_unknown_queue(settings: Settings) -> None:
     assert locs(error) == [["queue"]]
     assert error.message.startswith("queue:")
     assert "nowhere" in error.message
-    assert "bulk, default, gpu" in error.details[0]["msg"]
+    assert "ai, bulk, default, documents, embeddings, gpu, mesh" in error.details[0]["msg"]
 
 
 def test_processor_queue_missing_from_settings(tmp_path: Path) -> None:
@@ -343,3 +345,61 @@ def test_loc_prefix_is_prepended_even_for_one_spec(settings: Settings) -> None:
     error = invalid([{"type": "noop", "priority": -1}], settings, loc_prefix=("jobs",))
     assert locs(error) == [["jobs", 0, "priority"]]
     assert error.message.startswith("jobs.0.priority:")
+
+
+# -- follow-ups (then) ------------------------------------------------------------------
+
+
+def test_then_is_validated_and_stored_with_defaults(settings: Settings) -> None:
+    row = one(
+        {
+            "type": "noop",
+            "then": {
+                "type": "sleep",
+                "payload": {"seconds": 0.1},
+                "when": {"field": "confidence", "gte": 0.8},
+                "then": {"type": "noop", "delay_s": 5},
+            },
+        },
+        settings,
+    )
+    then = row["then"]
+    assert then["type"] == "sleep"
+    assert then["payload"] == {"seconds": 0.1}
+    assert (then["queue"], then["priority"], then["max_attempts"]) == ("default", 5, 4)
+    assert then["when"] == {"field": "confidence", "gte": 0.8}
+    assert then["then"]["type"] == "noop" and then["then"]["delay_s"] == 5
+    assert one({"type": "noop"}, settings)["then"] is None
+
+
+@pytest.mark.parametrize(
+    ("then", "loc"),
+    [
+        ({"type": "nope"}, ["then", "type"]),
+        ({"type": "sleep", "payload": {"seconds": -1}}, ["then", "payload", "seconds"]),
+        ({"type": "noop", "queue": "ghost"}, ["then", "queue"]),
+        ({"type": "noop", "then": {"type": "nope"}}, ["then", "then", "type"]),
+        ({"type": "noop", "when": {"field": "x"}}, ["then", "when"]),
+        ({"type": "noop", "when": {"field": "x", "gte": 1, "lt": 2}}, ["then", "when"]),
+    ],
+)
+def test_bad_then_names_the_field(settings: Settings, then: dict, loc: list) -> None:
+    with pytest.raises(InvalidInput) as err:
+        one({"type": "noop", "then": then}, settings)
+    assert err.value.details[0]["loc"][: len(loc)] == loc
+
+
+def test_then_chains_are_bounded(settings: Settings) -> None:
+    chain: dict = {"type": "noop"}
+    for _ in range(MAX_FOLLOW_UP_DEPTH):
+        chain = {"type": "noop", "then": chain}
+    with pytest.raises(InvalidInput, match="nest at most"):
+        one({"type": "noop", "then": chain}, settings)
+
+
+def test_with_result_field_may_be_missing_until_the_parent_completes(settings: Settings) -> None:
+    then = {"type": "fail", "with_result": "message"}
+    assert one({"type": "noop", "then": then}, settings)["then"]["with_result"] == "message"
+    bad = {"type": "fail", "with_result": "message", "payload": {"error": "Nope"}}
+    with pytest.raises(InvalidInput, match=r"then\.payload\.error"):
+        one({"type": "noop", "then": bad}, settings)

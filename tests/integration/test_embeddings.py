@@ -1,0 +1,142 @@
+"""embed.texts on the warm model actors: real model, real Ray, checked against ``encode``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import ray
+
+from raypipe.direct import DirectClient
+from raypipe.embedding.models import EmbeddingModel, load_cached
+from raypipe.jobs import JobStatus
+from raypipe.runtime import cluster, embedder
+from tests.conftest import fresh_database, make_settings
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def system(
+    request: pytest.FixtureRequest, ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DirectClient]:
+    """One raypipe (and one warm model pool) for the module: loading models is slow."""
+    folder = tmp_path_factory.mktemp("embeddings")
+    with fresh_database(request, request.param, folder) as url:
+        settings = make_settings(
+            url,
+            folder / "data",
+            embedding_pool_size=2,
+            embedding_num_cpus=0.5,
+            embedding_chunk_size=32,
+            embedding_batch_size=128,
+            embedding_max_wait_ms=300,
+        )
+        cluster.start_actors(settings)
+        client = DirectClient(settings)
+        yield client
+        cluster.stop_actors(settings)
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def reference(system: DirectClient) -> EmbeddingModel:
+    """The same model, loaded in this process: what ``encode`` says the vectors are."""
+    return load_cached(system.settings, MODEL)
+
+
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A kitten is resting on a rug.",
+    "Quarterly revenue grew by eight percent.",
+    "The company's sales rose this quarter.",
+    "Photosynthesis turns sunlight into chemical energy.",
+]
+
+
+def test_vectors_equal_the_models_own_encode_in_input_order(
+    system: DirectClient, reference: EmbeddingModel
+) -> None:
+    texts = [f"{SENTENCES[i % 5]} (item {i % 70})" for i in range(200)]  # 70 unique, repeated
+    handle = system.submit("embed.texts", {"texts": texts})
+    job = handle.wait(timeout=180)
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.result == {
+        "count": 200,
+        "unique": 70,
+        "dim": 384,
+        "model": MODEL,
+        "normalized": True,
+        "artifact": "embeddings.npy",
+    }
+    vectors = handle.artifact("embeddings.npy")
+    assert vectors.dtype == np.float32 and vectors.shape == (200, 384)
+    expected = reference.encode(texts, normalize=True).vectors
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert job.stage == "save"
+
+
+def test_similar_sentences_score_closer_than_unrelated(system: DirectClient) -> None:
+    handle = system.submit("embed.texts", {"texts": SENTENCES})
+    assert handle.wait(timeout=180).status is JobStatus.COMPLETED
+    v = handle.artifact("embeddings.npy")
+    sim = v @ v.T
+    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 4]
+    assert sim[2, 3] > sim[2, 0] and sim[2, 3] > sim[2, 4]
+
+
+def test_unnormalised_vectors_match_encode_without_normalising(
+    system: DirectClient, reference: EmbeddingModel
+) -> None:
+    handle = system.submit("embed.texts", {"texts": SENTENCES, "normalize": False})
+    assert handle.wait(timeout=180).status is JobStatus.COMPLETED
+    expected = reference.encode(SENTENCES, normalize=False).vectors
+    np.testing.assert_allclose(handle.artifact("embeddings.npy"), expected, atol=1e-4)
+
+
+def test_a_large_job_is_chunked_across_the_pool_with_progress(system: DirectClient) -> None:
+    actors = embedder.pool(system.settings, MODEL)
+    before = [ray.get(a.info.remote()) for a in actors]
+    texts = [f"sentence number {i} about topic {i % 13}" for i in range(320)]  # 10 chunks
+    handle = system.submit("embed.texts", {"texts": texts})
+    assert handle.wait(timeout=180).status is JobStatus.COMPLETED
+    after = [ray.get(a.info.remote()) for a in actors]
+    served = [a.get("texts", 0) - b.get("texts", 0) for a, b in zip(after, before, strict=True)]
+    assert sum(served) == 320 and min(served) > 0  # both actors did part of it
+    steps = [e for e in system.store.events(handle.id) if e["kind"] == "progress"]
+    assert any(e["stage"] == "encode" and 0 < e["progress"] < 100 for e in steps)
+
+
+def test_concurrent_requests_are_merged_into_one_model_batch(system: DirectClient) -> None:
+    actor = embedder.pool(system.settings, MODEL)[0]
+    before = ray.get(actor.info.remote())
+    refs = [actor.embed.remote([f"job {j} text {t}" for t in range(10)], True) for j in range(10)]
+    results = ray.get(refs)
+    after = ray.get(actor.info.remote())
+    assert [r[0].shape for r in results] == [(10, 384)] * 10
+    assert after["requests"] - before.get("requests", 0) == 10
+    assert after["batches"] - before.get("batches", 0) == 1  # ten requests, one batch
+    assert after["forward_passes"] - before.get("forward_passes", 0) == 1
+
+
+def test_the_text_artifact_of_another_job_can_be_embedded(
+    system: DirectClient, reference: EmbeddingModel
+) -> None:
+    lines = "\n".join(SENTENCES[:3]) + "\n\n"
+    source = system.submit("test.echo", {"artifacts": {"lines.txt": lines}})
+    assert source.wait(timeout=120).status is JobStatus.COMPLETED
+    handle = system.submit("embed.texts", {"texts_artifact": f"{source.id}/lines.txt"})
+    job = handle.wait(timeout=180)
+    assert job.status is JobStatus.COMPLETED and job.result["count"] == 3
+    np.testing.assert_allclose(
+        handle.artifact("embeddings.npy"), reference.encode(SENTENCES[:3]).vectors, atol=1e-5
+    )
+
+
+def test_settings_are_what_the_pool_was_built_with(system: DirectClient) -> None:
+    info = ray.get(embedder.pool(system.settings, MODEL)[1].info.remote())
+    assert (info["model"], info["dim"], info["device"]) == (MODEL, 384, "cpu")
