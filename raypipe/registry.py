@@ -15,7 +15,11 @@ from raypipe.exceptions import InvalidInput
 from raypipe.retry import RetryPolicy
 
 #: Modules of the built-in processors, always loaded.
-BUILTIN_MODULES = ("raypipe.processors.basic", "raypipe.processors.embed")
+BUILTIN_MODULES = (
+    "raypipe.processors.basic",
+    "raypipe.processors.embed",
+    "raypipe.processors.ai",
+)
 
 ProcessorFn = Callable[..., Any]
 

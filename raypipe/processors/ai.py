@@ -1,0 +1,89 @@
+"""``ai.complete``: one chat completion from an OpenAI-compatible service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from raypipe.chat import ChatClient, ChatReply, ModelUnavailable
+from raypipe.context import JobContext
+from raypipe.exceptions import PermanentError
+from raypipe.registry import processor
+from raypipe.retry import RetryPolicy
+
+#: Rate limits and overloaded providers clear within seconds: retry soon (1, 2, 4, 8 s, spread
+#: wide because throttled jobs fail together), and honour a ``Retry-After`` of up to 5 minutes.
+AI_RETRY = RetryPolicy(max_attempts=5, base_s=1.0, factor=2.0, cap_s=300.0, jitter=0.3)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class CompletePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1, description="default: RAYPIPE_AI_MODEL")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    response_format: dict[str, Any] | None = Field(
+        default=None, description='passed through, e.g. {"type": "json_object"}'
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _has_type(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and not isinstance(value.get("type"), str):
+            raise ValueError('needs a "type", such as "json_object"')
+        return value
+
+
+# Network-bound: the attempt waits on the service, so a tenth of a CPU lets ten run per core.
+@processor("ai.complete", queue="ai", num_cpus=0.1, retry=AI_RETRY)
+def complete(payload: CompletePayload, ctx: JobContext) -> dict[str, Any]:
+    """Asks the chat model; if the service does not offer it, asks ``ai_fallback_model`` once,
+    in the same attempt, rather than burning retries on a model that will not appear."""
+    settings = ctx.settings
+    if not settings.ai_base_url:
+        raise PermanentError("ai.complete is not configured: set RAYPIPE_AI_BASE_URL")
+    asked = payload.model or settings.ai_model
+    models = [asked]
+    if settings.ai_fallback_model and settings.ai_fallback_model != asked:
+        models.append(settings.ai_fallback_model)
+    messages = [message.model_dump() for message in payload.messages]
+    options = payload.model_dump(exclude={"messages", "model"}, exclude_none=True)
+    key = settings.ai_api_key.get_secret_value() if settings.ai_api_key else None
+
+    missing: list[ModelUnavailable] = []
+    with ChatClient(settings.ai_base_url, api_key=key, timeout_s=settings.ai_timeout_s) as chat:
+        for model in models:
+            note = f"{asked} unavailable, asking {model}" if missing else f"asking {model}"
+            ctx.progress(50.0 if missing else 0.0, note, stage="request")
+            answer = chat.complete(model, messages, **options)
+            if isinstance(answer, ChatReply):
+                ctx.progress(100.0, "done", stage="done")
+                return {
+                    "text": answer.text,
+                    "model": answer.model,
+                    "usage": answer.usage,
+                    "finish_reason": answer.finish_reason,
+                    "fallback_used": model != asked,
+                }
+            missing.append(answer)
+    raise PermanentError(_unavailable_message(missing))
+
+
+def _unavailable_message(missing: list[ModelUnavailable]) -> str:
+    reasons = "; ".join(f"{m.model}: HTTP {m.status} {m.message}" for m in missing)
+    if len(missing) == 1:
+        return (
+            f"model {missing[0].model} is not available from the AI service ({reasons});"
+            " set RAYPIPE_AI_FALLBACK_MODEL to fall back to another"
+        )
+    names = " nor ".join(m.model for m in missing)
+    return f"neither model {names} is available from the AI service ({reasons})"
