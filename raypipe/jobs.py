@@ -80,10 +80,23 @@ class Condition(BaseModel):
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        tests = self.model_fields_set - {"field"}
-        if len(tests) != 1:
-            raise ValueError("give exactly one of gte, gt, lte, lt, eq, ne")
+        self.test()
         return self
+
+    def test(self) -> tuple[str, Any]:
+        """The one (operator, value) given; ``eq``/``ne`` may compare with null."""
+        given = [
+            (op, getattr(self, op))
+            for op in ("gte", "gt", "lte", "lt", "eq", "ne")
+            if op in self.model_fields_set and (getattr(self, op) is not None or op in ("eq", "ne"))
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of gte, gt, lte, lt, eq, ne")
+        return given[0]
+
+    def stored(self) -> dict[str, Any]:
+        op, value = self.test()
+        return {"field": self.field, op: value}
 
 
 #: How deep ``then`` chains may nest.
@@ -110,8 +123,10 @@ class JobSpec(_JobFields):
 
     def fingerprint(self) -> str:
         """A stable hash of what was asked, to tell a replay from a conflicting reuse of a key."""
-        exclude = {"idempotency_key"} if self.then is not None else {"idempotency_key", "then"}
-        body = self.model_dump(mode="json", exclude=exclude)
+        fields = set(JobSpec.model_fields) - {"idempotency_key"}
+        if self.then is None:
+            fields.discard("then")
+        body = self.model_dump(mode="json", include=fields, exclude_unset=False)
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
 

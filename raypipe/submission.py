@@ -136,7 +136,7 @@ def _follow_up(
     return {
         **resolved,
         "delay_s": spec.delay_s,
-        "when": spec.when.model_dump(mode="json", exclude_unset=True) if spec.when else None,
+        "when": spec.when.stored() if spec.when else None,
         "with_result": spec.with_result,
         "then": _follow_up(spec.then, settings, (*loc, "then"), depth + 1) if spec.then else None,
     }

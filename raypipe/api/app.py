@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> list[tuple[JobRecord, bool]]:
         services.charge(caller, "submit", len(specs))
         rows = prepare(
-            [s.model_dump(exclude={"webhook_url", "then"}) for s in specs],
+            specs,
             settings,
             services.jobs.clock(),
             caller.tenant,

@@ -403,3 +403,13 @@ def test_with_result_field_may_be_missing_until_the_parent_completes(settings: S
     bad = {"type": "fail", "with_result": "message", "payload": {"error": "Nope"}}
     with pytest.raises(InvalidInput, match=r"then\.payload\.error"):
         one({"type": "noop", "then": bad}, settings)
+
+
+def test_a_condition_is_stored_as_its_one_test(settings: Settings) -> None:
+    when = {"field": "score", "gte": 0.8, "lt": None}
+    row = one({"type": "noop", "then": {"type": "noop", "when": when}}, settings)
+    assert row["then"]["when"] == {"field": "score", "gte": 0.8}
+    row = one(
+        {"type": "noop", "then": {"type": "noop", "when": {"field": "x", "eq": None}}}, settings
+    )
+    assert row["then"]["when"] == {"field": "x", "eq": None}

@@ -1,0 +1,100 @@
+"""Texts/s of embed.texts through raypipe against the model's own ``encode``, in one run.
+
+    python bench/embeddings.py --texts 2000 --small-jobs 200
+
+Reference: ``SentenceTransformer.encode`` on the same texts in this process, with the
+same batch size (torch uses every core here). raypipe, on warm model actors (the load
+is not timed): (a) many concurrent small jobs of ``texts / small-jobs`` texts each,
+(b) one large job of every text. Each is timed from submission until the last job is
+terminal, and printed with its ratio to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from common import database, start_ray
+
+from raypipe.config import Settings, get_settings
+from raypipe.direct import DirectClient
+from raypipe.embedding.models import load
+from raypipe.jobs import JobStatus
+from raypipe.runtime import cluster
+
+WORDS = "river market signal quiet engine harvest window silver planet garden orbit lantern"
+
+
+def corpus(n: int) -> list[str]:
+    """Distinct sentences of 8–16 words (no two alike, so nothing is deduplicated)."""
+    words = WORDS.split()
+    return [
+        f"item {i}: " + " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(8 + i % 9))
+        for i in range(n)
+    ]
+
+
+def reference_rate(settings: Settings, texts: list[str]) -> float:
+    model = load(settings)
+    model.encode(texts[:64])  # warm up
+    started = time.perf_counter()
+    model.encode(texts)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def run_jobs(client: DirectClient, batches: list[list[str]]) -> float:
+    started = time.perf_counter()
+    handles = client.submit_many([("embed.texts", {"texts": b}) for b in batches])
+    for handle in handles:
+        job = handle.wait(timeout=3600)
+        if job.status is not JobStatus.COMPLETED:
+            raise SystemExit(f"job {job.id} {job.status.value}: {job.error}")
+    return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--small-jobs", type=int, default=200)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--pool-size", type=int, default=2)
+    args = parser.parse_args()
+    texts = corpus(args.texts)
+    per_job = max(1, args.texts // args.small_jobs)
+    small = [texts[i : i + per_job] for i in range(0, len(texts), per_job)]
+
+    start_ray(args.num_cpus)
+    with tempfile.TemporaryDirectory() as tmp, database(args.db, Path(tmp)) as url:
+        settings = get_settings(
+            database_url=url,
+            data_dir=Path(tmp) / "data",
+            namespace=f"bench-{uuid.uuid4().hex[:8]}",
+            embedding_pool_size=args.pool_size,
+        )
+        cluster.start_actors(settings)
+        client = DirectClient(settings)
+        try:
+            run_jobs(client, [texts[:8]] * args.pool_size)  # load the model actors
+            reference = reference_rate(settings, texts)
+            many = run_jobs(client, small)
+            one = run_jobs(client, [texts])
+        finally:
+            cluster.stop_actors(settings)
+            client.close()
+
+    print(
+        f"texts={args.texts} batch={settings.embedding_batch_size} pool={args.pool_size} "
+        f"db={args.db} cpus={args.num_cpus}"
+    )
+    print(f"{'case':<32}{'texts/s':>10}{'ratio':>8}")
+    print(f"{'encode() in one process':<32}{reference:>10.1f}{1.0:>8.2f}")
+    print(f"{f'{len(small)} jobs x {per_job} texts':<32}{many:>10.1f}{many / reference:>8.2f}")
+    print(f"{f'1 job x {args.texts} texts':<32}{one:>10.1f}{one / reference:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
