@@ -9,8 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 DEFAULT_QUEUE = "default"
-#: Lanes of the built-in workloads, so a flood of one kind cannot starve the others.
-BUILTIN_QUEUES = (DEFAULT_QUEUE, "embeddings", "mesh", "documents", "ai")
+
 
 
 class QueueConfig(BaseModel):
@@ -18,6 +17,18 @@ class QueueConfig(BaseModel):
 
     concurrency: int = Field(default=100, ge=1)
     priority: int = Field(default=0, ge=0)
+
+
+#: Lanes of the built-in workloads, so a flood of one kind cannot starve the others.
+#: ``embeddings`` jobs only feed the model actors, which merge their requests: a few at a
+#: time keep the actors busy without a crowd of idle Ray workers.
+BUILTIN_QUEUES: dict[str, QueueConfig] = {
+    DEFAULT_QUEUE: QueueConfig(),
+    "embeddings": QueueConfig(concurrency=8),
+    "mesh": QueueConfig(),
+    "documents": QueueConfig(),
+    "ai": QueueConfig(concurrency=16),
+}
 
 
 class RateLimit(BaseModel):
@@ -123,8 +134,8 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)
-        for name in BUILTIN_QUEUES:
-            self.queues.setdefault(name, QueueConfig())
+        for name, queue in BUILTIN_QUEUES.items():
+            self.queues.setdefault(name, queue.model_copy())
         if not self.artifacts_url:
             self.artifacts_url = str(self.data_dir / "artifacts")
         if not self.ray_address:

@@ -96,7 +96,7 @@ def test_database_url_override_is_normalized(tmp_path: Path) -> None:
 
 
 def test_builtin_queues_always_present(tmp_path: Path) -> None:
-    assert get_settings(data_dir=tmp_path).queues == {q: QueueConfig() for q in BUILTIN_QUEUES}
+    assert get_settings(data_dir=tmp_path).queues == dict(BUILTIN_QUEUES)
     assert DEFAULT_QUEUE in BUILTIN_QUEUES
     settings = get_settings(
         data_dir=tmp_path, queues={"gpu": {"concurrency": 2}, "mesh": {"concurrency": 3}}
@@ -154,7 +154,7 @@ def test_queues_from_environment_as_json(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.queues == {
         "gpu": QueueConfig(concurrency=2, priority=10),
         "bulk": QueueConfig(concurrency=500, priority=0),
-        **{q: QueueConfig() for q in BUILTIN_QUEUES},
+        **dict(BUILTIN_QUEUES),
     }
 
 
