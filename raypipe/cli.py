@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -283,6 +284,32 @@ def retry(job_id: str, as_json: JsonFlag = False) -> None:
     job = client.retry_job(job_id)
     _wake(settings, client)
     _print_job(job, as_json) if as_json else typer.echo(f"{job.id} queued again")
+
+
+@app.command()
+def artifact(
+    job_id: str,
+    name: str,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write; '-' for stdout.")
+    ] = None,
+) -> None:
+    """Save one of a job's artifacts (to NAME in this folder unless --output says otherwise)."""
+    data = DirectClient(get_settings()).job_artifact(job_id, name)
+    if output is not None and str(output) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = output or Path(name)
+    target.write_bytes(data)
+    typer.echo(f"{target} ({len(data)} bytes)")
+
+
+@app.command()
+def delete(job_id: str) -> None:
+    """Delete a finished job with its attempts, events and artifacts."""
+    DirectClient(get_settings()).delete_job(job_id)
+    typer.echo(f"{job_id} deleted")
 
 
 keys = typer.Typer(help="API keys: each belongs to a tenant; admin keys see every tenant.")

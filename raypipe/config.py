@@ -11,7 +11,6 @@ from sqlalchemy.engine import make_url
 DEFAULT_QUEUE = "default"
 
 
-
 class QueueConfig(BaseModel):
     """A named lane: how many of its jobs may run at once, and their default priority."""
 

@@ -19,6 +19,8 @@ BUILTIN_MODULES = (
     "raypipe.processors.basic",
     "raypipe.processors.embed",
     "raypipe.processors.ai",
+    "raypipe.processors.mesh",
+    "raypipe.processors.document",
 )
 
 ProcessorFn = Callable[..., Any]

@@ -22,6 +22,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 FIRST_PORT = 6391  # 6379 is Redis here, 6380 raypipe's default
@@ -290,6 +291,22 @@ def test_cancel_a_delayed_job(raypipe: Raypipe) -> None:
     assert again.returncode != 0
     assert len(again.stderr_lines) == 1, again.describe()
     assert again.stderr_lines[0].startswith(f"raypipe: job {job_id} is cancelled")
+
+
+def test_embeddings_artifact_and_delete(raypipe: Raypipe) -> None:
+    payload = json.dumps({"texts": ["hello world", "a cat on a mat"]})
+    done = raypipe("submit", "embed.texts", "--payload", payload, "--wait", "--json", timeout=300)
+    assert done.returncode == 0, done.describe()
+    job = done.json()
+    assert isinstance(job, dict) and job["status"] == "completed"
+    assert [a["name"] for a in job["artifacts"]] == ["embeddings.npy"]
+    out = raypipe.cwd / "vectors.npy"
+    saved = raypipe.ok("artifact", job["id"], "embeddings.npy", "-o", str(out))
+    assert saved.stdout.startswith(str(out))
+    assert np.load(out).shape == (2, 384)
+    assert raypipe.ok("delete", job["id"]).stdout.strip() == f"{job['id']} deleted"
+    gone = raypipe("show", job["id"])
+    assert gone.returncode == 1 and "not found" in gone.stderr_lines[0]
 
 
 def test_retry_a_failed_job_queues_it_again(raypipe: Raypipe, waited: dict[str, Done]) -> None:

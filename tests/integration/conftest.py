@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
@@ -10,6 +11,7 @@ import ray
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.runtime import cluster
+from tests.conftest import fresh_database, make_settings
 
 
 @pytest.fixture
@@ -20,6 +22,26 @@ def raypipe(ray_session: None, settings: Settings) -> Iterator[DirectClient]:
     yield client
     cluster.stop_actors(settings)
     client.close()
+
+
+def module_system(
+    request: pytest.FixtureRequest, folder: Path, **overrides: object
+) -> Iterator[DirectClient]:
+    """raypipe on a fresh database of ``request.param``'s kind, for a whole module: for
+    tests that share warm model actors (loading a model is slow)."""
+    with fresh_database(request, request.param, folder) as url:
+        settings = make_settings(
+            url,
+            folder / "data",
+            embedding_pool_size=2,
+            embedding_num_cpus=0.5,
+            **overrides,
+        )
+        cluster.start_actors(settings)
+        client = DirectClient(settings)
+        yield client
+        cluster.stop_actors(settings)
+        client.close()
 
 
 def dispatcher(settings: Settings) -> ray.actor.ActorHandle:

@@ -11,35 +11,25 @@ import ray
 from raypipe.direct import DirectClient
 from raypipe.embedding.models import EmbeddingModel, load_cached
 from raypipe.jobs import JobStatus
-from raypipe.runtime import cluster, embedder
-from tests.conftest import fresh_database, make_settings
+from raypipe.runtime import embedder
+from tests.conftest import DB_KINDS
+from tests.integration.conftest import module_system
 
 MODEL = "all-MiniLM-L6-v2"
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=DB_KINDS)
 def system(
     request: pytest.FixtureRequest, ray_session: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DirectClient]:
-    """One raypipe (and one warm model pool) for the module: loading models is slow."""
-    folder = tmp_path_factory.mktemp("embeddings")
-    with fresh_database(request, request.param, folder) as url:
-        settings = make_settings(
-            url,
-            folder / "data",
-            embedding_pool_size=2,
-            embedding_num_cpus=0.5,
-            embedding_chunk_size=32,
-            embedding_batch_size=128,
-            embedding_max_wait_ms=300,
-        )
-        cluster.start_actors(settings)
-        client = DirectClient(settings)
-        yield client
-        cluster.stop_actors(settings)
-        client.close()
+    """One raypipe (and one warm model pool) for the module."""
+    yield from module_system(
+        request,
+        tmp_path_factory.mktemp("embeddings"),
+        embedding_chunk_size=32,
+        embedding_batch_size=128,
+        embedding_max_wait_ms=300,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,21 @@
+"""Mesh files in the formats a job can ask for, written by trimesh."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+
+from raypipe.mesh import MeshFormat
+
+
+def build_mesh(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
+    """A trimesh over the grid's arrays as they are: no merging or reordering, which would
+    cost time on a large grid and change nothing (grid vertices are all distinct)."""
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False, validate=False)
+
+
+def export_mesh(mesh: trimesh.Trimesh, fmt: MeshFormat) -> bytes:
+    """The file bytes of ``mesh`` in ``fmt``: binary where the format has a choice (PLY,
+    STL); STL is unindexed, so it repeats shared corners."""
+    data = mesh.export(file_type=fmt)
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
