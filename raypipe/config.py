@@ -23,7 +23,7 @@ class QueueConfig(BaseModel):
 #: time keep the actors busy without a crowd of idle Ray workers.
 BUILTIN_QUEUES: dict[str, QueueConfig] = {
     DEFAULT_QUEUE: QueueConfig(),
-    "embeddings": QueueConfig(concurrency=8),
+    "embeddings": QueueConfig(concurrency=4),
     "mesh": QueueConfig(),
     "documents": QueueConfig(),
     "ai": QueueConfig(concurrency=16),
@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     embedding_num_cpus: float = Field(default=1.0, ge=0)
     embedding_num_gpus: float | None = Field(
         default=None, ge=0, description="per model actor; unset: a share of the cluster's GPUs"
+    )
+    embedding_threads: int | None = Field(
+        default=None, ge=1, description="torch threads per model actor; unset: Ray's choice"
     )
     embedding_batch_size: int = Field(default=64, ge=1)
     embedding_max_wait_ms: float = Field(default=5.0, ge=0)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 
 from raypipe.config import Settings
 from raypipe.embedding import models
@@ -27,6 +28,10 @@ class Embedder:
     """
 
     def __init__(self, settings: Settings, model: str):
+        if settings.embedding_threads:
+            import torch
+
+            torch.set_num_threads(settings.embedding_threads)
         self.model = models.load(settings, model)
         self.batcher = Batcher(
             lambda texts: self.model.encode(texts, normalize=False).vectors,
@@ -48,6 +53,7 @@ class Embedder:
             "model": self.model.name,
             "dim": self.model.dim,
             "device": self.model.device,
+            "threads": _threads(),
             **self.batcher.stats,
         }
 
@@ -63,6 +69,18 @@ def gpus_per_actor(settings: Settings, cluster_gpus: float) -> float:
     if cluster_gpus <= 0:
         return 0.0
     return min(1.0, cluster_gpus / settings.embedding_pool_size)
+
+
+#: Actor handles per (namespace, model) in this worker process: looking them up costs
+#: several round trips to Ray's GCS, too much to pay on every small job.
+_pools: dict[tuple[str, str], list[ActorHandle]] = {}
+
+
+def cached_pool(settings: Settings, model: str) -> list[ActorHandle]:
+    key = (settings.namespace, model)
+    if key not in _pools:
+        _pools[key] = pool(settings, model)
+    return _pools[key]
 
 
 def pool(settings: Settings, model: str) -> list[ActorHandle]:
@@ -101,28 +119,43 @@ def embed(
         (index.setdefault(text, len(index)) for text in texts), dtype=np.int64, count=len(texts)
     )
     unique = list(index)
-    actors = pool(settings, name)
+    try:
+        vectors, used = _spread(cached_pool(settings, name), unique, normalize, settings, on_chunk)
+    except RayActorError:  # the pool was stopped and started again since it was cached
+        _pools.pop((settings.namespace, name), None)
+        vectors, used = _spread(cached_pool(settings, name), unique, normalize, settings, on_chunk)
+    return Embeddings(vectors[positions], used or name)
+
+
+def _spread(
+    actors: list[ActorHandle],
+    texts: list[str],
+    normalize: bool,
+    settings: Settings,
+    on_chunk: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, str | None]:
+    """Chunks of ``texts`` over the actors, starting at a random one; rows in order."""
+    if not texts:
+        info = ray.get(actors[0].info.remote())
+        return np.zeros((0, info["dim"]), dtype=np.float32), info["model"]
     size = settings.embedding_chunk_size
     start = random.randrange(len(actors))
     refs = {
-        actors[(start + i) % len(actors)].embed.remote(unique[at : at + size], normalize): at
-        for i, at in enumerate(range(0, len(unique), size))
+        actors[(start + i) % len(actors)].embed.remote(texts[at : at + size], normalize): at
+        for i, at in enumerate(range(0, len(texts), size))
     }
     parts: dict[int, np.ndarray] = {}
-    used = name
+    used = None
     pending = list(refs)
+    done = 0
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         vectors, used = ray.get(ready[0])
         parts[refs[ready[0]]] = vectors
+        done += len(vectors)
         if on_chunk is not None:
-            done = sum(len(part) for part in parts.values())
-            on_chunk(done, len(unique))
-    if not unique:
-        dim = ray.get(actors[0].info.remote())["dim"]
-        return Embeddings(np.zeros((0, dim), dtype=np.float32), used)
-    vectors = np.concatenate([parts[at] for at in sorted(parts)])
-    return Embeddings(vectors[positions], used)
+            on_chunk(done, len(texts))
+    return np.concatenate([parts[at] for at in sorted(parts)]), used
 
 
 def stop(settings: Settings) -> list[str]:
@@ -133,3 +166,9 @@ def stop(settings: Settings) -> list[str]:
             ray.kill(ray.get_actor(entry["name"], namespace=settings.namespace), no_restart=True)
             stopped.append(entry["name"])
     return stopped
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
