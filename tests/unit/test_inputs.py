@@ -1,0 +1,119 @@
+"""Input files of jobs (base64, artifacts, URLs over real local HTTP) and artifact storage."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from raypipe.artifacts import ArtifactStore
+from raypipe.config import Settings, get_settings
+from raypipe.context import JobContext
+from raypipe.exceptions import NotFound, PermanentError, RetryableError
+from raypipe.processors.inputs import load_input
+
+BODY = b"x" * 5000
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(2)
+        if self.path == "/busy":
+            self.send_response(503)
+            self.send_header("Retry-After", "9")
+            self.end_headers()
+            return
+        if self.path == "/missing":
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        if self.path != "/chunked":
+            self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(BODY)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> JobContext:
+    settings: Settings = get_settings(
+        data_dir=tmp_path, max_input_bytes=10_000, fetch_timeout_s=0.5
+    )
+    return JobContext.local("t", settings)
+
+
+def test_a_url_is_fetched(ctx: JobContext, server: str) -> None:
+    assert load_input(ctx, field="image", url=f"{server}/ok") == BODY
+
+
+def test_a_slow_url_is_retried(ctx: JobContext, server: str) -> None:
+    with pytest.raises(RetryableError, match="timed out"):
+        load_input(ctx, field="image", url=f"{server}/slow")
+
+
+def test_a_busy_service_is_retried_after_its_retry_after(ctx: JobContext, server: str) -> None:
+    with pytest.raises(RetryableError, match="HTTP 503") as err:
+        load_input(ctx, field="image", url=f"{server}/busy")
+    assert err.value.delay_s == 9
+
+
+@pytest.mark.parametrize(
+    ("path", "limit", "problem"),
+    [("/missing", 10_000, "HTTP 404"), ("/ok", 100, "too large"), ("/chunked", 100, "too large")],
+)
+def test_permanent_url_problems(
+    tmp_path: Path, server: str, path: str, limit: int, problem: str
+) -> None:
+    ctx = JobContext.local("t", get_settings(data_dir=tmp_path, max_input_bytes=limit))
+    with pytest.raises(PermanentError, match=problem):
+        load_input(ctx, field="image", url=f"{server}{path}")
+
+
+def test_unreachable_and_unsupported_urls_are_permanent(ctx: JobContext, server: str) -> None:
+    with pytest.raises(PermanentError, match="unreachable"):
+        load_input(ctx, field="image", url="http://127.0.0.1:9/nothing-listens")
+    with pytest.raises(PermanentError, match="only http and https"):
+        load_input(ctx, field="image", url="ftp://example.org/a.png")
+
+
+def test_base64_and_artifact_sources(ctx: JobContext) -> None:
+    assert load_input(ctx, field="document", b64="aGVsbG8=") == b"hello"
+    with pytest.raises(PermanentError, match=r"payload\.document_b64: not valid base64"):
+        load_input(ctx, field="document", b64="not base64!")
+    ctx.write_artifact("in.txt", "data")
+    assert load_input(ctx, field="document", artifact=f"{ctx.job_id}/in.txt") == b"data"
+    with pytest.raises(PermanentError, match="give one of"):
+        load_input(ctx, field="document")
+
+
+def test_artifacts_work_on_any_fsspec_filesystem() -> None:
+    store = ArtifactStore("memory://raypipe-test")
+    info = store.write("acme", "0" * 36, "a.npy", b"abc")
+    assert (info.size, info.content_type) == (3, "application/x-npy")
+    assert store.read("acme", "0" * 36, "a.npy") == b"abc"
+    with pytest.raises(NotFound):
+        store.read("other", "0" * 36, "a.npy")
+    store.delete("acme", "0" * 36)
+    assert not store.exists("acme", "0" * 36, "a.npy")
+    store.delete("acme", "0" * 36)  # nothing left: still fine
