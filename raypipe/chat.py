@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from raypipe.exceptions import PermanentError, RetryableError
-from raypipe.processors.inputs import RETRYABLE_STATUSES, retry_after_s
+from raypipe.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
 
 #: How much of a service's error message goes into a job's error.
 MAX_MESSAGE_CHARS = 500
@@ -77,7 +77,7 @@ def classify(status: int, error: ServiceError) -> Failure:
         and (error.code == _MODEL_MISSING_CODE or _MODEL_MISSING_TEXT.search(error.message))
     ):
         return Failure.MODEL_UNAVAILABLE
-    if status in RETRYABLE_STATUSES or status >= 500:
+    if status in RETRYABLE_HTTP_STATUSES or status >= 500:
         return Failure.TRANSIENT
     return Failure.REJECTED
 
@@ -154,7 +154,7 @@ class ChatClient:
     ) -> PermanentError | RetryableError:
         status = response.status_code
         if failure is Failure.TRANSIENT:
-            delay = retry_after_s(response.headers.get("retry-after"))
+            delay = parse_retry_after(response.headers.get("retry-after"))
             return RetryableError(
                 f"the AI service answered HTTP {status}: {error.message}", delay_s=delay
             )

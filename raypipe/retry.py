@@ -116,3 +116,16 @@ def failure_outcome(
             attempt_status=attempt_status,
         )
     return Outcome(job_id, attempt, JobStatus.FAILED, error=error, attempt_status=attempt_status)
+
+
+#: HTTP statuses worth another attempt later (remote services, input URLs); any other
+#: 4xx/5xx will not get better by waiting.
+RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (the delta form; dates are rare enough to ignore)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

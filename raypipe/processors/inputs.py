@@ -9,9 +9,7 @@ import httpx
 
 from raypipe.context import JobContext
 from raypipe.exceptions import PermanentError, RetryableError
-
-#: Statuses worth another attempt later; any other 4xx/5xx will not get better.
-RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+from raypipe.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
 
 
 def load_input(
@@ -49,8 +47,8 @@ def fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
         with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
             if response.status_code >= 400:
                 problem = f"{url} answered HTTP {response.status_code}"
-                if response.status_code in RETRYABLE_STATUSES:
-                    delay = retry_after_s(response.headers.get("retry-after"))
+                if response.status_code in RETRYABLE_HTTP_STATUSES:
+                    delay = parse_retry_after(response.headers.get("retry-after"))
                     raise RetryableError(problem, delay_s=delay)
                 raise PermanentError(problem)
             declared = response.headers.get("content-length")
@@ -68,11 +66,3 @@ def fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
         raise PermanentError(f"{url}: only http and https URLs can be fetched") from exc
     except httpx.HTTPError as exc:
         raise PermanentError(f"{url} is unreachable: {exc}") from exc
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (the delta form; dates are rare enough to ignore)."""
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

@@ -17,6 +17,7 @@ from raypipe.retry import (
     classify,
     decide,
     failure_outcome,
+    parse_retry_after,
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -291,3 +292,11 @@ def test_failure_outcome_passes_attempt_status_through(attempt: int, status: Job
     assert outcome.status is status
     assert outcome.attempt_status is AttemptStatus.TIMED_OUT
     assert outcome.final_attempt_status is AttemptStatus.TIMED_OUT
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), ("0.5", 0.5), ("-3", 0.0), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+)
+def test_retry_after_header(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
