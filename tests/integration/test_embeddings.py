@@ -51,8 +51,12 @@ def test_vectors_equal_the_models_own_encode_in_input_order(
     system: DirectClient, reference: EmbeddingModel
 ) -> None:
     texts = [f"{SENTENCES[i % 5]} (item {i % 70})" for i in range(200)]  # 70 unique, repeated
+    actors = embedder.pool(system.settings, MODEL)
+    before = sum(ray.get(a.info.remote()).get("texts", 0) for a in actors)
     handle = system.submit("embed.texts", {"texts": texts})
     job = handle.wait(timeout=180)
+    after = sum(ray.get(a.info.remote()).get("texts", 0) for a in actors)
+    assert after - before == 70  # identical texts reach the model once
     assert job.status is JobStatus.COMPLETED, job.error
     assert job.result == {
         "count": 200,
