@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 from sqlalchemy.engine import make_url
 
 DEFAULT_QUEUE = "default"
@@ -27,6 +34,35 @@ BUILTIN_QUEUES: dict[str, QueueConfig] = {
     "mesh": QueueConfig(),
     "documents": QueueConfig(),
     "ai": QueueConfig(concurrency=16),
+    "maintenance": QueueConfig(concurrency=1),
+}
+
+
+#: What a schedule does about instants it missed while nothing ran: ``skip`` them,
+#: ``run_once`` (one job for the latest missed instant), or ``run_all`` (one per instant,
+#: at most :data:`MAX_CATCH_UP` of the latest).
+MissedFires = Literal["skip", "run_once", "run_all"]
+MAX_CATCH_UP = 100
+
+
+class ScheduleConfig(BaseModel):
+    """A cron schedule declared in the configuration (synced to the database at start)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(min_length=1, max_length=200)
+    timezone: str = "UTC"
+    job: dict[str, Any]
+    missed: MissedFires = "run_once"
+    tenant: str = "default"
+    enabled: bool = True
+
+
+#: Built-in maintenance, scheduled when ``maintenance_schedules`` is on (times in UTC).
+MAINTENANCE_SCHEDULES: dict[str, ScheduleConfig] = {
+    "maintenance.prune": ScheduleConfig(cron="17 3 * * *", job={"type": "maintenance.prune"}),
+    "maintenance.orphans": ScheduleConfig(cron="47 3 * * *", job={"type": "maintenance.orphans"}),
+    "maintenance.stuck": ScheduleConfig(cron="*/15 * * * *", job={"type": "maintenance.stuck"}),
 }
 
 
@@ -47,6 +83,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYPIPE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword overrides, then ``RAYPIPE_*`` variables, then ``.env``, then the TOML
+        file named by ``RAYPIPE_CONFIG_FILE`` (default ``raypipe.toml``, if it exists)."""
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
 
     data_dir: Path = Path("raypipe-data")
     database_url: str = ""
@@ -126,6 +176,32 @@ class Settings(BaseSettings):
     ai_fallback_model: str | None = None
     ai_timeout_s: float = Field(default=60.0, gt=0)
 
+    max_batch_jobs: int = Field(default=10_000, ge=1, description="jobs one batch may hold")
+
+    webhook_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs webhooks may reach although private, loopback or link-local",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=5.0, ge=0)
+    webhook_max_backoff_s: float = Field(default=3600.0, ge=0)
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    webhook_concurrency: int = Field(default=16, ge=1)
+
+    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
+    maintenance_schedules: bool = True
+    retention_days: float = Field(
+        default=30.0, gt=0, description="terminal jobs older than this are pruned"
+    )
+    orphan_grace_s: float = Field(
+        default=3600.0, ge=0, description="artifact folders without a job older than this go"
+    )
+    stuck_after_s: float = Field(
+        default=3600.0, gt=0, description="runnable jobs waiting longer than this are stuck"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
@@ -165,6 +241,11 @@ def normalize_database_url(url: str) -> str:
             absolute = str(path.expanduser().resolve())
             return parsed.set(database=absolute).render_as_string(hide_password=False)
     return url
+
+
+def config_file() -> Path:
+    """The optional TOML configuration file (``RAYPIPE_CONFIG_FILE``)."""
+    return Path(os.environ.get("RAYPIPE_CONFIG_FILE", "raypipe.toml")).expanduser()
 
 
 def get_settings(**overrides: object) -> Settings:

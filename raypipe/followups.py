@@ -81,4 +81,5 @@ def follow_up_row(
         "run_at": now + timedelta(seconds=template["delay_s"]),
         "then": template.get("then"),
         "parent_id": parent_id,
+        "webhook_url": template.get("webhook_url"),
     }

@@ -60,6 +60,11 @@ class _JobFields(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0)
     tags: list[str] = Field(default_factory=list, max_length=50)
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="POSTed a signed event when the job ends (Standard Webhooks)",
+    )
 
 
 class Condition(BaseModel):
@@ -124,8 +129,8 @@ class JobSpec(_JobFields):
     def fingerprint(self) -> str:
         """A stable hash of what was asked, to tell a replay from a conflicting reuse of a key."""
         fields = set(JobSpec.model_fields) - {"idempotency_key"}
-        if self.then is None:
-            fields.discard("then")
+        # Optional fields added later count only when given, so older hashes still match.
+        fields -= {name for name in ("then", "webhook_url") if getattr(self, name) is None}
         body = self.model_dump(mode="json", include=fields, exclude_unset=False)
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
@@ -181,6 +186,8 @@ class JobRecord:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     parent_id: str | None = None
     then: dict[str, Any] | None = None
+    batch_id: str | None = None
+    webhook_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The job as the API and the CLI show it."""
@@ -199,6 +206,8 @@ class JobRecord:
             "cancel_requested": self.cancel_requested,
             "tenant": self.tenant,
             "tags": list(self.tags),
+            "batch_id": self.batch_id,
+            "webhook_url": self.webhook_url,
             "payload": self.payload,
             "result": self.result,
             "error": self.error.to_dict() if self.error else None,
@@ -249,6 +258,8 @@ class JobRecord:
             ],
             parent_id=data.get("parent_id"),
             then=data.get("then"),
+            batch_id=data.get("batch_id"),
+            webhook_url=data.get("webhook_url"),
         )
 
 

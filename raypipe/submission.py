@@ -13,6 +13,7 @@ from raypipe import registry
 from raypipe.config import DEFAULT_QUEUE, Settings
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec
+from raypipe.webhooks.destinations import check_url
 
 DEFAULT_TENANT = "default"
 
@@ -108,6 +109,8 @@ def _resolved(
             details=[{"loc": ["queue"], "msg": f"unknown queue {queue!r}; known: {known}"}],
         )
     policy_attempts = processor.retry.max_attempts if processor.retry else None
+    if spec.webhook_url is not None:
+        check_url(spec.webhook_url, settings)
     return {
         "type": spec.type,
         "queue": queue,
@@ -116,6 +119,7 @@ def _resolved(
         "tags": list(spec.tags),
         "max_attempts": spec.max_attempts or policy_attempts or settings.default_max_attempts,
         "timeout_s": spec.timeout_s or processor.timeout_s or settings.default_timeout_s,
+        "webhook_url": spec.webhook_url,
     }
 
 

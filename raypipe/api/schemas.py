@@ -4,22 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec
 
 
 class JobCreate(JobSpec):
     """A job to submit. `Idempotency-Key` travels as a header."""
-
-    webhook_url: str | None = Field(default=None, description="not available yet: must be null")
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _not_yet(cls, value: Any) -> Any:
-        if value is not None:
-            raise ValueError("not available in this version: leave it null")
-        return value
 
 
 class BulkCreate(BaseModel):
@@ -68,6 +59,7 @@ class JobView(BaseModel):
     tenant: str
     tags: list[str]
     batch_id: str | None = None
+    webhook_url: str | None = None
     payload: dict[str, Any]
     result: Any
     error: ErrorInfoView | None

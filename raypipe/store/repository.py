@@ -768,6 +768,8 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "artifacts": None,
     "then": None,
     "parent_id": None,
+    "batch_id": None,
+    "webhook_url": None,
 }
 
 
@@ -805,6 +807,8 @@ def _job_from_mapping(row: Any) -> JobRecord:
         artifacts=list(row["artifacts"] or []),
         parent_id=row["parent_id"],
         then=row["then"],
+        batch_id=row["batch_id"],
+        webhook_url=row["webhook_url"],
     )
 
 

@@ -84,6 +84,8 @@ jobs = sa.Table(
     sa.Column("artifacts", NullableJSON),
     sa.Column("then", NullableJSON),
     sa.Column("parent_id", sa.String(36)),
+    sa.Column("batch_id", sa.String(36)),
+    sa.Column("webhook_url", sa.Text),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
@@ -112,6 +114,8 @@ sa.Index(
 )
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
 sa.Index("ix_jobs_parent", jobs.c.parent_id)
+sa.Index("ix_jobs_batch", jobs.c.batch_id, jobs.c.status)
+sa.Index("ix_jobs_finished", jobs.c.finished_at)
 
 attempts = sa.Table(
     "attempts",
@@ -127,8 +131,11 @@ attempts = sa.Table(
     sa.Column("error_type", sa.String(200)),
     sa.Column("error_message", sa.Text),
     sa.Column("error_traceback", sa.Text),
+    # When the attempt became runnable (its job's run_at when claimed): wait = started - ready.
+    sa.Column("ready_at", UTCDateTime),
     sa.PrimaryKeyConstraint("job_id", "attempt", name="pk_attempts"),
 )
+sa.Index("ix_attempts_finished", attempts.c.finished_at)
 
 # Every status change and coalesced progress step, in order: the history a job's
 # event stream replays from (`Last-Event-ID`), the same on every API replica.
@@ -172,3 +179,112 @@ rate_limits = sa.Table(
     sa.Column("count", sa.Integer, nullable=False),
     sa.PrimaryKeyConstraint("tenant", "action", "window_start", name="pk_rate_limits"),
 )
+
+# A set of jobs submitted together. Counts are read from the jobs themselves (exact
+# whatever finishes concurrently); ``status`` leaves ``running`` in the transaction that
+# records the last job's end, which is also where the completion callback is written.
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("tags", JSONType, nullable=False),
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("then", NullableJSON),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("completions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+)
+sa.Index("ix_batches_tenant_created", batches.c.tenant, batches.c.created_at)
+
+# The secret each tenant's webhooks are signed with (Standard Webhooks: ``whsec_…``).
+webhook_secrets = sa.Table(
+    "webhook_secrets",
+    metadata,
+    sa.Column("tenant", sa.String(200), primary_key=True),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# An outbox: a delivery row is written in the transaction that records the terminal
+# event, so it exists exactly once; the sender claims due rows and records each try.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("event", sa.String(50), nullable=False),
+    sa.Column("job_id", sa.String(36)),
+    sa.Column("batch_id", sa.String(36)),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("last_status_code", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+)
+PENDING_ONLY = sa.text("status = 'pending'")
+sa.Index(
+    "ix_webhook_deliveries_due",
+    webhook_deliveries.c.next_attempt_at,
+    postgresql_where=PENDING_ONLY,
+    sqlite_where=PENDING_ONLY,
+)
+sa.Index(
+    "ix_webhook_deliveries_tenant_created",
+    webhook_deliveries.c.tenant,
+    webhook_deliveries.c.created_at,
+)
+sa.Index("ix_webhook_deliveries_job", webhook_deliveries.c.job_id)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column(
+        "delivery_id",
+        sa.String(40),
+        sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("response", sa.Text),
+    sa.PrimaryKeyConstraint("delivery_id", "attempt", name="pk_webhook_attempts"),
+)
+
+# Cron schedules that submit a job spec. A fire inserts its job with the idempotency key
+# ``schedule:<id>:<instant>`` and moves ``next_fire_at`` in one transaction, so an instant
+# can never fire twice, however many dispatchers race or restart.
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("cron", sa.String(200), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("spec", JSONType, nullable=False),
+    sa.Column("missed", sa.String(16), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("next_fire_at", UTCDateTime),
+    sa.Column("last_fire_at", UTCDateTime),
+    sa.Column("last_job_id", sa.String(36)),
+    sa.Column("fires", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("tenant", "name", name="uq_schedules_tenant_name"),
+)
+sa.Index("ix_schedules_due", schedules.c.enabled, schedules.c.next_fire_at)

@@ -114,6 +114,7 @@ def test_row_has_exactly_the_expected_columns(settings: Settings) -> None:
         "run_at",
         "then",
         "parent_id",
+        "webhook_url",
     }
 
 
@@ -283,7 +284,8 @@ def test_unknown_queue(settings: Settings) -> None:
     assert locs(error) == [["queue"]]
     assert error.message.startswith("queue:")
     assert "nowhere" in error.message
-    assert "ai, bulk, default, documents, embeddings, gpu, mesh" in error.details[0]["msg"]
+    known = "ai, bulk, default, documents, embeddings, gpu, maintenance, mesh"
+    assert known in error.details[0]["msg"]
 
 
 def test_processor_queue_missing_from_settings(tmp_path: Path) -> None:
