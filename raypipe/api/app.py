@@ -9,18 +9,18 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import ray
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import artifacts, registry
 from raypipe.api import errors
+from raypipe.api.deps import ERRORS, Caller
 from raypipe.api.schemas import (
     BulkAccepted,
     BulkCreate,
     CheckView,
-    ErrorResponse,
     HealthView,
     JobCreate,
     JobList,
@@ -35,9 +35,6 @@ from raypipe.jobs import JobRecord, JobStatus
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
 from raypipe.submission import check_text, prepare
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429)
-}
 #: How long a status check of an actor may take before it counts as degraded.
 ACTOR_CHECK_TIMEOUT_S = 3.0
 #: Seconds between keep-alive comments on an idle event stream.
@@ -74,15 +71,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
-
-
-def _principal(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
-    return request.app.state.services.authenticate(authorization)
-
-
-Caller = Annotated[Principal, Depends(_principal)]
 
 
 def create_app(settings: Settings) -> FastAPI:

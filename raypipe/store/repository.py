@@ -462,9 +462,11 @@ class JobStore:
             if row is not None
         ]
         if rows:
-            self._add(conn, rows, now)
+            self.add(conn, rows, now)
 
-    def _add(self, conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+    def add(self, conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+        """Insert prepared job rows, queued, with their first events, inside ``conn``'s
+        transaction (for writes that submit jobs as part of something larger)."""
         for row in rows:
             row.update(status=JobStatus.QUEUED, updated_at=now)
         conn.execute(jobs.insert(), rows)

@@ -1,0 +1,1 @@
+"""Groups of ``raypipe`` subcommands, each a module named after what it manages."""
