@@ -71,18 +71,19 @@ class ArtifactStore:
     def __init__(self, root: str, **storage_options: Any):
         self.root = root
         self.fs: fsspec.AbstractFileSystem
-        self.fs, self._base = url_to_fs(root, **storage_options)
+        self.fs, self.base = url_to_fs(root, **storage_options)
 
-    def _folder(self, tenant: str, job_id: str) -> str:
-        return f"{self._base.rstrip('/')}/{quote(tenant, safe='')}/{check_name(job_id)}"
+    def folder(self, tenant: str, job_id: str) -> str:
+        """Where one job's files live: one folder per job, under its tenant's."""
+        return f"{self.base.rstrip('/')}/{quote(tenant, safe='')}/{check_name(job_id)}"
 
     def _path(self, tenant: str, job_id: str, name: str) -> str:
-        return f"{self._folder(tenant, job_id)}/{check_name(name)}"
+        return f"{self.folder(tenant, job_id)}/{check_name(name)}"
 
     def write(self, tenant: str, job_id: str, name: str, data: bytes) -> ArtifactInfo:
         """Store ``data`` as ``name`` (replacing an earlier attempt's file of that name)."""
         path = self._path(tenant, job_id, name)
-        self.fs.makedirs(self._folder(tenant, job_id), exist_ok=True)
+        self.fs.makedirs(self.folder(tenant, job_id), exist_ok=True)
         with self.fs.open(path, "wb") as out:
             out.write(data)
         return ArtifactInfo(name, len(data), content_type(name))
@@ -107,7 +108,7 @@ class ArtifactStore:
 
     def delete(self, tenant: str, job_id: str) -> None:
         """Remove every artifact of a job (nothing to do when it has none)."""
-        folder = self._folder(tenant, job_id)
+        folder = self.folder(tenant, job_id)
         if self.fs.exists(folder):
             self.fs.rm(folder, recursive=True)
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from raypipe.commands import maintenance
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
@@ -311,6 +312,9 @@ def delete(job_id: str) -> None:
     DirectClient(get_settings()).delete_job(job_id)
     typer.echo(f"{job_id} deleted")
 
+
+for command in (maintenance.prune, maintenance.orphans, maintenance.stuck):
+    app.command()(command)
 
 keys = typer.Typer(help="API keys: each belongs to a tenant; admin keys see every tenant.")
 app.add_typer(keys, name="keys")

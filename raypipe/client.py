@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from raypipe.batches import BatchRecord
 from raypipe.exceptions import (
     Conflict,
     InvalidInput,
@@ -33,7 +34,15 @@ from raypipe.exceptions import (
     Unauthorized,
     Unreachable,
 )
-from raypipe.handle import JobHandle, _progress_bar, decode_artifact
+from raypipe.handle import (
+    BATCH_POLL_MAX_S,
+    POLL_START_S,
+    BatchHandle,
+    JobHandle,
+    batch_postfix,
+    decode_artifact,
+    progress_bar,
+)
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
 
 if TYPE_CHECKING:
@@ -163,6 +172,31 @@ def _delete_call(job_id: str) -> _Call[Any]:
     return _Call("DELETE", _job_path(job_id), raw=True)
 
 
+def _batch_path(batch_id: str, *rest: str) -> str:
+    return "/".join(("/v1/batches", quote(batch_id, safe=""), *rest))
+
+
+def _submit_batch_call(
+    specs: Iterable[SpecLike],
+    webhook_url: str | None,
+    then: dict[str, Any] | None,
+    tags: Sequence[str] | None,
+) -> _Call[BatchRecord]:
+    # Like bulk submissions: tried again only when surely never sent.
+    body: dict[str, Any] = {"jobs": [_spec_body(spec) for spec in specs]}
+    extra = {"webhook_url": webhook_url, "then": then, "tags": list(tags) if tags else None}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return _Call("POST", "/v1/batches", BatchRecord.from_dict, json=body, idempotent=False)
+
+
+def _batch_call(batch_id: str) -> _Call[BatchRecord]:
+    return _Call("GET", _batch_path(batch_id), BatchRecord.from_dict)
+
+
+def _batch_action_call(batch_id: str, action: str) -> _Call[BatchRecord]:
+    return _Call("POST", _batch_path(batch_id, action), BatchRecord.from_dict, idempotent=False)
+
+
 def _jobs(body: dict[str, Any]) -> list[JobRecord]:
     return [JobRecord.from_dict(job) for job in body["jobs"]]
 
@@ -172,13 +206,20 @@ def _attempts(body: dict[str, Any]) -> list[AttemptRecord]:
 
 
 class _Pages:
-    """``GET /v1/jobs`` page after page, following ``next_cursor``."""
+    """A list of jobs (``GET /v1/jobs``, a batch's jobs) page after page, following
+    ``next_cursor``."""
 
-    def __init__(self, limit: int, filters: dict[str, str | JobStatus | None]):
+    def __init__(
+        self,
+        limit: int,
+        filters: dict[str, str | JobStatus | None],
+        path: str = "/v1/jobs",
+    ):
         status = filters.get("status")
         if status is not None:
             filters["status"] = JobStatus(status).value
         self.params = {k: v for k, v in filters.items() if v is not None} | {"limit": limit}
+        self.path = path
         self.cursor: str | None = None
         self.done = False
 
@@ -186,7 +227,7 @@ class _Pages:
         if self.done:
             return None
         cursor = {"cursor": self.cursor} if self.cursor else {}
-        return _Call("GET", "/v1/jobs", self._read, params=self.params | cursor)
+        return _Call("GET", self.path, self._read, params=self.params | cursor)
 
     def _read(self, body: dict[str, Any]) -> list[JobRecord]:
         self.cursor = body.get("next_cursor")
@@ -509,6 +550,47 @@ class Client(_ClientBase):
     retry = retry_job
     attempts = job_attempts
 
+    # -- batches ------------------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> BatchHandle:
+        """Submit a batch (``POST /v1/batches``) from any iterable of specs (dicts like
+        ``submit``'s arguments, or ``(type, payload)`` pairs): all written, or none.
+
+        ``webhook_url`` and ``then`` fire once, when the last job ends.
+        """
+        batch = self._call(_submit_batch_call(specs, webhook_url, then, tags))
+        return BatchHandle(batch.id, self, batch)
+
+    def get_batch(self, batch_id: str) -> BatchHandle:
+        return BatchHandle(batch_id, self, self.batch_record(batch_id))
+
+    def wait_batch(
+        self, batch_id: str, timeout: float | None = None, progress: bool = False
+    ) -> BatchRecord:
+        """Block until every job of the batch is terminal (see :meth:`BatchHandle.wait`)."""
+        return BatchHandle(batch_id, self).wait(timeout, progress)
+
+    def batch_record(self, batch_id: str) -> BatchRecord:
+        return self._call(_batch_call(batch_id))
+
+    def batch_jobs(self, batch_id: str, status: JobStatus | None = None) -> Iterator[JobRecord]:
+        pages = _Pages(1000, {"status": status}, _batch_path(batch_id, "jobs"))
+        while (call := pages.next_call()) is not None:
+            yield from self._call(call)
+
+    def cancel_batch(self, batch_id: str) -> BatchRecord:
+        return self._call(_batch_action_call(batch_id, "cancel"))
+
+    def retry_failed(self, batch_id: str) -> BatchRecord:
+        return self._call(_batch_action_call(batch_id, "retry-failed"))
+
     def list(
         self,
         status: JobStatus | str | None = None,
@@ -555,7 +637,7 @@ class AsyncJobHandle:
     async def wait(self, timeout: float | None = None, progress: bool = False) -> JobRecord:
         """Until the job is terminal, following its event stream; :class:`TimeoutError` after
         ``timeout`` s. ``progress=True`` shows a tqdm bar."""
-        bar = _progress_bar(self.id) if progress else None
+        bar = progress_bar(self.id) if progress else None
         try:
             return await asyncio.wait_for(self._settle(bar), timeout)
         except asyncio.TimeoutError:
@@ -592,6 +674,59 @@ class AsyncJobHandle:
     async def artifact(self, name: str) -> Any:
         """An artifact: a numpy array for ``.npy``, bytes otherwise."""
         return decode_artifact(name, await self._client.job_artifact(self.id, name))
+
+
+class AsyncBatchHandle:
+    """:class:`~raypipe.handle.BatchHandle` for :class:`AsyncClient`: the same methods,
+    awaited; ``jobs`` is an async iterator."""
+
+    def __init__(self, batch_id: str, client: AsyncClient, batch: BatchRecord | None = None):
+        self.id = batch_id
+        self._client = client
+        self._batch = batch
+
+    async def refresh(self) -> BatchRecord:
+        self._batch = await self._client.batch_record(self.id)
+        return self._batch
+
+    async def wait(self, timeout: float | None = None, progress: bool = False) -> BatchRecord:
+        """See :meth:`raypipe.handle.BatchHandle.wait`."""
+        try:
+            return await asyncio.wait_for(self._settle(progress), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"batch {self.id} still running after {timeout}s") from None
+
+    async def _settle(self, progress: bool) -> BatchRecord:
+        bar = None
+        delay = POLL_START_S
+        try:
+            while True:
+                batch = await self.refresh()
+                if progress:
+                    bar = bar or progress_bar(self.id, batch.total, "job")
+                    bar.n = batch.done
+                    bar.set_postfix_str(batch_postfix(batch), refresh=True)
+                if batch.is_finished:
+                    return batch
+                await asyncio.sleep(delay)
+                delay = min(BATCH_POLL_MAX_S, delay * 1.5)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    async def jobs(self, status: JobStatus | str | None = None) -> AsyncIterator[JobRecord]:
+        pages = _Pages(1000, {"status": status}, _batch_path(self.id, "jobs"))
+        while (call := pages.next_call()) is not None:
+            for job in await self._client._call(call):
+                yield job
+
+    async def cancel(self) -> BatchRecord:
+        self._batch = await self._client._call(_batch_action_call(self.id, "cancel"))
+        return self._batch
+
+    async def retry_failed(self) -> BatchRecord:
+        self._batch = await self._client._call(_batch_action_call(self.id, "retry-failed"))
+        return self._batch
 
 
 class AsyncClient(_ClientBase):
@@ -654,6 +789,29 @@ class AsyncClient(_ClientBase):
 
     async def get(self, job_id: str) -> AsyncJobHandle:
         return self._handle(await self._call(_job_call(job_id)))
+
+    async def submit_batch(
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> AsyncBatchHandle:
+        """See :meth:`Client.submit_batch`."""
+        batch = await self._call(_submit_batch_call(specs, webhook_url, then, tags))
+        return AsyncBatchHandle(batch.id, self, batch)
+
+    async def get_batch(self, batch_id: str) -> AsyncBatchHandle:
+        return AsyncBatchHandle(batch_id, self, await self.batch_record(batch_id))
+
+    async def wait_batch(
+        self, batch_id: str, timeout: float | None = None, progress: bool = False
+    ) -> BatchRecord:
+        return await AsyncBatchHandle(batch_id, self).wait(timeout, progress)
+
+    async def batch_record(self, batch_id: str) -> BatchRecord:
+        return await self._call(_batch_call(batch_id))
 
     async def wait(
         self, job_id: str, timeout: float | None = None, progress: bool = False

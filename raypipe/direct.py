@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from raypipe import artifacts, registry
+from raypipe.batches import BatchRecord
 from raypipe.config import Settings, get_settings
-from raypipe.handle import JobHandle
+from raypipe.handle import BatchHandle, JobHandle
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
 from raypipe.runtime import cluster
 from raypipe.store import JobStore
 from raypipe.store import schema as store_schema
-from raypipe.submission import DEFAULT_TENANT, prepare
+from raypipe.store.batches import BatchStore
+from raypipe.submission import DEFAULT_TENANT, prepare, prepare_batch
 
 SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
 
@@ -28,6 +30,7 @@ class DirectClient:
         self.settings = settings or get_settings()
         self.tenant = tenant
         self.store = JobStore.from_url(self.settings.database_url)
+        self.batches = BatchStore(self.store)
         self.artifacts = artifacts.ArtifactStore(self.settings.artifacts_url)
         store_schema.check(self.store.engine)
         registry.load(self.settings.processor_modules)
@@ -50,6 +53,35 @@ class DirectClient:
 
     def get(self, job_id: str) -> JobHandle:
         return JobHandle(job_id, self, self.get_job(job_id))
+
+    def submit_batch(
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> BatchHandle:
+        """Submit a batch from any iterable of specs, in one transaction (see
+        :meth:`raypipe.Client.submit_batch`)."""
+        body = {
+            "jobs": [_as_spec(spec) for spec in specs],
+            "webhook_url": webhook_url,
+            "then": then,
+            "tags": list(tags or []),
+        }
+        rows, fields = prepare_batch(body, self.settings, self.store.clock(), self.tenant)
+        batch = self.batches.create(self.tenant, rows, **fields)
+        self.wake()
+        return BatchHandle(batch.id, self, batch)
+
+    def get_batch(self, batch_id: str) -> BatchHandle:
+        return BatchHandle(batch_id, self, self.batch_record(batch_id))
+
+    def wait_batch(
+        self, batch_id: str, timeout: float | None = None, progress: bool = False
+    ) -> BatchRecord:
+        return BatchHandle(batch_id, self).wait(timeout, progress)
 
     def jobs(
         self,
@@ -90,6 +122,24 @@ class DirectClient:
         """Delete a finished job, its history and its artifacts."""
         job = self.store.delete(job_id, self.tenant)
         self.artifacts.delete(job.tenant, job_id)
+
+    # -- BatchBackend ---------------------------------------------------------------
+
+    def batch_record(self, batch_id: str) -> BatchRecord:
+        return self.batches.get(batch_id, self.tenant)
+
+    def batch_jobs(self, batch_id: str, status: JobStatus | None = None) -> Iterator[JobRecord]:
+        return self.batches.jobs(batch_id, self.tenant, status)
+
+    def cancel_batch(self, batch_id: str) -> BatchRecord:
+        batch = self.batches.cancel(batch_id, self.tenant)
+        self.wake()
+        return batch
+
+    def retry_failed(self, batch_id: str) -> BatchRecord:
+        batch, _count = self.batches.retry_failed(batch_id, self.tenant)
+        self.wake()
+        return batch
 
     def wake(self) -> None:
         """Tell the dispatcher there is news (fire-and-forget; a no-op without Ray)."""

@@ -155,6 +155,10 @@ class ErrorInfo:
         return cls(type=data["type"], message=data.get("message") or "")
 
 
+#: The error of a job cancelled on a user's request.
+CANCELLED_ON_REQUEST = ErrorInfo("Cancelled", "cancelled on request")
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """A job row as read from the store."""
@@ -187,6 +191,7 @@ class JobRecord:
     parent_id: str | None = None
     then: dict[str, Any] | None = None
     batch_id: str | None = None
+    batch_index: int | None = None
     webhook_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,14 +212,15 @@ class JobRecord:
             "tenant": self.tenant,
             "tags": list(self.tags),
             "batch_id": self.batch_id,
+            "batch_index": self.batch_index,
             "webhook_url": self.webhook_url,
             "payload": self.payload,
             "result": self.result,
             "error": self.error.to_dict() if self.error else None,
-            "created_at": _iso(self.created_at),
-            "run_at": _iso(self.run_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "created_at": iso(self.created_at),
+            "run_at": iso(self.run_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
             "artifacts": [
                 {**artifact, "url": f"/v1/jobs/{self.id}/artifacts/{artifact['name']}"}
                 for artifact in self.artifacts
@@ -249,16 +255,17 @@ class JobRecord:
             tags=list(data.get("tags") or []),
             idempotency_key=data.get("idempotency_key"),
             cancel_requested=bool(data.get("cancel_requested", False)),
-            created_at=_parse_iso(data["created_at"]),
-            run_at=_parse_iso(data["run_at"]),
-            started_at=_parse_iso(data.get("started_at")),
-            finished_at=_parse_iso(data.get("finished_at")),
+            created_at=parse_iso(data["created_at"]),
+            run_at=parse_iso(data["run_at"]),
+            started_at=parse_iso(data.get("started_at")),
+            finished_at=parse_iso(data.get("finished_at")),
             artifacts=[
                 {k: v for k, v in a.items() if k != "url"} for a in data.get("artifacts") or []
             ],
             parent_id=data.get("parent_id"),
             then=data.get("then"),
             batch_id=data.get("batch_id"),
+            batch_index=data.get("batch_index"),
             webhook_url=data.get("webhook_url"),
         )
 
@@ -279,8 +286,8 @@ class AttemptRecord:
         return {
             "attempt": self.attempt,
             "status": self.status.value,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
             "error": self.error.to_dict() if self.error else None,
         }
 
@@ -291,8 +298,8 @@ class AttemptRecord:
             job_id=job_id,
             attempt=data["attempt"],
             status=AttemptStatus(data["status"]),
-            started_at=_parse_iso(data["started_at"]),
-            finished_at=_parse_iso(data.get("finished_at")),
+            started_at=parse_iso(data["started_at"]),
+            finished_at=parse_iso(data.get("finished_at")),
             error=ErrorInfo.from_dict(data.get("error")),
             lease_owner=None,
         )
@@ -364,22 +371,22 @@ class ProgressState:
         }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @overload
-def _parse_iso(value: str) -> datetime: ...
+def parse_iso(value: str) -> datetime: ...
 
 
 @overload
-def _parse_iso(value: str | None) -> datetime | None: ...
+def parse_iso(value: str | None) -> datetime | None: ...
 
 
-def _parse_iso(value: str | None) -> datetime | None:
-    """Read what :func:`_iso` wrote (Python 3.10's ``fromisoformat`` knows no ``Z``)."""
+def parse_iso(value: str | None) -> datetime | None:
+    """Read what :func:`iso` wrote (Python 3.10's ``fromisoformat`` knows no ``Z``)."""
     if value is None:
         return None
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "raypipe.processors.ai",
     "raypipe.processors.mesh",
     "raypipe.processors.document",
+    "raypipe.processors.maintenance",
 )
 
 ProcessorFn = Callable[..., Any]

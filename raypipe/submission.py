@@ -10,6 +10,7 @@ from typing import Any
 import pydantic
 
 from raypipe import registry
+from raypipe.batches import BatchSpec
 from raypipe.config import DEFAULT_QUEUE, Settings
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec
@@ -40,6 +41,33 @@ def prepare(
     if details:
         raise InvalidInput(_summary(details), details=details)
     return rows
+
+
+def prepare_batch(
+    raw: BatchSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str = DEFAULT_TENANT
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Validate a batch: the rows of its jobs, and the batch's own fields (tags, webhook,
+    follow-up). Every problem is reported at once, located under ``jobs``/``then``/…"""
+    spec = raw if isinstance(raw, BatchSpec) else parse_model(BatchSpec, raw, ())
+    limit = settings.max_batch_jobs
+    if len(spec.jobs) > limit:
+        raise InvalidInput(
+            f"jobs: at most {limit} per batch (RAYPIPE_MAX_BATCH_JOBS)",
+            details=[{"loc": ["jobs"], "msg": f"at most {limit} items"}],
+        )
+    keyed = [
+        {"loc": ["jobs", i, "idempotency_key"], "msg": "not supported inside a batch"}
+        for i, job in enumerate(spec.jobs)
+        if job.idempotency_key
+    ]
+    if keyed:
+        raise InvalidInput(_summary(keyed), details=keyed)
+    check_text(spec.tags, ("tags",))
+    if spec.webhook_url is not None:
+        check_url(spec.webhook_url, settings)
+    then = _follow_up(spec.then, settings, ("then",), 1) if spec.then else None
+    rows = prepare(spec.jobs, settings, now, tenant, ("jobs",))
+    return rows, {"tags": spec.tags, "webhook_url": spec.webhook_url, "then": then}
 
 
 def check_text(value: Any, loc: tuple[str | int, ...] = ()) -> None:

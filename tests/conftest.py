@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
     "RAYPIPE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-PG_TEMPLATE = "raypipe_test_template"
+#: One template per test run, so that runs side by side (a developer's and CI's) never drop
+#: each other's.
+PG_TEMPLATE = f"raypipe_test_template_{os.getpid()}"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Ray workers import the tests' own processors from the repository root.

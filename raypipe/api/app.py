@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import artifacts, registry
-from raypipe.api import errors
-from raypipe.api.deps import ERRORS, Caller
+from raypipe.api import batch_routes, errors
+from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller
 from raypipe.api.schemas import (
     BulkAccepted,
     BulkCreate,
@@ -37,8 +37,6 @@ from raypipe.submission import check_text, prepare
 
 #: How long a status check of an actor may take before it counts as degraded.
 ACTOR_CHECK_TIMEOUT_S = 3.0
-#: Seconds between keep-alive comments on an idle event stream.
-KEEPALIVE_S = 15.0
 #: Events read per query while streaming.
 EVENTS_PAGE = 500
 
@@ -280,6 +278,7 @@ def create_app(settings: Settings) -> FastAPI:
         ]
 
     app.include_router(v1)
+    app.include_router(batch_routes.router(), prefix="/v1")
 
     @app.get("/health", response_model=HealthView, responses={503: {"model": HealthView}})
     def health() -> JSONResponse:

@@ -9,6 +9,9 @@ from fastapi import Depends, Header, Request
 from raypipe.api.schemas import ErrorResponse
 from raypipe.api.services import Principal, Services
 
+#: Seconds between keep-alive comments on an idle event stream.
+KEEPALIVE_S = 15.0
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429)
 }

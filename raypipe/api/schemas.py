@@ -59,6 +59,7 @@ class JobView(BaseModel):
     tenant: str
     tags: list[str]
     batch_id: str | None = None
+    batch_index: int | None = None
     webhook_url: str | None = None
     payload: dict[str, Any]
     result: Any

@@ -19,6 +19,7 @@ from raypipe.runtime import cluster
 from raypipe.store import JobStore
 from raypipe.store import schema as store_schema
 from raypipe.store.access import AccessStore, ApiKey
+from raypipe.store.batches import BatchStore
 
 #: Seconds a verified key is trusted before the database is asked again (revocations
 #: take effect within this).
@@ -50,6 +51,10 @@ class Services:
         store_schema.check(store.engine)
         registry.load(self.settings.processor_modules)
         return store
+
+    @cached_property
+    def batches(self) -> BatchStore:
+        return BatchStore(self.jobs)
 
     @cached_property
     def artifacts(self) -> ArtifactStore:

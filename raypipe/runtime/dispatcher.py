@@ -20,6 +20,7 @@ from ray.exceptions import RayError, TaskCancelledError
 from raypipe import registry
 from raypipe.config import Settings
 from raypipe.jobs import (
+    CANCELLED_ON_REQUEST,
     AttemptStatus,
     ClaimedJob,
     ErrorInfo,
@@ -327,7 +328,7 @@ class Dispatcher:
                 job_id,
                 attempt,
                 JobStatus.CANCELLED,
-                error=ErrorInfo("Cancelled", "cancelled on request"),
+                error=CANCELLED_ON_REQUEST,
             )
             self._stop(run)
             cancelled.append(job_id)
@@ -378,7 +379,7 @@ class Dispatcher:
                 job.id,
                 job.attempt,
                 JobStatus.CANCELLED,
-                error=ErrorInfo("Cancelled", "cancelled on request"),
+                error=CANCELLED_ON_REQUEST,
             )
         error = ErrorInfo(
             "LeaseExpired",

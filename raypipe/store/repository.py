@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.followups import follow_up_row
 from raypipe.jobs import (
+    CANCELLED_ON_REQUEST,
     AttemptRecord,
     AttemptStatus,
     ClaimedJob,
@@ -24,6 +25,7 @@ from raypipe.jobs import (
     Outcome,
     utcnow,
 )
+from raypipe.store import completion
 from raypipe.store.engine import READ_ONLY, create_engine
 from raypipe.store.tables import (
     PROCESSING_ONLY,
@@ -54,6 +56,7 @@ class Candidate:
     timeout_s: float
     payload: dict[str, Any]
     tenant: str
+    run_at: datetime
 
 
 ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
@@ -102,18 +105,19 @@ class JobStore:
                 key = (row["tenant"], row.get("idempotency_key"))
                 found = existing.get(key)
                 if found is None or found.id == row["id"]:
-                    out.append((_job_from_mapping({**_JOB_DEFAULTS, **row}), True))
+                    out.append((job_from_mapping({**_JOB_DEFAULTS, **row}), True))
                 elif found.request_hash != row["request_hash"]:
                     raise Conflict(
                         f"idempotency key {row['idempotency_key']!r} was used for a different"
                         f" request (job {found.id})"
                     )
                 else:
-                    out.append((_job_from_mapping(found._mapping), False))
+                    out.append((job_from_mapping(found._mapping), False))
             created = [job for job, new in out if new]
             if created:
                 conn.execute(
-                    job_events.insert(), [_event(job.id, job.status, 0, now) for job in created]
+                    job_events.insert(),
+                    [status_event(job.id, job.status, 0, now) for job in created],
                 )
         return out
 
@@ -146,7 +150,7 @@ class JobStore:
 
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job, or :class:`NotFound` (also for another tenant's job)."""
-        _known_shape(job_id)
+        check_id(job_id)
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
@@ -154,7 +158,7 @@ class JobStore:
             row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        return _job_from_mapping(row._mapping)
+        return job_from_mapping(row._mapping)
 
     def list(
         self,
@@ -198,7 +202,7 @@ class JobStore:
                 )
             )
         with self._read() as conn:
-            return [_job_from_mapping(row._mapping) for row in conn.execute(query)]
+            return [job_from_mapping(row._mapping) for row in conn.execute(query)]
 
     def _has_tag(self, tag: str) -> sa.ColumnElement[bool]:
         if self.dialect == "postgresql":
@@ -345,13 +349,14 @@ class JobStore:
                         "status": AttemptStatus.RUNNING,
                         "lease_owner": owner,
                         "started_at": now,
+                        "ready_at": c.run_at,
                     }
                     for c in chosen
                 ],
             )
             conn.execute(
                 job_events.insert(),
-                [_event(c.id, JobStatus.PROCESSING, c.attempt + 1, now) for c in chosen],
+                [status_event(c.id, JobStatus.PROCESSING, c.attempt + 1, now) for c in chosen],
             )
         return [
             ClaimedJob(
@@ -386,7 +391,9 @@ class JobStore:
         """Record how attempts ended; stale outcomes (wrong attempt or status) change nothing.
 
         Outcomes with the same values (every no-op's ``{}``, say) share one UPDATE,
-        guarded row by row on (id, attempt). Returns how many jobs changed.
+        guarded row by row on (id, attempt). In the same transaction: follow-up jobs,
+        webhook deliveries, and the end of batches whose last job this was.
+        Returns how many jobs changed.
         """
         if not outcomes:
             return 0
@@ -395,6 +402,7 @@ class JobStore:
         for outcome in outcomes:
             groups.setdefault(_same_values(outcome), []).append(outcome)
         changed = 0
+        batch_ids: set[str] = set()
         with self.engine.begin() as conn:
             for group in groups.values():
                 first = group[0]
@@ -406,24 +414,19 @@ class JobStore:
                             jobs.c.status == JobStatus.PROCESSING,
                         )
                         .values(_finish_values(first, now))
-                        .returning(
-                            jobs.c.id,
-                            jobs.c.attempt,
-                            jobs.c.progress,
-                            jobs.c.message,
-                            jobs.c.stage,
-                            jobs.c.tenant,
-                            jobs.c.then,
-                        )
+                        .returning(*ENDED_COLUMNS)
                     ).all()
                     changed += len(rows)
                     if first.status is JobStatus.COMPLETED:
                         self._follow_up(conn, rows, first.result, now)
+                    if rows and first.status.is_terminal:
+                        completion.notify(conn, rows, first.status, first.result, first.error, now)
+                        batch_ids.update(r.batch_id for r in rows if r.batch_id)
                     if rows:
                         conn.execute(
                             job_events.insert(),
                             [
-                                _event(
+                                status_event(
                                     r.id,
                                     first.status,
                                     r.attempt,
@@ -447,6 +450,7 @@ class JobStore:
                             **_error_values(first.error),
                         )
                     )
+            completion.settle(conn, batch_ids, now, self.add)
         return changed
 
     def _follow_up(
@@ -471,7 +475,7 @@ class JobStore:
             row.update(status=JobStatus.QUEUED, updated_at=now)
         conn.execute(jobs.insert(), rows)
         conn.execute(
-            job_events.insert(), [_event(row["id"], JobStatus.QUEUED, 0, now) for row in rows]
+            job_events.insert(), [status_event(row["id"], JobStatus.QUEUED, 0, now) for row in rows]
         )
 
     def delete(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -512,7 +516,7 @@ class JobStore:
         if exclude_owner is not None:
             query = query.where(jobs.c.lease_owner != exclude_owner)
         with self._read() as conn:
-            return [_job_from_mapping(row._mapping) for row in conn.execute(query)]
+            return [job_from_mapping(row._mapping) for row in conn.execute(query)]
 
     def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
         """(job id, attempt) of jobs ``owner`` runs whose cancellation was asked for."""
@@ -622,8 +626,10 @@ class JobStore:
             if job.status is JobStatus.QUEUED:
                 conn.execute(
                     job_events.insert(),
-                    [_event(job_id, JobStatus.CANCELLED, job.attempt, now, job.progress)],
+                    [status_event(job_id, JobStatus.CANCELLED, job.attempt, now, job.progress)],
                 )
+                completion.notify(conn, [job], JobStatus.CANCELLED, None, CANCELLED_ON_REQUEST, now)
+                completion.settle(conn, [job.batch_id], now, self.add)
         return self.get(job_id)
 
     def retry(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -654,11 +660,14 @@ class JobStore:
                     error_traceback=None,
                 )
             )
-            conn.execute(job_events.insert(), [_event(job_id, JobStatus.QUEUED, job.attempt, now)])
+            conn.execute(
+                job_events.insert(), [status_event(job_id, JobStatus.QUEUED, job.attempt, now)]
+            )
+            completion.reopen(conn, [job.batch_id], now)
         return self.get(job_id)
 
     def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:
-        _known_shape(job_id)
+        check_id(job_id)
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
@@ -667,19 +676,36 @@ class JobStore:
         row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        return _job_from_mapping(row._mapping)
+        return job_from_mapping(row._mapping)
 
     def _read(self) -> Connection:
         return self.engine.connect().execution_options(**READ_ONLY)
 
 
-def _known_shape(job_id: str) -> None:
+#: What the end of a job needs to know of it: its event, follow-ups, webhook and batch.
+ENDED_COLUMNS = (
+    jobs.c.id,
+    jobs.c.attempt,
+    jobs.c.progress,
+    jobs.c.message,
+    jobs.c.stage,
+    jobs.c.tenant,
+    jobs.c.then,
+    jobs.c.type,
+    jobs.c.queue,
+    jobs.c.tags,
+    jobs.c.batch_id,
+    jobs.c.webhook_url,
+)
+
+
+def check_id(job_id: str) -> None:
     """Ids are UUID strings: anything a database could choke on (NUL, oversize) is unknown."""
     if len(job_id) > 36 or "\x00" in job_id:
         raise NotFound(f"job {job_id[:40]!r} not found")
 
 
-def _event(
+def status_event(
     job_id: str,
     status: JobStatus,
     attempt: int,
@@ -771,11 +797,12 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "then": None,
     "parent_id": None,
     "batch_id": None,
+    "batch_index": None,
     "webhook_url": None,
 }
 
 
-def _job_from_mapping(row: Any) -> JobRecord:
+def job_from_mapping(row: Any) -> JobRecord:
     error = (
         ErrorInfo(row["error_type"], row["error_message"] or "", row["error_traceback"])
         if row["error_type"]
@@ -810,6 +837,7 @@ def _job_from_mapping(row: Any) -> JobRecord:
         parent_id=row["parent_id"],
         then=row["then"],
         batch_id=row["batch_id"],
+        batch_index=row["batch_index"],
         webhook_url=row["webhook_url"],
     )
 

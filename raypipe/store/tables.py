@@ -85,6 +85,7 @@ jobs = sa.Table(
     sa.Column("then", NullableJSON),
     sa.Column("parent_id", sa.String(36)),
     sa.Column("batch_id", sa.String(36)),
+    sa.Column("batch_index", sa.Integer),
     sa.Column("webhook_url", sa.Text),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
@@ -115,6 +116,7 @@ sa.Index(
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
 sa.Index("ix_jobs_parent", jobs.c.parent_id)
 sa.Index("ix_jobs_batch", jobs.c.batch_id, jobs.c.status)
+sa.Index("ix_jobs_batch_order", jobs.c.batch_id, jobs.c.batch_index)
 sa.Index("ix_jobs_finished", jobs.c.finished_at)
 
 attempts = sa.Table(

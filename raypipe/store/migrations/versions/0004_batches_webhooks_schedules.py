@@ -27,8 +27,10 @@ PENDING_ONLY = sa.text("status = 'pending'")
 
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("batch_id", sa.String(36)))
+    op.add_column("jobs", sa.Column("batch_index", sa.Integer))
     op.add_column("jobs", sa.Column("webhook_url", sa.Text))
     op.create_index("ix_jobs_batch", "jobs", ["batch_id", "status"])
+    op.create_index("ix_jobs_batch_order", "jobs", ["batch_id", "batch_index"])
     op.create_index("ix_jobs_finished", "jobs", ["finished_at"])
     op.add_column("attempts", sa.Column("ready_at", UTCDateTime))
     op.create_index("ix_attempts_finished", "attempts", ["finished_at"])
@@ -130,9 +132,11 @@ def downgrade() -> None:
     op.drop_table("batches")
     op.drop_index("ix_attempts_finished", table_name="attempts")
     op.drop_index("ix_jobs_finished", table_name="jobs")
+    op.drop_index("ix_jobs_batch_order", table_name="jobs")
     op.drop_index("ix_jobs_batch", table_name="jobs")
     with op.batch_alter_table("attempts") as batch:
         batch.drop_column("ready_at")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("webhook_url")
+        batch.drop_column("batch_index")
         batch.drop_column("batch_id")

@@ -1,0 +1,167 @@
+"""Batches over HTTP: submit thousands of jobs at once, follow their counts, progress and ETA,
+cancel them or retry their failures, and stream the batch's progress."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller, services_of
+from raypipe.api.schemas import JobView
+from raypipe.api.services import Services
+from raypipe.batches import BatchRecord, BatchSpec
+from raypipe.exceptions import InvalidInput
+from raypipe.jobs import JobStatus
+from raypipe.submission import prepare_batch
+
+
+class BatchView(BaseModel):
+    id: str
+    status: Literal["running", "completed", "completed_with_failures", "cancelled"]
+    outcome: Literal["completed", "completed_with_failures", "cancelled"] | None
+    total: int
+    counts: dict[str, int]
+    progress: float
+    eta_s: float | None
+    tenant: str
+    tags: list[str]
+    webhook_url: str | None
+    then: dict[str, Any] | None
+    cancel_requested: bool
+    created_at: str
+    finished_at: str | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, batch: BatchRecord) -> BatchView:
+        return cls(**batch.to_dict())
+
+
+class BatchAccepted(BatchView):
+    job_ids: list[str]
+
+
+class BatchRetried(BatchView):
+    retried: int
+
+
+class BatchList(BaseModel):
+    batches: list[BatchView]
+
+
+class BatchJobs(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+def router() -> APIRouter:
+    routes = APIRouter(responses=ERRORS, tags=["batches"])
+
+    @routes.post("/batches", status_code=202, response_model=BatchAccepted)
+    def create_batch(body: BatchSpec, caller: Caller, request: Request, response: Response) -> Any:
+        """Submit a batch: every job valid and written in one transaction, or none."""
+        services = services_of(request)
+        services.charge(caller, "submit", len(body.jobs))
+        rows, fields = prepare_batch(body, services.settings, services.jobs.clock(), caller.tenant)
+        batch = services.batches.create(caller.tenant, rows, **fields)
+        services.wake_dispatcher()
+        response.headers["Location"] = f"/v1/batches/{batch.id}"
+        return BatchAccepted(**batch.to_dict(), job_ids=batch.job_ids)
+
+    @routes.get("/batches", response_model=BatchList)
+    def list_batches(
+        caller: Caller, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> BatchList:
+        """The newest batches first, with their counts."""
+        found = services_of(request).batches.list(caller.scope, limit)
+        return BatchList(batches=[BatchView.of(batch) for batch in found])
+
+    @routes.get("/batches/{batch_id}", response_model=BatchView)
+    def get_batch(batch_id: str, caller: Caller, request: Request) -> BatchView:
+        """Counts by status, progress (terminal jobs weighted with running jobs' progress),
+        ETA from the rate so far, and the outcome once every job is terminal."""
+        return BatchView.of(services_of(request).batches.get(batch_id, caller.scope))
+
+    @routes.get("/batches/{batch_id}/jobs", response_model=BatchJobs)
+    def batch_jobs(
+        batch_id: str,
+        caller: Caller,
+        request: Request,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> BatchJobs:
+        """The batch's jobs in submission order; follow `next_cursor` for the next page."""
+        if cursor is not None and not (cursor.isdigit() and int(cursor) < 2**31):
+            raise InvalidInput(
+                "cursor: not a cursor from a previous page",
+                details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
+            )
+        after = int(cursor) if cursor is not None else -1
+        found = list(
+            services_of(request).batches.jobs(batch_id, caller.scope, status, after, limit)
+        )
+        next_cursor = str(found[-1].batch_index) if len(found) == limit else None
+        return BatchJobs(jobs=[JobView.of(job) for job in found], next_cursor=next_cursor)
+
+    @routes.post("/batches/{batch_id}/cancel", response_model=BatchView)
+    def cancel_batch(batch_id: str, caller: Caller, request: Request) -> BatchView:
+        """Cancel its queued jobs now and stop its running ones; 409 once it has ended."""
+        services = services_of(request)
+        batch = services.batches.cancel(batch_id, caller.scope)
+        services.wake_dispatcher()
+        return BatchView.of(batch)
+
+    @routes.post("/batches/{batch_id}/retry-failed", response_model=BatchRetried)
+    def retry_failed(batch_id: str, caller: Caller, request: Request) -> BatchRetried:
+        """Queue its failed jobs again; the batch runs again and its callbacks fire again
+        when it ends."""
+        services = services_of(request)
+        batch, retried = services.batches.retry_failed(batch_id, caller.scope)
+        services.wake_dispatcher()
+        return BatchRetried(**batch.to_dict(), retried=retried)
+
+    @routes.get(
+        "/batches/{batch_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def batch_events(batch_id: str, caller: Caller, request: Request) -> StreamingResponse:
+        """Server-Sent Events: a `progress` event whenever counts or progress change, then
+        one `status` event with the outcome, after which the stream ends. Each event is
+        the whole batch state, so a reconnect needs no `Last-Event-ID`."""
+        services = services_of(request)
+        await run_in_threadpool(services.batches.get, batch_id, caller.scope)
+        return StreamingResponse(
+            _stream(services, batch_id, caller.scope),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return routes
+
+
+async def _stream(services: Services, batch_id: str, tenant: str | None) -> Any:
+    last: tuple[Any, ...] | None = None
+    idle = 0.0
+    while True:
+        batch = await run_in_threadpool(services.batches.get, batch_id, tenant)
+        state = (batch.status, tuple(sorted(batch.counts.items())), batch.progress)
+        if state != last:
+            last, idle = state, 0.0
+            data = {k: v for k, v in batch.to_dict().items() if k != "links"}
+            kind = "status" if batch.is_finished else "progress"
+            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+            if batch.is_finished:
+                return
+        await asyncio.sleep(services.settings.events_poll_interval_s)
+        idle += services.settings.events_poll_interval_s
+        if idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"

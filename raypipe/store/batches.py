@@ -1,0 +1,258 @@
+"""The SQL of batches: one transaction writes a batch with all its jobs; counts and progress
+are read from the jobs themselves, so they are exact however jobs finish."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from raypipe.batches import BatchRecord, BatchStatus, eta_s
+from raypipe.exceptions import Conflict, NotFound
+from raypipe.jobs import CANCELLED_ON_REQUEST, JobRecord, JobStatus
+from raypipe.store import completion
+from raypipe.store.engine import READ_ONLY
+from raypipe.store.repository import (
+    CHUNK,
+    ENDED_COLUMNS,
+    JobStore,
+    check_id,
+    job_from_mapping,
+    status_event,
+)
+from raypipe.store.tables import batches, job_events, jobs
+
+#: Jobs read per query when a batch's jobs are listed in order.
+PAGE = 1000
+
+
+class BatchStore:
+    """Batches over the same engine and clock as a :class:`JobStore`."""
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self.engine = store.engine
+
+    def create(
+        self,
+        tenant: str,
+        rows: list[dict[str, Any]],
+        *,
+        tags: list[str],
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+    ) -> BatchRecord:
+        """Write a batch and its prepared job rows, all or nothing, in submission order."""
+        now = self.store.clock()
+        batch_id = str(uuid.uuid4())
+        for index, row in enumerate(rows):
+            row.update(batch_id=batch_id, batch_index=index)
+            row.setdefault("created_at", now)
+        with self.engine.begin() as conn:
+            conn.execute(
+                batches.insert(),
+                {
+                    "id": batch_id,
+                    "tenant": tenant,
+                    "total": len(rows),
+                    "status": BatchStatus.RUNNING.value,
+                    "tags": list(tags),
+                    "webhook_url": webhook_url,
+                    "then": then,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            self.store.add(conn, rows, now)
+            record = self._record(conn, self._row(conn, batch_id, tenant), now)
+        return BatchRecord(**{**record.__dict__, "job_ids": [row["id"] for row in rows]})
+
+    def get(self, batch_id: str, tenant: str | None = None) -> BatchRecord:
+        """The batch with its live counts, or :class:`NotFound` (also for another tenant's)."""
+        with self._read() as conn:
+            return self._record(conn, self._row(conn, batch_id, tenant), self.store.clock())
+
+    def list(self, tenant: str | None = None, limit: int = 50) -> list[BatchRecord]:
+        """The newest batches first."""
+        query = sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(batches.c.tenant == tenant)
+        now = self.store.clock()
+        with self._read() as conn:
+            return [self._record(conn, row, now) for row in conn.execute(query).all()]
+
+    def jobs(
+        self,
+        batch_id: str,
+        tenant: str | None = None,
+        status: JobStatus | None = None,
+        after: int = -1,
+        limit: int | None = None,
+    ) -> Iterator[JobRecord]:
+        """The batch's jobs in submission order, from index ``after + 1``, read a page at a time."""
+        self.get(batch_id, tenant)
+        left = limit
+        while left is None or left > 0:
+            page = PAGE if left is None else min(PAGE, left)
+            query = (
+                sa.select(jobs)
+                .where(jobs.c.batch_id == batch_id, jobs.c.batch_index > after)
+                .order_by(jobs.c.batch_index)
+                .limit(page)
+            )
+            if status is not None:
+                query = query.where(jobs.c.status == status)
+            with self._read() as conn:
+                found = [job_from_mapping(row._mapping) for row in conn.execute(query)]
+            yield from found
+            if len(found) < page:
+                return
+            after = found[-1].batch_index or 0
+            if left is not None:
+                left -= len(found)
+
+    def cancel(self, batch_id: str, tenant: str | None = None) -> BatchRecord:
+        """Cancel the batch's queued jobs now and ask its running ones to stop; the batch's
+        outcome is ``cancelled`` once they have. A finished batch is a :class:`Conflict`."""
+        now = self.store.clock()
+        with self.engine.begin() as conn:
+            batch = self._row(conn, batch_id, tenant)
+            if batch.status != BatchStatus.RUNNING.value:
+                raise Conflict(f"batch {batch_id} is {batch.status}: only running batches")
+            # Jobs first, then the batch row: the order in which recording an outcome locks.
+            ended = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.CANCELLED,
+                    finished_at=now,
+                    updated_at=now,
+                    cancel_requested=True,
+                    error_type=CANCELLED_ON_REQUEST.type,
+                    error_message=CANCELLED_ON_REQUEST.message,
+                )
+                .returning(*ENDED_COLUMNS)
+            ).all()
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.PROCESSING)
+                .values(cancel_requested=True, updated_at=now)
+            )
+            for start in range(0, len(ended), CHUNK):
+                chunk = ended[start : start + CHUNK]
+                conn.execute(
+                    job_events.insert(),
+                    [
+                        status_event(r.id, JobStatus.CANCELLED, r.attempt, now, r.progress)
+                        for r in chunk
+                    ],
+                )
+            completion.notify(conn, ended, JobStatus.CANCELLED, None, CANCELLED_ON_REQUEST, now)
+            conn.execute(
+                sa.update(batches)
+                .where(batches.c.id == batch_id)
+                .values(cancel_requested=True, updated_at=now)
+            )
+            completion.settle(conn, [batch_id], now, self.store.add)
+        return self.get(batch_id)
+
+    def retry_failed(self, batch_id: str, tenant: str | None = None) -> tuple[BatchRecord, int]:
+        """Queue the batch's failed jobs again (one more attempt each); the batch runs again
+        and its next end fires its callbacks again. Returns the batch and how many."""
+        now = self.store.clock()
+        with self.engine.begin() as conn:
+            self._row(conn, batch_id, tenant)
+            retried = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.FAILED)
+                .values(
+                    status=JobStatus.QUEUED,
+                    run_at=now,
+                    updated_at=now,
+                    finished_at=None,
+                    cancel_requested=False,
+                    max_attempts=_greatest(conn, jobs.c.max_attempts, jobs.c.attempt + 1),
+                    progress=0.0,
+                    message=None,
+                    stage=None,
+                    error_type=None,
+                    error_message=None,
+                    error_traceback=None,
+                )
+                .returning(jobs.c.id, jobs.c.attempt)
+            ).all()
+            for start in range(0, len(retried), CHUNK):
+                conn.execute(
+                    job_events.insert(),
+                    [
+                        status_event(r.id, JobStatus.QUEUED, r.attempt, now)
+                        for r in retried[start : start + CHUNK]
+                    ],
+                )
+            if retried:
+                completion.reopen(conn, [batch_id], now)
+        return self.get(batch_id), len(retried)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _row(self, conn: Connection, batch_id: str, tenant: str | None) -> Row[Any]:
+        check_id(batch_id)
+        query = sa.select(batches).where(batches.c.id == batch_id)
+        if tenant is not None:
+            query = query.where(batches.c.tenant == tenant)
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"batch {batch_id} not found")
+        return row
+
+    def _record(self, conn: Connection, row: Row[Any], now: datetime) -> BatchRecord:
+        terminal = [s for s in JobStatus if s.is_terminal]
+        counts = completion.count_by_status(conn, [row.id])[row.id]
+        running_progress, first_started = conn.execute(
+            sa.select(
+                sa.func.coalesce(
+                    sa.func.sum(
+                        sa.case((jobs.c.status == JobStatus.PROCESSING, jobs.c.progress), else_=0)
+                    ),
+                    0.0,
+                ),
+                sa.func.min(jobs.c.started_at),
+            ).where(jobs.c.batch_id == row.id)
+        ).one()
+        done = sum(counts[s.value] for s in terminal)
+        progress = (
+            round((100.0 * done + float(running_progress)) / row.total, 2) if row.total else 100.0
+        )
+        if first_started is not None:
+            first_started = jobs.c.started_at.type.process_result_value(first_started, conn.dialect)
+        status = BatchStatus(row.status)
+        return BatchRecord(
+            id=row.id,
+            tenant=row.tenant,
+            status=status,
+            total=row.total,
+            counts=counts,
+            progress=100.0 if status is not BatchStatus.RUNNING else min(progress, 99.99),
+            eta_s=0.0
+            if status is not BatchStatus.RUNNING
+            else eta_s(row.total, progress, first_started, now),
+            tags=list(row.tags or []),
+            webhook_url=row.webhook_url,
+            then=row.then,
+            cancel_requested=bool(row.cancel_requested),
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            completions=row.completions,
+        )
+
+    def _read(self) -> Connection:
+        return self.engine.connect().execution_options(**READ_ONLY)
+
+
+def _greatest(conn: Connection, *values: Any) -> Any:
+    """SQL's larger-of: ``greatest`` on PostgreSQL, the many-argument ``max`` on SQLite."""
+    return (sa.func.max if conn.dialect.name == "sqlite" else sa.func.greatest)(*values)
