@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any
 
 import ray
@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import artifacts, registry
-from raypipe.api import batch_routes, errors
-from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller
+from raypipe.api import batch_routes, errors, stats_routes
+from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller, utc_param
 from raypipe.api.schemas import (
     BulkAccepted,
     BulkCreate,
@@ -147,7 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> JobList:
         """Jobs, newest first, filtered; follow `next_cursor` for the next page."""
         created_after, created_before = (
-            _utc(name, value)
+            utc_param(name, value)
             for name, value in (
                 ("created_after", created_after),
                 ("created_before", created_before),
@@ -279,6 +279,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(v1)
     app.include_router(batch_routes.router(), prefix="/v1")
+    app.include_router(stats_routes.router(), prefix="/v1")
 
     @app.get("/health", response_model=HealthView, responses={503: {"model": HealthView}})
     def health() -> JSONResponse:
@@ -377,21 +378,6 @@ def _finished(services: Services, job_id: str) -> bool:
     return services.jobs.get(job_id).status.is_terminal
 
 
-def _utc(name: str, value: datetime | None) -> datetime | None:
-    """An aware datetime in UTC, or a 422 naming the parameter."""
-    if value is None:
-        return None
-    try:
-        if value.tzinfo is None:
-            raise ValueError("must include a time zone")
-        return value.astimezone(timezone.utc)
-    except (ValueError, OverflowError) as exc:
-        message = str(exc) if isinstance(exc, ValueError) else "out of range"
-        raise InvalidInput(
-            f"{name}: {message}", details=[{"loc": [name], "msg": message}]
-        ) from None
-
-
 def _encode_cursor(job: JobRecord) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode()
@@ -401,7 +387,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         check_text(job_id)
-        when = _utc("cursor", datetime.fromisoformat(at))
+        when = utc_param("cursor", datetime.fromisoformat(at))
         assert when is not None
         return when, job_id
     except (ValueError, InvalidInput):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from raypipe.api.schemas import ErrorResponse
 from raypipe.api.services import Principal, Services
+from raypipe.exceptions import InvalidInput
 
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE_S = 15.0
@@ -28,3 +30,18 @@ def _principal(
 
 
 Caller = Annotated[Principal, Depends(_principal)]
+
+
+def utc_param(name: str, value: datetime | None) -> datetime | None:
+    """An aware datetime in UTC, or a 422 naming the parameter."""
+    if value is None:
+        return None
+    try:
+        if value.tzinfo is None:
+            raise ValueError("must include a time zone")
+        return value.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        message = str(exc) if isinstance(exc, ValueError) else "out of range"
+        raise InvalidInput(
+            f"{name}: {message}", details=[{"loc": [name], "msg": message}]
+        ) from None

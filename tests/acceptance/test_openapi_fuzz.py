@@ -50,6 +50,14 @@ AUTHENTICATED = [
     ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/events"),
     ("GET", "/v1/queues"),
     ("GET", "/v1/job-types"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000"),
+    ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/jobs"),
+    ("POST", "/v1/batches/00000000-0000-0000-0000-000000000000/cancel"),
+    ("POST", "/v1/batches/00000000-0000-0000-0000-000000000000/retry-failed"),
+    ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/events"),
+    ("GET", "/v1/stats"),
 ]
 
 #: Authorization headers that must not get in: none, empty, no secret, unknown secret,
@@ -318,7 +326,8 @@ def test_a_missing_or_invalid_key_is_a_401(
     api: Api, admin: httpx.Client, method: str, path: str
 ) -> None:
     before = count_jobs(admin)
-    body = {"jobs": [{"type": "noop"}]} if path.endswith("/bulk") else {"type": "noop"}
+    many = path.endswith(("/bulk", "/batches"))
+    body = {"jobs": [{"type": "noop"}]} if many else {"type": "noop"}
     for authorization in BAD_AUTHORIZATIONS:
         headers = {"Authorization": authorization} if authorization is not None else {}
         with httpx.Client(base_url=api.url, headers=headers, timeout=30) as anonymous:

@@ -1,0 +1,116 @@
+"""``GET /v1/stats``: processing statistics of the caller's jobs, computed by the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from raypipe.api.deps import ERRORS, Caller, services_of, utc_param
+from raypipe.exceptions import InvalidInput
+from raypipe.store.stats import StatsStore
+from raypipe.submission import check_text
+
+
+class WindowView(BaseModel):
+    since: str
+    until: str
+    hours: float
+
+
+class FiltersView(BaseModel):
+    tenant: str | None
+    type: str | None
+    queue: str | None
+
+
+class AttemptCountsView(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    timed_out: int
+    cancelled: int
+
+
+class JobCountsView(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class DistributionView(BaseModel):
+    """Seconds; percentiles by nearest rank; null when ``count`` is 0."""
+
+    count: int
+    mean: float | None
+    p50: float | None
+    p95: float | None
+    max: float | None
+
+
+class ErrorCountView(BaseModel):
+    type: str
+    count: int
+
+
+class QueueStatsView(BaseModel):
+    queue: str
+    depth: int
+    runnable: int
+    running: int
+    oldest_waiting_s: float | None
+    wait_s: DistributionView
+
+
+class StatsView(BaseModel):
+    window: WindowView
+    filters: FiltersView
+    attempts: AttemptCountsView
+    jobs: JobCountsView
+    success_rate: float | None
+    duration_s: DistributionView
+    throughput_per_hour: float
+    retries: int
+    retried_jobs: int
+    errors: list[ErrorCountView]
+    queues: list[QueueStatsView]
+
+
+Name = Annotated[str | None, Query(min_length=1, max_length=200)]
+
+
+def router() -> APIRouter:
+    """The statistics route, to mount under ``/v1``."""
+    routes = APIRouter(responses=ERRORS)
+
+    @routes.get("/stats", response_model=StatsView)
+    def stats(
+        request: Request,
+        caller: Caller,
+        type: Name = None,
+        queue: Name = None,
+        tenant: Name = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> StatsView:
+        """Success rate, durations (completed attempts), throughput, retries, errors by
+        type and per-queue depth and wait, over `[since, until)` (default: the last 24 h,
+        at most 366 days). Keys that are not admin keys see their own tenant only."""
+        check_text({"type": type, "queue": queue, "tenant": tenant})
+        if caller.scope is not None and tenant not in (None, caller.scope):
+            problem = "only admin keys may read other tenants"
+            raise InvalidInput(f"tenant: {problem}", details=[{"loc": ["tenant"], "msg": problem}])
+        jobs = services_of(request).jobs
+        found = StatsStore(jobs.engine, jobs.clock).compute(
+            tenant=caller.scope or tenant,
+            type=type,
+            queue=queue,
+            since=utc_param("since", since),
+            until=utc_param("until", until),
+        )
+        return StatsView.model_validate(found.to_dict())
+
+    return routes
