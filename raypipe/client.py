@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-#: Where the API key comes from when none is passed.
+#: Where the API's URL and key come from when none is passed.
+URL_ENV = "RAYPIPE_URL"
 API_KEY_ENV = "RAYPIPE_API_KEY"
 #: The longest pause between two tries of one request.
 MAX_BACKOFF_S = 10.0
@@ -299,13 +300,14 @@ class _ClientBase:
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         *,
         backoff_s: float = 0.5,
     ):
+        base_url = base_url or os.environ.get(URL_ENV) or DEFAULT_URL
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
@@ -411,7 +413,8 @@ class _ClientBase:
 class Client(_ClientBase):
     """The raypipe HTTP API from Python: ``submit`` returns a :class:`JobHandle`.
 
-    ``api_key`` defaults to ``$RAYPIPE_API_KEY``. Requests that are safe to repeat are
+    ``base_url`` defaults to ``$RAYPIPE_URL`` (else http://127.0.0.1:8000), ``api_key`` to
+    ``$RAYPIPE_API_KEY``. Requests that are safe to repeat are
     tried ``retries`` more times after a connection error or a 502/503/504, pausing
     ``backoff_s``, then twice that, and so on; a server that stays unreachable raises
     :class:`~raypipe.exceptions.Unreachable`, an error answer the matching
@@ -420,7 +423,7 @@ class Client(_ClientBase):
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 30.0,
         retries: int = 3,
@@ -735,7 +738,7 @@ class AsyncClient(_ClientBase):
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 30.0,
         retries: int = 3,

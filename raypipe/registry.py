@@ -42,6 +42,8 @@ class ProcessorSpec:
     retry: RetryPolicy | None = None
     timeout_s: float | None = None
     description: str = ""
+    #: Acts beyond one tenant (maintenance): only admin keys may submit it.
+    admin_only: bool = False
 
     def ray_options(self) -> dict[str, Any]:
         """Options for ``.options()`` on the Ray task that runs this type."""
@@ -74,11 +76,13 @@ def processor(
     resources: dict[str, float] | None = None,
     retry: RetryPolicy | None = None,
     timeout_s: float | None = None,
+    admin_only: bool = False,
 ) -> Callable[[ProcessorFn], ProcessorFn]:
     """Register ``fn(payload, ctx)`` as the processor of job ``type``.
 
     The payload model comes from ``payload=`` or from the annotation of the first
     parameter. ``queue``, ``retry`` and ``timeout_s`` default to the settings'.
+    ``admin_only`` types (they act on every tenant) are refused to non-admin API keys.
     """
 
     def register(fn: ProcessorFn) -> ProcessorFn:
@@ -95,6 +99,7 @@ def processor(
             retry=retry,
             timeout_s=timeout_s,
             description=inspect.getdoc(fn) or "",
+            admin_only=admin_only,
         )
         known = _registry.get(type)
         if known is not None and _qualname(known.fn) != _qualname(fn):

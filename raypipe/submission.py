@@ -25,17 +25,19 @@ def prepare(
     now: datetime,
     tenant: str = DEFAULT_TENANT,
     loc_prefix: tuple[str | int, ...] = (),
+    admin: bool = True,
 ) -> list[dict[str, Any]]:
     """Validate every spec and return the rows to insert; raise one error listing every problem.
 
-    Nothing is written when any spec is invalid (all-or-nothing).
+    Nothing is written when any spec is invalid (all-or-nothing). ``admin``: whether the
+    submitter may use admin-only job types (the CLI and in-cluster clients may).
     """
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     for index, raw in enumerate(specs):
         prefix = (*loc_prefix, index) if len(specs) > 1 or loc_prefix else ()
         try:
-            rows.append(_row(raw, settings, now, tenant))
+            rows.append(_row(raw, settings, now, tenant, admin))
         except InvalidInput as exc:
             details.extend({**d, "loc": [*prefix, *d.get("loc", [])]} for d in exc.details)
     if details:
@@ -44,7 +46,11 @@ def prepare(
 
 
 def prepare_batch(
-    raw: BatchSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str = DEFAULT_TENANT
+    raw: BatchSpec | dict[str, Any],
+    settings: Settings,
+    now: datetime,
+    tenant: str = DEFAULT_TENANT,
+    admin: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Validate a batch: the rows of its jobs, and the batch's own fields (tags, webhook,
     follow-up). Every problem is reported at once, located under ``jobs``/``then``/…"""
@@ -65,8 +71,8 @@ def prepare_batch(
     check_text(spec.tags, ("tags",))
     if spec.webhook_url is not None:
         check_url(spec.webhook_url, settings)
-    then = _follow_up(spec.then, settings, ("then",), 1) if spec.then else None
-    rows = prepare(spec.jobs, settings, now, tenant, ("jobs",))
+    then = _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None
+    rows = prepare(spec.jobs, settings, now, tenant, ("jobs",), admin)
     return rows, {"tags": spec.tags, "webhook_url": spec.webhook_url, "then": then}
 
 
@@ -94,25 +100,25 @@ def check_text(value: Any, loc: tuple[str | int, ...] = ()) -> None:
 
 
 def _row(
-    raw: JobSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str
+    raw: JobSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str, admin: bool
 ) -> dict[str, Any]:
     spec = raw if isinstance(raw, JobSpec) else parse_model(JobSpec, raw, ())
     check_text(spec.model_dump(mode="json"))
     return {
         "id": str(uuid.uuid4()),
         "tenant": tenant,
-        **_resolved(spec, settings),
+        **_resolved(spec, settings, admin),
         "idempotency_key": spec.idempotency_key,
         "request_hash": spec.fingerprint(),
         "created_at": now,
         "run_at": _run_at(spec, now),
-        "then": _follow_up(spec.then, settings, ("then",), 1) if spec.then else None,
+        "then": _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None,
         "parent_id": None,
     }
 
 
 def _resolved(
-    spec: JobSpec | FollowUpSpec, settings: Settings, optional: str | None = None
+    spec: JobSpec | FollowUpSpec, settings: Settings, admin: bool, optional: str | None = None
 ) -> dict[str, Any]:
     """Type, queue, priority, payload and limits of a spec, with the defaults filled in.
 
@@ -120,6 +126,9 @@ def _resolved(
     the payload is checked without complaining that it is missing.
     """
     processor = registry.get(spec.type)
+    if processor.admin_only and not admin:
+        problem = f"only admin API keys may submit {spec.type} jobs"
+        raise InvalidInput(f"type: {problem}", details=[{"loc": ["type"], "msg": problem}])
     try:
         payload = parse_model(
             processor.payload_model, spec.payload, ("payload",), settings
@@ -152,7 +161,7 @@ def _resolved(
 
 
 def _follow_up(
-    spec: FollowUpSpec, settings: Settings, loc: tuple[str, ...], depth: int
+    spec: FollowUpSpec, settings: Settings, loc: tuple[str, ...], depth: int, admin: bool
 ) -> dict[str, Any]:
     """The stored form of a ``then``: validated now, turned into a job on completion."""
     if depth > MAX_FOLLOW_UP_DEPTH:
@@ -161,7 +170,7 @@ def _follow_up(
             f"{'.'.join(loc)}: {problem}", details=[{"loc": list(loc), "msg": problem}]
         )
     try:
-        resolved = _resolved(spec, settings, optional=spec.with_result)
+        resolved = _resolved(spec, settings, admin, optional=spec.with_result)
     except InvalidInput as exc:
         details = [{**d, "loc": [*loc, *d.get("loc", [])]} for d in exc.details]
         raise InvalidInput(_summary(details), details=details) from None
@@ -170,7 +179,9 @@ def _follow_up(
         "delay_s": spec.delay_s,
         "when": spec.when.stored() if spec.when else None,
         "with_result": spec.with_result,
-        "then": _follow_up(spec.then, settings, (*loc, "then"), depth + 1) if spec.then else None,
+        "then": (
+            _follow_up(spec.then, settings, (*loc, "then"), depth + 1, admin) if spec.then else None
+        ),
     }
 
 

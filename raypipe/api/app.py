@@ -90,11 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> list[tuple[JobRecord, bool]]:
         services.charge(caller, "submit", len(specs))
         rows = prepare(
-            specs,
-            settings,
-            services.jobs.clock(),
-            caller.tenant,
-            prefix,
+            specs, settings, services.jobs.clock(), caller.tenant, prefix, admin=caller.admin
         )
         records = services.jobs.insert(rows)
         services.wake_dispatcher()

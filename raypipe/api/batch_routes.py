@@ -68,7 +68,9 @@ def router() -> APIRouter:
         """Submit a batch: every job valid and written in one transaction, or none."""
         services = services_of(request)
         services.charge(caller, "submit", len(body.jobs))
-        rows, fields = prepare_batch(body, services.settings, services.jobs.clock(), caller.tenant)
+        rows, fields = prepare_batch(
+            body, services.settings, services.jobs.clock(), caller.tenant, caller.admin
+        )
         batch = services.batches.create(caller.tenant, rows, **fields)
         services.wake_dispatcher()
         response.headers["Location"] = f"/v1/batches/{batch.id}"

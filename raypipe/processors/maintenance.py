@@ -43,7 +43,7 @@ class StuckPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-@processor("maintenance.prune", queue=QUEUE, num_cpus=NUM_CPUS)
+@processor("maintenance.prune", queue=QUEUE, num_cpus=NUM_CPUS, admin_only=True)
 def prune(payload: PrunePayload, ctx: JobContext) -> dict[str, Any]:
     """Deletes jobs finished longer ago than the retention, with their attempts, events,
     webhook deliveries and artifacts, then the emptied batches."""
@@ -59,7 +59,7 @@ def prune(payload: PrunePayload, ctx: JobContext) -> dict[str, Any]:
     return report.to_dict()
 
 
-@processor("maintenance.orphans", queue=QUEUE, num_cpus=NUM_CPUS)
+@processor("maintenance.orphans", queue=QUEUE, num_cpus=NUM_CPUS, admin_only=True)
 def orphans(payload: OrphansPayload, ctx: JobContext) -> dict[str, Any]:
     """Removes artifact folders whose job no longer exists, after a grace period."""
     with _engine(ctx) as engine:
@@ -69,7 +69,7 @@ def orphans(payload: OrphansPayload, ctx: JobContext) -> dict[str, Any]:
     return report.to_dict()
 
 
-@processor("maintenance.stuck", queue=QUEUE, num_cpus=NUM_CPUS)
+@processor("maintenance.stuck", queue=QUEUE, num_cpus=NUM_CPUS, admin_only=True)
 def stuck(payload: StuckPayload, ctx: JobContext) -> dict[str, Any]:
     """Reports jobs whose lease expired, that overran their timeout, or that wait to be
     claimed for too long; logs a warning when there are any."""

@@ -140,3 +140,18 @@ def _events(stream: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
         elif line.startswith("data: "):
             events.append((kind, json.loads(line[len("data: ") :])))
     return events
+
+
+def test_maintenance_jobs_need_an_admin_key(api: Api) -> None:
+    spec = {"type": "maintenance.stuck", "payload": {}}
+    with api.client(api.key(f"m-{uuid.uuid4().hex[:8]}")) as http:
+        for path, body in (("/v1/jobs", spec), ("/v1/batches", {"jobs": [spec]})):
+            refused = http.post(path, json=body)
+            assert refused.status_code == 422, refused.text
+            assert "only admin API keys" in refused.json()["error"]["message"]
+        follow_up = http.post("/v1/jobs", json={"type": "noop", "then": spec})
+        assert follow_up.status_code == 422
+        assert follow_up.json()["error"]["details"][0]["loc"] == ["then", "type"]
+    with raypipe.Client(api.url, api_key=api.key("ops", admin=True)) as admin:
+        report = admin.submit("maintenance.stuck", {}).result(timeout=120)
+    assert set(report) >= {"lease_expired", "overrunning", "waiting"}
