@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from raypipe.commands import maintenance
+from raypipe.commands import maintenance, stats, webhooks
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
@@ -195,6 +195,9 @@ def submit(
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="POSTed a signed event when the job ends.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
     wait_timeout: Annotated[float | None, typer.Option(help="Give up waiting after s.")] = None,
     as_json: JsonFlag = False,
@@ -214,6 +217,7 @@ def submit(
         "timeout_s": timeout,
         "tags": tag or [],
         "idempotency_key": idempotency_key,
+        "webhook_url": webhook_url,
     }
     # Validated and written before joining Ray: bad input fails fast and writes nothing.
     handle = client.submit_many([{"type": type, "payload": body, **options}])[0]
@@ -313,8 +317,10 @@ def delete(job_id: str) -> None:
     typer.echo(f"{job_id} deleted")
 
 
-for command in (maintenance.prune, maintenance.orphans, maintenance.stuck):
+for command in (stats.stats, maintenance.prune, maintenance.orphans, maintenance.stuck):
     app.command()(command)
+
+app.add_typer(webhooks.app, name="webhooks")
 
 keys = typer.Typer(help="API keys: each belongs to a tenant; admin keys see every tenant.")
 app.add_typer(keys, name="keys")

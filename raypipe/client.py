@@ -89,6 +89,7 @@ class SubmitOptions(TypedDict, total=False):
     tags: Sequence[str] | None
     idempotency_key: str | None
     then: dict[str, Any] | None
+    webhook_url: str | None
 
 
 SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]

@@ -183,7 +183,6 @@ class Settings(BaseSettings):
         description="CIDRs webhooks may reach although private, loopback or link-local",
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_s: float = Field(default=5.0, ge=0)
     webhook_max_backoff_s: float = Field(default=3600.0, ge=0)

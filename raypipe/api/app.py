@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from datetime import datetime
 from typing import Annotated, Any
@@ -15,8 +14,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import artifacts, registry
-from raypipe.api import batch_routes, errors, stats_routes
-from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller, utc_param
+from raypipe.api import batch_routes, errors, stats_routes, webhook_routes
+from raypipe.api.deps import (
+    ERRORS,
+    KEEPALIVE_S,
+    Caller,
+    decode_cursor,
+    encode_cursor,
+    utc_param,
+)
 from raypipe.api.schemas import (
     BulkAccepted,
     BulkCreate,
@@ -32,7 +38,7 @@ from raypipe.api.services import Principal, Services
 from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput, PayloadTooLarge
 from raypipe.jobs import JobRecord, JobStatus
-from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
+from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
 from raypipe.submission import check_text, prepare
 
 #: How long a status check of an actor may take before it counts as degraded.
@@ -158,10 +164,11 @@ def create_app(settings: Settings) -> FastAPI:
             tag=tag,
             created_after=created_after,
             created_before=created_before,
-            before=_decode_cursor(cursor) if cursor else None,
+            before=decode_cursor(cursor) if cursor else None,
             limit=limit,
         )
-        next_cursor = _encode_cursor(found[-1]) if len(found) == limit else None
+        last = found[-1] if len(found) == limit else None
+        next_cursor = encode_cursor(last.created_at, last.id) if last else None
         return JobList(jobs=[JobView.of(job) for job in found], next_cursor=next_cursor)
 
     @v1.get("/jobs/{job_id}", response_model=JobView, response_model_exclude_none=False)
@@ -276,10 +283,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(v1)
     app.include_router(batch_routes.router(), prefix="/v1")
     app.include_router(stats_routes.router(), prefix="/v1")
+    app.include_router(webhook_routes.router(), prefix="/v1")
 
     @app.get("/health", response_model=HealthView, responses={503: {"model": HealthView}})
     def health() -> JSONResponse:
-        """Database, dispatcher, progress actor and stuck jobs; 503 if any is degraded."""
+        """Database, dispatcher, progress actor, webhook sender and stuck jobs; 503 if any
+        is degraded."""
         checks = _health_checks(services)
         ok = all(c.status == "ok" for c in checks.values())
         body = HealthView(status="ok" if ok else "degraded", checks=checks)
@@ -352,6 +361,7 @@ def _health_checks(services: Services) -> dict[str, CheckView]:
         checks["database"] = CheckView(status="degraded", detail=f"{type(exc).__name__}: {exc}")
     checks["dispatcher"] = _actor_check(services, DISPATCHER_ACTOR, "info")
     checks["progress"] = _actor_check(services, PROGRESS_ACTOR, "stats")
+    checks["webhooks"] = _actor_check(services, WEBHOOK_ACTOR, "stats")
     return checks
 
 
@@ -372,22 +382,3 @@ def _actor_check(services: Services, name: str, method: str) -> CheckView:
 
 def _finished(services: Services, job_id: str) -> bool:
     return services.jobs.get(job_id).status.is_terminal
-
-
-def _encode_cursor(job: JobRecord) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        check_text(job_id)
-        when = utc_param("cursor", datetime.fromisoformat(at))
-        assert when is not None
-        return when, job_id
-    except (ValueError, InvalidInput):
-        raise InvalidInput(
-            "cursor: not a cursor from a previous page",
-            details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
-        ) from None

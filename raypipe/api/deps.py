@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from fastapi import Depends, Header, Request
 from raypipe.api.schemas import ErrorResponse
 from raypipe.api.services import Principal, Services
 from raypipe.exceptions import InvalidInput
+from raypipe.submission import check_text
 
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE_S = 15.0
@@ -44,4 +46,25 @@ def utc_param(name: str, value: datetime | None) -> datetime | None:
         message = str(exc) if isinstance(exc, ValueError) else "out of range"
         raise InvalidInput(
             f"{name}: {message}", details=[{"loc": [name], "msg": message}]
+        ) from None
+
+
+def encode_cursor(created_at: datetime, last_id: str) -> str:
+    """An opaque cursor after the row (``created_at``, ``last_id``) of a newest-first page."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{last_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) in a cursor from :func:`encode_cursor`; else a 422."""
+    try:
+        at, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        check_text(last_id)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when.astimezone(timezone.utc), last_id
+    except (ValueError, OverflowError, InvalidInput):
+        raise InvalidInput(
+            "cursor: not a cursor from a previous page",
+            details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
         ) from None

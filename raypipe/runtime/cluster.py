@@ -11,8 +11,9 @@ from raypipe.config import Settings
 from raypipe.exceptions import NotRunning
 from raypipe.runtime import embedder, head
 from raypipe.runtime.dispatcher import Dispatcher
-from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
+from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
 from raypipe.runtime.progress import ProgressActor
+from raypipe.runtime.webhooks import WebhookSender
 
 ActorHandle = Any
 
@@ -53,7 +54,8 @@ def _start_in_process(settings: Settings) -> None:
 
 
 def start_actors(settings: Settings) -> tuple[ActorHandle, ActorHandle]:
-    """Create (or find) the progress actor and the dispatcher, and wait until both answer."""
+    """Create (or find) the progress actor, the dispatcher and the webhook sender, and wait
+    until all answer; returns the dispatcher and the progress actor."""
     common = {
         "namespace": settings.namespace,
         "lifetime": "detached",
@@ -71,7 +73,14 @@ def start_actors(settings: Settings) -> tuple[ActorHandle, ActorHandle]:
         .options(name=DISPATCHER_ACTOR, max_task_retries=-1, **common)
         .remote(settings)
     )
-    ray.get([progress.stats.remote(), dispatcher.info.remote()], timeout=120)
+    webhooks = (
+        ray.remote(WebhookSender)
+        .options(name=WEBHOOK_ACTOR, max_task_retries=-1, **common)
+        .remote(settings)
+    )
+    ray.get(
+        [progress.stats.remote(), dispatcher.info.remote(), webhooks.stats.remote()], timeout=120
+    )
     return dispatcher, progress
 
 
@@ -85,7 +94,7 @@ def find_actor(settings: Settings, name: str) -> ActorHandle | None:
 def stop_actors(settings: Settings) -> list[str]:
     """Kill raypipe's actors for good; running attempts are rescued when it comes back."""
     stopped = []
-    for name in (DISPATCHER_ACTOR, PROGRESS_ACTOR):
+    for name in (DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR):
         actor = find_actor(settings, name)
         if actor is not None:
             ray.kill(actor, no_restart=True)
@@ -93,21 +102,29 @@ def stop_actors(settings: Settings) -> list[str]:
     return stopped + embedder.stop(settings)
 
 
-class DispatcherBell:
-    """Wakes the dispatcher, fire-and-forget; a no-op without Ray (the dispatcher polls
-    anyway). Keeps the actor's handle, and looks it up again after a failed call."""
+class ActorBell:
+    """Wakes one of raypipe's polling actors, fire-and-forget; a no-op without Ray (the
+    actor polls anyway). Keeps the actor's handle, and looks it up again after a failed call."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, name: str):
         self._settings = settings
-        self._dispatcher: ActorHandle | None = None
+        self._name = name
+        self._actor: ActorHandle | None = None
 
     def ring(self) -> None:
         if not ray.is_initialized():
             return
-        if self._dispatcher is None:
-            self._dispatcher = find_actor(self._settings, DISPATCHER_ACTOR)
-        if self._dispatcher is not None:
+        if self._actor is None:
+            self._actor = find_actor(self._settings, self._name)
+        if self._actor is not None:
             try:
-                self._dispatcher.wake.remote()
+                self._actor.wake.remote()
             except ray.exceptions.RayError:
-                self._dispatcher = None
+                self._actor = None
+
+
+class DispatcherBell(ActorBell):
+    """Wakes the dispatcher (on every submission and cancel)."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, DISPATCHER_ACTOR)

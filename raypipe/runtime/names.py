@@ -2,3 +2,4 @@
 
 DISPATCHER_ACTOR = "raypipe-dispatcher"
 PROGRESS_ACTOR = "raypipe-progress"
+WEBHOOK_ACTOR = "raypipe-webhooks"

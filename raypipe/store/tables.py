@@ -247,6 +247,13 @@ sa.Index(
     webhook_deliveries.c.created_at,
 )
 sa.Index("ix_webhook_deliveries_job", webhook_deliveries.c.job_id)
+DELIVERING_ONLY = sa.text("status = 'delivering'")
+sa.Index(
+    "ix_webhook_deliveries_lease",
+    webhook_deliveries.c.lease_expires_at,
+    postgresql_where=DELIVERING_ONLY,
+    sqlite_where=DELIVERING_ONLY,
+)
 
 webhook_attempts = sa.Table(
     "webhook_attempts",

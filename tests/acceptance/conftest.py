@@ -70,5 +70,15 @@ def deploy_api(
 def api(
     request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
-    """The API deployed on Serve for one test module, per database kind."""
-    yield from deploy_api(request, request.param, tmp_path_factory.mktemp("api"), serve_port)
+    """The API deployed on Serve for one test module, per database kind; webhooks may reach
+    loopback (the tests' receivers) and are retried quickly."""
+    yield from deploy_api(
+        request,
+        request.param,
+        tmp_path_factory.mktemp("api"),
+        serve_port,
+        webhook_allow_networks=["127.0.0.0/8"],
+        webhook_poll_interval_s=0.1,
+        webhook_backoff_s=0.05,
+        webhook_max_attempts=3,
+    )

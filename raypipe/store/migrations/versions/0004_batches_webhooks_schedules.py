@@ -86,6 +86,13 @@ def upgrade() -> None:
         "ix_webhook_deliveries_tenant_created", "webhook_deliveries", ["tenant", "created_at"]
     )
     op.create_index("ix_webhook_deliveries_job", "webhook_deliveries", ["job_id"])
+    op.create_index(
+        "ix_webhook_deliveries_lease",
+        "webhook_deliveries",
+        ["lease_expires_at"],
+        postgresql_where=sa.text("status = 'delivering'"),
+        sqlite_where=sa.text("status = 'delivering'"),
+    )
     op.create_table(
         "webhook_attempts",
         sa.Column(

@@ -1,0 +1,133 @@
+"""The webhook sender: a named, detached Ray actor that empties the delivery outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from raypipe.config import Settings
+from raypipe.store import create_engine
+from raypipe.store import schema as store_schema
+from raypipe.webhooks import sender
+from raypipe.webhooks.store import Delivery, DeliveryStatus, WebhookStore
+
+log = logging.getLogger(__name__)
+
+#: Longest pause after a failing round (database down, say) before trying again.
+MAX_ERROR_BACKOFF_S = 10.0
+#: A claim's lease outlasts its attempt (bounded by the webhook timeout) by this much,
+#: which covers recording the outcome.
+LEASE_MARGIN_S = 30.0
+
+
+class WebhookSender:
+    """Runs inside a named, detached Ray actor that Ray restarts when it dies.
+
+    Its loop lives on a thread of its own (started in ``__init__``, so a restarted actor
+    resumes by itself) with one asyncio event loop: it claims due deliveries, sends up to
+    ``webhook_concurrency`` at once through one HTTP client, and records each attempt.
+    Blocking work (SQL, DNS) runs on a small thread pool beside the loop. Deliveries a
+    dead incarnation held come back when their lease runs out.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = WebhookStore(create_engine(settings.database_url))
+        store_schema.check(self.store.engine)
+        self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self.counters: Counter[str] = Counter()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._last_error: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(settings.webhook_concurrency + 2, thread_name_prefix="webhooks")
+        )
+        self._wake = asyncio.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="raypipe-webhooks")
+        self._thread.start()
+
+    # -- actor methods -------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for due deliveries now (after a replay; the sender polls anyway)."""
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "alive": self._thread.is_alive(),
+            "sending": len(self._sending),
+            "last_error": self._last_error,
+            "counters": dict(self.counters),
+        }
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        http = sender.client(self.settings)
+        failures = 0
+        next_release = 0.0
+        while True:
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_release:
+                    self.counters["released"] += await asyncio.to_thread(self.store.release_expired)
+                    next_release = time.monotonic() + self.lease_s / 2
+                free = self.settings.webhook_concurrency - len(self._sending)
+                claimed = await asyncio.to_thread(self.store.claim_due, free, self.lease_s)
+                secrets = (
+                    await asyncio.to_thread(self.store.secrets, {d.tenant for d in claimed})
+                    if claimed
+                    else {}
+                )
+                failures, self._last_error = 0, None
+            except Exception as exc:  # the database is away: wait, retry, lose nothing
+                failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("webhook round failed (%d in a row)", failures)
+                await asyncio.sleep(min(MAX_ERROR_BACKOFF_S, 0.2 * 2**failures))
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(self._send(http, delivery, secrets[delivery.tenant]))
+                self._sending.add(task)
+                task.add_done_callback(self._sent)
+            self.counters["claimed"] += len(claimed)
+            # Sleep until a send frees a slot, a wake-up, or the next poll.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_interval_s)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._wake.set()
+
+    async def _send(self, http: httpx.AsyncClient, delivery: Delivery, secret: str) -> None:
+        """One attempt, recorded; a failure to record leaves the claim to expire, and the
+        delivery is sent again then (receivers deduplicate by ``webhook-id``)."""
+        try:
+            outcome = await sender.deliver(delivery, secret, self.settings, http, self.store.clock)
+            recorded = await asyncio.to_thread(self.store.record_attempt, delivery, outcome)
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self.counters["errors"] += 1
+            log.exception("webhook delivery %s could not be recorded", delivery.id)
+            return
+        self.counters["attempts"] += 1
+        if not recorded:
+            self.counters["stale"] += 1
+        elif outcome.delivered:
+            self.counters[DeliveryStatus.DELIVERED.value] += 1
+        elif outcome.retry_at is not None:
+            self.counters["retried"] += 1
+        else:
+            self.counters[DeliveryStatus.FAILED.value] += 1
