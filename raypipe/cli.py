@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from raypipe.commands import maintenance, stats, webhooks
+from raypipe.commands import maintenance, schedules, stats, webhooks
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
@@ -321,6 +321,7 @@ for command in (stats.stats, maintenance.prune, maintenance.orphans, maintenance
     app.command()(command)
 
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(schedules.app, name="schedules")
 
 keys = typer.Typer(help="API keys: each belongs to a tenant; admin keys see every tenant.")
 app.add_typer(keys, name="keys")

@@ -41,7 +41,7 @@ def prepare(
         except InvalidInput as exc:
             details.extend({**d, "loc": [*prefix, *d.get("loc", [])]} for d in exc.details)
     if details:
-        raise InvalidInput(_summary(details), details=details)
+        raise InvalidInput(summary(details), details=details)
     return rows
 
 
@@ -67,7 +67,7 @@ def prepare_batch(
         if job.idempotency_key
     ]
     if keyed:
-        raise InvalidInput(_summary(keyed), details=keyed)
+        raise InvalidInput(summary(keyed), details=keyed)
     check_text(spec.tags, ("tags",))
     if spec.webhook_url is not None:
         check_url(spec.webhook_url, settings)
@@ -136,7 +136,7 @@ def _resolved(
     except InvalidInput as exc:
         kept = [d for d in exc.details if d["loc"][:2] != ["payload", optional]]
         if kept:
-            raise InvalidInput(_summary(kept), details=kept) from None
+            raise InvalidInput(summary(kept), details=kept) from None
         payload = spec.payload
     queue = spec.queue or processor.queue or DEFAULT_QUEUE
     if queue not in settings.queues:
@@ -173,7 +173,7 @@ def _follow_up(
         resolved = _resolved(spec, settings, admin, optional=spec.with_result)
     except InvalidInput as exc:
         details = [{**d, "loc": [*loc, *d.get("loc", [])]} for d in exc.details]
-        raise InvalidInput(_summary(details), details=details) from None
+        raise InvalidInput(summary(details), details=details) from None
     return {
         **resolved,
         "delay_s": spec.delay_s,
@@ -218,10 +218,11 @@ def parse_model(
         details = [
             {"loc": [*loc, *err["loc"]], "msg": err["msg"]} for err in exc.errors(include_url=False)
         ]
-        raise InvalidInput(_summary(details), details=details) from None
+        raise InvalidInput(summary(details), details=details) from None
 
 
-def _summary(details: list[dict[str, Any]]) -> str:
+def summary(details: list[dict[str, Any]]) -> str:
+    """One line for many problems: the first, located, and how many more."""
     first = details[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
     more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""

@@ -151,6 +151,8 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
             "cancel_grace_s": 2.0,
             "progress_report_interval_s": 0.05,
             "progress_flush_interval_s": 0.1,
+            # Built-in maintenance would add jobs whenever a test spans its instants.
+            "maintenance_schedules": False,
             **overrides,
         }
     )

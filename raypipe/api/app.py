@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import artifacts, registry
-from raypipe.api import batch_routes, errors, stats_routes, webhook_routes
+from raypipe.api import batch_routes, errors, schedule_routes, stats_routes, webhook_routes
 from raypipe.api.deps import (
     ERRORS,
     KEEPALIVE_S,
@@ -284,6 +284,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(batch_routes.router(), prefix="/v1")
     app.include_router(stats_routes.router(), prefix="/v1")
     app.include_router(webhook_routes.router(), prefix="/v1")
+    app.include_router(schedule_routes.router(), prefix="/v1")
 
     @app.get("/health", response_model=HealthView, responses={503: {"model": HealthView}})
     def health() -> JSONResponse:

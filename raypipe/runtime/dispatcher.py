@@ -35,6 +35,7 @@ from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
 from raypipe.scheduling import choose_claims, resource_budget
 from raypipe.store import JobStore
 from raypipe.store import schema as store_schema
+from raypipe.store.schedules import ScheduleStore
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class Dispatcher:
         self.store = JobStore.from_url(settings.database_url, wait_for_flush=False)
         store_schema.check(self.store.engine)
         self.processors = registry.load(settings.processor_modules)
+        self.schedules = ScheduleStore(self.store.engine, self.store.clock)
+        self._schedules_synced = False
+        self._next_schedule_check = 0.0
         self._settings_ref = ray.put(settings)
         self._remotes: dict[str, Any] = {}
         self._progress: ray.actor.ActorHandle | None = None
@@ -145,9 +149,11 @@ class Dispatcher:
             self._maintain_leases()
             self._next_maintenance = now + self.settings.lease_ttl_s / 3
         self._record_finished()
-        if self._poked:
-            self._poked = False
+        poked, self._poked = self._poked, False
+        if poked:
             self._handle_cancel_requests()
+        if poked or now >= self._next_schedule_check:
+            self._fire_schedules()
         self._enforce_deadlines(now)
         return self._claim()
 
@@ -169,6 +175,25 @@ class Dispatcher:
         else:
             await asyncio.sleep(0)  # let completion callbacks in before the next round
         self._wake.clear()
+
+    # -- schedules ---------------------------------------------------------------------
+
+    def _fire_schedules(self) -> None:
+        """Submit the jobs of due schedules (their rows make each instant fire once, however
+        many dispatchers run), then sleep no later than the next instant."""
+        if not self._schedules_synced:
+            report = self.schedules.sync(self.settings)
+            self._schedules_synced = True
+            if report.created or report.updated or report.deleted:
+                log.info("schedules from the configuration: %s", report)
+            for problem in report.problems:
+                log.warning("schedule not loaded: %s", problem)
+        fired = self.schedules.fire_due(self.settings)
+        self.counters["scheduled"] += len(fired)
+        self._next_schedule_check = time.monotonic() + self.settings.poll_interval_s
+        due = self.schedules.next_fire_at()
+        if due is not None and (self._next_due is None or due < self._next_due):
+            self._next_due = due
 
     # -- claiming and submitting -------------------------------------------------------
 

@@ -225,5 +225,6 @@ def test_queues_job_types_and_health(api: Api) -> None:
         "stuck_jobs": "ok",
         "dispatcher": "ok",
         "progress": "ok",
+        "webhooks": "ok",
     }
     assert httpx.get(f"{api.url}/docs").status_code == 200

@@ -58,6 +58,18 @@ AUTHENTICATED = [
     ("POST", "/v1/batches/00000000-0000-0000-0000-000000000000/retry-failed"),
     ("GET", "/v1/batches/00000000-0000-0000-0000-000000000000/events"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/webhooks/deliveries"),
+    ("GET", "/v1/webhooks/deliveries/msg_00000000000000000000000000000000"),
+    ("POST", "/v1/webhooks/deliveries/msg_00000000000000000000000000000000/replay"),
+    ("GET", "/v1/webhooks/secret"),
+    ("POST", "/v1/webhooks/secret/rotate"),
+    ("POST", "/v1/schedules"),
+    ("GET", "/v1/schedules"),
+    ("GET", "/v1/schedules/00000000-0000-0000-0000-000000000000"),
+    ("PATCH", "/v1/schedules/00000000-0000-0000-0000-000000000000"),
+    ("DELETE", "/v1/schedules/00000000-0000-0000-0000-000000000000"),
+    ("POST", "/v1/schedules/00000000-0000-0000-0000-000000000000/pause"),
+    ("POST", "/v1/schedules/00000000-0000-0000-0000-000000000000/resume"),
 ]
 
 #: Authorization headers that must not get in: none, empty, no secret, unknown secret,
@@ -310,7 +322,8 @@ def test_a_too_long_idempotency_key_is_a_422(tenant: httpx.Client) -> None:
     [(m, p) for m, p in AUTHENTICATED if "0000" in p] + [("GET", "/v1/jobs/not-a-job-id")],
 )
 def test_an_unknown_job_is_a_404(tenant: httpx.Client, method: str, path: str) -> None:
-    assert_error(tenant.request(method, path), 404, "not_found")
+    body = {} if method == "PATCH" else None  # a valid (empty) change, for an unknown id
+    assert_error(tenant.request(method, path, json=body), 404, "not_found")
     assert count_jobs(tenant) == 0
 
 

@@ -1,0 +1,234 @@
+"""Cron schedules as pure functions: parsing, fire times in a time zone, missed-fire policy.
+
+No SQL and no clock: the store passes ``now`` in, so every decision is testable alone.
+
+Daylight saving time follows cronie (Vixie cron): a local time that does not exist
+(spring forward) fires once, at the first instant after the gap (croniter's behaviour);
+a local time that occurs twice (fall back) fires once, at its first occurrence, unless
+the minute or hour field is a wildcard (``*``, ``*/15``), whose schedules keep firing at
+every real instant through the repeated hour.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from itertools import islice
+from typing import Any, NoReturn, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from raypipe.config import MAX_CATCH_UP, MissedFires
+from raypipe.exceptions import InvalidInput
+from raypipe.jobs import iso
+from raypipe.submission import summary
+
+#: The shorthands raypipe accepts, as their five fields (``@reboot`` has no meaning here).
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: Schedule names: they appear in job tags (``schedule:<name>``) and on command lines.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+#: Under the ``skip`` policy, how late the latest instant may be and still fire. Cron
+#: instants are at least a minute apart, so a minute never lets two instants through,
+#: and a fire that is merely a dispatcher round (or a busy database) late still happens.
+SKIP_GRACE = timedelta(seconds=60)
+MAX_CRON_LENGTH = 200
+MAX_TIMEZONE_LENGTH = 64
+#: Job spec fields a schedule sets itself on each fire.
+SET_PER_FIRE = ("run_at", "idempotency_key")
+
+
+def check_name(name: str) -> None:
+    if not re.fullmatch(NAME_PATTERN, name):
+        _invalid(
+            "name",
+            "1 to 200 letters, digits and _ . : - (starting with a letter or digit)",
+        )
+
+
+def check_missed(missed: str) -> None:
+    if missed not in get_args(MissedFires):
+        _invalid("missed", f"must be one of {', '.join(get_args(MissedFires))}")
+
+
+def check_spec_fields(spec: dict[str, Any]) -> None:
+    """Refuse what each fire sets: a fixed ``run_at`` or ``idempotency_key`` would make
+    every fire the same job."""
+    given = [name for name in SET_PER_FIRE if spec.get(name) is not None]
+    if given:
+        problem = "set by the schedule on each fire"
+        raise InvalidInput(
+            f"job.{given[0]}: {problem}",
+            details=[{"loc": ["job", name], "msg": problem} for name in given],
+        )
+
+
+def fire_spec(
+    spec: dict[str, Any], schedule_id: str, name: str, instant: datetime
+) -> dict[str, Any]:
+    """The job spec of one fire: the schedule's, tagged with its name and keyed by the
+    instant, so that the database refuses a second job for the same instant."""
+    tags = spec.get("tags", [])
+    tag = f"schedule:{name}"
+    if isinstance(tags, list) and tag not in tags:
+        tags = [*tags, tag]  # anything but a list is left for the spec's validation to refuse
+    return {**spec, "tags": tags, "idempotency_key": f"schedule:{schedule_id}:{iso(instant)}"}
+
+
+@lru_cache(maxsize=1024)
+def check_cron(cron: str) -> str:
+    """The five fields of a standard cron expression (shorthands expanded), or
+    :class:`InvalidInput` at ``cron``. Seconds or years fields and ``@reboot`` are refused."""
+    fields = _fields(cron)
+    try:
+        # An expression like "0 0 30 2 *" parses but never fires: find one instant.
+        croniter(fields, datetime(2000, 1, 1, tzinfo=timezone.utc)).get_next(datetime)
+    except CroniterBadDateError:
+        _invalid("cron", f"{cron!r} never matches a date")
+    except (CroniterError, ValueError) as exc:
+        _invalid("cron", f"{cron!r} is not a valid cron expression: {exc}")
+    return fields
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    """The IANA time zone called ``name`` (``Europe/Paris``), or :class:`InvalidInput`."""
+    if not name or len(name) > MAX_TIMEZONE_LENGTH:
+        _invalid("timezone", "must be an IANA time zone name such as 'Europe/Paris'")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        _invalid("timezone", f"unknown time zone {name!r}; use an IANA name like 'Europe/Paris'")
+
+
+def check(cron: str, tz: str) -> None:
+    """Check both, reporting every problem in one :class:`InvalidInput`."""
+    every(lambda: check_cron(cron), lambda: check_timezone(tz))
+
+
+def every(*checks: Callable[[], object]) -> None:
+    """Run every check; raise one :class:`InvalidInput` with the details of all that fail."""
+    details: list[dict[str, Any]] = []
+    for run in checks:
+        try:
+            run()
+        except InvalidInput as exc:
+            details.extend(exc.details)
+    if details:
+        raise InvalidInput(summary(details), details=details)
+
+
+def next_fire(cron: str, tz: str, after: datetime) -> datetime:
+    """The first instant strictly after ``after`` (aware UTC)."""
+    return next(fires_after(cron, tz, after))
+
+
+def fires_after(cron: str, tz: str, after: datetime) -> Iterator[datetime]:
+    """Every instant strictly after ``after``, in order, as aware UTC datetimes."""
+    return _instants(cron, tz, after, backward=False)
+
+
+def fires_between(cron: str, tz: str, after: datetime, until: datetime) -> Iterator[datetime]:
+    """Every instant in (``after``, ``until``], in order, as aware UTC datetimes."""
+    for instant in fires_after(cron, tz, after):
+        if instant > until:
+            return
+        yield instant
+
+
+def due_fires(
+    cron: str, tz: str, next_fire_at: datetime, now: datetime, missed: MissedFires
+) -> tuple[list[datetime], datetime]:
+    """What to fire at ``now`` for a schedule due at ``next_fire_at``, and its next due time.
+
+    The instants due are those in [``next_fire_at``, ``now``]; more than one means fires
+    were missed (nothing ran). ``skip`` fires the latest only if it is at most
+    :data:`SKIP_GRACE` old, ``run_once`` fires the latest, ``run_all`` fires each (the
+    latest :data:`MAX_CATCH_UP`). Walking back from ``now`` keeps a long outage cheap.
+    """
+    if next_fire_at > now:
+        return [], next_fire_at
+    wanted = MAX_CATCH_UP if missed == "run_all" else 1
+    latest_first = [
+        instant for instant in islice(_backward(cron, tz, now), wanted) if instant >= next_fire_at
+    ]
+    if missed == "skip":
+        latest_first = [instant for instant in latest_first if now - instant <= SKIP_GRACE]
+    return latest_first[::-1], next_fire(cron, tz, now)
+
+
+# -- iteration ---------------------------------------------------------------------------
+
+
+def _backward(cron: str, tz: str, until: datetime) -> Iterator[datetime]:
+    """Instants at or before ``until``, newest first (croniter's previous is strict, and
+    instants fall on whole seconds, so start a microsecond later)."""
+    return _instants(cron, tz, until + timedelta(microseconds=1), backward=True)
+
+
+def _instants(cron: str, tz: str, start: datetime, backward: bool) -> Iterator[datetime]:
+    if start.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous: pass an aware UTC datetime")
+    fields, zone = check_cron(cron), check_timezone(tz)
+    wild = _is_wild(fields)
+    step = croniter(fields, start.astimezone(zone))
+    while True:
+        try:
+            local = step.get_prev(datetime) if backward else step.get_next(datetime)
+        except CroniterBadDateError:
+            return
+        instant = local.astimezone(timezone.utc)
+        if wild or not _repeated(instant, zone):
+            yield instant
+
+
+def _is_wild(fields: str) -> bool:
+    minute, hour = fields.split()[:2]
+    return minute.startswith("*") or hour.startswith("*")
+
+
+def _repeated(instant: datetime, zone: ZoneInfo) -> bool:
+    """Whether ``instant`` is the second occurrence of a local time (fall back)."""
+    local = instant.astimezone(zone)
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def _fields(cron: str) -> str:
+    text = " ".join(cron.split())
+    if not text or len(cron) > MAX_CRON_LENGTH:
+        _invalid(
+            "cron",
+            f"must be a cron expression of five fields ({MAX_CRON_LENGTH} characters at most)",
+        )
+    if not (text.isascii() and text.isprintable()):
+        _invalid("cron", "must be printable ASCII")
+    if text.startswith("@"):
+        fields = ALIASES.get(text.lower())
+        if fields is None:
+            known = ", ".join(ALIASES)
+            _invalid("cron", f"{text!r} is not supported; shorthands: {known}")
+        return fields
+    count = len(text.split())
+    if count != 5:
+        _invalid(
+            "cron",
+            f"{cron!r} has {count} field{'s' * (count != 1)}; give five: minute hour"
+            " day-of-month month day-of-week (no seconds or years fields)",
+        )
+    return text
+
+
+def _invalid(field: str, problem: str) -> NoReturn:
+    raise InvalidInput(f"{field}: {problem}", details=[{"loc": [field], "msg": problem}])

@@ -1,0 +1,557 @@
+"""All SQL of cron schedules: managing them, syncing the configured ones, and firing.
+
+An instant fires at most once: the transaction that inserts its job (idempotency key
+``schedule:<id>:<instant>``) also moves ``next_fire_at`` past it, under a guard on the
+value it read, with the due rows locked (``FOR UPDATE SKIP LOCKED``) on PostgreSQL and
+the database locked (``BEGIN IMMEDIATE``) on SQLite. However many dispatchers race or
+restart, a second look at the same instant finds it no longer due.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from raypipe import registry
+from raypipe import schedules as cron
+from raypipe.config import (
+    MAINTENANCE_SCHEDULES,
+    MissedFires,
+    ScheduleConfig,
+    Settings,
+    config_file,
+)
+from raypipe.exceptions import Conflict, InvalidInput, NotFound
+from raypipe.jobs import iso, utcnow
+from raypipe.store.engine import READ_ONLY
+from raypipe.store.repository import Clock, JobStore
+from raypipe.store.tables import UTCDateTime, schedules
+from raypipe.submission import prepare
+
+log = logging.getLogger(__name__)
+
+#: pg_advisory_xact_lock key that serialises syncs of the configured schedules.
+SYNC_LOCK_KEY = 0x7261797069706501
+#: Due schedules handled per transaction; the rest are due still, found right after.
+FIRE_BATCH = 200
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule row as read from the store."""
+
+    id: str
+    tenant: str
+    name: str
+    cron: str
+    timezone: str
+    spec: dict[str, Any]
+    missed: MissedFires
+    enabled: bool
+    source: str
+    next_fire_at: datetime | None
+    last_fire_at: datetime | None
+    last_job_id: str | None
+    fires: int
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schedule as the API and the CLI show it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "tenant": self.tenant,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "job": self.spec,
+            "missed": self.missed,
+            "enabled": self.enabled,
+            "source": self.source,
+            "next_fire_at": iso(self.next_fire_at),
+            "last_fire_at": iso(self.last_fire_at),
+            "last_job_id": self.last_job_id,
+            "fires": self.fires,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass
+class SyncReport:
+    """What :meth:`ScheduleStore.sync` did, by schedule name, and what it could not do."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    #: Enabled in the configuration but paused with the API or CLI (a pause outlives restarts).
+    paused: list[str] = field(default_factory=list)
+    #: Invalid entries, as ``schedules.<name>: <problem>``; nothing was written for them.
+    problems: list[str] = field(default_factory=list)
+
+
+class ScheduleStore:
+    """Reads and writes schedules; fires the due ones into jobs."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow):
+        self.engine = engine
+        self.clock = clock
+        self.dialect = engine.dialect.name
+        self.jobs = JobStore(engine, clock)
+
+    # -- management ---------------------------------------------------------------------
+
+    def create(
+        self,
+        settings: Settings,
+        *,
+        tenant: str,
+        name: str,
+        cron: str,
+        spec: dict[str, Any],
+        timezone: str = "UTC",
+        missed: str = "run_once",
+        enabled: bool = True,
+        source: str = "api",
+        admin: bool = True,
+    ) -> Schedule:
+        """A new schedule, validated whole (a spec that could not be submitted is refused
+        now, not at its first fire); a name the tenant uses already is a :class:`Conflict`.
+
+        ``admin``: whether its maker may submit admin-only job types (fires later may).
+        """
+        now = self.clock()
+        row = {
+            "id": str(uuid.uuid4()),
+            "tenant": tenant,
+            "name": name,
+            "cron": cron,
+            "timezone": timezone,
+            "spec": spec,
+            "missed": missed,
+            "enabled": enabled,
+            "source": source,
+            "last_fire_at": None,
+            "last_job_id": None,
+            "fires": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        _check(row, settings, now, admin)
+        row["next_fire_at"] = _next_fire(row, now)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(schedules.insert(), row)
+        except sa.exc.IntegrityError:
+            raise Conflict(f"tenant {tenant!r} already has a schedule named {name!r}") from None
+        return _schedule(row)
+
+    def list(self, tenant: str | None = None) -> list[Schedule]:
+        query = sa.select(schedules).order_by(schedules.c.tenant, schedules.c.name)
+        if tenant is not None:
+            query = query.where(schedules.c.tenant == tenant)
+        with self._read() as conn:
+            return [_schedule(row._mapping) for row in conn.execute(query)]
+
+    def get(self, schedule_id: str, tenant: str | None = None) -> Schedule:
+        """The schedule, or :class:`NotFound` (also for another tenant's)."""
+        with self._read() as conn:
+            return self._one(conn, schedule_id, tenant)
+
+    def find(self, name_or_id: str, tenant: str | None = None) -> Schedule:
+        """The schedule with this id, or else this name (for the CLI)."""
+        query = sa.select(schedules).where(
+            sa.or_(schedules.c.id == name_or_id, schedules.c.name == name_or_id)
+        )
+        if tenant is not None:
+            query = query.where(schedules.c.tenant == tenant)
+        with self._read() as conn:
+            found = [_schedule(row._mapping) for row in conn.execute(query)]
+        exact = [s for s in found if s.id == name_or_id]
+        if exact:
+            return exact[0]
+        if not found:
+            raise NotFound(f"no schedule {name_or_id!r}")
+        if len(found) > 1:
+            tenants = ", ".join(sorted(s.tenant for s in found))
+            raise Conflict(
+                f"tenants {tenants} each have a schedule named {name_or_id!r}:"
+                " name the tenant or use the id"
+            )
+        return found[0]
+
+    def update(
+        self,
+        schedule_id: str,
+        tenant: str | None,
+        settings: Settings,
+        *,
+        enabled: bool | None = None,
+        cron: str | None = None,
+        timezone: str | None = None,
+        spec: dict[str, Any] | None = None,
+        missed: str | None = None,
+        admin: bool = True,
+    ) -> Schedule:
+        """Change a schedule; None leaves a field as it is (``admin`` as in :meth:`create`).
+
+        A configured schedule can only be paused and resumed here. A schedule enabled
+        again, or given a new cron or time zone, counts from now: what it missed while
+        paused is not fired.
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            current = self._one(conn, schedule_id, tenant, lock=True)
+            edits = {
+                key: value
+                for key, value in (
+                    ("cron", cron),
+                    ("timezone", timezone),
+                    ("spec", spec),
+                    ("missed", missed),
+                )
+                if value is not None and value != getattr(current, key)
+            }
+            if edits and current.source == "config":
+                raise _configured(current, "edited")
+            changed = replace(
+                current, **edits, enabled=current.enabled if enabled is None else enabled
+            )
+            # Resuming validates again (a processor may be gone); without admin rights,
+            # no change at all to a schedule of a job type only admins may submit.
+            if edits or (changed.enabled and not current.enabled) or not admin:
+                _check(vars(changed), settings, now, admin)
+            if not changed.enabled:
+                next_fire_at = None
+            elif not current.enabled or {"cron", "timezone"} & edits.keys():
+                next_fire_at = _next_fire(vars(changed), now)
+            else:
+                next_fire_at = current.next_fire_at
+            changed = replace(changed, next_fire_at=next_fire_at, updated_at=now)
+            conn.execute(
+                sa.update(schedules)
+                .where(schedules.c.id == current.id)
+                .values(
+                    cron=changed.cron,
+                    timezone=changed.timezone,
+                    spec=changed.spec,
+                    missed=changed.missed,
+                    enabled=changed.enabled,
+                    next_fire_at=changed.next_fire_at,
+                    updated_at=now,
+                )
+            )
+        return changed
+
+    def delete(self, schedule_id: str, tenant: str | None = None) -> Schedule:
+        """Remove an API-made schedule (its jobs stay); returns what was removed."""
+        with self.engine.begin() as conn:
+            current = self._one(conn, schedule_id, tenant, lock=True)
+            if current.source == "config":
+                raise _configured(current, "deleted")
+            conn.execute(sa.delete(schedules).where(schedules.c.id == current.id))
+        return current
+
+    # -- configuration --------------------------------------------------------------------
+
+    def sync(self, settings: Settings) -> SyncReport:
+        """Make the configured schedules (built-in maintenance, when on, then
+        ``settings.schedules``, which may redefine them) what the database holds.
+
+        Schedules made with the API are left alone. A configured schedule keeps its next
+        fire time unless its cron or time zone changed. ``enabled = false`` in the
+        configuration disables it; ``enabled = true`` leaves a pause made with the API or
+        CLI in place (reported in ``paused``). Safe to run from several dispatchers at once.
+        """
+        now = self.clock()
+        configured = {
+            **(MAINTENANCE_SCHEDULES if settings.maintenance_schedules else {}),
+            **settings.schedules,
+        }
+        report = SyncReport()
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SYNC_LOCK_KEY)))
+            query = sa.select(schedules).where(
+                sa.or_(schedules.c.source == "config", schedules.c.name.in_(list(configured)))
+            )
+            stored = {
+                (row.tenant, row.name): _schedule(row._mapping) for row in conn.execute(query)
+            }
+            inserts: list[dict[str, Any]] = []
+            for name, config in configured.items():
+                current = stored.pop((config.tenant, name), None)
+                try:
+                    row = _synced(current, name, config, settings, now, report)
+                except InvalidInput as exc:
+                    report.problems.extend(
+                        f"{'.'.join(map(str, ['schedules', name, *d['loc']]))}: {d['msg']}"
+                        for d in exc.details
+                    )
+                    continue
+                if row is None:
+                    continue
+                if current is None:
+                    inserts.append(row)
+                    report.created.append(name)
+                else:
+                    conn.execute(
+                        sa.update(schedules)
+                        .where(schedules.c.id == current.id)
+                        .values({k: v for k, v in row.items() if k != "id"})
+                    )
+                    report.updated.append(name)
+            if inserts:
+                conn.execute(schedules.insert(), inserts)
+            gone = [s for s in stored.values() if s.source == "config"]
+            if gone:
+                conn.execute(sa.delete(schedules).where(schedules.c.id.in_([s.id for s in gone])))
+                report.deleted.extend(s.name for s in gone)
+        return report
+
+    # -- firing -----------------------------------------------------------------------------
+
+    def fire_due(self, settings: Settings, limit: int = FIRE_BATCH) -> list[str]:
+        """Submit the jobs of every schedule due now; returns their ids.
+
+        One transaction inserts the jobs and moves each schedule past what it fired
+        (its missed-fire policy decides what that is). A schedule whose cron or job spec
+        no longer validates (a processor was removed, say) is disabled and logged, and
+        the others fire as usual; resuming it validates it again.
+        """
+        now = self.clock()
+        due_at = self.next_fire_at()
+        if due_at is None or due_at > now:
+            return []  # the common case costs one read, not a write lock
+        registry.load(settings.processor_modules)
+        query = (
+            sa.select(schedules)
+            .where(schedules.c.enabled.is_(True), schedules.c.next_fire_at <= now)
+            .order_by(schedules.c.next_fire_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            due = [_schedule(row._mapping) for row in conn.execute(query)]
+            moves: list[dict[str, Any]] = []
+            job_rows: list[dict[str, Any]] = []
+            for schedule in due:
+                try:
+                    instants, following = cron.due_fires(
+                        schedule.cron,
+                        schedule.timezone,
+                        schedule.next_fire_at,
+                        now,
+                        schedule.missed,
+                    )
+                    specs = [
+                        cron.fire_spec(schedule.spec, schedule.id, schedule.name, instant)
+                        for instant in instants
+                    ]
+                    rows = prepare(specs, settings, now, schedule.tenant) if specs else []
+                except InvalidInput as exc:
+                    log.warning(
+                        "schedule %r of tenant %r (%s) is disabled: %s",
+                        schedule.name,
+                        schedule.tenant,
+                        schedule.id,
+                        exc.message,
+                    )
+                    moves.append(_moved(schedule, None, enabled=False))
+                    continue
+                job_rows.extend(rows)
+                moves.append(_moved(schedule, following, instants, rows))
+            if moves:
+                self._advance(conn, moves, now)
+            if job_rows:
+                self.jobs.add(conn, job_rows, now)
+        return [row["id"] for row in job_rows]
+
+    def _advance(self, conn: Connection, moves: list[dict[str, Any]], now: datetime) -> None:
+        """Move each schedule past what it fired, guarded on the due time it was read with:
+        if any moved meanwhile, the whole transaction (jobs included) rolls back."""
+        statement = (
+            sa.update(schedules)
+            .where(
+                schedules.c.id == sa.bindparam("b_id"),
+                schedules.c.next_fire_at == sa.bindparam("b_due"),
+            )
+            .values(
+                next_fire_at=sa.bindparam("b_next", type_=UTCDateTime()),
+                enabled=sa.bindparam("b_enabled"),
+                last_fire_at=sa.func.coalesce(
+                    sa.bindparam("b_last_fire", type_=UTCDateTime()), schedules.c.last_fire_at
+                ),
+                last_job_id=sa.func.coalesce(sa.bindparam("b_last_job"), schedules.c.last_job_id),
+                fires=schedules.c.fires + sa.bindparam("b_count"),
+                updated_at=now,
+            )
+        )
+        moved = conn.execute(statement, moves).rowcount
+        if moved != len(moves):
+            raise Conflict("schedules moved while firing; nothing fired, the next round retries")
+
+    def next_fire_at(self) -> datetime | None:
+        """When the earliest enabled schedule is due (for the dispatcher's sleep)."""
+        query = sa.select(sa.func.min(schedules.c.next_fire_at)).where(
+            schedules.c.enabled.is_(True)
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _one(
+        self, conn: Connection, schedule_id: str, tenant: str | None, lock: bool = False
+    ) -> Schedule:
+        missing = NotFound(f"schedule {schedule_id[:40]!r} not found")
+        if len(schedule_id) > 36 or "\x00" in schedule_id:
+            raise missing
+        query = sa.select(schedules).where(schedules.c.id == schedule_id)
+        if tenant is not None:
+            query = query.where(schedules.c.tenant == tenant)
+        if lock and self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise missing
+        return _schedule(row._mapping)
+
+    def _read(self) -> Connection:
+        return self.engine.connect().execution_options(**READ_ONLY)
+
+
+def _synced(
+    current: Schedule | None,
+    name: str,
+    config: ScheduleConfig,
+    settings: Settings,
+    now: datetime,
+    report: SyncReport,
+) -> dict[str, Any] | None:
+    """The row to write for one configured schedule; None when it is up to date."""
+    if current is not None and current.source != "config":
+        problem = f"tenant {config.tenant!r} has a schedule of this name made with the API"
+        raise InvalidInput(problem, details=[{"loc": ["name"], "msg": problem}])
+    wanted = {
+        "tenant": config.tenant,
+        "name": name,
+        "cron": config.cron,
+        "timezone": config.timezone,
+        "spec": config.job,
+        "missed": config.missed,
+    }
+    if current is None:
+        row = {
+            **wanted,
+            "id": str(uuid.uuid4()),
+            "enabled": config.enabled,
+            "source": "config",
+            "last_fire_at": None,
+            "last_job_id": None,
+            "fires": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        _check(row, settings, now)
+        return {**row, "next_fire_at": _next_fire(row, now)}
+    enabled = current.enabled and config.enabled
+    if enabled != config.enabled:
+        report.paused.append(name)
+    if all(getattr(current, key) == value for key, value in wanted.items()) and (
+        enabled == current.enabled
+    ):
+        return None
+    row = {**vars(current), **wanted, "enabled": enabled, "updated_at": now}
+    _check(row, settings, now)
+    if not enabled:
+        row["next_fire_at"] = None
+    elif (current.cron, current.timezone) != (config.cron, config.timezone):
+        row["next_fire_at"] = _next_fire(row, now)
+    return row
+
+
+def _next_fire(row: dict[str, Any], now: datetime) -> datetime | None:
+    """The first fire time after ``now`` of an enabled schedule; None while disabled."""
+    return cron.next_fire(row["cron"], row["timezone"], now) if row["enabled"] else None
+
+
+def _check(row: dict[str, Any], settings: Settings, now: datetime, admin: bool = True) -> None:
+    """Validate every field of a schedule, reporting each problem (``loc`` as the API's
+    fields: name, cron, timezone, missed, job…) in one :class:`InvalidInput`."""
+    cron.every(
+        lambda: cron.check_name(row["name"]),
+        lambda: cron.check_cron(row["cron"]),
+        lambda: cron.check_timezone(row["timezone"]),
+        lambda: cron.check_missed(row["missed"]),
+        lambda: cron.check_spec_fields(row["spec"]),
+        lambda: _check_spec(row, settings, now, admin),
+    )
+
+
+def _check_spec(row: dict[str, Any], settings: Settings, now: datetime, admin: bool) -> None:
+    """The spec must make a job now, exactly as a fire will (tag and key included)."""
+    registry.load(settings.processor_modules)
+    spec = cron.fire_spec(row["spec"], row["id"], row["name"], now)
+    try:
+        prepare([spec], settings, now, row["tenant"], admin=admin)
+    except InvalidInput as exc:
+        details = [{**d, "loc": ["job", *d.get("loc", [])]} for d in exc.details]
+        raise InvalidInput(exc.message, details=details) from None
+
+
+def _configured(schedule: Schedule, verb: str) -> Conflict:
+    where = f"the configuration file ({config_file()})"
+    if schedule.name in MAINTENANCE_SCHEDULES:
+        where = f"raypipe's built-in maintenance (maintenance_schedules) or {where}"
+    return Conflict(
+        f"schedule {schedule.name!r} comes from {where} and cannot be {verb} here:"
+        " change it there (pausing and resuming it here is fine)"
+    )
+
+
+def _moved(
+    schedule: Schedule,
+    following: datetime | None,
+    instants: Sequence[datetime] = (),
+    rows: Sequence[dict[str, Any]] = (),
+    enabled: bool = True,
+) -> dict[str, Any]:
+    """Bind parameters of the guarded UPDATE that moves ``schedule`` past a fire."""
+    return {
+        "b_id": schedule.id,
+        "b_due": schedule.next_fire_at,
+        "b_next": following,
+        "b_enabled": enabled,
+        "b_last_fire": instants[-1] if instants else None,
+        "b_last_job": rows[-1]["id"] if rows else None,
+        "b_count": len(rows),
+    }
+
+
+def _schedule(row: Any) -> Schedule:
+    return Schedule(
+        id=row["id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        spec=row["spec"],
+        missed=row["missed"],
+        enabled=bool(row["enabled"]),
+        source=row["source"],
+        next_fire_at=row["next_fire_at"],
+        last_fire_at=row["last_fire_at"],
+        last_job_id=row["last_job_id"],
+        fires=row["fires"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
