@@ -17,11 +17,11 @@ from raypipe.jobs import CANCELLED_ON_REQUEST, JobRecord, JobStatus
 from raypipe.store import completion
 from raypipe.store.engine import READ_ONLY
 from raypipe.store.repository import (
-    CHUNK,
     ENDED_COLUMNS,
     JobStore,
     check_id,
     job_from_mapping,
+    requeued,
     status_event,
 )
 from raypipe.store.tables import batches, job_events, jobs
@@ -142,13 +142,12 @@ class BatchStore:
                 .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.PROCESSING)
                 .values(cancel_requested=True, updated_at=now)
             )
-            for start in range(0, len(ended), CHUNK):
-                chunk = ended[start : start + CHUNK]
+            if ended:
                 conn.execute(
                     job_events.insert(),
                     [
                         status_event(r.id, JobStatus.CANCELLED, r.attempt, now, r.progress)
-                        for r in chunk
+                        for r in ended
                     ],
                 )
             completion.notify(conn, ended, JobStatus.CANCELLED, None, CANCELLED_ON_REQUEST, now)
@@ -169,31 +168,14 @@ class BatchStore:
             retried = conn.execute(
                 sa.update(jobs)
                 .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.FAILED)
-                .values(
-                    status=JobStatus.QUEUED,
-                    run_at=now,
-                    updated_at=now,
-                    finished_at=None,
-                    cancel_requested=False,
-                    max_attempts=_greatest(conn, jobs.c.max_attempts, jobs.c.attempt + 1),
-                    progress=0.0,
-                    message=None,
-                    stage=None,
-                    error_type=None,
-                    error_message=None,
-                    error_traceback=None,
-                )
+                .values(requeued(now, _greatest(conn, jobs.c.max_attempts, jobs.c.attempt + 1)))
                 .returning(jobs.c.id, jobs.c.attempt)
             ).all()
-            for start in range(0, len(retried), CHUNK):
+            if retried:
                 conn.execute(
                     job_events.insert(),
-                    [
-                        status_event(r.id, JobStatus.QUEUED, r.attempt, now)
-                        for r in retried[start : start + CHUNK]
-                    ],
+                    [status_event(r.id, JobStatus.QUEUED, r.attempt, now) for r in retried],
                 )
-            if retried:
                 completion.reopen(conn, [batch_id], now)
         return self.get(batch_id), len(retried)
 

@@ -645,20 +645,7 @@ class JobStore:
             conn.execute(
                 sa.update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status == job.status)
-                .values(
-                    status=JobStatus.QUEUED,
-                    run_at=now,
-                    updated_at=now,
-                    finished_at=None,
-                    cancel_requested=False,
-                    max_attempts=max(job.max_attempts, job.attempt + 1),
-                    progress=0.0,
-                    message=None,
-                    stage=None,
-                    error_type=None,
-                    error_message=None,
-                    error_traceback=None,
-                )
+                .values(requeued(now, max(job.max_attempts, job.attempt + 1)))
             )
             conn.execute(
                 job_events.insert(), [status_event(job_id, JobStatus.QUEUED, job.attempt, now)]
@@ -748,6 +735,22 @@ def _same_values(outcome: Outcome) -> tuple[Any, ...]:
         outcome.stage,
         json.dumps(outcome.artifacts, sort_keys=True),
     )
+
+
+def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
+    """The values that send a finished job back to the queue for one more attempt."""
+    return {
+        "status": JobStatus.QUEUED,
+        "run_at": now,
+        "updated_at": now,
+        "finished_at": None,
+        "cancel_requested": False,
+        "max_attempts": max_attempts,
+        "progress": 0.0,
+        "message": None,
+        "stage": None,
+        **_error_values(None),
+    }
 
 
 def _error_values(error: ErrorInfo | None) -> dict[str, Any]:
