@@ -20,6 +20,10 @@ class DestinationRefused(Exception):
     """The destination may not be reached from here (a permanent delivery failure)."""
 
 
+class DestinationUnresolved(Exception):
+    """The destination's name does not resolve now (DNS may come back: retried)."""
+
+
 def refusal(address: Address, allowed: Sequence[str]) -> str | None:
     """Why ``address`` is off limits, or None when a webhook may reach it."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -57,7 +61,8 @@ def check_url(url: str, settings: Settings, loc: Sequence[str | int] = ("webhook
 
 def resolve(url: str, settings: Settings) -> list[Address]:
     """Every address the URL's host names, each allowed; :class:`DestinationRefused` if any
-    is not (a name must not lead somewhere private by one of its answers)."""
+    is not (a name must not lead somewhere private by one of its answers),
+    :class:`DestinationUnresolved` if the name does not resolve."""
     parsed = httpx.URL(url)
     literal = _literal(parsed.host)
     if literal is not None:
@@ -67,7 +72,7 @@ def resolve(url: str, settings: Settings) -> list[Address]:
         try:
             infos = socket.getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise DestinationRefused(f"cannot resolve {parsed.host}: {exc}") from None
+            raise DestinationUnresolved(f"cannot resolve {parsed.host}: {exc}") from None
         found = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
     for address in found:
         why = refusal(address, settings.webhook_allow_networks)

@@ -19,7 +19,7 @@ from raypipe.config import Settings
 from raypipe.jobs import utcnow
 from raypipe.retry import ErrorKind, RetryPolicy, decide, parse_retry_after
 from raypipe.webhooks import destinations, signing
-from raypipe.webhooks.destinations import Address, DestinationRefused
+from raypipe.webhooks.destinations import Address, DestinationRefused, DestinationUnresolved
 from raypipe.webhooks.store import AttemptOutcome, Delivery
 
 #: Bytes of a receiver's answer that are read and kept (the rest is never downloaded).
@@ -105,6 +105,8 @@ async def deliver(
         )
     except (DestinationRefused, httpx.InvalidURL) as exc:
         return failed(ErrorKind.PERMANENT, str(exc))
+    except DestinationUnresolved as exc:
+        return failed(ErrorKind.ERROR, str(exc))
     except asyncio.TimeoutError:
         return failed(ErrorKind.ERROR, f"no answer within {settings.webhook_timeout_s:g}s")
     except httpx.HTTPError as exc:

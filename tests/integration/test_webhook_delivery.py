@@ -210,6 +210,17 @@ def test_gone_is_permanent(store: WebhookStore, settings: Settings, clock: FakeC
     assert delivery.attempts == 1 and len(hook.requests) == 1
 
 
+def test_a_name_that_does_not_resolve_is_retried_not_refused(
+    store: WebhookStore, settings: Settings, clock: FakeClock
+) -> None:
+    delivery_id = add(store, "http://raypipe-test.invalid/hook")  # .invalid never resolves
+    send_until_settled(store, settings, clock)
+    delivery = store.get(delivery_id)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert delivery.attempts == settings.webhook_max_attempts  # every try was made
+    assert all("cannot resolve" in (a.error or "") for a in delivery.attempt_log)
+
+
 def test_replay_checks_tenant_and_state(
     store: WebhookStore, settings: Settings, clock: FakeClock
 ) -> None:
