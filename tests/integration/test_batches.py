@@ -169,7 +169,7 @@ def test_concurrent_completion_keeps_counts_exact_and_fires_callbacks_once(
 
 def test_cancel_and_retry_failed(settings: Settings) -> None:
     store, batches = _stores(settings)
-    then = {"type": "test.echo", "payload": {}}
+    then = {"type": "test.echo", "queue": "solo", "payload": {}}  # not in the claims' way
     batch = _batch(settings, batches, 5, then=then)
     claimed = _claim_all(store, 2)
     store.record([Outcome(claimed[0].id, 1, JobStatus.FAILED, result=None)])
