@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from raypipe import artifacts, registry
+from raypipe import artifacts, metrics, registry
 from raypipe.batches import BatchRecord
 from raypipe.config import Settings, get_settings
 from raypipe.handle import BatchHandle, JobHandle
@@ -48,6 +48,7 @@ class DirectClient:
         items = [_as_spec(spec) for spec in specs]
         rows = prepare(items, self.settings, self.store.clock(), self.tenant)
         records = self.store.insert(rows)
+        metrics.record_submitted((job.type, job.queue) for job, created in records if created)
         self.wake()
         return [JobHandle(job.id, self, job) for job, _created in records]
 
@@ -72,6 +73,7 @@ class DirectClient:
         }
         rows, fields = prepare_batch(body, self.settings, self.store.clock(), self.tenant)
         batch = self.batches.create(self.tenant, rows, **fields)
+        metrics.record_submitted((row["type"], row["queue"]) for row in rows)
         self.wake()
         return BatchHandle(batch.id, self, batch)
 

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raypipe import artifacts, registry
+from raypipe import artifacts, metrics, registry
 from raypipe.api import batch_routes, errors, schedule_routes, stats_routes, webhook_routes
 from raypipe.api.deps import (
     ERRORS,
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
             specs, settings, services.jobs.clock(), caller.tenant, prefix, admin=caller.admin
         )
         records = services.jobs.insert(rows)
+        metrics.record_submitted((job.type, job.queue) for job, created in records if created)
         services.wake_dispatcher()
         return records
 

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from raypipe import metrics
 from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller, services_of
 from raypipe.api.schemas import JobView
 from raypipe.api.services import Services
@@ -72,6 +73,7 @@ def router() -> APIRouter:
             body, services.settings, services.jobs.clock(), caller.tenant, caller.admin
         )
         batch = services.batches.create(caller.tenant, rows, **fields)
+        metrics.record_submitted((row["type"], row["queue"]) for row in rows)
         services.wake_dispatcher()
         response.headers["Location"] = f"/v1/batches/{batch.id}"
         return BatchAccepted(**batch.to_dict(), job_ids=batch.job_ids)

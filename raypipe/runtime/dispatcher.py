@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, TaskCancelledError
 
-from raypipe import registry
+from raypipe import metrics, registry
 from raypipe.config import Settings
 from raypipe.jobs import (
     CANCELLED_ON_REQUEST,
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 CLUSTER_RESOURCES_TTL_S = 5.0
 #: Longest pause after a failing round (database down, say) before trying again.
 MAX_ERROR_BACKOFF_S = 10.0
+#: How often the in-flight and queue gauges are refreshed (Ray exports every few seconds).
+METRICS_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -52,6 +54,8 @@ class _Running:
     ref: ray.ObjectRef
     deadline: float
     demand: dict[str, float]
+    started: float
+    ended: float | None = None
     stop: Outcome | None = None
     force_at: float | None = None
 
@@ -86,6 +90,7 @@ class Dispatcher:
         self._poked = True
         self._recovered = False
         self._next_maintenance = 0.0
+        self._next_metrics = 0.0
         self._last_round = time.monotonic()
         self._last_error: str | None = None
         self.counters: Counter[str] = Counter()
@@ -155,7 +160,11 @@ class Dispatcher:
         if poked or now >= self._next_schedule_check:
             self._fire_schedules()
         self._enforce_deadlines(now)
-        return self._claim()
+        more = self._claim()
+        if now >= self._next_metrics:
+            self._next_metrics = now + METRICS_INTERVAL_S
+            self._observe()
+        return more
 
     async def _sleep(self) -> None:
         timeout = self.settings.poll_interval_s
@@ -215,6 +224,7 @@ class Dispatcher:
         for job in claimed:
             self._submit(job)
         self.counters["claimed"] += len(claimed)
+        metrics.record_started(claimed)
         return len(claimed) == limit
 
     def _demand(self, job_type: str) -> dict[str, float]:
@@ -232,12 +242,14 @@ class Dispatcher:
             return
         ref = self._task_for(spec).remote(self._settings_ref, job)
         future = ref.future()
+        now = time.monotonic()
         self._running[job.id] = _Running(
             job=job,
             future=future,
             ref=ref,
-            deadline=time.monotonic() + job.timeout_s,
+            deadline=now + job.timeout_s,
             demand=spec.demand(),
+            started=now,
         )
         future.add_done_callback(
             lambda _f, job_id=job.id: self._loop.call_soon_threadsafe(self._on_done, job_id)
@@ -253,9 +265,14 @@ class Dispatcher:
 
     def _finish_now(self, job: ClaimedJob, message: str) -> None:
         error = ErrorInfo("PermanentError", message)
-        self._record([Outcome(job.id, job.attempt, JobStatus.FAILED, error=error)])
+        self._record(
+            [metrics.Ended(job, Outcome(job.id, job.attempt, JobStatus.FAILED, error=error))]
+        )
 
     def _on_done(self, job_id: str) -> None:
+        run = self._running.get(job_id)
+        if run is not None:
+            run.ended = time.monotonic()
         self._finished.add(job_id)
         self._wake.set()
 
@@ -265,8 +282,11 @@ class Dispatcher:
         if not self._finished:
             return
         done = [self._running[job_id] for job_id in self._finished if job_id in self._running]
-        outcomes = [self._outcome(run) for run in done]
-        self._record(outcomes)  # if this raises, the same runs are recorded next round
+        ends = [
+            metrics.Ended(run.job, self._outcome(run), (run.ended or run.started) - run.started)
+            for run in done
+        ]
+        self._record(ends)  # if this raises, the same runs are recorded next round
         for run in done:
             del self._running[run.job.id]
         self._finished.clear()
@@ -324,10 +344,12 @@ class Dispatcher:
             attempt_status,
         )
 
-    def _record(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
+    def _record(self, ends: list[metrics.Ended]) -> None:
+        if not ends:
             return
+        outcomes = [end.outcome for end in ends]
         self.store.record(outcomes)
+        metrics.record_outcomes(ends)
         for outcome in outcomes:
             self.counters[
                 outcome.status.value if outcome.status is not JobStatus.QUEUED else "retried"
@@ -394,9 +416,13 @@ class Dispatcher:
                 expired=False, owner_prefix=self.owner_prefix, exclude_owner=self.owner
             )
             self._recovered = True
-        outcomes = {job.id: self._rescue(job) for job in lost if job.id not in self._running}
-        self._record(list(outcomes.values()))
-        self.counters["rescued"] += len(outcomes)
+        ends = {
+            job.id: metrics.Ended(job, self._rescue(job))
+            for job in lost
+            if job.id not in self._running
+        }
+        self._record(list(ends.values()))
+        self.counters["rescued"] += len(ends)
 
     def _rescue(self, job: JobRecord) -> Outcome:
         if job.cancel_requested:
@@ -414,6 +440,12 @@ class Dispatcher:
         return self._failure(job, ErrorKind.SYSTEM, error)
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _observe(self) -> None:
+        """Refresh the gauges: what this dispatcher runs, and every queue's depth and wait."""
+        queues = self.settings.queues.keys()
+        metrics.observe_in_flight((run.job for run in self._running.values()), queues)
+        metrics.observe_queues(self.store.queue_stats(), queues)
 
     def _cluster_resources(self) -> dict[str, float]:
         read_at, resources = self._cluster

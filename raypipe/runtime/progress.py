@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from raypipe import metrics
 from raypipe.config import Settings
 from raypipe.jobs import JobStatus, ProgressState
 from raypipe.store import JobStore
@@ -209,4 +210,5 @@ class ProgressActor:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self._settings.progress_flush_interval_s)
+            metrics.observe_progress_backlog(len(self._dirty))
             await self.flush()

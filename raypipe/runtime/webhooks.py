@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from raypipe import metrics
 from raypipe.config import Settings
 from raypipe.store import create_engine
 from raypipe.store import schema as store_schema
@@ -120,14 +121,17 @@ class WebhookSender:
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             self.counters["errors"] += 1
+            metrics.record_webhook(delivery.event, "error")
             log.exception("webhook delivery %s could not be recorded", delivery.id)
             return
         self.counters["attempts"] += 1
         if not recorded:
-            self.counters["stale"] += 1
+            result = "stale"
         elif outcome.delivered:
-            self.counters[DeliveryStatus.DELIVERED.value] += 1
+            result = DeliveryStatus.DELIVERED.value
         elif outcome.retry_at is not None:
-            self.counters["retried"] += 1
+            result = "retried"
         else:
-            self.counters[DeliveryStatus.FAILED.value] += 1
+            result = DeliveryStatus.FAILED.value
+        self.counters[result] += 1
+        metrics.record_webhook(delivery.event, result)
