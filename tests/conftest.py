@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -172,8 +173,27 @@ def ray_session() -> Iterator[None]:
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=150 * 1024 * 1024,
+        # Metrics reach Ray's endpoint within a second (default: every 10 s).
+        _system_config={"metrics_report_interval_ms": 1000},
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
     yield
     ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session: None) -> Iterator[int]:
+    """Serve's HTTP proxy, started once for the session on a free loopback port."""
+    from ray import serve  # only sessions that serve pay for importing it
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()

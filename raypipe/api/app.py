@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
+from importlib.resources import files
 from typing import Annotated, Any
 
 import ray
 from fastapi import APIRouter, FastAPI, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import artifacts, metrics, registry
@@ -45,6 +47,15 @@ from raypipe.submission import check_text, prepare
 ACTOR_CHECK_TIMEOUT_S = 3.0
 #: Events read per query while streaming.
 EVENTS_PAGE = 500
+#: The job page's headers: its own scripts and styles only, data only from this API, blob
+#: URLs for thumbnails fetched with the key, no framing, no form submissions.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self';"
+    " img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none';"
+    " frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class BodyLimit:
@@ -286,6 +297,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stats_routes.router(), prefix="/v1")
     app.include_router(webhook_routes.router(), prefix="/v1")
     app.include_router(schedule_routes.router(), prefix="/v1")
+
+    page = (files("raypipe") / "web" / "index.html").read_text(encoding="utf-8")
+    app.mount("/ui", StaticFiles(packages=[("raypipe", "web")]), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def job_page() -> HTMLResponse:
+        """The live job page (raypipe/web): static, it reads everything from /v1 with the
+        key the user enters."""
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     @app.get("/health", response_model=HealthView, responses={503: {"model": HealthView}})
     def health() -> JSONResponse:

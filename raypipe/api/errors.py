@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +24,9 @@ from raypipe.exceptions import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Seconds a client is asked to wait before retrying while the database is unavailable.
+DATABASE_RETRY_AFTER_S = 5
 
 STATUS = {
     InvalidInput: 422,
@@ -93,6 +97,27 @@ def install(app: FastAPI) -> None:
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return error_response(500, "internal_error", "internal error; see the server log")
+
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def database_error(request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+        if not _database_unavailable(exc):
+            return await unexpected(request, exc)
+        # A 503, not a 500: the request was fine, and clients (ours included) retry it.
+        log.warning("database unavailable: %s", str(exc).partition("\n")[0])
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+
+def _database_unavailable(exc: sa.exc.SQLAlchemyError) -> bool:
+    """Whether the database could not serve the request right now (down, restarting, its
+    connection lost, the pool exhausted, locked), as opposed to a query that is wrong."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.TimeoutError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
 def _skip(error: dict[str, Any]) -> int:

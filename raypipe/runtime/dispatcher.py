@@ -75,7 +75,6 @@ class Dispatcher:
         self.owner_prefix = f"{settings.namespace}/{DISPATCHER_ACTOR}:"
         self.owner = self.owner_prefix + uuid.uuid4().hex[:12]
         self.store = JobStore.from_url(settings.database_url, wait_for_flush=False)
-        store_schema.check(self.store.engine)
         self.processors = registry.load(settings.processor_modules)
         self.schedules = ScheduleStore(self.store.engine, self.store.clock)
         self._schedules_synced = False
@@ -127,8 +126,14 @@ class Dispatcher:
 
     async def _main(self) -> None:
         failures = 0
+        schema_checked = False
         while True:
             try:
+                if not schema_checked:
+                    # Here, not in __init__: Ray does not restart an actor whose constructor
+                    # raised, so a restart while the database is away would end it for good.
+                    store_schema.check(self.store.engine)
+                    schema_checked = True
                 started = time.perf_counter()
                 more = self._round()
                 self.counters["rounds"] += 1
@@ -408,7 +413,7 @@ class Dispatcher:
     # -- leases -----------------------------------------------------------------------------
 
     def _maintain_leases(self) -> None:
-        self.store.renew_leases(self.owner, self.settings.lease_ttl_s)
+        self.store.renew_leases(self.owner, self.settings.lease_ttl_s, list(self._running))
         lost = self.store.lost_jobs(expired=True)
         if not self._recovered:
             # Attempts held by an earlier incarnation of this dispatcher died with it.

@@ -105,6 +105,7 @@ class ProgressActor:
         self._cancelled: set[str] = set()
         self._changed: asyncio.Condition | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_failing = False
         self.messages = 0
         self.updates = 0
         self.flushes = 0
@@ -192,9 +193,15 @@ class ProgressActor:
         try:
             written = await loop.run_in_executor(None, self._store.write_progress, batch)
         except Exception:
-            log.exception("progress flush failed; will retry")
+            # One traceback per outage, not one per flush interval.
+            if not self._flush_failing:
+                log.exception("progress flush failed; retrying quietly until it succeeds")
+            self._flush_failing = True
             self._dirty.update(s["id"] for s in batch)
             return 0
+        if self._flush_failing:
+            log.warning("progress flush succeeded again")
+            self._flush_failing = False
         self.flushes += 1
         return written
 

@@ -42,7 +42,6 @@ class WebhookSender:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = WebhookStore(create_engine(settings.database_url))
-        store_schema.check(self.store.engine)
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
         self.counters: Counter[str] = Counter()
         self._sending: set[asyncio.Task[None]] = set()
@@ -79,9 +78,14 @@ class WebhookSender:
         http = sender.client(self.settings)
         failures = 0
         next_release = 0.0
+        schema_checked = False
         while True:
             self._wake.clear()
             try:
+                if not schema_checked:
+                    # Not in __init__: Ray does not restart an actor whose constructor raised.
+                    await asyncio.to_thread(store_schema.check, self.store.engine)
+                    schema_checked = True
                 if time.monotonic() >= next_release:
                     self.counters["released"] += await asyncio.to_thread(self.store.release_expired)
                     next_release = time.monotonic() + self.lease_s / 2

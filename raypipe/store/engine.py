@@ -11,6 +11,10 @@ from sqlalchemy.pool import ConnectionPoolEntry
 #: Execution option for read-only work: on SQLite it opens a deferred transaction
 #: instead of taking the write lock up front.
 READ_ONLY = {"raypipe_read_only": True}
+#: Seconds to wait for PostgreSQL to accept a connection (unless the URL sets
+#: ``connect_timeout``): a host that stops answering fails dispatcher rounds and /health
+#: quickly instead of after the operating system's TCP timeout (minutes).
+CONNECT_TIMEOUT_S = 10
 
 
 def create_engine(url: str, pool_size: int = 5, wait_for_flush: bool = True) -> Engine:
@@ -23,7 +27,11 @@ def create_engine(url: str, pool_size: int = 5, wait_for_flush: bool = True) -> 
     """
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    options = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
+    options: dict[str, object] = {}
+    if "connect_timeout" not in sa.engine.make_url(url).query:
+        options["connect_timeout"] = CONNECT_TIMEOUT_S
+    if not wait_for_flush:
+        options["options"] = "-c synchronous_commit=off"
     return sa.create_engine(
         url,
         pool_size=pool_size,

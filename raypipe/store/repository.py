@@ -490,14 +490,27 @@ class JobStore:
             conn.execute(sa.delete(jobs).where(jobs.c.id == job_id))
         return job
 
-    def renew_leases(self, owner: str, lease_ttl_s: float) -> int:
+    def renew_leases(
+        self, owner: str, lease_ttl_s: float, job_ids: Iterable[str] | None = None
+    ) -> int:
+        """Extend ``owner``'s leases; with ``job_ids``, only those jobs' leases.
+
+        A dispatcher names the jobs it runs: a row it holds without knowing (a claim whose
+        answer was lost with its connection) then expires and is rescued, not kept forever.
+        """
         now = self.clock()
+        renew = (
+            sa.update(jobs)
+            .where(jobs.c.lease_owner == owner, jobs.c.status == JobStatus.PROCESSING)
+            .values(lease_expires_at=now + timedelta(seconds=lease_ttl_s))
+        )
         with self.engine.begin() as conn:
-            return conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.lease_owner == owner, jobs.c.status == JobStatus.PROCESSING)
-                .values(lease_expires_at=now + timedelta(seconds=lease_ttl_s))
-            ).rowcount
+            if job_ids is None:
+                return conn.execute(renew).rowcount
+            return sum(
+                conn.execute(renew.where(jobs.c.id.in_(chunk))).rowcount
+                for chunk in _chunks(list(job_ids))
+            )
 
     def lost_jobs(
         self,

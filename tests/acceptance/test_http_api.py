@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acceptance.conftest import Api
 from tests.conftest import wait_for
+from tests.serving import Api
 
 
 def _tenant() -> str:

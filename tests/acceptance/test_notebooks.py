@@ -17,8 +17,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
-from tests.acceptance.conftest import Api, deploy_api
 from tests.conftest import ROOT
+from tests.serving import Api, deploy_api
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "python3"

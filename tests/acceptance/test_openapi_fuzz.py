@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.acceptance.conftest import Api
 from tests.conftest import wait_for
+from tests.serving import Api
 
 #: Generated requests per operation in the fuzzing phase (the examples and coverage
 #: phases add their own, fewer); keeps the module well under two minutes.

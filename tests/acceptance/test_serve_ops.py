@@ -8,8 +8,8 @@ import pytest
 from ray import serve
 
 from raypipe.api.deployment import APP_NAME, build
-from tests.acceptance.conftest import Api, deploy_api
 from tests.conftest import wait_for
+from tests.serving import Api, deploy_api
 
 LIMIT = 6
 pytestmark = pytest.mark.postgres

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from raypipe import Client, JobStatus
-from tests.acceptance.conftest import Api, deploy_api
 from tests.conftest import DB_KINDS, wait_for
+from tests.serving import Api, deploy_api
 
 WAIT_S = 120
 
