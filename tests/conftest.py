@@ -105,7 +105,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+#: For the tests where the database kind does not change what is tested.
+POSTGRES_ONLY = [pytest.param("postgres", marks=pytest.mark.postgres)]
+DB_KINDS = ["sqlite", *POSTGRES_ONLY]
 
 
 @contextmanager

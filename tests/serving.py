@@ -15,7 +15,7 @@ from raypipe.config import Settings
 from raypipe.runtime import cluster
 from raypipe.store import create_engine
 from raypipe.store.access import AccessStore
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import POSTGRES_ONLY, fresh_database, make_settings
 
 
 @dataclass
@@ -77,9 +77,7 @@ def loopback_api(
     )
 
 
-@pytest.fixture(
-    name="api", scope="module", params=[pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(name="api", scope="module", params=POSTGRES_ONLY)
 def postgres_api(
     request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 
 from raypipe import Client, JobStatus
-from tests.conftest import DB_KINDS, wait_for
+from tests.conftest import POSTGRES_ONLY, wait_for
 from tests.serving import Api, deploy_api
 
 WAIT_S = 120
 
 
-@pytest.fixture(scope="module", params=DB_KINDS)
+@pytest.fixture(scope="module", params=POSTGRES_ONLY)
 def api(
     request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
+    """PostgreSQL only: the workloads run on both databases in tests/integration, and over
+    HTTP on SQLite in the notebooks and CLI tests."""
     yield from deploy_api(
         request,
         request.param,

@@ -18,7 +18,7 @@ from raypipe import metrics
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus
-from tests.conftest import ROOT, make_settings, wait_for
+from tests.conftest import POSTGRES_ONLY, ROOT, make_settings, wait_for
 from tests.webhook_receiver import receiver
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "raypipe.json"
@@ -78,6 +78,8 @@ def scraped(name: str, at_least: float = 0.0, **labels: str) -> Series:
     return cast(Series, wait_for(ready, EXPORT_TIMEOUT_S, f"{name}{labels} >= {at_least}"))
 
 
+# The metrics are counted after the database write, whichever the database: one kind.
+@pytest.mark.parametrize("db_url", POSTGRES_ONLY, indirect=True)
 def test_jobs_show_up_on_rays_metrics_endpoint(
     raypipe: DirectClient, queue: str, tmp_path: Path
 ) -> None:
