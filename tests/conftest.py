@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -165,6 +166,23 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
 def settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings for one test (see :func:`make_settings`)."""
     return make_settings(db_url, tmp_path / "data")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_address_file() -> Iterator[None]:
+    """Ray's "current cluster" file, as it was before the tests.
+
+    Heads the tests start and stop (`raypipe up`, a simulated cluster) leave it pointing
+    at a head that is gone, and a later bare ``ray.init()`` on this machine would wait for
+    that head.
+    """
+    path = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    before = path.read_bytes() if path.exists() else None
+    yield
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(before)
 
 
 @pytest.fixture(scope="session")
