@@ -17,12 +17,21 @@ from pathlib import Path
 import pytest
 import ray
 
+from raypipe.handle import JobHandle
+from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.store import create_engine
 from raypipe.store import schema as store_schema
-from tests.conftest import IN_CI, free_port
+from tests.conftest import IN_CI, free_port, process_alive
 from tests.integration.conftest import raypipe
 
-__all__ = ["PrivatePostgres", "actor_pid", "private_postgres", "process_alive", "raypipe"]
+__all__ = [
+    "PrivatePostgres",
+    "actor_pid",
+    "private_postgres",
+    "process_alive",
+    "raypipe",
+    "rescued_then_completed",
+]
 
 PG_BIN = Path(os.environ.get("RAYPIPE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 #: initdb refuses to run as root; as root, the server runs as this OS user.
@@ -30,12 +39,14 @@ PG_OS_USER = "postgres"
 PG_COMMAND_TIMEOUT_S = 120
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def rescued_then_completed(job: JobHandle) -> None:
+    """Assert the job's first attempt expired with its lease and the second completed."""
+    final = job.wait(60)
+    assert final.status is JobStatus.COMPLETED
+    first, second = job.attempts()
+    assert first.status is AttemptStatus.FAILED
+    assert first.error is not None and first.error.type == "LeaseExpired"
+    assert second.status is AttemptStatus.COMPLETED
 
 
 def actor_pid(actor: ray.actor.ActorHandle) -> int:

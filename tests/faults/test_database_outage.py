@@ -19,10 +19,9 @@ import ray
 
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
-from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime.names import WEBHOOK_ACTOR
 from tests.conftest import make_settings, wait_for
-from tests.faults.conftest import PrivatePostgres, actor_pid, process_alive
+from tests.faults.conftest import PrivatePostgres, actor_pid, process_alive, rescued_then_completed
 from tests.integration.conftest import dispatcher
 from tests.serving import Api, serve_api
 
@@ -160,12 +159,7 @@ def test_actors_restarted_while_the_database_is_down_come_back_by_themselves(
     wait_for(lambda: not process_alive(pid), what="the attempt to die with its dispatcher")
 
     # The killed incarnation's attempt is rescued and run again; nothing else is needed.
-    final = job.wait(60)
-    assert final.status is JobStatus.COMPLETED
-    first, second = job.attempts()
-    assert first.status is AttemptStatus.FAILED
-    assert first.error is not None and first.error.type == "LeaseExpired"
-    assert second.status is AttemptStatus.COMPLETED
+    rescued_then_completed(job)
     assert raypipe.submit("noop").result(timeout=60) == {}
     wait_for(lambda: _dispatcher_info(settings)["last_error"] is None, what="a clean round")
     assert _dispatcher_info(settings)["owner"] == info["owner"]  # type: ignore[index]

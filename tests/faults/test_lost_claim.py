@@ -13,9 +13,10 @@ import pytest
 import ray
 
 from raypipe.direct import DirectClient
-from raypipe.jobs import AttemptStatus, JobStatus
+from raypipe.jobs import JobStatus
 from raypipe.store import Candidate
 from tests.conftest import wait_for
+from tests.faults.conftest import rescued_then_completed
 from tests.integration.conftest import dispatcher
 
 
@@ -34,10 +35,5 @@ def test_a_claim_whose_answer_was_lost_is_rescued(raypipe: DirectClient, tmp_pat
     assert [c.id for c in claimed] == [job.id]
     (tmp_path / "release").touch()
 
-    final = job.wait(60)
-    assert final.status is JobStatus.COMPLETED
-    first, second = job.attempts()
-    assert first.status is AttemptStatus.FAILED
-    assert first.error is not None and first.error.type == "LeaseExpired"
-    assert second.status is AttemptStatus.COMPLETED
+    rescued_then_completed(job)
     assert gate.wait(60).status is JobStatus.COMPLETED

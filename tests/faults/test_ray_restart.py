@@ -20,8 +20,7 @@ from raypipe.handle import JobHandle
 from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime import head
 from tests.commands import UP_TIMEOUT_S, Raypipe
-from tests.conftest import free_port, fresh_database, make_settings, wait_for
-from tests.faults.conftest import process_alive
+from tests.conftest import free_port, fresh_database, make_settings, process_alive, wait_for
 
 #: What the `raypipe` subprocesses must share with this test's own client.
 SHARED_SETTINGS = {

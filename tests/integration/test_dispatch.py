@@ -12,7 +12,7 @@ import ray
 
 from raypipe.direct import DirectClient
 from raypipe.jobs import AttemptStatus, JobStatus
-from tests.conftest import wait_for
+from tests.conftest import process_alive, wait_for
 from tests.integration.conftest import dispatcher
 
 
@@ -124,7 +124,7 @@ def test_cancelling_a_running_job_stops_its_task(raypipe: DirectClient, tmp_path
     assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]
     # The task itself stopped: it left its marker, or its worker process is gone.
     wait_for(
-        lambda: (tmp_path / "stopped-1").exists() or not _alive(pid),
+        lambda: (tmp_path / "stopped-1").exists() or not process_alive(pid),
         what="the cancelled task to stop",
     )
     assert not (tmp_path / "pid-2").exists()
@@ -183,14 +183,6 @@ def test_progress_is_live_and_reaches_the_database(raypipe: DirectClient, tmp_pa
     assert live is not None and live["progress"] > 0
     job.cancel()
     assert job.wait(60).status is JobStatus.CANCELLED
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_cancel_asked_while_no_dispatcher_runs_is_honoured_on_restart(
