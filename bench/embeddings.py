@@ -3,10 +3,11 @@
     python bench/embeddings.py --texts 2000 --small-jobs 200
 
 Reference: ``SentenceTransformer.encode`` on the same texts in this process, with the
-same batch size (torch uses every core here). raypipe, on warm model actors (the load
-is not timed): (a) many concurrent small jobs of ``texts / small-jobs`` texts each,
-(b) one large job of every text. Each is timed from submission until the last job is
-terminal, and printed with its ratio to the reference.
+same batch size (torch uses every core here). raypipe, on the ``embeddings`` pool held at
+``--pool-size`` warm actors of 1 CPU each (``min_size``, so the model load is not timed):
+(a) many concurrent small jobs of ``texts / small-jobs`` texts each, (b) one large job of
+every text. Each is timed from submission until the last job is terminal, and printed
+with its ratio to the reference.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.embedding.models import load
 from raypipe.jobs import JobStatus
-from raypipe.runtime import cluster, embedder
+from raypipe.runtime import cluster
+from raypipe.runtime.names import DISPATCHER_ACTOR
 
 WORDS = "river market signal quiet engine harvest window silver planet garden orbit lantern"
 
@@ -60,6 +62,14 @@ def run_jobs(client: DirectClient, batches: list[list[str]]) -> float:
     return sum(map(len, batches)) / elapsed
 
 
+def warm_up(settings: Settings) -> None:
+    """Load the model on every actor of the pool before anything is timed."""
+    dispatcher = ray.get_actor(DISPATCHER_ACTOR, namespace=settings.namespace)
+    names = ray.get(dispatcher.info.remote())["pools"]["embeddings"]["actors"]
+    actors = [ray.get_actor(name, namespace=settings.namespace) for name in names]
+    ray.get([actor.embed.remote(["warm up"], None, True) for actor in actors])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=2000)
@@ -78,13 +88,12 @@ def main() -> None:
             database_url=url,
             data_dir=Path(tmp) / "data",
             namespace=f"bench-{uuid.uuid4().hex[:8]}",
-            embedding_pool_size=args.pool_size,
+            pools={"embeddings": {"min_size": args.pool_size, "max_size": args.pool_size}},
         )
         cluster.start_actors(settings)
         client = DirectClient(settings)
         try:
-            run_jobs(client, [texts[:8]])  # start the model actors, then wait for each
-            ray.get([a.info.remote() for a in embedder.pool(settings, settings.embedding_model)])
+            warm_up(settings)
             reference = reference_rate(settings, texts)
             one = run_jobs(client, [texts])
             many = run_jobs(client, small)

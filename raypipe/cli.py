@@ -255,6 +255,7 @@ def jobs(
         typer.echo(
             f"{job.id}  {job.status.value:<10} {job.type:<16} {job.queue:<10}"
             f" p{job.priority:<3} {job.progress:5.1f}%  {job.created_at:%Y-%m-%d %H:%M:%S}"
+            + (f"  {job.message}" if job.status is JobStatus.QUEUED and job.message else "")
         )
 
 

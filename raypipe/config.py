@@ -26,15 +26,54 @@ class QueueConfig(BaseModel):
 
 
 #: Lanes of the built-in workloads, so a flood of one kind cannot starve the others.
-#: ``embeddings`` jobs only feed the model actors, which merge their requests: a few at a
-#: time keep the actors busy without a crowd of idle Ray workers.
 BUILTIN_QUEUES: dict[str, QueueConfig] = {
     DEFAULT_QUEUE: QueueConfig(),
-    "embeddings": QueueConfig(concurrency=4),
+    "embeddings": QueueConfig(concurrency=64),
     "mesh": QueueConfig(),
     "documents": QueueConfig(),
     "ai": QueueConfig(concurrency=16),
     "maintenance": QueueConfig(concurrency=1),
+}
+
+
+class PoolConfig(BaseModel):
+    """A named pool of warm actors that runs the jobs of the processors that name it.
+
+    Each actor holds its resources for as long as it lives; the dispatcher grows the
+    pool with its queue's depth (within what admission allows) and removes actors that
+    were idle for ``idle_s``, or at once when queued work needs what an idle one holds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float | None = Field(
+        default=None, ge=0, description="per actor; unset: one GPU each where the cluster has any"
+    )
+    memory: int | None = Field(default=None, ge=1, description="bytes per actor")
+    resources: dict[str, float] = Field(default_factory=dict)
+    concurrency: int = Field(default=1, ge=1, description="actor calls each actor runs at once")
+    bundle: int = Field(default=1, ge=1, description="jobs per actor call, run one by one")
+    prefetch: int = Field(
+        default=1, ge=0, description="calls queued at each actor beyond those running"
+    )
+    min_size: int = Field(default=0, ge=0)
+    max_size: int | None = Field(default=None, ge=1, description="unset: as many as fit")
+    idle_s: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PoolConfig:
+        if self.max_size is not None and self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) exceeds max_size ({self.max_size})")
+        return self
+
+
+#: The built-in pools: ``embeddings`` keeps sentence-transformers models loaded and merges
+#: the requests of its concurrent jobs into model batches; ``workers`` runs tiny CPU jobs
+#: (``noop``) in bundles, so Ray's cost per call is shared by many jobs.
+BUILTIN_POOLS: dict[str, PoolConfig] = {
+    "embeddings": PoolConfig(num_cpus=1.0, concurrency=8, max_size=2, idle_s=600.0),
+    "workers": PoolConfig(num_cpus=1.0, num_gpus=0.0, bundle=200, idle_s=60.0),
 }
 
 
@@ -106,6 +145,7 @@ class Settings(BaseSettings):
     namespace: str = "raypipe"
 
     queues: dict[str, QueueConfig] = Field(default_factory=dict)
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
     processor_modules: list[str] = Field(default_factory=list)
 
     default_max_attempts: int = Field(default=3, ge=1)
@@ -120,8 +160,11 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=500, ge=1)
     max_in_flight: int = Field(default=2000, ge=1)
-    oversubscription: float = Field(
-        default=16.0, ge=1.0, description="in-flight resource demand per unit of cluster resource"
+    task_prefetch: float = Field(
+        default=0.5,
+        ge=0,
+        description="share of the cluster's resources that admitted tasks may wait for in"
+        " Ray's queue beyond what is free, so the next one starts without a round trip",
     )
     cancel_grace_s: float = Field(default=3.0, ge=0)
 
@@ -152,11 +195,6 @@ class Settings(BaseSettings):
     )
     embedding_model: str = "all-MiniLM-L6-v2"
     embedding_fallback_model: str | None = None
-    embedding_pool_size: int = Field(default=2, ge=1)
-    embedding_num_cpus: float = Field(default=1.0, ge=0)
-    embedding_num_gpus: float | None = Field(
-        default=None, ge=0, description="per model actor; unset: a share of the cluster's GPUs"
-    )
     embedding_threads: int | None = Field(
         default=None, ge=1, description="torch threads per model actor; unset: Ray's choice"
     )
@@ -213,6 +251,11 @@ class Settings(BaseSettings):
         self.database_url = normalize_database_url(self.database_url)
         for name, queue in BUILTIN_QUEUES.items():
             self.queues.setdefault(name, queue.model_copy())
+        for name, pool in BUILTIN_POOLS.items():
+            # A configured built-in pool changes only the fields it names.
+            given = self.pools.get(name)
+            changes = {key: getattr(given, key) for key in given.model_fields_set} if given else {}
+            self.pools[name] = PoolConfig.model_validate({**pool.model_dump(), **changes})
         if not self.artifacts_url:
             self.artifacts_url = str(self.data_dir / "artifacts")
         if not self.ray_address:

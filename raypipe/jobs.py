@@ -277,7 +277,8 @@ class AttemptRecord:
     job_id: str
     attempt: int
     status: AttemptStatus
-    started_at: datetime
+    #: None while the attempt is claimed but its worker has not reported the start.
+    started_at: datetime | None
     finished_at: datetime | None
     error: ErrorInfo | None
     lease_owner: str | None
@@ -298,7 +299,7 @@ class AttemptRecord:
             job_id=job_id,
             attempt=data["attempt"],
             status=AttemptStatus(data["status"]),
-            started_at=parse_iso(data["started_at"]),
+            started_at=parse_iso(data.get("started_at")),
             finished_at=parse_iso(data.get("finished_at")),
             error=ErrorInfo.from_dict(data.get("error")),
             lease_owner=None,

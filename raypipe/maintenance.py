@@ -24,6 +24,7 @@ from raypipe.config import Settings
 from raypipe.jobs import TERMINAL_STATUSES, iso
 from raypipe.store.engine import READ_ONLY
 from raypipe.store.tables import (
+    HELD,
     PROCESSING_ONLY,
     QUEUED_ONLY,
     UTCDateTime,
@@ -105,12 +106,14 @@ class StuckReport:
     """Jobs that should be moving and are not. The categories do not overlap."""
 
     checked_at: datetime
-    #: Processing, but the lease ran out: no dispatcher looks after them any more.
+    #: Held (claimed, started or not), but the lease ran out: no dispatcher looks after
+    #: them any more.
     lease_expired: StuckJobs
     #: Processing under a live lease, past their timeout plus a lease period: the
     #: dispatcher renews the lease but fails to stop them.
     overrunning: StuckJobs
-    #: Queued and runnable for longer than ``stuck_after_s``: nothing claims them.
+    #: Queued and runnable for longer than ``stuck_after_s``: nothing claims them, or
+    #: what claimed them (under a live lease) never starts them.
     waiting: StuckJobs
 
     @property
@@ -313,14 +316,14 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def stuck(engine: Engine, settings: Settings, now: datetime) -> StuckReport:
     """Find jobs that should be moving and are not (read-only): three queries, each over
-    the queued or the processing jobs only (the claim and lease partial indexes)."""
+    the queued, the held or the processing jobs only (the claim and lease partial indexes)."""
     lease_alive = sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at >= now)
     waited = now - timedelta(seconds=settings.stuck_after_s)
     with _transaction(engine, read_only=True) as conn:
         return StuckReport(
             checked_at=now,
             lease_expired=_sample(
-                conn, jobs.c.lease_expires_at, PROCESSING_ONLY, jobs.c.lease_expires_at < now
+                conn, jobs.c.lease_expires_at, HELD, jobs.c.lease_expires_at < now
             ),
             overrunning=_sample(
                 conn,
@@ -329,7 +332,7 @@ def stuck(engine: Engine, settings: Settings, now: datetime) -> StuckReport:
                 lease_alive,
                 _overdue(engine.dialect.name, now, settings.lease_ttl_s),
             ),
-            waiting=_sample(conn, jobs.c.run_at, QUEUED_ONLY, jobs.c.run_at <= waited),
+            waiting=_sample(conn, jobs.c.run_at, QUEUED_ONLY, lease_alive, jobs.c.run_at <= waited),
         )
 
 

@@ -44,6 +44,10 @@ class ProcessorSpec:
     description: str = ""
     #: Acts beyond one tenant (maintenance): only admin keys may submit it.
     admin_only: bool = False
+    #: The pool of warm actors that runs it (``settings.pools``); None: a fresh Ray task.
+    pool: str | None = None
+    #: Pools it calls into while running (``ctx.embed`` uses ``embeddings``).
+    uses: tuple[str, ...] = ()
 
     def ray_options(self) -> dict[str, Any]:
         """Options for ``.options()`` on the Ray task that runs this type."""
@@ -77,12 +81,17 @@ def processor(
     retry: RetryPolicy | None = None,
     timeout_s: float | None = None,
     admin_only: bool = False,
+    pool: str | None = None,
+    uses: Iterable[str] = (),
 ) -> Callable[[ProcessorFn], ProcessorFn]:
     """Register ``fn(payload, ctx)`` as the processor of job ``type``.
 
     The payload model comes from ``payload=`` or from the annotation of the first
     parameter. ``queue``, ``retry`` and ``timeout_s`` default to the settings'.
     ``admin_only`` types (they act on every tenant) are refused to non-admin API keys.
+    ``pool`` runs the jobs on that pool's warm actors instead of a Ray task each (the
+    resources are then the pool's, per actor); ``uses`` names pools the processor calls
+    into, so that they have an actor while it runs.
     """
 
     def register(fn: ProcessorFn) -> ProcessorFn:
@@ -100,6 +109,8 @@ def processor(
             timeout_s=timeout_s,
             description=inspect.getdoc(fn) or "",
             admin_only=admin_only,
+            pool=pool,
+            uses=tuple(uses),
         )
         known = _registry.get(type)
         if known is not None and _qualname(known.fn) != _qualname(fn):

@@ -149,6 +149,8 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
                 "solo": {"concurrency": 1},
                 "pair": {"concurrency": 2},
             },
+            # The tests' pool processors (tests/processors.py) run here; unused, it holds nothing.
+            "pools": {"test": {"concurrency": 2, "max_size": 1}},
             "poll_interval_s": 0.5,
             "lease_ttl_s": 3.0,
             "default_backoff_s": 0.2,

@@ -89,3 +89,37 @@ def fanout(payload: FanoutPayload, ctx: JobContext) -> dict[str, Any]:
         "reported": sorted(done),
         "pids": sorted({r["pid"] for r in results}),
     }
+
+
+# The tests' own pool (``pools.test`` in tests/conftest.py): two jobs at once on one actor.
+pool_gate = processor("test.pool_gate", payload=GatePayload, pool="test")(gate)
+
+
+@processor("test.stubborn", payload=GatePayload, pool="test")
+def stubborn(payload: GatePayload, ctx: JobContext) -> dict[str, int]:
+    """Like test.gate on the test pool, but ignores interruptions: only killing its actor
+    stops it."""
+    folder = Path(payload.folder)
+    (folder / f"pid-{ctx.attempt}").write_text(str(os.getpid()))
+    while not (folder / "release").exists():
+        try:
+            time.sleep(0.02)
+        except KeyboardInterrupt:
+            (folder / f"ignored-{ctx.attempt}").write_text("1")
+    return {"attempt": ctx.attempt}
+
+
+class NothingPayload(BaseModel):
+    pass
+
+
+@processor("test.huge", payload=NothingPayload, num_cpus=64)
+def huge(payload: NothingPayload, ctx: JobContext) -> dict[str, int]:
+    """Declares more CPUs than any test cluster has."""
+    return {}
+
+
+@processor("test.tpu", payload=NothingPayload, resources={"tpu": 1})
+def tpu(payload: NothingPayload, ctx: JobContext) -> dict[str, int]:
+    """Declares a resource no test node has."""
+    return {}

@@ -282,7 +282,8 @@ def create_app(settings: Settings) -> FastAPI:
                 type=spec.type,
                 description=spec.description,
                 queue=spec.queue,
-                resources=spec.demand(),
+                resources=spec.demand() if spec.pool is None else {},
+                pool=spec.pool,
                 timeout_s=spec.timeout_s,
                 max_attempts=spec.retry.max_attempts if spec.retry else None,
                 payload_schema=spec.payload_model.model_json_schema(),
@@ -381,25 +382,38 @@ def _health_checks(services: Services) -> dict[str, CheckView]:
         )
     except Exception as exc:  # any database failure is the report
         checks["database"] = CheckView(status="degraded", detail=f"{type(exc).__name__}: {exc}")
-    checks["dispatcher"] = _actor_check(services, DISPATCHER_ACTOR, "info")
-    checks["progress"] = _actor_check(services, PROGRESS_ACTOR, "stats")
-    checks["webhooks"] = _actor_check(services, WEBHOOK_ACTOR, "stats")
+    checks["dispatcher"], info = _actor_check(services, DISPATCHER_ACTOR, "info")
+    checks["progress"], _ = _actor_check(services, PROGRESS_ACTOR, "stats")
+    checks["webhooks"], _ = _actor_check(services, WEBHOOK_ACTOR, "stats")
+    unrunnable = (info or {}).get("unrunnable") or {}
+    checks["capacity"] = (
+        CheckView(
+            status="degraded",
+            detail="jobs that cannot start on this cluster: "
+            + "; ".join(f"{job_type} ({why})" for job_type, why in sorted(unrunnable.items())),
+        )
+        if unrunnable
+        else CheckView(status="ok")
+    )
     return checks
 
 
-def _actor_check(services: Services, name: str, method: str) -> CheckView:
+def _actor_check(
+    services: Services, name: str, method: str
+) -> tuple[CheckView, dict[str, Any] | None]:
+    """The actor's state as a check, and what it answered."""
     if not ray.is_initialized():
-        return CheckView(status="degraded", detail="this process is not connected to Ray")
+        return CheckView(status="degraded", detail="this process is not connected to Ray"), None
     try:
         actor = ray.get_actor(name, namespace=services.settings.namespace)
         info = ray.get(getattr(actor, method).remote(), timeout=ACTOR_CHECK_TIMEOUT_S)
     except ValueError:
-        return CheckView(status="degraded", detail=f"{name} is not running")
+        return CheckView(status="degraded", detail=f"{name} is not running"), None
     except (ray.exceptions.RayError, TimeoutError) as exc:
-        return CheckView(status="degraded", detail=f"{name}: {type(exc).__name__}")
+        return CheckView(status="degraded", detail=f"{name}: {type(exc).__name__}"), None
     if isinstance(info, dict) and info.get("last_error"):
-        return CheckView(status="degraded", detail=str(info["last_error"]))
-    return CheckView(status="ok")
+        return CheckView(status="degraded", detail=str(info["last_error"])), info
+    return CheckView(status="ok"), info if isinstance(info, dict) else None
 
 
 def _finished(services: Services, job_id: str) -> bool:

@@ -27,7 +27,7 @@ class ErrorInfoView(BaseModel):
 class AttemptView(BaseModel):
     attempt: int
     status: str
-    started_at: str
+    started_at: str | None  # None: claimed, not begun yet
     finished_at: str | None
     error: ErrorInfoView | None
 
@@ -100,13 +100,17 @@ class QueueView(BaseModel):
     depth: int
     running: int
     oldest_waiting_s: float | None
+    #: What its queued jobs wait for ("waiting for 1 CPU") and how many wait for it.
+    waiting: dict[str, int] = {}
 
 
 class JobTypeView(BaseModel):
     type: str
     description: str
     queue: str | None
+    #: What each job holds as a Ray task; empty for pool types (the pool holds them).
     resources: dict[str, float]
+    pool: str | None = None
     timeout_s: float | None
     max_attempts: int | None
     payload_schema: dict[str, Any]

@@ -16,9 +16,9 @@ class NoopPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-@processor("noop", num_cpus=1)
+@processor("noop", pool="workers")
 def noop(payload: NoopPayload, ctx: JobContext) -> dict[str, object]:
-    """Does nothing: measures raypipe's own overhead."""
+    """Does nothing: measures raypipe's own overhead (bundled on the ``workers`` pool)."""
     return {}
 
 

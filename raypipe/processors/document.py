@@ -1,8 +1,9 @@
 """document.process: text, chunks, embeddings, keywords and a summary from one document.
 
 The job runs as a small DAG: ``extract`` (in a Ray task, except for plain text) → ``chunk``
-(here: cheap) → ``embed`` (the warm embedding actors) → ``keywords`` and ``summary`` side
-by side in Ray tasks. The processor itself mostly waits, hence its half CPU.
+(here: cheap) → ``embed`` (the ``embeddings`` pool) → ``keywords`` and ``summary`` side by
+side in Ray tasks. It declares one CPU: Ray lends it to the stage tasks while the processor
+waits on them, so a document never needs more than admission gave it.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class DocumentPayload(BaseModel):
         return self
 
 
-@processor("document.process", queue="documents", num_cpus=0.5)
+@processor("document.process", queue="documents", num_cpus=1, uses=("embeddings",))
 def process_document(payload: DocumentPayload, ctx: JobContext) -> dict[str, Any]:
     """Extract a document's text, chunk and embed it, and find its keywords and summary."""
     stages = StageLog(STAGES)

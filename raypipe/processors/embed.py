@@ -75,11 +75,12 @@ def check_texts(texts: list[str], settings: Settings | None) -> None:
         raise ValueError(f"texts[{blank}] is empty: every text needs some non-blank characters")
 
 
-@processor("embed.texts", payload=EmbedPayload, queue="embeddings", num_cpus=0)
+@processor("embed.texts", payload=EmbedPayload, queue="embeddings", pool="embeddings")
 def embed_texts(payload: EmbedPayload, ctx: JobContext) -> dict[str, Any]:
     """Embed texts (float32, one row per text, input order) into ``embeddings.npy``.
 
-    Takes no CPU of its own: the model actors do the work, so it never competes with them.
+    Runs on the ``embeddings`` pool, beside the loaded model: the texts of concurrent jobs
+    are merged into model batches there.
     """
     texts = payload.texts if payload.texts is not None else _lines(ctx, payload.texts_artifact)
     unique = len(set(texts))

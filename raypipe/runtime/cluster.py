@@ -8,8 +8,8 @@ from typing import Any
 import ray
 
 from raypipe.config import Settings
-from raypipe.exceptions import NotRunning
-from raypipe.runtime import embedder, head
+from raypipe.exceptions import InvalidInput, NotRunning
+from raypipe.runtime import head, pools
 from raypipe.runtime.dispatcher import Dispatcher
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
 from raypipe.runtime.progress import ProgressActor
@@ -55,7 +55,11 @@ def _start_in_process(settings: Settings) -> None:
 
 def start_actors(settings: Settings) -> tuple[ActorHandle, ActorHandle]:
     """Create (or find) the progress actor, the dispatcher and the webhook sender, and wait
-    until all answer; returns the dispatcher and the progress actor."""
+    until all answer; returns the dispatcher and the progress actor. Refuses pool settings
+    the cluster cannot hold."""
+    problems = pools.unsatisfiable(settings, ray.cluster_resources())
+    if problems:
+        raise InvalidInput("; ".join(problems))
     common = {
         "namespace": settings.namespace,
         "lifetime": "detached",
@@ -92,14 +96,15 @@ def find_actor(settings: Settings, name: str) -> ActorHandle | None:
 
 
 def stop_actors(settings: Settings) -> list[str]:
-    """Kill raypipe's actors for good; running attempts are rescued when it comes back."""
+    """Kill raypipe's actors for good (the pools' actors end with the dispatcher that owns
+    them); running attempts are rescued when it comes back."""
     stopped = []
     for name in (DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR):
         actor = find_actor(settings, name)
         if actor is not None:
             ray.kill(actor, no_restart=True)
             stopped.append(name)
-    return stopped + embedder.stop(settings)
+    return stopped
 
 
 class ActorBell:

@@ -1,23 +1,24 @@
-"""The dispatcher: claims jobs from the database, runs them as Ray tasks, records how they end."""
+"""The dispatcher: admits jobs from the database, runs them as Ray tasks or on pools of warm
+actors, and records how they start and end."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import ray
-from ray.exceptions import RayError, TaskCancelledError
+from ray.autoscaler.sdk import request_resources
+from ray.exceptions import RayActorError, RayError, TaskCancelledError
 
-from raypipe import metrics, registry
+from raypipe import admission, metrics, registry
 from raypipe.config import Settings
 from raypipe.jobs import (
     CANCELLED_ON_REQUEST,
@@ -30,10 +31,10 @@ from raypipe.jobs import (
 )
 from raypipe.registry import ProcessorSpec
 from raypipe.retry import ErrorKind, failure_outcome
-from raypipe.runtime.executor import AttemptResult, default_policy, run_attempt
+from raypipe.runtime.executor import Event, Started, default_policy, run_task
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
-from raypipe.scheduling import choose_claims, resource_budget
-from raypipe.store import JobStore
+from raypipe.runtime.pools import Member, Pool
+from raypipe.store import Candidate, JobStore
 from raypipe.store import schema as store_schema
 from raypipe.store.schedules import ScheduleStore
 
@@ -45,17 +46,38 @@ CLUSTER_RESOURCES_TTL_S = 5.0
 MAX_ERROR_BACKOFF_S = 10.0
 #: How often the in-flight and queue gauges are refreshed (Ray exports every few seconds).
 METRICS_INTERVAL_S = 5.0
+#: How long an actor must have been idle before it yields to other work: in a mixed stream
+#: the next job for its pool is often a moment away, and a new actor costs a process start.
+YIELD_AFTER_S = 1.0
+#: Resource shapes asked of the autoscaler at most (the first waiting jobs').
+MAX_REQUESTED = 100
+#: Waiting messages remembered (so each is written once); forgotten all at once beyond.
+WAITING_KEPT = 100_000
+
+
+@dataclass(eq=False)
+class _Call:
+    """One stream of attempt events: a Ray task (one job) or a pool call (a bundle)."""
+
+    stream: Any
+    job_ids: list[str]
+    pool: Pool | None = None
+    member: Member | None = None
 
 
 @dataclass
 class _Running:
     job: ClaimedJob
-    future: concurrent.futures.Future[Any]
-    ref: ray.ObjectRef
-    deadline: float
-    demand: dict[str, float]
-    started: float
+    call: _Call
+    #: What the job itself holds while in flight (a task's resources; nothing on a pool).
+    held: dict[str, float]
+    uses: tuple[str, ...]
+    claimed: float
+    started: float | None = None
+    deadline: float | None = None
     ended: float | None = None
+    result: Any = None
+    error: BaseException | None = None
     stop: Outcome | None = None
     force_at: float | None = None
 
@@ -84,6 +106,19 @@ class Dispatcher:
         self._progress: ray.actor.ActorHandle | None = None
         self._running: dict[str, _Running] = {}
         self._finished: set[str] = set()
+        self._starts: list[Started] = []
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._waiting: dict[str, str] = {}
+        self._unrunnable: dict[str, str] = {}
+        # None: what an earlier incarnation asked for is unknown, so the first round says.
+        self._requested: list[tuple[tuple[str, float], ...]] | None = None
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        self.pools = {
+            name: Pool(name, config, settings, gpus) for name, config in settings.pools.items()
+        }
+        for pool in self.pools.values():
+            for _ in range(pool.config.min_size):
+                pool.add(self._settings_ref)
         self._next_due: datetime | None = None
         self._cluster: tuple[float, dict[str, float]] = (0.0, {})
         self._poked = True
@@ -105,10 +140,16 @@ class Dispatcher:
         self._loop.call_soon_threadsafe(self._poke)
 
     def info(self) -> dict[str, Any]:
+        # Called on the actor's thread while the loop's thread changes what it reads: every
+        # collection is copied first (a copy is one step under the GIL, a loop is not).
+        running = list(self._running.values())
         return {
             "owner": self.owner,
             "alive": self._thread.is_alive(),
-            "running": len(self._running),
+            "running": len(running),
+            "started": sum(1 for run in running if run.started is not None),
+            "pools": {name: pool.info() for name, pool in self.pools.items()},
+            "unrunnable": dict(self._unrunnable),
             "seconds_since_round": round(time.monotonic() - self._last_round, 3),
             "last_error": self._last_error,
             "counters": dict(self.counters),
@@ -158,13 +199,14 @@ class Dispatcher:
         if now >= self._next_maintenance:
             self._maintain_leases()
             self._next_maintenance = now + self.settings.lease_ttl_s / 3
-        self._record_finished()
+        self._record_round()
         poked, self._poked = self._poked, False
         if poked:
             self._handle_cancel_requests()
         if poked or now >= self._next_schedule_check:
             self._fire_schedules()
         self._enforce_deadlines(now)
+        self._shrink_pools(now)
         more = self._claim()
         if now >= self._next_metrics:
             self._next_metrics = now + METRICS_INTERVAL_S
@@ -175,13 +217,18 @@ class Dispatcher:
         timeout = self.settings.poll_interval_s
         now = time.monotonic()
         for run in self._running.values():
-            timeout = min(timeout, (run.force_at or run.deadline) - now)
+            if run.force_at is not None or run.deadline is not None:
+                timeout = min(timeout, (run.force_at or run.deadline or now) - now)
+        for pool in self.pools.values():
+            if len(pool.members) > pool.config.min_size:
+                for member in pool.idle():
+                    timeout = min(timeout, member.idle_since + pool.config.idle_s - now)
         if self._next_due is not None:
             due_in = (self._next_due - self.store.clock()).total_seconds()
             if due_in <= 0:
                 self._next_due = None
             timeout = min(timeout, due_in)
-        if timeout > 0 and not self._finished:
+        if timeout > 0 and not self._finished and not self._starts:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -212,59 +259,154 @@ class Dispatcher:
     # -- claiming and submitting -------------------------------------------------------
 
     def _claim(self) -> bool:
+        """Admit what can start now; the rest stays queued, saying what it waits for."""
         slots = self.settings.max_in_flight - len(self._running)
         if slots <= 0:
             return False
-        budget = resource_budget(
-            self._cluster_resources(),
-            [run.demand for run in self._running.values()],
-            self.settings.oversubscription,
+        capacity = self._cluster_resources()
+        free = admission.free_resources(
+            capacity,
+            [pool.holds() for pool in self.pools.values()]
+            + [run.held for run in self._running.values()],
         )
+        # A small, counted prefetch: so many more tasks may wait in Ray's queue, started
+        # the moment a running job frees its share instead of a dispatcher round later.
+        prefetch = {name: n * self.settings.task_prefetch for name, n in capacity.items()}
+        rooms = {name: pool.room() for name, pool in self.pools.items()}
         limit = min(slots, self.settings.claim_batch)
-        choose = partial(choose_claims, budget=budget, demand_of=self._demand, max_jobs=limit)
+        plans: list[tuple[admission.Plan, set[str]]] = []
+
+        def choose(candidates: Sequence[Candidate], queue_free: dict[str, int]) -> list[Any]:
+            plan = admission.plan(
+                candidates, queue_free, free, capacity, rooms, self._need, limit, prefetch
+            )
+            wanted = set()
+            for candidate in candidates:
+                need = self._need(candidate.type)
+                wanted.update((need.pool, *need.uses) if need.pool else need.uses)
+            plans.append((plan, wanted))
+            return plan.chosen
+
         queue_limits = {name: q.concurrency for name, q in self.settings.queues.items()}
         claimed = self.store.claim(
             self.owner, self.settings.lease_ttl_s, queue_limits, choose, limit
         )
-        for job in claimed:
-            self._submit(job)
+        plan, wanted = plans[-1] if plans else (admission.Plan(), set())
+        for name, count in plan.grow.items():
+            for _ in range(count):
+                self.pools[name].add(self._settings_ref)
+        self._launch(claimed)
         self.counters["claimed"] += len(claimed)
-        metrics.record_started(claimed)
-        return len(claimed) == limit
+        self._note_waiting(plan, claimed)
+        self._ask_autoscaler(plan.demand)
+        yielded = self._yield_idle(plan.short, wanted)
+        return len(claimed) == limit or yielded
 
-    def _demand(self, job_type: str) -> dict[str, float]:
+    def _need(self, job_type: str) -> admission.Need:
         spec = self.processors.get(job_type)
-        return spec.demand() if spec else {}
+        if spec is None or (spec.pool is not None and spec.pool not in self.pools):
+            return admission.Need()  # admitted at once, and failed with the reason
+        uses = tuple(name for name in spec.uses if name in self.pools)
+        if spec.pool is not None:
+            return admission.Need(pool=spec.pool, uses=uses)
+        return admission.Need(resources=spec.demand(), uses=uses)
 
-    def _submit(self, job: ClaimedJob) -> None:
-        spec = self.processors.get(job.type)
-        if spec is None:
-            self._finish_now(
-                job,
-                "no processor for this type is loaded in the dispatcher"
-                " (check RAYPIPE_PROCESSOR_MODULES)",
-            )
-            return
-        ref = self._task_for(spec).remote(self._settings_ref, job)
-        future = ref.future()
+    def _note_waiting(self, plan: admission.Plan, claimed: list[ClaimedJob]) -> None:
+        """Write what each job left queued waits for, once per change."""
+        for job in claimed:
+            self._waiting.pop(job.id, None)
+        changes = {
+            job_id: message
+            for job_id, message in plan.waiting.items()
+            if self._waiting.get(job_id) != message
+        }
+        if changes:
+            self.store.set_waiting(changes)
+            if len(self._waiting) > WAITING_KEPT:
+                self._waiting.clear()
+            self._waiting.update(changes)
+        for job_type, reason in plan.impossible.items():
+            if self._unrunnable.get(job_type) != reason:
+                log.warning("%s jobs cannot start on this cluster: %s", job_type, reason)
+        self._unrunnable = dict(plan.impossible)
+
+    def _ask_autoscaler(self, demand: list[dict[str, float]]) -> None:
+        """Hand what waits for resources to Ray's autoscaler (it starts nodes for it, from
+        zero if need be), and withdraw it once nothing waits; only changes are sent."""
+        shapes = sorted(tuple(sorted(bundle.items())) for bundle in demand[:MAX_REQUESTED])
+        if shapes != self._requested:
+            request_resources(bundles=[dict(shape) for shape in shapes])
+            self._requested = shapes
+
+    def _yield_idle(self, short: set[str], wanted: set[str]) -> bool:
+        """An actor idle for a moment (``YIELD_AFTER_S``, not its idle time) gives up what
+        queued work lacks, unless that work is its own pool's."""
+        yielded = False
         now = time.monotonic()
-        self._running[job.id] = _Running(
-            job=job,
-            future=future,
-            ref=ref,
-            deadline=now + job.timeout_s,
-            demand=spec.demand(),
-            started=now,
-        )
-        future.add_done_callback(
-            lambda _f, job_id=job.id: self._loop.call_soon_threadsafe(self._on_done, job_id)
-        )
+        for name, pool in self.pools.items():
+            if name in wanted or name in self._in_use() or not short & set(pool.actor):
+                continue
+            idle = [m for m in pool.idle() if now - m.idle_since >= YIELD_AFTER_S]
+            if idle:
+                pool.remove(idle[0])
+                self.counters["pool_yielded"] += 1
+                yielded = True
+        return yielded
+
+    def _shrink_pools(self, now: float) -> None:
+        in_use = self._in_use()
+        for name, pool in self.pools.items():
+            if name not in in_use:
+                for member in pool.expired(now):
+                    pool.remove(member)
+                    self.counters["pool_shrunk"] += 1
+
+    def _in_use(self) -> set[str]:
+        """Pools that running tasks call into (their actors must stay)."""
+        return {name for run in self._running.values() for name in run.uses}
+
+    def _launch(self, jobs: list[ClaimedJob]) -> None:
+        on_pools: dict[str, list[ClaimedJob]] = {}
+        for job in jobs:
+            spec = self.processors.get(job.type)
+            if spec is None:
+                self._finish_now(
+                    job,
+                    "no processor for this type is loaded in the dispatcher"
+                    " (check RAYPIPE_PROCESSOR_MODULES)",
+                )
+            elif spec.pool is not None and spec.pool not in self.pools:
+                self._finish_now(job, f"its processor runs on pool {spec.pool!r}, not configured")
+            elif spec.pool is not None:
+                on_pools.setdefault(spec.pool, []).append(job)
+            else:
+                handles = {name: self.pools[name].handles() for name in spec.uses}
+                stream = self._task_for(spec).remote(self._settings_ref, job, handles)
+                self._track(_Call(stream, [job.id]), [job], spec.demand(), spec.uses)
+        for name, pool_jobs in on_pools.items():
+            pool = self.pools[name]
+            for member, bundle in pool.place(pool_jobs):
+                uses = {u for job in bundle for u in self.processors[job.type].uses}
+                handles = {u: self.pools[u].handles() for u in {name, *uses} if u in self.pools}
+                stream = member.handle.run.remote(bundle, handles)
+                call = _Call(stream, [j.id for j in bundle], pool, member)
+                self._track(call, bundle, {}, tuple(uses))
+
+    def _track(
+        self, call: _Call, jobs: list[ClaimedJob], held: dict[str, float], uses: tuple[str, ...]
+    ) -> None:
+        now = time.monotonic()
+        for job in jobs:
+            self._running[job.id] = _Running(job, call, held, uses, claimed=now)
+        consumer = self._loop.create_task(self._consume(call))
+        self._consumers.add(consumer)
+        consumer.add_done_callback(self._consumers.discard)
 
     def _task_for(self, spec: ProcessorSpec) -> Any:
         remote = self._remotes.get(spec.type)
         if remote is None:
             # raypipe owns retries (with backoff); Ray's own would double them.
-            remote = ray.remote(run_attempt).options(max_retries=0, **spec.ray_options())
+            remote = ray.remote(run_task).options(max_retries=0, **spec.ray_options())
             self._remotes[spec.type] = remote
         return remote
 
@@ -274,46 +416,92 @@ class Dispatcher:
             [metrics.Ended(job, Outcome(job.id, job.attempt, JobStatus.FAILED, error=error))]
         )
 
-    def _on_done(self, job_id: str) -> None:
-        run = self._running.get(job_id)
-        if run is not None:
-            run.ended = time.monotonic()
-        self._finished.add(job_id)
+    # -- attempt events ---------------------------------------------------------------------
+
+    async def _consume(self, call: _Call) -> None:
+        """Take a call's events as they come; when it ends, every job it held has ended."""
+        error: BaseException | None = None
+        try:
+            async for ref in call.stream:
+                self._on_events(await ref)
+        except Exception as exc:  # the task or actor failed: its jobs' outcomes say how
+            error = exc
+        now = time.monotonic()
+        for job_id in call.job_ids:
+            run = self._running.get(job_id)
+            if run is not None and run.call is call and job_id not in self._finished:
+                run.error = error or RuntimeError("the attempt ended without an outcome")
+                run.ended = now
+                self._finished.add(job_id)
+        if call.pool is not None and call.member is not None:
+            call.pool.release(call.member)
+            if isinstance(error, RayActorError):
+                call.pool.forget(call.member)
         self._wake.set()
 
-    # -- recording outcomes ---------------------------------------------------------------
+    def _on_events(self, events: list[Event]) -> None:
+        now = time.monotonic()
+        for event in events:
+            run = self._running.get(event.job_id)
+            if run is None or run.job.attempt != event.attempt:
+                continue
+            if isinstance(event, Started):
+                run.started = now
+                run.deadline = now + run.job.timeout_s
+                self._starts.append(event)
+            else:
+                run.result = event.result
+                run.ended = now
+                self._finished.add(event.job_id)
+        self._wake.set()
 
-    def _record_finished(self) -> None:
-        if not self._finished:
+    # -- recording starts and outcomes ------------------------------------------------------
+
+    def _record_round(self) -> None:
+        """The starts and ends reported since the last round, in one transaction (a start
+        first: a job may begin and end within a round). ``processing`` from the moment the
+        worker began; stale reports (a job already ended, cancelled or rescued) change
+        nothing. If this raises, the same reports are recorded next round."""
+        if not self._starts and not self._finished:
             return
+        starts = self._starts
         done = [self._running[job_id] for job_id in self._finished if job_id in self._running]
         ends = [
-            metrics.Ended(run.job, self._outcome(run), (run.ended or run.started) - run.started)
+            metrics.Ended(
+                run.job,
+                self._outcome(run),
+                (run.ended or run.started) - run.started if run.started is not None else 0.0,
+            )
             for run in done
         ]
-        self._record(ends)  # if this raises, the same runs are recorded next round
+        self.store.advance(
+            self.owner, [(e.job_id, e.attempt, e.at) for e in starts], [e.outcome for e in ends]
+        )
+        metrics.record_started(
+            run.job for e in starts if (run := self._running.get(e.job_id)) is not None
+        )
+        self._starts = []
+        self._ended(ends)
         for run in done:
             del self._running[run.job.id]
         self._finished.clear()
 
     def _outcome(self, run: _Running) -> Outcome:
         job = run.job
-        try:
-            result: AttemptResult = run.future.result()
-        except TaskCancelledError:
-            if run.stop is not None:
-                return run.stop
+        if run.stop is not None:
+            return run.stop  # cancellation and timeouts win over a late result
+        if isinstance(run.error, TaskCancelledError):
             return self._failure(
                 job,
                 ErrorKind.SYSTEM,
                 ErrorInfo("TaskCancelled", "the Ray task was cancelled outside raypipe"),
             )
-        except RayError as exc:
-            if run.stop is not None:
-                return run.stop
-            return self._failure(job, ErrorKind.SYSTEM, _system_error(exc))
-        if run.stop is not None:
-            return run.stop  # cancellation and timeouts win over a late result
+        if isinstance(run.error, RayError):
+            return self._failure(job, ErrorKind.SYSTEM, _system_error(run.error))
+        if run.error is not None:
+            error = ErrorInfo(type(run.error).__name__, str(run.error)[:1000])
+            return self._failure(job, ErrorKind.SYSTEM, error)
+        result = run.result
         if result.ok:
             return Outcome(
                 job.id,
@@ -350,10 +538,15 @@ class Dispatcher:
         )
 
     def _record(self, ends: list[metrics.Ended]) -> None:
+        if ends:
+            self.store.record([end.outcome for end in ends])
+            self._ended(ends)
+
+    def _ended(self, ends: list[metrics.Ended]) -> None:
+        """What follows recorded outcomes: metrics, counters, retry wake-ups, live state."""
         if not ends:
             return
         outcomes = [end.outcome for end in ends]
-        self.store.record(outcomes)
         metrics.record_outcomes(ends)
         for outcome in outcomes:
             self.counters[
@@ -389,8 +582,10 @@ class Dispatcher:
             progress.cancel.remote(cancelled)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for run in self._running.values():
-            if run.stop is None and now >= run.deadline:
+        for run in list(self._running.values()):
+            if run.job.id in self._finished:
+                continue
+            if run.stop is None and run.deadline is not None and now >= run.deadline:
                 job = run.job
                 error = ErrorInfo(
                     "JobTimeout",
@@ -401,14 +596,29 @@ class Dispatcher:
                     job, ErrorKind.SYSTEM, error, attempt_status=AttemptStatus.TIMED_OUT
                 )
                 self._stop(run)
-            elif run.force_at is not None and now >= run.force_at and not run.future.done():
+            elif run.force_at is not None and now >= run.force_at and run.started is not None:
                 run.force_at = None
-                ray.cancel(run.ref, force=True)
+                self._force(run)
 
     def _stop(self, run: _Running) -> None:
-        """Interrupt the task now, and kill its worker if it is still running after the grace."""
-        ray.cancel(run.ref, force=False)
+        """Interrupt the attempt now (or drop it before it begins), and end it by force if it
+        still runs after the grace."""
+        call = run.call
+        if call.member is None:
+            ray.cancel(call.stream, force=False)
+        else:
+            call.member.handle.stop.remote([run.job.id])
         run.force_at = time.monotonic() + self.settings.cancel_grace_s
+
+    def _force(self, run: _Running) -> None:
+        """Kill the task's worker, or replace the pool actor: the other jobs it held end as
+        system failures and are retried."""
+        call = run.call
+        if call.pool is None or call.member is None:
+            ray.cancel(call.stream, force=True)
+            return
+        call.pool.remove(call.member)
+        self.counters["pool_replaced"] += 1
 
     # -- leases -----------------------------------------------------------------------------
 

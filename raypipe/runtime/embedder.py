@@ -1,151 +1,99 @@
-"""The warm embedding model actors: a pool per model, shared by every job."""
+"""Embedding on pool actors: the models an actor keeps loaded, and texts spread over actors."""
 
 from __future__ import annotations
 
+import asyncio
 import random
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
 
 from raypipe.config import Settings
 from raypipe.embedding import models
 from raypipe.embedding.batcher import Batcher
-from raypipe.embedding.models import Embeddings
+from raypipe.embedding.models import EmbeddingModel, Embeddings
 
-EMBEDDER_PREFIX = "raypipe-embedder-"
+#: Called with (texts done, texts in all) as chunks finish.
+OnChunk = Callable[[int, int], None]
 
 
-class Embedder:
-    """Holds one loaded model (the configured fallback if the model cannot load) and
-    merges the requests of concurrent jobs into model batches.
+class ModelHost:
+    """The embedding models one actor has loaded (each on first use, the configured fallback
+    if it cannot load), each with a :class:`Batcher` that merges the requests of the
+    actor's concurrent jobs, and of other jobs' calls, into model batches."""
 
-    An async actor: requests keep arriving while a batch encodes on a worker thread.
-    """
-
-    def __init__(self, settings: Settings, model: str):
+    def __init__(self, settings: Settings):
         if settings.embedding_threads:
             import torch
 
             torch.set_num_threads(settings.embedding_threads)
-        self.model = models.load(settings, model)
-        self.batcher = Batcher(
-            lambda texts: self.model.encode(texts, normalize=False).vectors,
+        self.settings = settings
+        self._loaded: dict[str, tuple[EmbeddingModel, Batcher]] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    async def embed(
+        self, texts: list[str], model: str | None, normalize: bool
+    ) -> tuple[np.ndarray, str]:
+        """Vectors of ``texts`` (float32) and the name of the model that made them."""
+        loaded, batcher = await self.loaded(models.check_model(self.settings, model))
+        if not texts:
+            return np.zeros((0, loaded.dim), dtype=np.float32), loaded.name
+        vectors = await batcher.submit(texts)
+        if normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return vectors.astype(np.float32, copy=False), loaded.name
+
+    async def loaded(self, name: str) -> tuple[EmbeddingModel, Batcher]:
+        """The model ``name`` and its batcher, loading it on first use."""
+        if name not in self._loaded:
+            async with self._loading.setdefault(name, asyncio.Lock()):
+                if name not in self._loaded:
+                    # Loading takes seconds: off the event loop, so other calls go on.
+                    loop = asyncio.get_running_loop()
+                    model = await loop.run_in_executor(None, models.load, self.settings, name)
+                    self._loaded[name] = (model, self._batcher(model))
+        return self._loaded[name]
+
+    def _batcher(self, model: EmbeddingModel) -> Batcher:
+        settings = self.settings
+        return Batcher(
+            lambda texts: model.encode(texts, normalize=False).vectors,
             max_batch=settings.embedding_batch_size,
             max_wait_s=settings.embedding_max_wait_ms / 1000,
             model_batch=settings.embedding_batch_size,
         )
 
-    async def embed(self, texts: list[str], normalize: bool) -> tuple[np.ndarray, str]:
-        """Vectors of ``texts`` (float32) and the name of the model that made them."""
-        vectors = await self.batcher.submit(texts)
-        if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
-        return vectors.astype(np.float32, copy=False), self.model.name
-
     def info(self) -> dict[str, Any]:
         return {
-            "model": self.model.name,
-            "dim": self.model.dim,
-            "device": self.model.device,
-            "threads": _threads(),
-            **self.batcher.stats,
+            name: {"dim": model.dim, "device": model.device, **batcher.stats}
+            for name, (model, batcher) in self._loaded.items()
         }
 
 
-def actor_name(model: str, index: int) -> str:
-    return f"{EMBEDDER_PREFIX}{re.sub(r'[^A-Za-z0-9._-]', '_', model)}-{index}"
-
-
-def gpus_per_actor(settings: Settings, cluster_gpus: float) -> float:
-    """The configured GPU share, or an even share of the cluster's GPUs (at most one each)."""
-    if settings.embedding_num_gpus is not None:
-        return settings.embedding_num_gpus
-    if cluster_gpus <= 0:
-        return 0.0
-    return min(1.0, cluster_gpus / settings.embedding_pool_size)
-
-
-#: Actor handles per (namespace, model) in this worker process: looking them up costs
-#: several round trips to Ray's GCS, too much to pay on every small job.
-_pools: dict[tuple[str, str], list[ActorHandle]] = {}
-
-
-def cached_pool(settings: Settings, model: str) -> list[ActorHandle]:
-    key = (settings.namespace, model)
-    if key not in _pools:
-        _pools[key] = pool(settings, model)
-    return _pools[key]
-
-
-def pool(settings: Settings, model: str) -> list[ActorHandle]:
-    """The model's actors, created on first use (detached: they stay warm between jobs)."""
-    gpus = gpus_per_actor(settings, ray.cluster_resources().get("GPU", 0.0))
-    options = {
-        "namespace": settings.namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "max_task_retries": 3,
-        "num_cpus": settings.embedding_num_cpus,
-        "num_gpus": gpus,
-        "max_concurrency": 1000,
-    }
-    return [
-        ray.remote(Embedder)
-        .options(name=actor_name(model, index), **options)
-        .remote(settings, model)
-        for index in range(settings.embedding_pool_size)
-    ]
-
-
-def embed(
+def embed_on(
+    actors: Sequence[ActorHandle],
     settings: Settings,
     texts: Sequence[str],
     model: str | None,
     normalize: bool,
-    on_chunk: Callable[[int, int], None] | None,
+    on_chunk: OnChunk | None,
 ) -> Embeddings:
-    """Embed ``texts`` across the pool: identical texts once, chunks spread over the
-    actors, rows back in input order."""
+    """Embed across a pool's actors: identical texts once, chunks spread over the actors
+    from a random one (each merges what it gets with other jobs' requests), rows in order."""
     name = models.check_model(settings, model)
-    index: dict[str, int] = {}
-    positions = np.fromiter(
-        (index.setdefault(text, len(index)) for text in texts), dtype=np.int64, count=len(texts)
-    )
-    unique = list(index)
-    try:
-        vectors, used = _spread(cached_pool(settings, name), unique, normalize, settings, on_chunk)
-    except RayActorError:  # the pool was stopped and started again since it was cached
-        _pools.pop((settings.namespace, name), None)
-        vectors, used = _spread(cached_pool(settings, name), unique, normalize, settings, on_chunk)
-    return Embeddings(vectors[positions], used or name)
-
-
-def _spread(
-    actors: list[ActorHandle],
-    texts: list[str],
-    normalize: bool,
-    settings: Settings,
-    on_chunk: Callable[[int, int], None] | None,
-) -> tuple[np.ndarray, str | None]:
-    """Chunks of ``texts`` over the actors, starting at a random one; rows in order."""
-    if not texts:
-        info = ray.get(actors[0].info.remote())
-        return np.zeros((0, info["dim"]), dtype=np.float32), info["model"]
+    unique, positions = _unique(texts)
     size = settings.embedding_chunk_size
     start = random.randrange(len(actors))
     refs = {
-        actors[(start + i) % len(actors)].embed.remote(texts[at : at + size], normalize): at
-        for i, at in enumerate(range(0, len(texts), size))
+        actors[(start + i) % len(actors)].embed.remote(unique[at : at + size], name, normalize): at
+        for i, at in enumerate(_starts(len(unique), size))
     }
     parts: dict[int, np.ndarray] = {}
-    used = None
+    used = name
     pending = list(refs)
     done = 0
     while pending:
@@ -154,21 +102,19 @@ def _spread(
         parts[refs[ready[0]]] = vectors
         done += len(vectors)
         if on_chunk is not None:
-            on_chunk(done, len(texts))
-    return np.concatenate([parts[at] for at in sorted(parts)]), used
+            on_chunk(done, len(unique))
+    return Embeddings(np.concatenate([parts[at] for at in sorted(parts)])[positions], used)
 
 
-def stop(settings: Settings) -> list[str]:
-    """Kill every embedding actor of this namespace."""
-    stopped = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == settings.namespace and entry["name"].startswith(EMBEDDER_PREFIX):
-            ray.kill(ray.get_actor(entry["name"], namespace=settings.namespace), no_restart=True)
-            stopped.append(entry["name"])
-    return stopped
+def _starts(count: int, size: int) -> range:
+    """Where each chunk begins; one (empty) chunk for no texts, so the model names itself."""
+    return range(0, max(count, 1), size)
 
 
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
+def _unique(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct texts in first-seen order, and each input's row among them."""
+    index: dict[str, int] = {}
+    positions = np.fromiter(
+        (index.setdefault(text, len(index)) for text in texts), dtype=np.int64, count=len(texts)
+    )
+    return list(index), positions

@@ -6,7 +6,9 @@ import asyncio
 import inspect
 import json
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pydantic
@@ -14,11 +16,11 @@ import ray
 
 from raypipe import registry
 from raypipe.config import Settings
-from raypipe.context import JobContext
+from raypipe.context import JobContext, Runner
 from raypipe.exceptions import InvalidInput, PermanentError
-from raypipe.jobs import ClaimedJob, ErrorInfo
+from raypipe.jobs import ClaimedJob, ErrorInfo, utcnow
 from raypipe.retry import ErrorKind, RetryPolicy, classify
-from raypipe.runtime.fanout import RayRunner
+from raypipe.runtime.fanout import PoolHandles, RayRunner
 from raypipe.runtime.names import PROGRESS_ACTOR
 from raypipe.runtime.progress import ProgressReporter
 from raypipe.submission import parse_model
@@ -38,6 +40,36 @@ class AttemptResult:
     message: str | None = None
     stage: str | None = None
     artifacts: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Started:
+    """The attempt's code began on a worker: from now on the job is ``processing``."""
+
+    job_id: str
+    attempt: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How the attempt ended, as the worker saw it."""
+
+    job_id: str
+    attempt: int
+    result: AttemptResult
+
+
+#: What attempt streams yield, a list at a time (tasks and pool calls alike).
+Event = Started | Finished
+
+
+def run_task(settings: Settings, job: ClaimedJob, pools: PoolHandles) -> Iterator[list[Event]]:
+    """One attempt as a Ray task: a streaming generator, so the dispatcher learns of the
+    start as it happens. A cancellation (``KeyboardInterrupt``) ends the stream."""
+    yield [Started(job.id, job.attempt, utcnow())]
+    result = run_attempt(settings, job, RayRunner(settings, pools))
+    yield [Finished(job.id, job.attempt, result)]
 
 
 #: One reporter per worker process and raypipe namespace (workers are reused across jobs).
@@ -61,10 +93,17 @@ def default_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def run_attempt(settings: Settings, job: ClaimedJob) -> AttemptResult:
+def run_attempt(
+    settings: Settings,
+    job: ClaimedJob,
+    runner: Runner,
+    stopped: Callable[[str], bool] | None = None,
+) -> AttemptResult:
     """Validate the payload, run the processor, and classify whatever it raised.
 
     ``KeyboardInterrupt`` (a cancellation from the dispatcher) is left to propagate.
+    ``stopped(job_id)`` is the executor's own view of cancellation (pools), besides the
+    progress actor's.
     """
     registry.load(settings.processor_modules)
     spec = registry.get(job.type)
@@ -81,8 +120,8 @@ def run_attempt(settings: Settings, job: ClaimedJob) -> AttemptResult:
         max_attempts=job.max_attempts,
         tenant=job.tenant,
         report=reporter.report,
-        cancelled=lambda: reporter.is_cancelled(job.id),
-        runner=RayRunner(settings),
+        cancelled=lambda: reporter.is_cancelled(job.id) or bool(stopped and stopped(job.id)),
+        runner=runner,
     )
     try:
         value = spec.fn(payload, ctx)

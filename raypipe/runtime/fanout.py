@@ -1,15 +1,21 @@
-"""Sub-work of a running processor on the cluster: Ray tasks, and the embedding actors."""
+"""Sub-work of a running processor on the cluster: Ray tasks, and the embedding pool."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import ray
+from ray.actor import ActorHandle
 
 from raypipe.config import Settings
 from raypipe.embedding.models import Embeddings
+from raypipe.exceptions import PermanentError
 from raypipe.runtime import embedder
+
+#: The actors of the pools a processor ``uses``, handed to its attempt by the dispatcher.
+PoolHandles = Mapping[str, Sequence[ActorHandle]]
+EMBEDDINGS_POOL = "embeddings"
 
 T = TypeVar("T")
 
@@ -19,10 +25,11 @@ def _call(fn: Callable[[], Any]) -> Any:
 
 
 class RayRunner:
-    """The cluster's :class:`~raypipe.context.Runner`."""
+    """The cluster's :class:`~raypipe.context.Runner` for an attempt in a Ray task."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, pools: PoolHandles):
         self.settings = settings
+        self.pools = pools
 
     def parallel(
         self,
@@ -62,4 +69,10 @@ class RayRunner:
         normalize: bool = True,
         on_chunk: Callable[[int, int], None] | None = None,
     ) -> Embeddings:
-        return embedder.embed(self.settings, texts, model, normalize, on_chunk)
+        actors = self.pools.get(EMBEDDINGS_POOL)
+        if not actors:
+            raise PermanentError(
+                "ctx.embed needs the embeddings pool: declare"
+                f" @processor(..., uses=[{EMBEDDINGS_POOL!r}]) (or pool={EMBEDDINGS_POOL!r})"
+            )
+        return embedder.embed_on(actors, self.settings, texts, model, normalize, on_chunk)

@@ -24,7 +24,7 @@ from raypipe.store.repository import (
     requeued,
     status_event,
 )
-from raypipe.store.tables import batches, job_events, jobs
+from raypipe.store.tables import HELD, UNHELD_QUEUED, batches, job_events, jobs
 
 #: Jobs read per query when a batch's jobs are listed in order.
 PAGE = 1000
@@ -116,7 +116,7 @@ class BatchStore:
                 left -= len(found)
 
     def cancel(self, batch_id: str, tenant: str | None = None) -> BatchRecord:
-        """Cancel the batch's queued jobs now and ask its running ones to stop; the batch's
+        """Cancel the batch's unclaimed jobs now and ask its held ones to stop; the batch's
         outcome is ``cancelled`` once they have. A finished batch is a :class:`Conflict`."""
         now = self.store.clock()
         with self.engine.begin() as conn:
@@ -126,7 +126,7 @@ class BatchStore:
             # Jobs first, then the batch row: the order in which recording an outcome locks.
             ended = conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.QUEUED)
+                .where(jobs.c.batch_id == batch_id, UNHELD_QUEUED)
                 .values(
                     status=JobStatus.CANCELLED,
                     finished_at=now,
@@ -139,7 +139,7 @@ class BatchStore:
             ).all()
             conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.PROCESSING)
+                .where(jobs.c.batch_id == batch_id, HELD)
                 .values(cancel_requested=True, updated_at=now)
             )
             if ended:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,8 +29,8 @@ from raypipe.jobs import (
 from raypipe.store import completion
 from raypipe.store.engine import READ_ONLY, create_engine
 from raypipe.store.tables import (
-    PROCESSING_ONLY,
-    QUEUED_ONLY,
+    HELD,
+    UNHELD_QUEUED,
     UTCDateTime,
     attempts,
     job_events,
@@ -38,6 +39,9 @@ from raypipe.store.tables import (
 
 #: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
 CLAIM_LOCK_KEY = 0x7261797069706500
+#: How :meth:`JobStore.set_waiting` messages begin, so :meth:`JobStore.queue_stats` can
+#: count them apart from a job's own messages.
+WAITING_PREFIX = "waiting for"
 
 Clock = Callable[[], datetime]
 
@@ -211,39 +215,53 @@ class JobStore:
         return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
-        """Per queue: queued depth, running count and the oldest runnable job's wait."""
+        """Per queue: queued depth (held jobs not started yet included), running count, the
+        oldest runnable job's wait, and how many queued jobs wait for what (``waiting``)."""
         now = self.clock()
+        waiting = sa.case(
+            (
+                sa.and_(
+                    jobs.c.status == JobStatus.QUEUED,
+                    jobs.c.message.startswith(WAITING_PREFIX),
+                ),
+                jobs.c.message,
+            )
+        ).label("waiting")
         query = (
             sa.select(
                 jobs.c.queue,
                 jobs.c.status,
+                waiting,
                 sa.func.count(),
                 sa.func.min(sa.case((jobs.c.run_at <= now, jobs.c.run_at))),
             )
             .where(jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
-            .group_by(jobs.c.queue, jobs.c.status)
+            .group_by(jobs.c.queue, jobs.c.status, waiting)
         )
         stats: dict[str, dict[str, Any]] = {}
         with self._read() as conn:
-            for queue, status, count, oldest in conn.execute(query):
+            for queue, status, why, count, oldest in conn.execute(query):
                 entry = stats.setdefault(
-                    queue, {"depth": 0, "running": 0, "oldest_waiting_s": None}
+                    queue, {"depth": 0, "running": 0, "oldest_waiting_s": None, "waiting": {}}
                 )
                 if JobStatus(status) is JobStatus.PROCESSING:
-                    entry["running"] = count
+                    entry["running"] += count
                     continue
-                entry["depth"] = count
+                entry["depth"] += count
+                if why is not None:
+                    entry["waiting"][why] = count
                 if oldest is not None:
                     oldest = jobs.c.run_at.type.process_result_value(oldest, self.engine.dialect)
-                    entry["oldest_waiting_s"] = round((now - oldest).total_seconds(), 3)
+                    waited = round((now - oldest).total_seconds(), 3)
+                    entry["oldest_waiting_s"] = max(entry["oldest_waiting_s"] or 0.0, waited)
         return stats
 
     def count_stuck(self) -> int:
-        """Running jobs whose lease expired: their dispatcher is gone, no one rescued them yet."""
+        """Held jobs whose lease expired: their dispatcher is gone, no one rescued them yet."""
         query = (
             sa.select(sa.func.count())
             .select_from(jobs)
-            .where(PROCESSING_ONLY, jobs.c.lease_expires_at < self.clock())
+            .where(HELD, jobs.c.lease_expires_at < self.clock())
         )
         with self._read() as conn:
             return conn.execute(query).scalar_one()
@@ -274,19 +292,13 @@ class JobStore:
 
     @staticmethod
     def _running_by_queue(conn: Connection) -> dict[str, int]:
-        query = (
-            sa.select(jobs.c.queue, sa.func.count()).where(PROCESSING_ONLY).group_by(jobs.c.queue)
-        )
+        """Held jobs per queue: a claimed job takes its queue's slot before it starts."""
+        query = sa.select(jobs.c.queue, sa.func.count()).where(HELD).group_by(jobs.c.queue)
         return {queue: count for queue, count in conn.execute(query)}
 
     def next_run_at(self) -> datetime | None:
-        """When the earliest queued job becomes runnable (for the dispatcher's sleep)."""
-        query = (
-            sa.select(jobs.c.run_at)
-            .where(jobs.c.status == JobStatus.QUEUED)
-            .order_by(jobs.c.run_at)
-            .limit(1)
-        )
+        """When the earliest unclaimed job becomes runnable (for the dispatcher's sleep)."""
+        query = sa.select(jobs.c.run_at).where(UNHELD_QUEUED).order_by(jobs.c.run_at).limit(1)
         with self._read() as conn:
             return conn.execute(query).scalar()
 
@@ -300,10 +312,11 @@ class JobStore:
         choose: ChooseClaims,
         limit: int,
     ) -> list[ClaimedJob]:
-        """Move runnable jobs to ``processing`` under ``owner``'s lease.
+        """Hold runnable jobs under ``owner``'s lease, each with a new attempt; they stay
+        ``queued`` until :meth:`start` hears that their worker began.
 
         Candidates come highest priority first, then oldest, from queues with free
-        slots; ``choose`` picks among them (resources, per-queue free slots).
+        slots (held jobs take slots); ``choose`` picks among them (resources, free slots).
         """
         now = self.clock()
         with self.engine.begin() as conn:
@@ -327,11 +340,10 @@ class JobStore:
             for chunk in _chunks([c.id for c in chosen]):
                 conn.execute(
                     sa.update(jobs)
-                    .where(jobs.c.id.in_(chunk), jobs.c.status == JobStatus.QUEUED)
+                    .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
                     .values(
-                        status=JobStatus.PROCESSING,
                         attempt=jobs.c.attempt + 1,
-                        started_at=now,
+                        started_at=None,
                         updated_at=now,
                         lease_owner=owner,
                         lease_expires_at=expires,
@@ -348,15 +360,11 @@ class JobStore:
                         "attempt": c.attempt + 1,
                         "status": AttemptStatus.RUNNING,
                         "lease_owner": owner,
-                        "started_at": now,
+                        "started_at": None,
                         "ready_at": c.run_at,
                     }
                     for c in chosen
                 ],
-            )
-            conn.execute(
-                job_events.insert(),
-                [status_event(c.id, JobStatus.PROCESSING, c.attempt + 1, now) for c in chosen],
             )
         return [
             ClaimedJob(
@@ -379,7 +387,7 @@ class JobStore:
         claim index serves the ORDER BY instead of a sort of every queued row."""
         query = (
             sa.select(*(jobs.c[name] for name in Candidate.__dataclass_fields__))
-            .where(QUEUED_ONLY, jobs.c.queue == queue, jobs.c.run_at <= now)
+            .where(UNHELD_QUEUED, jobs.c.queue == queue, jobs.c.run_at <= now)
             .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
             .limit(limit)
         )
@@ -387,8 +395,84 @@ class JobStore:
             query = query.with_for_update(skip_locked=True)
         return [Candidate(*row) for row in conn.execute(query)]
 
+    def start(self, owner: str, starts: Sequence[tuple[str, int, datetime]]) -> int:
+        """Move held jobs whose worker reported (id, attempt, when) it began to ``processing``.
+
+        Only ``owner``'s still-queued hold of that attempt moves, so a late or repeated
+        report (the attempt ended, was rescued or retried) changes nothing; one status
+        event per job that moved. Returns how many moved.
+        """
+        return self.advance(owner, starts, ())[0]
+
+    def advance(
+        self, owner: str, starts: Sequence[tuple[str, int, datetime]], outcomes: Sequence[Outcome]
+    ) -> tuple[int, int]:
+        """:meth:`start`, then :meth:`record`, in one transaction: what readers see moves
+        from one round's state to the next (never a started job beside the one it
+        replaced still running). Returns (jobs started, jobs ended)."""
+        if not starts and not outcomes:
+            return 0, 0
+        now = self.clock()
+        with self.engine.begin() as conn:
+            return self._start(conn, owner, starts, now), self._record(conn, outcomes, now)
+
+    def _start(
+        self,
+        conn: Connection,
+        owner: str,
+        starts: Sequence[tuple[str, int, datetime]],
+        now: datetime,
+    ) -> int:
+        # Attempts only grow: of a job's reports, only the newest attempt's can still match.
+        newest = {
+            job_id: (attempt, at) for job_id, attempt, at in sorted(starts, key=itemgetter(1))
+        }
+        moved = 0
+        # Half chunks: each start binds its (id, attempt) and its time.
+        for chunk in _chunks(list(newest.items()), CHUNK // 2):
+            at = {job_id: sa.literal(when, UTCDateTime) for job_id, (_n, when) in chunk}
+            rows = conn.execute(
+                sa.update(jobs)
+                .where(
+                    sa.tuple_(jobs.c.id, jobs.c.attempt).in_(
+                        [(job_id, n) for job_id, (n, _when) in chunk]
+                    ),
+                    jobs.c.status == JobStatus.QUEUED,
+                    jobs.c.lease_owner == owner,
+                )
+                .values(
+                    status=JobStatus.PROCESSING,
+                    started_at=sa.case(at, value=jobs.c.id),
+                    updated_at=now,
+                )
+                .returning(jobs.c.id, jobs.c.attempt)
+            ).all()
+            if not rows:
+                continue
+            moved += len(rows)
+            conn.execute(
+                sa.update(attempts)
+                .where(
+                    sa.tuple_(attempts.c.job_id, attempts.c.attempt).in_(
+                        [(r.id, r.attempt) for r in rows]
+                    )
+                )
+                .values(
+                    started_at=sa.select(jobs.c.started_at)
+                    .where(jobs.c.id == attempts.c.job_id)
+                    .scalar_subquery()
+                )
+            )
+            conn.execute(
+                job_events.insert(),
+                [status_event(r.id, JobStatus.PROCESSING, r.attempt, now) for r in rows],
+            )
+        return moved
+
     def record(self, outcomes: Sequence[Outcome]) -> int:
-        """Record how attempts ended; stale outcomes (wrong attempt or status) change nothing.
+        """Record how attempts ended; stale outcomes (wrong attempt, or the job no longer
+        held: requeued or ended) change nothing. An attempt that ends before its start
+        was reported is recorded all the same.
 
         Outcomes with the same values (every no-op's ``{}``, say) share one UPDATE,
         guarded row by row on (id, attempt). In the same transaction: follow-up jobs,
@@ -397,60 +481,59 @@ class JobStore:
         """
         if not outcomes:
             return 0
-        now = self.clock()
+        with self.engine.begin() as conn:
+            return self._record(conn, outcomes, self.clock())
+
+    def _record(self, conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> int:
         groups: dict[tuple[Any, ...], list[Outcome]] = {}
         for outcome in outcomes:
             groups.setdefault(_same_values(outcome), []).append(outcome)
         changed = 0
         batch_ids: set[str] = set()
-        with self.engine.begin() as conn:
-            for group in groups.values():
-                first = group[0]
-                for chunk in _chunks([(o.job_id, o.attempt) for o in group]):
-                    rows = conn.execute(
-                        sa.update(jobs)
-                        .where(
-                            sa.tuple_(jobs.c.id, jobs.c.attempt).in_(chunk),
-                            jobs.c.status == JobStatus.PROCESSING,
-                        )
-                        .values(_finish_values(first, now))
-                        .returning(*ENDED_COLUMNS)
-                    ).all()
-                    changed += len(rows)
-                    if first.status is JobStatus.COMPLETED:
-                        self._follow_up(conn, rows, first.result, now)
-                    if rows and first.status.is_terminal:
-                        completion.notify(conn, rows, first.status, first.result, first.error, now)
-                        batch_ids.update(r.batch_id for r in rows if r.batch_id)
-                    if rows:
-                        conn.execute(
-                            job_events.insert(),
-                            [
-                                status_event(
-                                    r.id,
-                                    first.status,
-                                    r.attempt,
-                                    now,
-                                    r.progress,
-                                    r.message,
-                                    r.stage,
-                                )
-                                for r in rows
-                            ],
-                        )
+        for group in groups.values():
+            first = group[0]
+            for chunk in _chunks([(o.job_id, o.attempt) for o in group]):
+                rows = conn.execute(
+                    sa.update(jobs)
+                    .where(sa.tuple_(jobs.c.id, jobs.c.attempt).in_(chunk), HELD)
+                    .values(_finish_values(first, now))
+                    .returning(*ENDED_COLUMNS)
+                ).all()
+                changed += len(rows)
+                if first.status is JobStatus.COMPLETED:
+                    self._follow_up(conn, rows, first.result, now)
+                if rows and first.status.is_terminal:
+                    completion.notify(conn, rows, first.status, first.result, first.error, now)
+                    batch_ids.update(r.batch_id for r in rows if r.batch_id)
+                if rows:
                     conn.execute(
-                        sa.update(attempts)
-                        .where(
-                            sa.tuple_(attempts.c.job_id, attempts.c.attempt).in_(chunk),
-                            attempts.c.status == AttemptStatus.RUNNING,
-                        )
-                        .values(
-                            status=first.final_attempt_status,
-                            finished_at=now,
-                            **_error_values(first.error),
-                        )
+                        job_events.insert(),
+                        [
+                            status_event(
+                                r.id,
+                                first.status,
+                                r.attempt,
+                                now,
+                                r.progress,
+                                r.message,
+                                r.stage,
+                            )
+                            for r in rows
+                        ],
                     )
-            completion.settle(conn, batch_ids, now, self.add)
+                conn.execute(
+                    sa.update(attempts)
+                    .where(
+                        sa.tuple_(attempts.c.job_id, attempts.c.attempt).in_(chunk),
+                        attempts.c.status == AttemptStatus.RUNNING,
+                    )
+                    .values(
+                        status=first.final_attempt_status,
+                        finished_at=now,
+                        **_error_values(first.error),
+                    )
+                )
+        completion.settle(conn, batch_ids, now, self.add)
         return changed
 
     def _follow_up(
@@ -501,7 +584,7 @@ class JobStore:
         now = self.clock()
         renew = (
             sa.update(jobs)
-            .where(jobs.c.lease_owner == owner, jobs.c.status == JobStatus.PROCESSING)
+            .where(HELD, jobs.c.lease_owner == owner)
             .values(lease_expires_at=now + timedelta(seconds=lease_ttl_s))
         )
         with self.engine.begin() as conn:
@@ -520,8 +603,9 @@ class JobStore:
         exclude_owner: str | None = None,
         limit: int = 500,
     ) -> list[JobRecord]:
-        """Processing jobs whose lease expired, or held by an earlier dispatcher incarnation."""
-        query = sa.select(jobs).where(PROCESSING_ONLY).limit(limit)
+        """Held jobs (started or not) whose lease expired, or held by an earlier dispatcher
+        incarnation."""
+        query = sa.select(jobs).where(HELD).limit(limit)
         if expired:
             query = query.where(jobs.c.lease_expires_at < self.clock())
         if owner_prefix is not None:
@@ -532,9 +616,9 @@ class JobStore:
             return [job_from_mapping(row._mapping) for row in conn.execute(query)]
 
     def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
-        """(job id, attempt) of jobs ``owner`` runs whose cancellation was asked for."""
+        """(job id, attempt) of jobs ``owner`` holds whose cancellation was asked for."""
         query = sa.select(jobs.c.id, jobs.c.attempt).where(
-            jobs.c.status == JobStatus.PROCESSING,
+            HELD,
             jobs.c.cancel_requested.is_(True),
             jobs.c.lease_owner == owner,
         )
@@ -600,6 +684,24 @@ class JobStore:
             )
         return written
 
+    def set_waiting(self, messages: Mapping[str, str | None]) -> int:
+        """Say why unclaimed queued jobs wait (id to message, None clears): the dispatcher
+        cannot admit them yet. Held or started jobs keep theirs. Returns rows changed."""
+        if not messages:
+            return 0
+        statement = (
+            sa.update(jobs)
+            .where(
+                jobs.c.id == sa.bindparam("b_id"),
+                UNHELD_QUEUED,
+                jobs.c.message.is_distinct_from(sa.bindparam("b_message")),
+            )
+            .values(message=sa.bindparam("b_message"))
+        )
+        params = [{"b_id": job_id, "b_message": text} for job_id, text in messages.items()]
+        with self.engine.begin() as conn:
+            return conn.execute(statement, params).rowcount
+
     def events(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         """A job's events after event id ``after``, oldest first."""
         query = (
@@ -614,7 +716,8 @@ class JobStore:
     # -- the user's writes -----------------------------------------------------------
 
     def request_cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
-        """Cancel a queued job now, or flag a running one for its dispatcher to stop."""
+        """Cancel a queued job no dispatcher holds now; flag a held or running one for its
+        dispatcher to stop (it may be starting already)."""
         now = self.clock()
         with self.engine.begin() as conn:
             job = self._locked(conn, job_id, tenant)
@@ -623,7 +726,8 @@ class JobStore:
                     f"job {job_id} is {job.status.value}: only queued or processing jobs"
                     " can be cancelled"
                 )
-            if job.status is JobStatus.QUEUED:
+            at_once = job.status is JobStatus.QUEUED and job.lease_owner is None
+            if at_once:
                 values: dict[str, Any] = {
                     "status": JobStatus.CANCELLED,
                     "finished_at": now,
@@ -636,7 +740,7 @@ class JobStore:
                 .where(jobs.c.id == job_id, jobs.c.status == job.status)
                 .values(updated_at=now, **values)
             )
-            if job.status is JobStatus.QUEUED:
+            if at_once:
                 conn.execute(
                     job_events.insert(),
                     [status_event(job_id, JobStatus.CANCELLED, job.attempt, now, job.progress)],
@@ -731,9 +835,9 @@ def status_event(
 CHUNK = 400
 
 
-def _chunks(items: list[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+def _chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _same_values(outcome: Outcome) -> tuple[Any, ...]:
@@ -758,6 +862,8 @@ def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
         "updated_at": now,
         "finished_at": None,
         "cancel_requested": False,
+        "lease_owner": None,
+        "lease_expires_at": None,
         "max_attempts": max_attempts,
         "progress": 0.0,
         "message": None,

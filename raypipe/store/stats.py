@@ -248,7 +248,13 @@ class StatsStore:
     ) -> Distribution:
         duration = seconds_between(attempts.c.started_at, attempts.c.finished_at, self.dialect)
         completed = _finished_attempts(
-            sa.select(), since, until, selected, attempts.c.status == AttemptStatus.COMPLETED
+            sa.select(),
+            since,
+            until,
+            selected,
+            attempts.c.status == AttemptStatus.COMPLETED,
+            # One that ended before its start was reported has no duration.
+            attempts.c.started_at.is_not(None),
         )
         [row] = conn.execute(_distribution(completed, duration)).all()
         return _as_distribution(row)

@@ -94,9 +94,15 @@ jobs = sa.Table(
 
 # Partial indexes: each holds only the rows its query looks for, so the churn of
 # finished jobs never touches them. The claim: runnable jobs by queue, highest
-# priority first, then oldest. The lease sweep: running jobs by lease expiry.
+# priority first, then oldest. The lease sweep: held jobs by lease expiry.
 QUEUED_ONLY = sa.text("status = 'queued'")
 PROCESSING_ONLY = sa.text("status = 'processing'")
+#: Claimed by a dispatcher and not ended: queued until its worker reports the start, then
+#: processing. Exact because every write that ends or requeues a job clears the lease, and
+#: only a job no one holds is cancelled at once.
+HELD = sa.text("lease_owner IS NOT NULL")
+#: Queued and held by no dispatcher: what a claim may take.
+UNHELD_QUEUED = sa.and_(QUEUED_ONLY, sa.text("lease_owner IS NULL"))
 sa.Index(
     "ix_jobs_claim",
     jobs.c.queue,
@@ -110,8 +116,8 @@ sa.Index(
     "ix_jobs_lease",
     jobs.c.queue,
     jobs.c.lease_expires_at,
-    postgresql_where=PROCESSING_ONLY,
-    sqlite_where=PROCESSING_ONLY,
+    postgresql_where=HELD,
+    sqlite_where=HELD,
 )
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
 sa.Index("ix_jobs_parent", jobs.c.parent_id)
@@ -128,7 +134,8 @@ attempts = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("status", _status_enum(AttemptStatus, "attempt_status"), nullable=False),
     sa.Column("lease_owner", sa.String(200)),
-    sa.Column("started_at", UTCDateTime, nullable=False),
+    # Null until the worker reports the start (a claimed attempt may end before it does).
+    sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("error_type", sa.String(200)),
     sa.Column("error_message", sa.Text),

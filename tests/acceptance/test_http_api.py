@@ -226,5 +226,27 @@ def test_queues_job_types_and_health(api: Api) -> None:
         "dispatcher": "ok",
         "progress": "ok",
         "webhooks": "ok",
+        "capacity": "ok",
     }
     assert httpx.get(f"{api.url}/docs").status_code == 200
+
+
+def test_a_job_type_that_can_never_fit_is_named_by_health_and_waits_queued(api: Api) -> None:
+    client = api.client(api.key(_tenant()))
+    huge = client.post("/v1/jobs", json={"type": "test.huge", "payload": {}}).json()
+
+    def named() -> dict | None:
+        check = httpx.get(f"{api.url}/health").json()["checks"]["capacity"]
+        return check if check["status"] == "degraded" else None
+
+    check = wait_for(named, what="/health to name the job type")
+    assert "test.huge (waiting for 64 CPU; the cluster has 2 CPU in all)" in check["detail"]
+    job = client.get(f"/v1/jobs/{huge['id']}").json()
+    assert (job["status"], job["message"]) == (
+        "queued",
+        "waiting for 64 CPU; the cluster has 2 CPU in all",
+    )
+    queues = {q["name"]: q for q in client.get("/v1/queues").json()}
+    assert queues["default"]["waiting"]["waiting for 64 CPU; the cluster has 2 CPU in all"] >= 1
+    client.post(f"/v1/jobs/{huge['id']}/cancel")
+    wait_for(lambda: named() is None, what="/health to be ok again")

@@ -37,8 +37,6 @@ def api(
         "sqlite",
         tmp_path_factory.mktemp("notebooks"),
         serve_port,
-        embedding_pool_size=1,
-        embedding_num_cpus=0.5,
     )
 
 

@@ -27,8 +27,6 @@ def api(
         request.param,
         tmp_path_factory.mktemp("workloads"),
         serve_port,
-        embedding_pool_size=1,
-        embedding_num_cpus=0.5,
     )
 
 

@@ -43,6 +43,10 @@ class ClusterHost:
         machine would."""
         self._call("remove", node_id)
 
+    def resource_requests(self) -> list[dict[str, float]]:
+        """What the autoscaler was asked for (``request_resources``), read back from Ray."""
+        return self._call("requests", None)
+
     def close(self) -> None:
         try:
             if self._process.is_alive():
@@ -120,6 +124,8 @@ def _serve(conn: Connection, settings: Settings) -> None:
                 node = head.add_node(object_store_memory=OBJECT_STORE_BYTES, **argument)
                 nodes[node.node_id] = node
                 conn.send((True, node.node_id))
+            elif command == "requests":
+                conn.send((True, _resource_requests(head.address)))
             elif command == "remove":
                 head.remove_node(nodes.pop(argument), allow_graceful=False)
                 conn.send((True, None))
@@ -127,3 +133,28 @@ def _serve(conn: Connection, settings: Settings) -> None:
                 conn.send((False, f"unknown command {command!r}"))
         except Exception:
             conn.send((False, traceback.format_exc()))
+
+
+def _resource_requests(address: str) -> list[dict[str, float]]:
+    """The standing ``request_resources`` bundles, one per requested shape and count, from
+    wherever this Ray's autoscaler version keeps them."""
+    import json
+
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    if is_autoscaler_v2():
+        from ray._raylet import GcsClient
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+        state = get_cluster_resource_state(GcsClient(address))
+        return [
+            dict(by_count.request.resources_bundle)
+            for constraint in state.cluster_resource_constraints
+            for by_count in constraint.resource_requests
+            for _ in range(by_count.count)
+        ]
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else []

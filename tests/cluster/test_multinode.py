@@ -86,6 +86,18 @@ def test_removing_a_node_mid_run_loses_no_job_and_records_none_twice(
     )
     multinode.host.remove_node(doomed)
     lost = {key for key, node in _started(tmp_path).items() if node == doomed}
+
+    def recorded_lost() -> bool:
+        attempts = {
+            (job_id, a.attempt): a.status
+            for job_id in {job_id for job_id, _ in lost}
+            for a in multinode.client.job_attempts(job_id)
+        }
+        return all(attempts.get(key) is AttemptStatus.FAILED for key in lost)
+
+    # A killed raylet's workers linger for a moment; a lost machine's could not report, so
+    # the gate opens once the dispatcher has recorded the node's attempts as lost.
+    wait_for(recorded_lost, TIMEOUT_S, "the doomed node's attempts recorded as failed")
     (tmp_path / "release").touch()
 
     jobs = _completed(handles)
@@ -111,3 +123,19 @@ def test_removing_a_node_mid_run_loses_no_job_and_records_none_twice(
         assert len(completions) == 1, completions
     # Every lost attempt was followed by exactly one more.
     assert sum(job.attempt for job in jobs) == len(jobs) + len(lost)
+
+
+def test_held_back_gpu_demand_is_asked_of_the_autoscaler_and_withdrawn_on_cancel(
+    multinode: MultiNode, tmp_path: Path
+) -> None:
+    holder = multinode.client.submit("cluster.gpu", {"folder": str(tmp_path)})
+    wait_for(lambda: _started(tmp_path), TIMEOUT_S, "the GPU holder to start")
+    waiting = multinode.client.submit("cluster.gpu", {})
+    wanted = {"CPU": 1.0, "GPU": 1.0}
+    wait_for(lambda: wanted in multinode.host.resource_requests(), TIMEOUT_S, "the GPU request")
+    assert waiting.refresh().status is JobStatus.QUEUED
+    assert waiting.refresh().message == "waiting for 1 GPU"
+    multinode.client.cancel_job(waiting.id)
+    wait_for(lambda: multinode.host.resource_requests() == [], TIMEOUT_S, "the request withdrawn")
+    (tmp_path / "release").touch()
+    assert _completed([holder])[0].result["node_id"] == multinode.nodes["gpu"]

@@ -33,8 +33,6 @@ def module_system(
         settings = make_settings(
             url,
             folder / "data",
-            embedding_pool_size=2,
-            embedding_num_cpus=0.5,
             **overrides,
         )
         cluster.start_actors(settings)
@@ -46,3 +44,9 @@ def module_system(
 
 def dispatcher(settings: Settings) -> ray.actor.ActorHandle:
     return ray.get_actor("raypipe-dispatcher", namespace=settings.namespace)
+
+
+def pool_actors(settings: Settings, pool: str) -> list[ray.actor.ActorHandle]:
+    """The actors the dispatcher's pool has now (named, so they can be looked up)."""
+    names = ray.get(dispatcher(settings).info.remote())["pools"][pool]["actors"]
+    return [ray.get_actor(name, namespace=settings.namespace) for name in names]

@@ -19,7 +19,6 @@ from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import Conflict, InvalidInput
 from raypipe.jobs import JobStatus, Outcome
-from raypipe.scheduling import choose_claims
 from raypipe.store import JobStore, create_engine
 from raypipe.store.batches import BatchStore
 from raypipe.store.tables import jobs, webhook_deliveries
@@ -43,11 +42,13 @@ def _batch(settings: Settings, batches: BatchStore, n: int, **fields: Any) -> An
     return batches.create("acme", rows, **extra)
 
 
-def _claim_all(store: JobStore, n: int) -> list[Any]:
-    def take_all(candidates: Any, free: Any) -> list[Any]:
-        return choose_claims(candidates, free, budget={}, demand_of=lambda _t: {}, max_jobs=n)
-
-    return store.claim("test-owner", 60, {"default": n}, take_all, n)
+def _claim_all(store: JobStore, n: int, start: bool = True) -> list[Any]:
+    """Claim up to ``n`` jobs (the queue's only slots, so every candidate fits) and, unless
+    told not to, start them: processing."""
+    claimed = store.claim("test-owner", 60, {"default": n}, lambda c, _free: list(c), n)
+    if start:
+        store.start("test-owner", [(c.id, c.attempt, T0) for c in claimed])
+    return claimed
 
 
 def _follow_ups(store: JobStore, batch_id: str) -> list[Any]:
@@ -192,6 +193,19 @@ def test_cancel_and_retry_failed(settings: Settings) -> None:
     # Cancelled jobs stay cancelled: the batch completed with failures, a second time.
     assert reopened.status is BatchStatus.COMPLETED_WITH_FAILURES and reopened.completions == 2
     assert len(_follow_ups(store, batch.id)) == 2
+
+
+def test_cancel_asks_held_jobs_to_stop_even_before_they_start(settings: Settings) -> None:
+    store, batches = _stores(settings)
+    batch = _batch(settings, batches, 3)
+    [held] = _claim_all(store, 1, start=False)
+    cancelling = batches.cancel(batch.id, "acme")
+    assert cancelling.counts["cancelled"] == 2 and cancelling.status is BatchStatus.RUNNING
+    job = store.get(held.id)
+    assert (job.status, job.cancel_requested) == (JobStatus.QUEUED, True)
+    assert store.cancel_requests("test-owner") == [(held.id, 1)]
+    store.record([Outcome(held.id, 1, JobStatus.CANCELLED)])
+    assert batches.get(batch.id).status is BatchStatus.CANCELLED
 
 
 def test_a_single_job_cancel_ends_the_batch_when_it_is_the_last(settings: Settings) -> None:

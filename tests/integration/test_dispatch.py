@@ -191,7 +191,7 @@ def test_a_cancel_asked_while_no_dispatcher_runs_is_honoured_on_restart(
     from raypipe.runtime import cluster
 
     job = raypipe.submit("test.gate", {"folder": str(tmp_path)})
-    wait_for(lambda: (tmp_path / "pid-1").exists(), what="the gate to start")
+    wait_for(lambda: _processing(job), what="the gate's start to be recorded")
     ray.kill(dispatcher(raypipe.settings), no_restart=True)
     assert job.cancel().status is JobStatus.PROCESSING  # only flagged: nobody runs it now
     cluster.start_actors(raypipe.settings)

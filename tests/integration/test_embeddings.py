@@ -1,4 +1,4 @@
-"""embed.texts on the warm model actors: real model, real Ray, checked against ``encode``."""
+"""embed.texts on the embeddings pool: real model, real Ray, checked against ``encode``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import ray
 from raypipe.direct import DirectClient
 from raypipe.embedding.models import EmbeddingModel, load_cached
 from raypipe.jobs import JobStatus
-from raypipe.runtime import embedder
 from tests.conftest import DB_KINDS
-from tests.integration.conftest import module_system
+from tests.integration.conftest import dispatcher, module_system, pool_actors
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -30,6 +29,12 @@ def system(
         embedding_batch_size=128,
         embedding_max_wait_ms=300,
     )
+
+
+def served(system: DirectClient) -> int:
+    """Texts the pool's actors have encoded so far."""
+    infos = [ray.get(a.info.remote()) for a in pool_actors(system.settings, "embeddings")]
+    return sum(info["models"].get(MODEL, {}).get("texts", 0) for info in infos)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +56,10 @@ def test_vectors_equal_the_models_own_encode_in_input_order(
     system: DirectClient, reference: EmbeddingModel
 ) -> None:
     texts = [f"{SENTENCES[i % 5]} (item {i % 70})" for i in range(200)]  # 70 unique, repeated
-    actors = embedder.pool(system.settings, MODEL)
-    before = sum(ray.get(a.info.remote()).get("texts", 0) for a in actors)
+    before = served(system)
     handle = system.submit("embed.texts", {"texts": texts})
     job = handle.wait(timeout=180)
-    after = sum(ray.get(a.info.remote()).get("texts", 0) for a in actors)
-    assert after - before == 70  # identical texts reach the model once
+    assert served(system) - before == 70  # identical texts reach the model once
     assert job.status is JobStatus.COMPLETED, job.error
     assert job.result == {
         "count": 200,
@@ -92,25 +95,25 @@ def test_unnormalised_vectors_match_encode_without_normalising(
     np.testing.assert_allclose(handle.artifact("embeddings.npy"), expected, atol=1e-4)
 
 
-def test_a_large_job_is_chunked_across_the_pool_with_progress(system: DirectClient) -> None:
-    actors = embedder.pool(system.settings, MODEL)
-    before = [ray.get(a.info.remote()) for a in actors]
+def test_a_large_job_is_chunked_with_progress(system: DirectClient) -> None:
+    before = served(system)
     texts = [f"sentence number {i} about topic {i % 13}" for i in range(320)]  # 10 chunks
     handle = system.submit("embed.texts", {"texts": texts})
     assert handle.wait(timeout=180).status is JobStatus.COMPLETED
-    after = [ray.get(a.info.remote()) for a in actors]
-    served = [a.get("texts", 0) - b.get("texts", 0) for a, b in zip(after, before, strict=True)]
-    assert sum(served) == 320 and min(served) > 0  # both actors did part of it
+    assert served(system) - before == 320
     steps = [e for e in system.store.events(handle.id) if e["kind"] == "progress"]
     assert any(e["stage"] == "encode" and 0 < e["progress"] < 100 for e in steps)
 
 
 def test_concurrent_requests_are_merged_into_one_model_batch(system: DirectClient) -> None:
-    actor = embedder.pool(system.settings, MODEL)[0]
-    before = ray.get(actor.info.remote())
-    refs = [actor.embed.remote([f"job {j} text {t}" for t in range(10)], True) for j in range(10)]
-    results = ray.get(refs)
-    after = ray.get(actor.info.remote())
+    assert system.submit("embed.texts", {"texts": SENTENCES}).wait(timeout=180).status is (
+        JobStatus.COMPLETED
+    )  # the pool has a warm actor now
+    actor = pool_actors(system.settings, "embeddings")[0]
+    before = ray.get(actor.info.remote())["models"][MODEL]
+    texts = [[f"job {j} text {t}" for t in range(10)] for j in range(10)]
+    results = ray.get([actor.embed.remote(batch, MODEL, True) for batch in texts])
+    after = ray.get(actor.info.remote())["models"][MODEL]
     assert [r[0].shape for r in results] == [(10, 384)] * 10
     assert after["requests"] - before.get("requests", 0) == 10
     assert after["batches"] - before.get("batches", 0) == 1  # ten requests, one batch
@@ -131,6 +134,11 @@ def test_the_text_artifact_of_another_job_can_be_embedded(
     )
 
 
-def test_settings_are_what_the_pool_was_built_with(system: DirectClient) -> None:
-    info = ray.get(embedder.pool(system.settings, MODEL)[1].info.remote())
-    assert (info["model"], info["dim"], info["device"]) == (MODEL, 384, "cpu")
+def test_the_pool_is_what_its_settings_say(system: DirectClient) -> None:
+    assert system.submit("embed.texts", {"texts": SENTENCES}).wait(timeout=180).status is (
+        JobStatus.COMPLETED
+    )
+    pool = ray.get(dispatcher(system.settings).info.remote())["pools"]["embeddings"]
+    assert pool["per_actor"] == "1 CPU" and 1 <= pool["size"] <= 2
+    info = ray.get(pool_actors(system.settings, "embeddings")[0].info.remote())
+    assert (info["models"][MODEL]["dim"], info["models"][MODEL]["device"]) == (384, "cpu")

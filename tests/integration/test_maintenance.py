@@ -79,7 +79,8 @@ def submit(store: JobStore, settings: Settings, tenant: str = "default", **spec:
     return job.id
 
 
-def claim(store: JobStore, settings: Settings, *ids: str, lease_s: float = 3600.0) -> list[Any]:
+def hold(store: JobStore, settings: Settings, *ids: str, lease_s: float = 3600.0) -> list[Any]:
+    """Claim exactly ``ids``: held, still queued until started."""
     wanted = set(ids)
     claimed = store.claim(
         "test-owner",
@@ -89,6 +90,14 @@ def claim(store: JobStore, settings: Settings, *ids: str, lease_s: float = 3600.
         1000,
     )
     assert {c.id for c in claimed} == wanted
+    return claimed
+
+
+def claim(store: JobStore, settings: Settings, *ids: str, lease_s: float = 3600.0) -> list[Any]:
+    """Claim exactly ``ids`` and start them now: processing."""
+    claimed = hold(store, settings, *ids, lease_s=lease_s)
+    now = store.clock()
+    assert store.start("test-owner", [(c.id, c.attempt, now) for c in claimed]) == len(ids)
     return claimed
 
 
@@ -461,6 +470,21 @@ def test_the_stuck_report_finds_each_kind_and_nothing_else(
     assert data["overrunning"]["examples"][0]["since"] == "2025-01-01T00:00:00Z"
     assert delayed not in ids(report.waiting) and within_timeout not in ids(report.overrunning)
     assert stuck(store.engine, settings, START).total == 0
+
+
+def test_held_jobs_not_started_are_stuck_by_their_lease(
+    settings: Settings, store: JobStore
+) -> None:
+    """A claimed job its worker never starts: lost once its lease runs out, waiting while
+    a live lease keeps it; never overrunning, which counts from a start."""
+    now = START + timedelta(hours=2)
+    lapsed, kept = submit(store, settings, timeout_s=10), submit(store, settings, timeout_s=10)
+    hold(store, settings, lapsed, lease_s=60)
+    hold(store, settings, kept, lease_s=3 * 3600)
+    report = stuck(store.engine, settings, now)
+    assert [job.id for job in report.lease_expired.examples] == [lapsed]
+    assert [job.id for job in report.waiting.examples] == [kept]
+    assert (report.overrunning.count, report.total) == (0, 2)
 
 
 # -- the job types --------------------------------------------------------------------------

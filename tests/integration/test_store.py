@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -11,10 +12,20 @@ import sqlalchemy as sa
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import Conflict, InvalidInput, NotFound, SchemaOutOfDate
-from raypipe.jobs import ErrorInfo, JobStatus, Outcome
-from raypipe.scheduling import choose_claims
+from raypipe.jobs import (
+    CANCELLED_ON_REQUEST,
+    AttemptStatus,
+    ClaimedJob,
+    ErrorInfo,
+    JobStatus,
+    Outcome,
+)
 from raypipe.store import JobStore, create_engine
 from raypipe.store import schema as store_schema
+from raypipe.store.repository import Candidate
+
+OWNER = "test-owner"
+QUEUES = {"default": 100, "solo": 1, "pair": 2}
 
 
 @pytest.fixture
@@ -24,11 +35,32 @@ def client(settings: Settings) -> DirectClient:
     client.close()
 
 
-def _claim_all(store: JobStore, owner: str = "test-owner") -> list:
-    def take_all(candidates, free):
-        return choose_claims(candidates, free, {}, lambda _t: {}, 1000)
+def _take_free(candidates: Sequence[Candidate], free: dict[str, int]) -> list[Candidate]:
+    """Candidates in order while their queue has a free slot (no resources to fit)."""
+    left = dict(free)
+    chosen = []
+    for candidate in candidates:
+        if left.get(candidate.queue, 0) > 0:
+            left[candidate.queue] -= 1
+            chosen.append(candidate)
+    return chosen
 
-    return store.claim(owner, 30.0, {"default": 100, "solo": 1, "pair": 2}, take_all, 1000)
+
+def _claim_all(store: JobStore, owner: str = OWNER, lease_ttl_s: float = 30.0) -> list[ClaimedJob]:
+    return store.claim(owner, lease_ttl_s, QUEUES, _take_free, 1000)
+
+
+def _claim(store: JobStore, *ids: str) -> list[ClaimedJob]:
+    """Claim exactly ``ids``, leaving every other job unheld."""
+    wanted = set(ids)
+    claimed = store.claim(OWNER, 30.0, QUEUES, lambda c, _f: [x for x in c if x.id in wanted], 100)
+    assert {c.id for c in claimed} == wanted
+    return claimed
+
+
+def _start(store: JobStore, claimed: Sequence[ClaimedJob], at: datetime | None = None) -> int:
+    when = at or store.clock()
+    return store.start(OWNER, [(c.id, c.attempt, when) for c in claimed])
 
 
 def test_a_stale_attempt_never_overwrites_a_newer_one(client: DirectClient) -> None:
@@ -44,7 +76,7 @@ def test_a_stale_attempt_never_overwrites_a_newer_one(client: DirectClient) -> N
     # Attempt 1 reports again, late: nothing changes.
     assert store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"late": True})]) == 0
     current = store.get(job.id)
-    assert (current.status, current.attempt, current.result) == (JobStatus.PROCESSING, 2, None)
+    assert (current.status, current.attempt, current.result) == (JobStatus.QUEUED, 2, None)
     assert store.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={"ok": 1})]) == 1
     # A second outcome for the same attempt changes nothing either.
     assert store.record([Outcome(job.id, 2, JobStatus.FAILED, error=error)]) == 0
@@ -69,14 +101,20 @@ def test_delayed_jobs_wait_for_their_time(client: DirectClient) -> None:
 
 
 def test_an_expired_lease_is_found(client: DirectClient) -> None:
-    job = client.submit("noop", {})
-    client.store.claim(
-        "gone", -1.0, {"default": 10}, lambda c, f: choose_claims(c, f, {}, lambda _t: {}, 10), 10
-    )
-    lost = client.store.lost_jobs(expired=True)
-    assert [j.id for j in lost] == [job.id]
-    assert client.store.renew_leases("gone", 60) == 1
-    assert client.store.lost_jobs(expired=True) == []
+    store = client.store
+    held, started = client.submit("noop", {}), client.submit("noop", {})
+    claimed = _claim_all(store, "gone", lease_ttl_s=-1.0)
+    assert store.start("gone", [(started.id, 1, store.clock())]) == 1
+    # Held jobs are lost whether their worker started them or not.
+    lost = store.lost_jobs(expired=True)
+    assert sorted(j.id for j in lost) == sorted([held.id, started.id])
+    assert {j.status for j in lost} == {JobStatus.QUEUED, JobStatus.PROCESSING}
+    assert store.count_stuck() == 2
+    assert store.renew_leases("gone", 60) == 2
+    assert store.lost_jobs(expired=True) == [] and store.count_stuck() == 0
+    store.record([Outcome(c.id, c.attempt, JobStatus.COMPLETED, result={}) for c in claimed])
+    assert store.renew_leases("gone", 60) == 0
+    assert store.lost_jobs(expired=False) == []
 
 
 def test_concurrent_duplicate_submissions_make_one_job(client: DirectClient) -> None:
@@ -183,7 +221,9 @@ def test_status_values_are_constrained_in_the_database(client: DirectClient) -> 
 def test_every_status_change_and_progress_step_is_an_event(client: DirectClient) -> None:
     store = client.store
     job = client.submit("noop", {})
-    assert [c.id for c in _claim_all(store)] == [job.id]
+    claimed = _claim_all(store)
+    assert [c.id for c in claimed] == [job.id]
+    assert _start(store, claimed) == 1
     assert (
         store.write_progress(
             [{"id": job.id, "attempt": 1, "progress": 40.0, "message": "half", "stage": "s"}]
@@ -207,3 +247,163 @@ def test_every_status_change_and_progress_step_is_an_event(client: DirectClient)
     ]
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
     assert store.events(job.id, after=events[1]["id"])[0]["progress"] == 40.0
+
+
+# -- claimed, then started ---------------------------------------------------------------
+
+
+def test_a_claim_holds_the_job_queued_and_takes_its_queue_slot(client: DirectClient) -> None:
+    store = client.store
+    first = client.submit("noop", {}, queue="solo")
+    second = client.submit("noop", {}, queue="solo")
+    other = client.submit("noop", {})
+    claimed = _claim_all(store)
+    assert sorted(c.id for c in claimed) == sorted([first.id, other.id])
+    held = store.get(first.id)
+    assert (held.status, held.attempt, held.lease_owner) == (JobStatus.QUEUED, 1, OWNER)
+    assert held.started_at is None and held.lease_expires_at is not None
+    [attempt] = store.attempts(first.id)
+    assert (attempt.status, attempt.started_at) == (AttemptStatus.RUNNING, None)
+    # No status event: the job is still queued.
+    assert [e["status"] for e in store.events(first.id)] == ["queued"]
+    # Neither claimable again, nor leaving room in its queue for the next.
+    assert _claim_all(store) == []
+    assert store.running_by_queue() == {"solo": 1, "default": 1}
+    assert store.get(second.id).lease_owner is None
+    stats = store.queue_stats()
+    assert (stats["solo"]["depth"], stats["solo"]["running"]) == (2, 0)
+
+
+def test_a_start_moves_the_job_to_processing_at_the_reported_time(
+    client: DirectClient,
+) -> None:
+    store = client.store
+    job = client.submit("noop", {})
+    claimed = _claim_all(store)
+    at = store.clock() - timedelta(seconds=5)
+    assert _start(store, claimed, at) == 1
+    started = store.get(job.id)
+    assert (started.status, started.started_at) == (JobStatus.PROCESSING, at)
+    assert [a.started_at for a in store.attempts(job.id)] == [at]
+    events = store.events(job.id)
+    assert [(e["status"], e["attempt"]) for e in events] == [("queued", 0), ("processing", 1)]
+    # A repeated report changes nothing, and writes no second event.
+    assert _start(store, claimed, at + timedelta(seconds=1)) == 0
+    assert store.get(job.id).started_at == at
+    assert len(store.events(job.id)) == 2
+    assert store.queue_stats()["default"]["running"] == 1
+
+
+def test_a_stale_start_changes_nothing(client: DirectClient) -> None:
+    store = client.store
+    job = client.submit("noop", {})
+    [claimed] = _claim_all(store)
+    now = store.clock()
+    assert store.start(OWNER, [(job.id, 2, now)]) == 0
+    assert store.start("someone-else", [(job.id, 1, now)]) == 0
+    retry_at = now - timedelta(seconds=1)
+    store.record([Outcome(job.id, 1, JobStatus.QUEUED, error=ErrorInfo("E", "x"), run_at=retry_at)])
+    # Attempt 1 was requeued before its start report was written.
+    assert store.start(OWNER, [(job.id, 1, now)]) == 0
+    requeued = store.get(job.id)
+    assert (requeued.status, requeued.lease_owner, requeued.started_at) == (
+        JobStatus.QUEUED,
+        None,
+        None,
+    )
+    [second] = _claim_all(store)
+    # Of one job's reports, the stale attempt's never wins over the current one's.
+    assert store.start(OWNER, [(job.id, 2, now), (job.id, 1, retry_at)]) == 1
+    assert store.get(job.id).started_at == now
+    store.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={})])
+    assert store.start(OWNER, [(job.id, 2, now)]) == 0
+    assert store.get(job.id).status is JobStatus.COMPLETED
+    assert (claimed.attempt, second.attempt) == (1, 2)
+
+
+def test_an_attempt_that_ends_before_its_start_report_is_recorded(client: DirectClient) -> None:
+    store = client.store
+    job = client.submit("noop", {})
+    assert [c.id for c in _claim_all(store)] == [job.id]
+    assert store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"ok": 1})]) == 1
+    done = store.get(job.id)
+    assert (done.status, done.result, done.lease_owner) == (JobStatus.COMPLETED, {"ok": 1}, None)
+    [attempt] = store.attempts(job.id)
+    assert (attempt.status, attempt.started_at) == (AttemptStatus.COMPLETED, None)
+    assert attempt.finished_at is not None
+    assert store.record([Outcome(job.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))]) == 0
+    assert [e["status"] for e in store.events(job.id)] == ["queued", "completed"]
+
+
+def test_cancelling_a_held_job_asks_its_dispatcher(client: DirectClient) -> None:
+    store = client.store
+    held = client.submit("noop", {}, queue="solo")
+    unheld = client.submit("noop", {}, queue="solo")
+    _claim_all(store)
+    asked = store.request_cancel(held.id)
+    assert (asked.status, asked.cancel_requested) == (JobStatus.QUEUED, True)
+    assert store.cancel_requests(OWNER) == [(held.id, 1)]
+    assert store.cancel_requests("someone-else") == []
+    now = store.request_cancel(unheld.id)
+    assert (now.status, now.finished_at is not None) == (JobStatus.CANCELLED, True)
+    assert now.lease_owner is None
+    # The dispatcher stops the held one (before its start): it ends cancelled.
+    store.record([Outcome(held.id, 1, JobStatus.CANCELLED, error=CANCELLED_ON_REQUEST)])
+    assert store.get(held.id).status is JobStatus.CANCELLED
+    assert store.cancel_requests(OWNER) == []
+
+
+def test_set_waiting_touches_only_unheld_queued_jobs(client: DirectClient) -> None:
+    store = client.store
+    held, started, done, waiting = (client.submit("noop", {}) for _ in range(4))
+    claimed = _claim(store, held.id, started.id, done.id)
+    _start(store, [c for c in claimed if c.id == started.id])
+    store.record([Outcome(done.id, 1, JobStatus.COMPLETED, result={})])
+    everyone = [held.id, started.id, done.id, waiting.id, "no-such-job"]
+    assert store.set_waiting({job_id: "waiting for 1 CPU" for job_id in everyone}) == 1
+    assert {job_id: store.get(job_id).message for job_id in everyone[:4]} == {
+        held.id: None,
+        started.id: None,
+        done.id: None,
+        waiting.id: "waiting for 1 CPU",
+    }
+    assert store.set_waiting({waiting.id: "waiting for 1 CPU"}) == 0  # already so
+    assert store.set_waiting({waiting.id: None}) == 1
+    assert store.get(waiting.id).message is None
+    assert store.set_waiting({}) == 0
+
+
+def test_queue_stats_count_what_queued_jobs_wait_for(client: DirectClient) -> None:
+    store = client.store
+    cpu, cpu_too, gpu, retried, held, started = (client.submit("noop", {}) for _ in range(6))
+    _start(store, [c for c in _claim(store, held.id, started.id) if c.id == started.id])
+    store.set_waiting(
+        {
+            cpu.id: "waiting for 1 CPU",
+            cpu_too.id: "waiting for 1 CPU",
+            gpu.id: "waiting for 1 GPU",
+            retried.id: "retrying after a timeout",  # a job's own message, not a wait
+        }
+    )
+    [entry] = store.queue_stats().values()
+    assert entry["waiting"] == {"waiting for 1 CPU": 2, "waiting for 1 GPU": 1}
+    assert (entry["depth"], entry["running"]) == (5, 1)
+    assert entry["oldest_waiting_s"] is not None and entry["oldest_waiting_s"] >= 0
+
+
+def test_the_migration_down_keeps_attempts_not_started(settings: Settings) -> None:
+    """Downgrading below 0005 fills in the start of attempts that never reported one."""
+    from alembic import command
+
+    client = DirectClient(settings)
+    job = client.submit("noop", {})
+    _claim_all(client.store)
+    client.close()
+    engine = create_engine(settings.database_url)
+    command.downgrade(store_schema.alembic_config(settings.database_url), "0004")
+    with engine.connect() as conn:
+        started = conn.execute(sa.text("SELECT started_at FROM attempts")).scalar_one()
+    assert started is not None
+    store_schema.upgrade(engine)
+    assert JobStore(engine).get(job.id).status is JobStatus.QUEUED
+    engine.dispose()

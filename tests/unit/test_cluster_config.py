@@ -87,7 +87,7 @@ def test_rays_validation_refuses_a_broken_cluster_yaml() -> None:
         _launcher_config(misspelt)
 
     too_small = copy.deepcopy(raw)
-    too_small["max_workers"] = 1
+    too_small["max_workers"] = 0  # below the CPU workers' min_workers
     with pytest.raises(ValueError, match="max_workers"):
         _launcher_config(too_small)
 
@@ -108,7 +108,10 @@ def test_cluster_has_a_head_and_a_cpu_and_a_gpu_worker_type_with_bounds() -> Non
     assert workers[cpu[0]].resources.get("CPU", 0) >= 1
     for name, node in workers.items():
         assert {"min_workers", "max_workers"} <= raw_types[name].keys()
-        assert 1 <= node.min_worker_nodes <= node.max_worker_nodes
+        assert node.min_worker_nodes <= node.max_worker_nodes
+    # CPU work always has a node; GPU nodes start from zero when GPU work waits.
+    assert workers[cpu[0]].min_worker_nodes >= 1
+    assert workers[gpu[0]].min_worker_nodes == 0
     assert sum(node.max_worker_nodes for node in workers.values()) <= (
         config.get_max_num_worker_nodes()
     )
@@ -220,7 +223,8 @@ def test_rayservice_cluster_has_cpu_and_gpu_worker_groups() -> None:
     assert head["resources"]["CPU"] == 0
     assert sorted(w["resources"].get("GPU", 0) > 0 for w in workers.values()) == [False, True]
     for worker in workers.values():
-        assert 1 <= worker["min_workers"] <= worker["max_workers"]
+        assert worker["min_workers"] <= worker["max_workers"]
+        assert (worker["min_workers"] == 0) == (worker["resources"].get("GPU", 0) > 0)
 
 
 def test_rayservice_reads_the_database_url_from_a_secret_everywhere() -> None:

@@ -162,12 +162,12 @@ def test_scalars_and_lists_from_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("RAYPIPE_DATA_DIR", str(tmp_path / "env-data"))
-    monkeypatch.setenv("RAYPIPE_OVERSUBSCRIPTION", "1.5")
+    monkeypatch.setenv("RAYPIPE_CLAIM_BATCH", "42")
     monkeypatch.setenv("RAYPIPE_PROCESSOR_MODULES", '["my.procs", "other.procs"]')
     settings = get_settings()
     assert settings.data_dir == tmp_path.resolve() / "env-data"
     assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/env-data/raypipe.db"
-    assert settings.oversubscription == 1.5
+    assert settings.claim_batch == 42
     assert settings.processor_modules == ["my.procs", "other.procs"]
 
 
@@ -177,7 +177,7 @@ def test_dotenv_file_in_working_directory(tmp_path: Path) -> None:
 
 
 def test_invalid_environment_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAYPIPE_OVERSUBSCRIPTION", "0.5")
+    monkeypatch.setenv("RAYPIPE_CLAIM_BATCH", "0")
     with pytest.raises(pydantic.ValidationError):
         get_settings()
 

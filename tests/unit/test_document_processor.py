@@ -89,7 +89,7 @@ def assert_completed_stages(result: dict[str, Any]) -> None:
 def test_registered() -> None:
     spec = registry.get("document.process")
     assert spec.payload_model is DocumentPayload
-    assert (spec.queue, spec.num_cpus) == ("documents", 0.5)
+    assert (spec.queue, spec.num_cpus, spec.uses) == ("documents", 1, ("embeddings",))
 
 
 def test_pdf_document(ctx: JobContext, model: EmbeddingModel) -> None:

@@ -15,7 +15,6 @@ from raypipe.embedding.batcher import Batcher
 from raypipe.embedding.models import load, model_path
 from raypipe.exceptions import InvalidInput, PermanentError
 from raypipe.jobs import utcnow
-from raypipe.runtime.embedder import actor_name, gpus_per_actor
 from raypipe.submission import prepare
 
 MODEL = "all-MiniLM-L6-v2"
@@ -153,23 +152,3 @@ def test_no_model_at_all_is_a_permanent_error(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="no embedding model could be loaded") as err:
         load(settings)
     assert "no_such_module_here" in str(err.value)
-
-
-# -- pool placement -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("configured", "cluster_gpus", "pool", "share"),
-    [(None, 0, 2, 0.0), (None, 1, 2, 0.5), (None, 4, 2, 1.0), (0.25, 8, 2, 0.25), (0.0, 2, 2, 0)],
-)
-def test_gpu_share_per_actor(
-    tmp_path: Path, configured: float | None, cluster_gpus: float, pool: int, share: float
-) -> None:
-    settings = get_settings(
-        data_dir=tmp_path, embedding_num_gpus=configured, embedding_pool_size=pool
-    )
-    assert gpus_per_actor(settings, cluster_gpus) == share
-
-
-def test_actor_names_are_safe() -> None:
-    assert actor_name("org/model v2", 1) == "raypipe-embedder-org_model_v2-1"

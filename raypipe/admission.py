@@ -1,0 +1,189 @@
+"""Which runnable jobs may start now: a pure function of candidates, free resources and pools.
+
+Admission is against what can really start: the cluster's capacity minus what raypipe's
+own actors and running jobs hold. A job that does not fit is not handed to Ray; it stays
+queued with a message saying what it waits for, so priorities, pauses and cancellations
+keep acting on the whole backlog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+#: Resources shown in bytes by Ray, shown in GiB to people.
+BYTE_RESOURCES = frozenset({"memory", "object_store_memory"})
+
+
+class ClaimCandidate(Protocol):
+    id: str
+    type: str
+    queue: str
+
+
+C = TypeVar("C", bound=ClaimCandidate)
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one job of a type needs to start."""
+
+    #: Held by the job itself while it runs (a task's CPUs, GPUs, memory…).
+    resources: Mapping[str, float] = field(default_factory=dict)
+    #: The pool whose actors run it; it needs a free slot there (or room for one more actor).
+    pool: str | None = None
+    #: Pools it calls into while running: each needs at least one actor.
+    uses: tuple[str, ...] = ()
+
+
+@dataclass
+class PoolRoom:
+    """A pool as admission sees it."""
+
+    size: int
+    max_size: int | None
+    free_slots: int
+    slots_per_actor: int
+    #: What one more actor would hold.
+    actor: Mapping[str, float]
+
+    def can_grow(self) -> bool:
+        return self.max_size is None or self.size < self.max_size
+
+
+@dataclass
+class Plan:
+    """The outcome of one admission pass."""
+
+    chosen: list[ClaimCandidate] = field(default_factory=list)
+    #: Pool -> actors to add for the chosen jobs.
+    grow: dict[str, int] = field(default_factory=dict)
+    #: Candidate id -> what it waits for ("waiting for 1 CPU").
+    waiting: dict[str, str] = field(default_factory=dict)
+    #: Resources some candidate lacked that this cluster has: idle actors holding them yield.
+    short: set[str] = field(default_factory=set)
+    #: Job type -> why it can never start on this cluster (more than its capacity).
+    impossible: dict[str, str] = field(default_factory=dict)
+    #: What each candidate left waiting for resources needs in all: for the autoscaler.
+    demand: list[dict[str, float]] = field(default_factory=list)
+
+
+def plan(
+    candidates: Sequence[C],
+    queue_free: Mapping[str, int],
+    free: Mapping[str, float],
+    capacity: Mapping[str, float],
+    pools: Mapping[str, PoolRoom],
+    need_of: Callable[[str], Need],
+    max_jobs: int,
+    prefetch: Mapping[str, float] | None = None,
+) -> Plan:
+    """Take candidates in the order given (highest priority, then oldest) while they fit.
+
+    A candidate fits when its queue has a free slot and what it needs is left in
+    ``free``: its own resources, plus one more actor of its pool when the pool has no
+    free slot, plus one actor of each pool it uses that has none. A job's own resources
+    may also come out of ``prefetch`` (so much may wait in Ray's queue); new actors only
+    out of ``free``. A job that does not fit is skipped, so smaller jobs behind it may
+    still start (backfilling).
+    """
+    slots = dict(queue_free)
+    left = dict(free)
+    extra = dict(prefetch or {})
+    rooms = {name: PoolRoom(**vars(room)) for name, room in pools.items()}
+    result = Plan()
+    for candidate in candidates:
+        if len(result.chosen) >= max_jobs:
+            break
+        if slots.get(candidate.queue, 0) <= 0:
+            continue
+        need = need_of(candidate.type)
+        grown: list[str] = []
+        room = rooms.get(need.pool) if need.pool else None
+        if room is not None and room.free_slots <= 0:
+            if not room.can_grow():
+                result.waiting[candidate.id] = f"waiting for a free worker of pool {need.pool}"
+                continue
+            grown.append(need.pool or "")
+        for used in need.uses:
+            used_room = rooms.get(used)
+            if used_room is not None and used_room.size == 0 and used not in grown:
+                grown.append(used)
+        actors: dict[str, float] = {}
+        for name in grown:
+            _add(actors, rooms[name].actor)
+        required = dict(actors)
+        _add(required, need.resources)
+        missing = {
+            name: amount
+            for name, amount in required.items()
+            if left.get(name, 0.0) < actors.get(name, 0.0)
+            or left.get(name, 0.0) + extra.get(name, 0.0) < amount
+        }
+        if missing:
+            result.waiting[candidate.id] = waiting_message(missing, capacity)
+            result.demand.append(required)
+            if any(capacity.get(name, 0.0) < amount for name, amount in missing.items()):
+                result.impossible[candidate.type] = result.waiting[candidate.id]
+            else:  # only what freeing resources here could cure
+                result.short.update(missing)
+            continue
+        for name, amount in actors.items():
+            left[name] -= amount
+        for name, amount in need.resources.items():
+            from_free = min(amount, max(left.get(name, 0.0), 0.0))
+            left[name] = left.get(name, 0.0) - from_free
+            extra[name] = extra.get(name, 0.0) - (amount - from_free)
+        for name in grown:
+            grown_room = rooms[name]
+            grown_room.size += 1
+            grown_room.free_slots += grown_room.slots_per_actor
+            result.grow[name] = result.grow.get(name, 0) + 1
+        if room is not None:
+            room.free_slots -= 1
+        slots[candidate.queue] -= 1
+        result.chosen.append(candidate)
+    return result
+
+
+def free_resources(
+    capacity: Mapping[str, float], held: Iterable[Mapping[str, float]]
+) -> dict[str, float]:
+    """The cluster's capacity minus what raypipe's actors and running jobs hold."""
+    free = dict(capacity)
+    for amounts in held:
+        for name, amount in amounts.items():
+            free[name] = free.get(name, 0.0) - amount
+    return free
+
+
+def waiting_message(missing: Mapping[str, float], capacity: Mapping[str, float]) -> str:
+    """ "waiting for 1 CPU", and why it never will when the cluster is too small for it."""
+    message = "waiting for " + describe(missing)
+    beyond = [name for name, amount in missing.items() if capacity.get(name, 0.0) < amount]
+    for name in beyond:
+        if capacity.get(name, 0.0) <= 0:
+            message += f"; no node has {name}"
+        else:
+            message += f"; the cluster has {describe({name: capacity[name]})} in all"
+    return message
+
+
+def describe(amounts: Mapping[str, float]) -> str:
+    """Resource amounts as people read them: "1 CPU, 0.5 GPU, 2.0 GiB memory"."""
+    parts = []
+    for name, amount in sorted(amounts.items(), key=lambda item: _ORDER.get(item[0], 9)):
+        if name in BYTE_RESOURCES:
+            parts.append(f"{amount / 2**30:.1f} GiB {name}")
+        else:
+            parts.append(f"{amount:g} {name}")
+    return ", ".join(parts)
+
+
+_ORDER = {"CPU": 0, "GPU": 1, "memory": 2}
+
+
+def _add(into: dict[str, float], amounts: Mapping[str, float]) -> None:
+    for name, amount in amounts.items():
+        into[name] = into.get(name, 0.0) + amount

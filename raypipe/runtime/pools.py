@@ -1,0 +1,152 @@
+"""The dispatcher's pools of warm actors: what each holds, where its jobs go, its size."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from raypipe.admission import PoolRoom, describe
+from raypipe.config import PoolConfig, Settings
+from raypipe.jobs import ClaimedJob
+from raypipe.runtime.pool_worker import PoolWorker
+
+#: Calls an actor takes besides attempts: stop requests, embedding calls, info.
+CONTROL_CALLS = 1000
+
+
+@dataclass(eq=False)
+class Member:
+    """One actor of a pool, and the calls the dispatcher has in flight on it."""
+
+    name: str
+    handle: ActorHandle
+    calls: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+class Pool:
+    """A named pool: creates and removes its actors (owned by the dispatcher, so they end
+    with it) and packs jobs into calls of at most ``bundle`` jobs on the least busy actor."""
+
+    def __init__(self, name: str, config: PoolConfig, settings: Settings, cluster_gpus: float):
+        self.name = name
+        self.config = config
+        self.settings = settings
+        self.calls_per_actor = config.concurrency + config.prefetch
+        gpus = config.num_gpus
+        if gpus is None:
+            gpus = min(1.0, cluster_gpus) if cluster_gpus > 0 else 0.0
+        actor = {"CPU": config.num_cpus, "GPU": gpus, **config.resources}
+        if config.memory:
+            actor["memory"] = float(config.memory)
+        self.actor = {key: amount for key, amount in actor.items() if amount}
+        self.members: dict[str, Member] = {}
+
+    def room(self) -> PoolRoom:
+        free_calls = sum(self.calls_per_actor - m.calls for m in self.members.values())
+        return PoolRoom(
+            size=len(self.members),
+            max_size=self.config.max_size,
+            free_slots=free_calls * self.config.bundle,
+            slots_per_actor=self.calls_per_actor * self.config.bundle,
+            actor=self.actor,
+        )
+
+    def holds(self) -> dict[str, float]:
+        return {key: amount * len(self.members) for key, amount in self.actor.items()}
+
+    def add(self, settings_ref: Any) -> Member:
+        name = f"raypipe-pool-{self.name}-{uuid.uuid4().hex[:8]}"
+        options: dict[str, Any] = {
+            "name": name,
+            "namespace": self.settings.namespace,
+            "num_cpus": self.config.num_cpus,
+            "num_gpus": self.actor.get("GPU", 0.0),
+            "max_restarts": 0,  # the dispatcher replaces a dead actor; Ray must not rerun jobs
+            "max_concurrency": self.config.concurrency + CONTROL_CALLS,
+        }
+        if self.config.memory:
+            options["memory"] = self.config.memory
+        if self.config.resources:
+            options["resources"] = dict(self.config.resources)
+        handle = ray.remote(PoolWorker).options(**options).remote(settings_ref, self.name)
+        member = Member(name, handle)
+        self.members[name] = member
+        return member
+
+    def remove(self, member: Member) -> None:
+        """Kill the actor (its running calls end with an actor error) and forget it."""
+        if self.members.pop(member.name, None) is not None:
+            ray.kill(member.handle, no_restart=True)
+
+    def forget(self, member: Member) -> None:
+        """The actor died by itself."""
+        self.members.pop(member.name, None)
+
+    def place(self, jobs: list[ClaimedJob]) -> list[tuple[Member, list[ClaimedJob]]]:
+        """Bundles of ``jobs``, each on the actor with the fewest calls (admission has made
+        sure there are enough free call slots)."""
+        calls = []
+        size = self.config.bundle
+        for at in range(0, len(jobs), size):
+            member = min(self.members.values(), key=lambda m: m.calls)
+            member.calls += 1
+            calls.append((member, jobs[at : at + size]))
+        return calls
+
+    def release(self, member: Member) -> None:
+        member.calls -= 1
+        if member.calls == 0:
+            member.idle_since = time.monotonic()
+
+    def idle(self) -> list[Member]:
+        return [m for m in self.members.values() if m.calls == 0]
+
+    def expired(self, now: float) -> list[Member]:
+        """Idle actors past ``idle_s``, as many as may go above ``min_size``."""
+        spare = len(self.members) - self.config.min_size
+        old = [m for m in self.idle() if now - m.idle_since >= self.config.idle_s]
+        return old[: max(spare, 0)]
+
+    def handles(self) -> list[ActorHandle]:
+        return [m.handle for m in self.members.values()]
+
+    def info(self) -> dict[str, Any]:
+        members = list(self.members.values())  # one step: the dispatcher's loop may change it
+        return {
+            "size": len(members),
+            "busy": sum(1 for m in members if m.calls),
+            "calls": sum(m.calls for m in members),
+            "per_actor": describe(self.actor) or "nothing",
+            "actors": sorted(m.name for m in members),
+        }
+
+
+def unsatisfiable(settings: Settings, cluster: Mapping[str, float]) -> list[str]:
+    """Pool settings this cluster can never honour (``min_size`` actors beyond its size),
+    one line each naming the setting."""
+    problems = []
+    need: dict[str, float] = {}
+    for name, config in settings.pools.items():
+        pool = Pool(name, config, settings, cluster.get("GPU", 0.0))
+        for key, amount in pool.actor.items():
+            total = amount * config.min_size
+            need[key] = need.get(key, 0.0) + total
+            if total > cluster.get(key, 0.0):
+                problems.append(
+                    f"pools.{name}.min_size={config.min_size} needs {describe({key: total})},"
+                    f" the cluster has {describe({key: cluster.get(key, 0.0)})}"
+                )
+    if not problems:
+        over = {k: v for k, v in need.items() if v > cluster.get(k, 0.0)}
+        if over:
+            problems.append(
+                f"the pools' min_size together need {describe(over)}, more than the cluster has"
+            )
+    return problems

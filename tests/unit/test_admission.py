@@ -1,0 +1,171 @@
+"""Admission against what can start now, without a database or a cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from raypipe.admission import Need, Plan, PoolRoom, describe, free_resources, plan
+
+NEEDS = {
+    "cpu": Need({"CPU": 1.0}),
+    "half": Need({"CPU": 0.5}),
+    "big": Need({"CPU": 64.0}),
+    "gpu": Need({"CPU": 1.0, "GPU": 1.0}),
+    "tpu": Need({"CPU": 1.0, "tpu": 1.0}),
+    "mem": Need({"CPU": 1.0, "memory": 4 * 2**30}),
+    "embed": Need(pool="embeddings"),
+    "doc": Need({"CPU": 1.0}, uses=("embeddings",)),
+}
+CAPACITY = {"CPU": 2.0, "memory": 8.0 * 2**30}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    type: str = "cpu"
+    queue: str = "default"
+
+
+def room(size: int = 0, free_slots: int = 0, max_size: int | None = 2) -> PoolRoom:
+    return PoolRoom(size, max_size, free_slots, slots_per_actor=9, actor={"CPU": 1.0})
+
+
+def run(
+    *types: str,
+    free: dict[str, float] | None = None,
+    pools: dict[str, PoolRoom] | None = None,
+    queue_free: dict[str, int] | None = None,
+    max_jobs: int = 100,
+) -> Plan:
+    candidates = [Candidate(f"{t}{i}", t) for i, t in enumerate(types)]
+    return plan(
+        candidates,
+        queue_free if queue_free is not None else {"default": 100},
+        free if free is not None else CAPACITY,
+        CAPACITY,
+        pools if pools is not None else {"embeddings": room()},
+        NEEDS.__getitem__,
+        max_jobs,
+    )
+
+
+def ids(result: Plan) -> list[str]:
+    return [c.id for c in result.chosen]
+
+
+def test_admits_only_what_fits_now_and_says_what_the_rest_waits_for() -> None:
+    result = run(*["cpu"] * 6)
+    assert ids(result) == ["cpu0", "cpu1"]
+    assert result.waiting == {f"cpu{i}": "waiting for 1 CPU" for i in range(2, 6)}
+    assert result.short == {"CPU"}
+    assert result.impossible == {}
+
+
+def test_smaller_jobs_backfill_behind_one_that_does_not_fit() -> None:
+    result = run("cpu", "gpu", "half", "half", free={"CPU": 2.0})
+    assert ids(result) == ["cpu0", "half2", "half3"]
+    assert result.waiting["gpu1"].startswith("waiting for 1 GPU")
+
+
+def test_resources_no_node_has_are_named_and_the_type_is_unrunnable() -> None:
+    result = run("tpu", "big")
+    assert ids(result) == []
+    assert result.waiting["tpu0"] == "waiting for 1 tpu; no node has tpu"
+    assert result.waiting["big1"] == "waiting for 64 CPU; the cluster has 2 CPU in all"
+    assert set(result.impossible) == {"tpu", "big"}
+    assert result.short == set()  # nothing freed here would let them start
+    assert result.demand == [{"CPU": 1.0, "tpu": 1.0}, {"CPU": 64.0}]  # for the autoscaler
+
+
+def test_a_pool_job_grows_its_pool_by_one_actor_when_it_has_no_free_slot() -> None:
+    result = run("embed", "embed", "cpu")
+    # One actor (1 CPU) takes both embeds (9 slots); the sleep gets the other CPU.
+    assert ids(result) == ["embed0", "embed1", "cpu2"]
+    assert result.grow == {"embeddings": 1}
+
+
+def test_a_pool_job_uses_a_free_slot_without_resources() -> None:
+    result = run("embed", "cpu", "cpu", pools={"embeddings": room(size=1, free_slots=1)})
+    assert ids(result) == ["embed0", "cpu1", "cpu2"]
+    assert result.grow == {}
+
+
+def test_a_full_pool_at_its_maximum_makes_its_jobs_wait_for_a_worker() -> None:
+    full = {"embeddings": room(size=2, free_slots=0, max_size=2)}
+    result = run("embed", "cpu", pools=full)
+    assert ids(result) == ["cpu1"]
+    assert result.waiting == {"embed0": "waiting for a free worker of pool embeddings"}
+
+
+def test_a_pool_that_cannot_grow_for_lack_of_resources_waits_for_them() -> None:
+    result = run("cpu", "cpu", "embed")
+    assert ids(result) == ["cpu0", "cpu1"]
+    assert result.waiting == {"embed2": "waiting for 1 CPU"}
+    assert result.grow == {}
+
+
+def test_a_job_that_uses_an_empty_pool_brings_one_actor_with_it() -> None:
+    result = run("doc", "cpu", free={"CPU": 2.0})
+    assert ids(result) == ["doc0"]
+    assert result.grow == {"embeddings": 1}
+    assert result.waiting == {"cpu1": "waiting for 1 CPU"}
+    alone = run("doc", free={"CPU": 1.5})
+    assert alone.waiting == {"doc0": "waiting for 2 CPU"}
+
+
+def test_full_queues_and_the_job_limit_hold() -> None:
+    assert ids(run("cpu", "half", queue_free={"default": 1})) == ["cpu0"]
+    assert ids(run("half", "half", "half", max_jobs=2)) == ["half0", "half1"]
+
+
+def test_free_resources_subtract_what_actors_and_jobs_hold() -> None:
+    held = [{"CPU": 1.0}, {"CPU": 0.5, "GPU": 1.0}]
+    assert free_resources({"CPU": 2.0, "GPU": 1.0}, held) == {"CPU": 0.5, "GPU": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("amounts", "text"),
+    [
+        ({"CPU": 1.0}, "1 CPU"),
+        ({"GPU": 0.5, "CPU": 2.0}, "2 CPU, 0.5 GPU"),
+        ({"memory": 1.5 * 2**30}, "1.5 GiB memory"),
+    ],
+)
+def test_amounts_read_as_people_write_them(amounts: dict[str, float], text: str) -> None:
+    assert describe(amounts) == text
+
+
+def test_memory_is_counted_in_bytes_and_shown_in_gib() -> None:
+    result = run("mem", "mem", "mem", free={"CPU": 10.0, "memory": 8.0 * 2**30})
+    assert ids(result) == ["mem0", "mem1"]
+    assert result.waiting == {"mem2": "waiting for 4.0 GiB memory"}
+
+
+def test_the_prefetch_is_for_tasks_never_for_new_actors() -> None:
+    candidates = [Candidate(f"c{i}", t) for i, t in enumerate(["cpu", "cpu", "cpu", "embed"])]
+    result = plan(
+        candidates,
+        {"default": 100},
+        {"CPU": 2.0},
+        CAPACITY,
+        {"embeddings": room()},
+        NEEDS.__getitem__,
+        100,
+        prefetch={"CPU": 1.0},
+    )
+    assert ids(result) == ["c0", "c1", "c2"]  # the third waits in Ray's queue, counted
+    assert result.waiting == {"c3": "waiting for 1 CPU"}  # an actor needs a free CPU
+    held = free_resources(CAPACITY, [{"CPU": 1.0}] * 3)  # next round: three tasks held
+    again = plan(
+        [Candidate("d", "cpu")],
+        {"default": 100},
+        held,
+        CAPACITY,
+        {},
+        NEEDS.__getitem__,
+        100,
+        prefetch={"CPU": 1.0},
+    )
+    assert ids(again) == []  # the prefetch is used up
