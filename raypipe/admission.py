@@ -77,20 +77,19 @@ def plan(
     pools: Mapping[str, PoolRoom],
     need_of: Callable[[str], Need],
     max_jobs: int,
-    prefetch: Mapping[str, float] | None = None,
+    prefetch: int = 0,
 ) -> Plan:
     """Take candidates in the order given (highest priority, then oldest) while they fit.
 
     A candidate fits when its queue has a free slot and what it needs is left in
     ``free``: its own resources, plus one more actor of its pool when the pool has no
-    free slot, plus one actor of each pool it uses that has none. A job's own resources
-    may also come out of ``prefetch`` (so much may wait in Ray's queue); new actors only
-    out of ``free``. A job that does not fit is skipped, so smaller jobs behind it may
-    still start (backfilling).
+    free slot, plus one actor of each pool it uses that has none. Besides, up to
+    ``prefetch`` tasks whose own resources are not free now but exist in the cluster may
+    be admitted to wait in Ray's queue (new actors never are). A job that does not fit is
+    skipped, so smaller jobs behind it may still start (backfilling).
     """
     slots = dict(queue_free)
     left = dict(free)
-    extra = dict(prefetch or {})
     rooms = {name: PoolRoom(**vars(room)) for name, room in pools.items()}
     result = Plan()
     for candidate in candidates:
@@ -115,12 +114,16 @@ def plan(
             _add(actors, rooms[name].actor)
         required = dict(actors)
         _add(required, need.resources)
-        missing = {
-            name: amount
-            for name, amount in required.items()
-            if left.get(name, 0.0) < actors.get(name, 0.0)
-            or left.get(name, 0.0) + extra.get(name, 0.0) < amount
-        }
+        missing = {n: amount for n, amount in required.items() if left.get(n, 0.0) < amount}
+        if (
+            missing
+            and prefetch > 0
+            and need.pool is None
+            and all(left.get(n, 0.0) >= amount for n, amount in actors.items())
+            and all(capacity.get(n, 0.0) >= amount for n, amount in required.items())
+        ):
+            prefetch -= 1  # it waits in Ray's queue, counted in what running jobs hold
+            missing = {}
         if missing:
             result.waiting[candidate.id] = waiting_message(missing, capacity)
             result.demand.append(required)
@@ -129,12 +132,8 @@ def plan(
             else:  # only what freeing resources here could cure
                 result.short.update(missing)
             continue
-        for name, amount in actors.items():
-            left[name] -= amount
-        for name, amount in need.resources.items():
-            from_free = min(amount, max(left.get(name, 0.0), 0.0))
-            left[name] = left.get(name, 0.0) - from_free
-            extra[name] = extra.get(name, 0.0) - (amount - from_free)
+        for name, amount in required.items():
+            left[name] = left.get(name, 0.0) - amount
         for name in grown:
             grown_room = rooms[name]
             grown_room.size += 1

@@ -163,8 +163,8 @@ class Settings(BaseSettings):
     task_prefetch: float = Field(
         default=0.5,
         ge=0,
-        description="share of the cluster's resources that admitted tasks may wait for in"
-        " Ray's queue beyond what is free, so the next one starts without a round trip",
+        description="admitted tasks per cluster CPU (at least one) that may wait in Ray's"
+        " queue beyond what is free, so the next one starts without a round trip",
     )
     cancel_grace_s: float = Field(default=3.0, ge=0)
 

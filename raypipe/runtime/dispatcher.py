@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import uuid
@@ -269,9 +270,13 @@ class Dispatcher:
             [pool.holds() for pool in self.pools.values()]
             + [run.held for run in self._running.values()],
         )
-        # A small, counted prefetch: so many more tasks may wait in Ray's queue, started
-        # the moment a running job frees its share instead of a dispatcher round later.
-        prefetch = {name: n * self.settings.task_prefetch for name, n in capacity.items()}
+        # A small, counted prefetch: a few tasks may wait in Ray's queue, to start the moment
+        # a running job frees its share instead of a dispatcher round later.
+        waiting_in_ray = sum(
+            1 for run in self._running.values() if run.call.pool is None and run.started is None
+        )
+        prefetch = max(1, math.ceil(self.settings.task_prefetch * capacity.get("CPU", 0.0)))
+        prefetch -= waiting_in_ray
         rooms = {name: pool.room() for name, pool in self.pools.items()}
         limit = min(slots, self.settings.claim_batch)
         plans: list[tuple[admission.Plan, set[str]]] = []
