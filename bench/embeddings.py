@@ -7,7 +7,8 @@ same batch size (torch uses every core here). raypipe, on the ``embeddings`` poo
 ``--pool-size`` warm actors of 1 CPU each (``min_size``, so the model load is not timed):
 (a) many concurrent small jobs of ``texts / small-jobs`` texts each, (b) one large job of
 every text. Each is timed from submission until the last job is terminal, and printed
-with its ratio to the reference.
+with its ratio to the reference. Last, the price of an idle pool shrunk to nothing: one
+10-text job on the default pools with no actor (start one, load the model), then again.
 """
 
 from __future__ import annotations
@@ -70,6 +71,26 @@ def warm_up(settings: Settings) -> None:
     ray.get([actor.embed.remote(["warm up"], None, True) for actor in actors])
 
 
+def cold_start(url: str, folder: Path, texts: list[str]) -> tuple[float, float]:
+    """Seconds for one small job on the default pools, shrunk to nothing (an actor starts
+    and loads the model), then for the same job again on the warm actor."""
+    settings = get_settings(
+        database_url=url, data_dir=folder / "data", namespace=f"bench-{uuid.uuid4().hex[:8]}"
+    )
+    cluster.start_actors(settings)
+    client = DirectClient(settings)
+    try:
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            run_jobs(client, [texts])
+            times.append(time.perf_counter() - started)
+        return times[0], times[1]
+    finally:
+        cluster.stop_actors(settings)
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=2000)
@@ -100,6 +121,7 @@ def main() -> None:
         finally:
             cluster.stop_actors(settings)
             client.close()
+        cold, warm = cold_start(url, Path(tmp), texts[:10])
 
     print(
         f"texts={args.texts} batch={settings.embedding_batch_size} pool={args.pool_size} "
@@ -109,6 +131,7 @@ def main() -> None:
     print(f"{'encode() in one process':<32}{reference:>10.1f}{1.0:>8.2f}")
     print(f"{f'{len(small)} jobs x {per_job} texts':<32}{many:>10.1f}{many / reference:>8.2f}")
     print(f"{f'1 job x {args.texts} texts':<32}{one:>10.1f}{one / reference:>8.2f}")
+    print(f"a 10-text job on a pool shrunk to nothing: {cold:.2f} s; again, warm: {warm:.2f} s")
 
 
 if __name__ == "__main__":

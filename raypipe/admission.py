@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+#: What a prefetched task may be short of: CPUs, which turn over fast. Scarcer resources
+#: (GPUs, memory, custom ones) are waited for in the database, and asked of the autoscaler.
+PREFETCHED = frozenset({"CPU"})
 #: Resources shown in bytes by Ray, shown in GiB to people.
 BYTE_RESOURCES = frozenset({"memory", "object_store_memory"})
 
@@ -84,8 +87,8 @@ def plan(
     A candidate fits when its queue has a free slot and what it needs is left in
     ``free``: its own resources, plus one more actor of its pool when the pool has no
     free slot, plus one actor of each pool it uses that has none. Besides, up to
-    ``prefetch`` tasks whose own resources are not free now but exist in the cluster may
-    be admitted to wait in Ray's queue (new actors never are). A job that does not fit is
+    ``prefetch`` tasks short only of CPUs the cluster has may be admitted to wait in
+    Ray's queue (new actors never are). A job that does not fit is
     skipped, so smaller jobs behind it may still start (backfilling).
     """
     slots = dict(queue_free)
@@ -119,6 +122,7 @@ def plan(
             missing
             and prefetch > 0
             and need.pool is None
+            and set(missing) <= PREFETCHED
             and all(left.get(n, 0.0) >= amount for n, amount in actors.items())
             and all(capacity.get(n, 0.0) >= amount for n, amount in required.items())
         ):

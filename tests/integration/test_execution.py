@@ -111,6 +111,7 @@ def _flow(client: DirectClient, folder: Path) -> list:
     return [first.refresh(), *jobs, last.wait(timeout=WAIT_S)]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the Quickstart's database
 def test_the_readme_flow_completes_on_the_defaults_and_again_after_the_pools_shrink(
     ray_session: None, db_url: str, tmp_path: Path
 ) -> None:
@@ -160,7 +161,7 @@ def test_the_worker_pool_grows_with_depth_within_admission_and_shrinks_when_idle
 
     watcher = threading.Thread(target=watch, daemon=True)
     try:
-        handles = client.submit_many([("noop", {})] * 3000)
+        handles = client.submit_many([("noop", {})] * 1000)
         watcher.start()
         jobs = _all_ended(client, handles)
         assert all(j.status is JobStatus.COMPLETED for j in jobs)

@@ -144,19 +144,20 @@ def test_memory_is_counted_in_bytes_and_shown_in_gib() -> None:
 
 
 def test_the_prefetch_is_for_tasks_never_for_new_actors() -> None:
-    types = ["cpu", "cpu", "cpu", "cpu", "embed", "big"]
+    types = ["gpu", "cpu", "cpu", "cpu", "cpu", "embed", "big"]
     candidates = [Candidate(f"c{i}", t) for i, t in enumerate(types)]
     result = plan(
         candidates,
         {"default": 100},
-        {"CPU": 2.0},
-        CAPACITY,
+        {"CPU": 2.0, "GPU": 0.0},
+        {**CAPACITY, "GPU": 1.0},
         {"embeddings": room()},
         NEEDS.__getitem__,
         100,
         prefetch=1,
     )
-    assert ids(result) == ["c0", "c1", "c2"]  # the third waits in Ray's queue, counted
-    assert result.waiting["c3"] == "waiting for 1 CPU"  # one prefetched task, no more
-    assert result.waiting["c4"] == "waiting for 1 CPU"  # an actor needs a free CPU
-    assert "c5" in result.waiting  # never more than the cluster has
+    assert result.waiting["c0"] == "waiting for 1 GPU"  # a busy GPU is waited for here
+    assert ids(result) == ["c1", "c2", "c3"]  # the third CPU job waits in Ray's queue
+    assert result.waiting["c4"] == "waiting for 1 CPU"  # one prefetched task, no more
+    assert result.waiting["c5"] == "waiting for 1 CPU"  # an actor needs a free CPU
+    assert "c6" in result.waiting  # never more than the cluster has
