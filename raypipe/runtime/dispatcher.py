@@ -218,10 +218,13 @@ class Dispatcher:
         timeout = self.settings.poll_interval_s
         now = time.monotonic()
         for run in self._running.values():
-            if run.force_at is not None or run.deadline is not None:
-                timeout = min(timeout, (run.force_at or run.deadline or now) - now)
-        for pool in self.pools.values():
-            if len(pool.members) > pool.config.min_size:
+            if run.stop is None and run.deadline is not None:
+                timeout = min(timeout, run.deadline - now)
+            elif run.force_at is not None and run.started is not None:
+                timeout = min(timeout, run.force_at - now)
+        in_use = self._in_use()
+        for name, pool in self.pools.items():
+            if name not in in_use and len(pool.members) > pool.config.min_size:
                 for member in pool.idle():
                     timeout = min(timeout, member.idle_since + pool.config.idle_s - now)
         if self._next_due is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raypipe import metrics
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
-from raypipe.jobs import JobStatus
+from raypipe.jobs import JobStatus, utcnow
 from tests.conftest import POSTGRES_ONLY, ROOT, make_settings, wait_for
 from tests.webhook_receiver import receiver
 
@@ -102,8 +103,16 @@ def test_jobs_show_up_on_rays_metrics_endpoint(
             ]
         )
         raypipe.submit("noop", {}, delay_s=3600, **in_q)  # stays queued: depth >= 1
-        # The gate holds its attempt until the exported gauge has seen it in flight.
+        # The gate holds its attempt until the exported gauge has seen it in flight, and
+        # for over a second from its start (durations count from the worker's start).
         scraped("ray_raypipe_jobs_in_flight", 1, queue=queue)
+        wait_for(
+            lambda: (
+                (started := held.refresh().started_at) is not None
+                and utcnow() - started > timedelta(seconds=1.2)
+            ),
+            what="the gate to have run for over a second",
+        )
         (gate / "release").write_text("1")
         ends = [job.wait(timeout=60).status for job in [held, *done]]
         hook.wait_for(1)
