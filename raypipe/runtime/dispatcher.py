@@ -111,6 +111,7 @@ class Dispatcher:
         self._consumers: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, str] = {}
         self._unrunnable: dict[str, str] = {}
+        self._needs: dict[str, admission.Need] = {}
         # None: what an earlier incarnation asked for is unknown, so the first round says.
         self._requested: list[tuple[tuple[str, float], ...]] | None = None
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
@@ -311,6 +312,13 @@ class Dispatcher:
         return len(claimed) == limit or yielded
 
     def _need(self, job_type: str) -> admission.Need:
+        """What a job of this type needs to start (fixed per type: worked out once)."""
+        need = self._needs.get(job_type)
+        if need is None:
+            need = self._needs[job_type] = self._need_of(job_type)
+        return need
+
+    def _need_of(self, job_type: str) -> admission.Need:
         spec = self.processors.get(job_type)
         if spec is None or (spec.pool is not None and spec.pool not in self.pools):
             return admission.Need()  # admitted at once, and failed with the reason
@@ -351,8 +359,9 @@ class Dispatcher:
         queued work lacks, unless that work is its own pool's."""
         yielded = False
         now = time.monotonic()
+        in_use = self._in_use()
         for name, pool in self.pools.items():
-            if name in wanted or name in self._in_use() or not short & set(pool.actor):
+            if name in wanted or name in in_use or not short & set(pool.actor):
                 continue
             idle = [m for m in pool.idle() if now - m.idle_since >= YIELD_AFTER_S]
             if idle:
