@@ -276,11 +276,8 @@ class Dispatcher:
         )
         # A small, counted prefetch: a few tasks may wait in Ray's queue, to start the moment
         # a running job frees its share instead of a dispatcher round later.
-        waiting_in_ray = sum(
-            1 for run in self._running.values() if run.call.pool is None and run.started is None
-        )
         prefetch = max(1, math.ceil(self.settings.task_prefetch * capacity.get("CPU", 0.0)))
-        prefetch -= waiting_in_ray
+        prefetch -= self._waiting_in_ray()
         rooms = {name: pool.room() for name, pool in self.pools.items()}
         limit = min(slots, self.settings.claim_batch)
         plans: list[tuple[admission.Plan, set[str]]] = []
@@ -308,8 +305,16 @@ class Dispatcher:
         self.counters["claimed"] += len(claimed)
         self._note_waiting(plan, claimed)
         self._ask_autoscaler(plan.demand)
-        yielded = self._yield_idle(plan.short, wanted)
+        # A prefetched task waiting in Ray's queue lacks a CPU too: an idle actor yields to it.
+        short = plan.short | ({"CPU"} if self._waiting_in_ray() else set())
+        yielded = self._yield_idle(short, wanted)
         return len(claimed) == limit or yielded
+
+    def _waiting_in_ray(self) -> int:
+        """Admitted tasks not begun yet: the prefetch in Ray's queue (or starting)."""
+        return sum(
+            1 for run in self._running.values() if run.call.pool is None and run.started is None
+        )
 
     def _need(self, job_type: str) -> admission.Need:
         """What a job of this type needs to start (fixed per type: worked out once)."""
