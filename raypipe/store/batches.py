@@ -16,15 +16,9 @@ from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import CANCELLED_ON_REQUEST, JobRecord, JobStatus
 from raypipe.store import completion
 from raypipe.store.engine import READ_ONLY
-from raypipe.store.repository import (
-    ENDED_COLUMNS,
-    JobStore,
-    check_id,
-    job_from_mapping,
-    requeued,
-    status_event,
-)
+from raypipe.store.repository import JobStore, check_id, job_from_mapping
 from raypipe.store.tables import HELD, UNHELD_QUEUED, batches, job_events, jobs
+from raypipe.store.transitions import ENDED_COLUMNS, requeued, status_event
 
 #: Jobs read per query when a batch's jobs are listed in order.
 PAGE = 1000

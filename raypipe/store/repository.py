@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +12,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 
 from raypipe.exceptions import Conflict, NotFound
-from raypipe.followups import follow_up_row
 from raypipe.jobs import (
     CANCELLED_ON_REQUEST,
     AttemptRecord,
@@ -26,7 +23,7 @@ from raypipe.jobs import (
     Outcome,
     utcnow,
 )
-from raypipe.store import completion
+from raypipe.store import completion, transitions
 from raypipe.store.engine import READ_ONLY, create_engine
 from raypipe.store.tables import (
     HELD,
@@ -36,6 +33,7 @@ from raypipe.store.tables import (
     job_events,
     jobs,
 )
+from raypipe.store.transitions import chunks, requeued, status_event
 
 #: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
 CLAIM_LOCK_KEY = 0x7261797069706500
@@ -337,7 +335,7 @@ class JobStore:
             if not chosen:
                 return []
             expires = now + timedelta(seconds=lease_ttl_s)
-            for chunk in _chunks([c.id for c in chosen]):
+            for chunk in chunks([c.id for c in chosen]):
                 conn.execute(
                     sa.update(jobs)
                     .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
@@ -352,20 +350,6 @@ class JobStore:
                         stage=None,
                     )
                 )
-            conn.execute(
-                attempts.insert(),
-                [
-                    {
-                        "job_id": c.id,
-                        "attempt": c.attempt + 1,
-                        "status": AttemptStatus.RUNNING,
-                        "lease_owner": owner,
-                        "started_at": None,
-                        "ready_at": c.run_at,
-                    }
-                    for c in chosen
-                ],
-            )
         return [
             ClaimedJob(
                 id=c.id,
@@ -395,7 +379,7 @@ class JobStore:
             query = query.with_for_update(skip_locked=True)
         return [Candidate(*row) for row in conn.execute(query)]
 
-    def start(self, owner: str, starts: Sequence[tuple[str, int, datetime]]) -> int:
+    def start(self, owner: str, starts: Sequence[transitions.Start]) -> int:
         """Move held jobs whose worker reported (id, attempt, when) it began to ``processing``.
 
         Only ``owner``'s still-queued hold of that attempt moves, so a late or repeated
@@ -404,152 +388,26 @@ class JobStore:
         """
         return self.advance(owner, starts, ())[0]
 
+    def record(self, outcomes: Sequence[Outcome]) -> int:
+        """Record how attempts ended; stale outcomes (wrong attempt, or the job no longer
+        held: requeued or ended) change nothing. An attempt that ends before its start
+        was reported is recorded all the same.
+
+        In the same transaction: follow-up jobs, webhook deliveries, and the end of
+        batches whose last job this was. Returns how many jobs changed.
+        """
+        return self.advance("", (), outcomes)[1]
+
     def advance(
-        self, owner: str, starts: Sequence[tuple[str, int, datetime]], outcomes: Sequence[Outcome]
+        self, owner: str, starts: Sequence[transitions.Start], outcomes: Sequence[Outcome]
     ) -> tuple[int, int]:
         """:meth:`start`, then :meth:`record`, in one transaction: what readers see moves
         from one round's state to the next (never a started job beside the one it
         replaced still running). Returns (jobs started, jobs ended)."""
         if not starts and not outcomes:
             return 0, 0
-        now = self.clock()
         with self.engine.begin() as conn:
-            return self._start(conn, owner, starts, now), self._record(conn, outcomes, now)
-
-    def _start(
-        self,
-        conn: Connection,
-        owner: str,
-        starts: Sequence[tuple[str, int, datetime]],
-        now: datetime,
-    ) -> int:
-        # Attempts only grow: of a job's reports, only the newest attempt's can still match.
-        newest = {
-            job_id: (attempt, at) for job_id, attempt, at in sorted(starts, key=itemgetter(1))
-        }
-        moved = 0
-        # Half chunks: each start binds its (id, attempt) and its time.
-        for chunk in _chunks(list(newest.items()), CHUNK // 2):
-            at = {job_id: sa.literal(when, UTCDateTime) for job_id, (_n, when) in chunk}
-            rows = conn.execute(
-                sa.update(jobs)
-                .where(
-                    sa.tuple_(jobs.c.id, jobs.c.attempt).in_(
-                        [(job_id, n) for job_id, (n, _when) in chunk]
-                    ),
-                    jobs.c.status == JobStatus.QUEUED,
-                    jobs.c.lease_owner == owner,
-                )
-                .values(
-                    status=JobStatus.PROCESSING,
-                    started_at=sa.case(at, value=jobs.c.id),
-                    updated_at=now,
-                )
-                .returning(jobs.c.id, jobs.c.attempt)
-            ).all()
-            if not rows:
-                continue
-            moved += len(rows)
-            conn.execute(
-                sa.update(attempts)
-                .where(
-                    sa.tuple_(attempts.c.job_id, attempts.c.attempt).in_(
-                        [(r.id, r.attempt) for r in rows]
-                    )
-                )
-                .values(
-                    started_at=sa.select(jobs.c.started_at)
-                    .where(jobs.c.id == attempts.c.job_id)
-                    .scalar_subquery()
-                )
-            )
-            conn.execute(
-                job_events.insert(),
-                [status_event(r.id, JobStatus.PROCESSING, r.attempt, now) for r in rows],
-            )
-        return moved
-
-    def record(self, outcomes: Sequence[Outcome]) -> int:
-        """Record how attempts ended; stale outcomes (wrong attempt, or the job no longer
-        held: requeued or ended) change nothing. An attempt that ends before its start
-        was reported is recorded all the same.
-
-        Outcomes with the same values (every no-op's ``{}``, say) share one UPDATE,
-        guarded row by row on (id, attempt). In the same transaction: follow-up jobs,
-        webhook deliveries, and the end of batches whose last job this was.
-        Returns how many jobs changed.
-        """
-        if not outcomes:
-            return 0
-        with self.engine.begin() as conn:
-            return self._record(conn, outcomes, self.clock())
-
-    def _record(self, conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> int:
-        groups: dict[tuple[Any, ...], list[Outcome]] = {}
-        for outcome in outcomes:
-            groups.setdefault(_same_values(outcome), []).append(outcome)
-        changed = 0
-        batch_ids: set[str] = set()
-        for group in groups.values():
-            first = group[0]
-            for chunk in _chunks([(o.job_id, o.attempt) for o in group]):
-                rows = conn.execute(
-                    sa.update(jobs)
-                    .where(sa.tuple_(jobs.c.id, jobs.c.attempt).in_(chunk), HELD)
-                    .values(_finish_values(first, now))
-                    .returning(*ENDED_COLUMNS)
-                ).all()
-                changed += len(rows)
-                if first.status is JobStatus.COMPLETED:
-                    self._follow_up(conn, rows, first.result, now)
-                if rows and first.status.is_terminal:
-                    completion.notify(conn, rows, first.status, first.result, first.error, now)
-                    batch_ids.update(r.batch_id for r in rows if r.batch_id)
-                if rows:
-                    conn.execute(
-                        job_events.insert(),
-                        [
-                            status_event(
-                                r.id,
-                                first.status,
-                                r.attempt,
-                                now,
-                                r.progress,
-                                r.message,
-                                r.stage,
-                            )
-                            for r in rows
-                        ],
-                    )
-                conn.execute(
-                    sa.update(attempts)
-                    .where(
-                        sa.tuple_(attempts.c.job_id, attempts.c.attempt).in_(chunk),
-                        attempts.c.status == AttemptStatus.RUNNING,
-                    )
-                    .values(
-                        status=first.final_attempt_status,
-                        finished_at=now,
-                        **_error_values(first.error),
-                    )
-                )
-        completion.settle(conn, batch_ids, now, self.add)
-        return changed
-
-    def _follow_up(
-        self, conn: Connection, parents: Sequence[Row[Any]], result: Any, now: datetime
-    ) -> None:
-        """Submit the follow-ups of jobs that just completed, in the same transaction as
-        their completion: exactly once, whatever crashes afterwards."""
-        rows = [
-            row
-            for parent in parents
-            if parent.then
-            for row in [follow_up_row(parent.then, parent.id, parent.tenant, result, now)]
-            if row is not None
-        ]
-        if rows:
-            self.add(conn, rows, now)
+            return transitions.advance(conn, owner, starts, outcomes, self.clock(), self.add)
 
     def add(self, conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
         """Insert prepared job rows, queued, with their first events, inside ``conn``'s
@@ -592,7 +450,7 @@ class JobStore:
                 return conn.execute(renew).rowcount
             return sum(
                 conn.execute(renew.where(jobs.c.id.in_(chunk))).rowcount
-                for chunk in _chunks(list(job_ids))
+                for chunk in chunks(list(job_ids))
             )
 
     def lost_jobs(
@@ -786,119 +644,10 @@ class JobStore:
         return self.engine.connect().execution_options(**READ_ONLY)
 
 
-#: What the end of a job needs to know of it: its event, follow-ups, webhook and batch.
-ENDED_COLUMNS = (
-    jobs.c.id,
-    jobs.c.attempt,
-    jobs.c.progress,
-    jobs.c.message,
-    jobs.c.stage,
-    jobs.c.tenant,
-    jobs.c.then,
-    jobs.c.type,
-    jobs.c.queue,
-    jobs.c.tags,
-    jobs.c.batch_id,
-    jobs.c.webhook_url,
-)
-
-
 def check_id(job_id: str) -> None:
     """Ids are UUID strings: anything a database could choke on (NUL, oversize) is unknown."""
     if len(job_id) > 36 or "\x00" in job_id:
         raise NotFound(f"job {job_id[:40]!r} not found")
-
-
-def status_event(
-    job_id: str,
-    status: JobStatus,
-    attempt: int,
-    now: datetime,
-    progress: float = 0.0,
-    message: str | None = None,
-    stage: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "kind": "status",
-        "status": status.value,
-        "attempt": attempt,
-        "progress": progress,
-        "message": message,
-        "stage": stage,
-        "created_at": now,
-    }
-
-
-#: Rows per statement when a guard lists (id, attempt) pairs: well under SQLite's
-#: limit on bound parameters.
-CHUNK = 400
-
-
-def _chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _same_values(outcome: Outcome) -> tuple[Any, ...]:
-    """Outcomes with equal keys write equal values, so one statement serves them all."""
-    return (
-        outcome.status,
-        outcome.final_attempt_status,
-        json.dumps(outcome.result, sort_keys=True),
-        outcome.error,
-        outcome.run_at,
-        outcome.message,
-        outcome.stage,
-        json.dumps(outcome.artifacts, sort_keys=True),
-    )
-
-
-def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
-    """The values that send a finished job back to the queue for one more attempt."""
-    return {
-        "status": JobStatus.QUEUED,
-        "run_at": now,
-        "updated_at": now,
-        "finished_at": None,
-        "cancel_requested": False,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "max_attempts": max_attempts,
-        "progress": 0.0,
-        "message": None,
-        "stage": None,
-        **_error_values(None),
-    }
-
-
-def _error_values(error: ErrorInfo | None) -> dict[str, Any]:
-    return {
-        "error_type": error.type if error else None,
-        "error_message": error.message if error else None,
-        "error_traceback": error.traceback if error else None,
-    }
-
-
-def _finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "status": outcome.status,
-        "updated_at": now,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        **_error_values(outcome.error),
-    }
-    if outcome.status is JobStatus.QUEUED:
-        values["run_at"] = outcome.run_at
-    else:
-        values["finished_at"] = now
-    if outcome.status is JobStatus.COMPLETED:
-        values["result"] = outcome.result
-        values["artifacts"] = list(outcome.artifacts) or None
-        values["progress"] = 100.0
-        if outcome.message is not None or outcome.stage is not None:
-            values["message"], values["stage"] = outcome.message, outcome.stage
-    return values
 
 
 _JOB_DEFAULTS: dict[str, Any] = {

@@ -262,9 +262,8 @@ def test_a_claim_holds_the_job_queued_and_takes_its_queue_slot(client: DirectCli
     held = store.get(first.id)
     assert (held.status, held.attempt, held.lease_owner) == (JobStatus.QUEUED, 1, OWNER)
     assert held.started_at is None and held.lease_expires_at is not None
-    [attempt] = store.attempts(first.id)
-    assert (attempt.status, attempt.started_at) == (AttemptStatus.RUNNING, None)
-    # No status event: the job is still queued.
+    # No attempt row until the attempt starts (or ends), and no status event: still queued.
+    assert store.attempts(first.id) == []
     assert [e["status"] for e in store.events(first.id)] == ["queued"]
     # Neither claimable again, nor leaving room in its queue for the next.
     assert _claim_all(store) == []
@@ -391,6 +390,29 @@ def test_queue_stats_count_what_queued_jobs_wait_for(client: DirectClient) -> No
     assert entry["oldest_waiting_s"] is not None and entry["oldest_waiting_s"] >= 0
 
 
+def test_a_start_and_an_end_in_one_round_are_written_once(client: DirectClient) -> None:
+    store = client.store
+    job, other = client.submit("noop", {}), client.submit("noop", {})
+    claimed = _claim_all(store)
+    at = store.clock() - timedelta(seconds=2)
+    ended = [Outcome(job.id, 1, JobStatus.COMPLETED, result={"n": 1})]
+    assert store.advance(OWNER, [(c.id, c.attempt, at) for c in claimed], ended) == (2, 1)
+    done = store.get(job.id)
+    assert (done.status, done.started_at, done.result) == (JobStatus.COMPLETED, at, {"n": 1})
+    [attempt] = store.attempts(job.id)
+    assert (attempt.status, attempt.started_at) == (AttemptStatus.COMPLETED, at)
+    assert attempt.finished_at is not None and attempt.finished_at >= at
+    assert [e["status"] for e in store.events(job.id)] == ["queued", "processing", "completed"]
+    assert [a.status for a in store.attempts(other.id)] == [AttemptStatus.RUNNING]
+    assert store.record([Outcome(other.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))]) == 1
+    [attempt] = store.attempts(other.id)
+    assert (attempt.status, attempt.started_at, attempt.error and attempt.error.type) == (
+        AttemptStatus.FAILED,
+        at,
+        "E",
+    )
+
+
 def test_the_migration_down_keeps_attempts_not_started(settings: Settings) -> None:
     """Downgrading below 0005 fills in the start of attempts that never reported one."""
     from alembic import command
@@ -398,6 +420,7 @@ def test_the_migration_down_keeps_attempts_not_started(settings: Settings) -> No
     client = DirectClient(settings)
     job = client.submit("noop", {})
     _claim_all(client.store)
+    client.store.record([Outcome(job.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))])
     client.close()
     engine = create_engine(settings.database_url)
     command.downgrade(store_schema.alembic_config(settings.database_url), "0004")
@@ -405,5 +428,35 @@ def test_the_migration_down_keeps_attempts_not_started(settings: Settings) -> No
         started = conn.execute(sa.text("SELECT started_at FROM attempts")).scalar_one()
     assert started is not None
     store_schema.upgrade(engine)
-    assert JobStore(engine).get(job.id).status is JobStatus.QUEUED
+    assert JobStore(engine).get(job.id).status is JobStatus.FAILED
+    engine.dispose()
+
+
+def test_the_migration_to_0006_drops_rows_of_attempts_claimed_not_begun(
+    settings: Settings,
+) -> None:
+    """0.5.0 wrote an attempt row at the claim; its start now inserts it."""
+    from alembic import command
+
+    client = DirectClient(settings)
+    held, ended = client.submit("noop", {}), client.submit("noop", {})
+    claimed = {c.id: c for c in _claim_all(client.store)}
+    client.store.record([Outcome(ended.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))])
+    client.close()
+    engine = create_engine(settings.database_url)
+    command.downgrade(store_schema.alembic_config(settings.database_url), "0005")
+    with engine.begin() as conn:  # what a claim of 0.5.0 left
+        conn.execute(
+            sa.text(
+                "INSERT INTO attempts (job_id, attempt, status, lease_owner)"
+                " VALUES (:id, 1, 'running', :owner)"
+            ),
+            {"id": held.id, "owner": OWNER},
+        )
+    store_schema.upgrade(engine)
+    store = JobStore(engine)
+    assert store.attempts(held.id) == []
+    assert [a.status for a in store.attempts(ended.id)] == [AttemptStatus.FAILED]
+    assert _start(store, [claimed[held.id]]) == 1
+    assert [a.status for a in store.attempts(held.id)] == [AttemptStatus.RUNNING]
     engine.dispose()
