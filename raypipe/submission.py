@@ -9,12 +9,11 @@ from typing import Any
 
 import pydantic
 
-from raypipe import registry
+from raypipe import outbound, registry
 from raypipe.batches import BatchSpec
 from raypipe.config import DEFAULT_QUEUE, Settings
-from raypipe.exceptions import InvalidInput
+from raypipe.exceptions import InvalidInput, OutboundRefused
 from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec
-from raypipe.webhooks.destinations import check_url
 
 DEFAULT_TENANT = "default"
 
@@ -69,11 +68,21 @@ def prepare_batch(
     if keyed:
         raise InvalidInput(summary(keyed), details=keyed)
     check_text(spec.tags, ("tags",))
-    if spec.webhook_url is not None:
-        check_url(spec.webhook_url, settings)
+    check_webhook_url(spec.webhook_url, settings)
     then = _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None
     rows = prepare(spec.jobs, settings, now, tenant, ("jobs",), admin)
     return rows, {"tags": spec.tags, "webhook_url": spec.webhook_url, "then": then}
+
+
+def check_webhook_url(url: str | None, settings: Settings) -> None:
+    """The outbound guard's checks that need no DNS (form, literal addresses), as a 422
+    located at ``webhook_url``; the rest is checked at each delivery."""
+    if url is not None:
+        try:
+            outbound.check_url(url, settings)
+        except OutboundRefused as exc:
+            details = [{"loc": ["webhook_url"], "msg": exc.message}]
+            raise InvalidInput(f"webhook_url: {exc.message}", details=details) from None
 
 
 def check_text(value: Any, loc: tuple[str | int, ...] = ()) -> None:
@@ -146,8 +155,7 @@ def _resolved(
             details=[{"loc": ["queue"], "msg": f"unknown queue {queue!r}; known: {known}"}],
         )
     policy_attempts = processor.retry.max_attempts if processor.retry else None
-    if spec.webhook_url is not None:
-        check_url(spec.webhook_url, settings)
+    check_webhook_url(spec.webhook_url, settings)
     return {
         "type": spec.type,
         "queue": queue,

@@ -16,7 +16,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from raypipe.artifacts import REF_PATTERN
 from raypipe.context import JobContext
@@ -26,7 +33,7 @@ from raypipe.documents.keywords import top_keywords
 from raypipe.documents.sentences import split_sentences
 from raypipe.documents.stages import StageLog, StageOutcome, run_timed
 from raypipe.documents.summary import candidate_sentences, summarize
-from raypipe.processors.inputs import load_input
+from raypipe.processors.inputs import check_input_url, load_input
 from raypipe.registry import processor
 
 STAGES = ("extract", "chunk", "embed", "keywords", "summary")
@@ -44,7 +51,9 @@ class DocumentPayload(BaseModel):
 
     text: str | None = Field(default=None, min_length=1, description="the document itself")
     document_b64: str | None = Field(default=None, min_length=1, description="file, base64")
-    document_url: str | None = Field(default=None, description="http(s) URL of the file")
+    document_url: str | None = Field(
+        default=None, max_length=2048, description="http(s) URL of the file"
+    )
     document_artifact: str | None = Field(
         default=None, pattern=REF_PATTERN, description='another job\'s file: "<job id>/<name>"'
     )
@@ -68,12 +77,8 @@ class DocumentPayload(BaseModel):
 
     @field_validator("document_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL")
-        return value
+    def _fetchable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_input_url(value, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> DocumentPayload:

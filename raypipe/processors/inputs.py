@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 
-import httpx
+from pydantic import ValidationInfo
 
+from raypipe import outbound
 from raypipe.context import JobContext
-from raypipe.exceptions import PermanentError, RetryableError
-from raypipe.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
+from raypipe.exceptions import OutboundRefused, PermanentError
 
 
 def load_input(
@@ -22,15 +22,16 @@ def load_input(
 ) -> bytes:
     """The bytes of whichever source the payload named (``<field>_b64`` and friends).
 
-    Bad base64, a missing artifact, an unreachable or too large URL: :class:`PermanentError`.
-    A URL that times out or answers 429/5xx: :class:`RetryableError`.
+    Bad base64, a missing artifact, a refused, unreachable or too large URL:
+    :class:`PermanentError`. A URL that times out or answers 429/5xx: :class:`RetryableError`.
+    URLs go through :mod:`raypipe.outbound`.
     """
     if b64 is not None:
         return decode_b64(b64, f"payload.{field}_b64")
     if artifact is not None:
         return ctx.read_artifact(artifact)
     if url is not None:
-        return fetch(url, ctx.settings.max_input_bytes, ctx.settings.fetch_timeout_s)
+        return outbound.fetch(url, ctx.settings, f"payload.{field}_url")
     raise PermanentError(f"payload: give one of {field}_b64, {field}_url or {field}_artifact")
 
 
@@ -41,28 +42,13 @@ def decode_b64(value: str, where: str) -> bytes:
         raise PermanentError(f"{where}: not valid base64") from None
 
 
-def fetch(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """GET ``url`` with a time limit, stopping as soon as the body passes ``max_bytes``."""
-    try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
-            if response.status_code >= 400:
-                problem = f"{url} answered HTTP {response.status_code}"
-                if response.status_code in RETRYABLE_HTTP_STATUSES:
-                    delay = parse_retry_after(response.headers.get("retry-after"))
-                    raise RetryableError(problem, delay_s=delay)
-                raise PermanentError(problem)
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise PermanentError(f"{url} is too large: {declared} bytes > {max_bytes}")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise PermanentError(f"{url} is too large: more than {max_bytes} bytes")
-            return bytes(body)
-    except httpx.TimeoutException as exc:
-        raise RetryableError(f"{url} timed out after {timeout_s}s") from exc
-    except httpx.UnsupportedProtocol as exc:
-        raise PermanentError(f"{url}: only http and https URLs can be fetched") from exc
-    except httpx.HTTPError as exc:
-        raise PermanentError(f"{url} is unreachable: {exc}") from exc
+def check_input_url(value: str | None, info: ValidationInfo) -> str | None:
+    """Validator of payload URL fields: the outbound guard's checks that need no DNS, so
+    a URL that can never be fetched is a 422 at submission, not a failed job. Literal
+    addresses are judged by the settings in the validation context, when there are any."""
+    if value is not None:
+        try:
+            outbound.check_url(value, (info.context or {}).get("settings"))
+        except OutboundRefused as exc:
+            raise ValueError(exc.message) from None
+    return value

@@ -10,15 +10,21 @@ from __future__ import annotations
 import functools
 import itertools
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from raypipe.artifacts import REF_PATTERN
 from raypipe.context import JobContext
 from raypipe.mesh import MeshFormat
-from raypipe.processors.inputs import load_input
+from raypipe.processors.inputs import check_input_url, load_input
 from raypipe.registry import processor
 
 SOURCES = ("image_b64", "image_url", "image_artifact")
@@ -64,12 +70,8 @@ class MeshPayload(BaseModel):
 
     @field_validator("image_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+    def _fetchable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_input_url(value, info)
 
     @field_validator("formats")
     @classmethod

@@ -1,8 +1,9 @@
-"""One delivery attempt: check where it goes, POST it signed, and decide what comes next.
+"""One delivery attempt: POST it signed through the outbound guard, and decide what comes
+next.
 
-Independent of Ray, so it is tested against a local receiver. The request goes to the
-address that was checked (no second DNS lookup an attacker could answer differently),
-with the URL's name in ``Host`` and, for https, in SNI and the certificate check.
+Independent of Ray, so it is tested against a local receiver. Where a webhook may go,
+and how it gets there (the checked address, the URL's name in ``Host`` and TLS), is
+:mod:`raypipe.outbound`'s rule, the same as for job input URLs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
+from raypipe import outbound
 from raypipe.config import Settings
+from raypipe.exceptions import OutboundRefused, OutboundUnresolved
 from raypipe.jobs import utcnow
 from raypipe.retry import ErrorKind, RetryPolicy, decide, parse_retry_after
-from raypipe.webhooks import destinations, signing
-from raypipe.webhooks.destinations import Address, DestinationRefused, DestinationUnresolved
+from raypipe.webhooks import signing
 from raypipe.webhooks.store import AttemptOutcome, Delivery
 
 #: Bytes of a receiver's answer that are read and kept (the rest is never downloaded).
@@ -103,9 +105,9 @@ async def deliver(
         response, text = await asyncio.wait_for(
             _post(delivery, secret, settings, http, started_at), settings.webhook_timeout_s
         )
-    except (DestinationRefused, httpx.InvalidURL) as exc:
-        return failed(ErrorKind.PERMANENT, str(exc))
-    except DestinationUnresolved as exc:
+    except OutboundRefused as exc:
+        return failed(ErrorKind.PERMANENT, f"refused: {exc}")
+    except OutboundUnresolved as exc:
         return failed(ErrorKind.ERROR, str(exc))
     except asyncio.TimeoutError:
         return failed(ErrorKind.ERROR, f"no answer within {settings.webhook_timeout_s:g}s")
@@ -140,18 +142,11 @@ async def _post(
     http: httpx.AsyncClient,
     now: datetime,
 ) -> tuple[httpx.Response, str]:
-    """POST to the checked addresses of the URL's host in turn until one accepts the
-    connection; the answer and its first bytes."""
-    addresses = await asyncio.to_thread(destinations.resolve, delivery.url, settings)
+    """POST through the outbound guard (no redirects); the answer and its first bytes."""
     headers = signing.headers(secret, delivery.id, delivery.body, now)
-    for address in addresses:
-        request = pinned_request(http, delivery.url, address, headers, delivery.body.encode())
-        try:
-            response = await http.send(request, stream=True, follow_redirects=False)
-            break
-        except httpx.ConnectError:
-            if address == addresses[-1]:
-                raise
+    response = await outbound.send(
+        http, "POST", delivery.url, settings, headers=headers, content=delivery.body.encode()
+    )
     head = bytearray()
     try:
         async for chunk in response.aiter_raw():
@@ -161,25 +156,6 @@ async def _post(
     finally:
         await response.aclose()
     return response, head[:RESPONSE_LIMIT].decode("utf-8", "replace")
-
-
-def pinned_request(
-    http: httpx.AsyncClient, url: str, address: Address, headers: dict[str, str], body: bytes
-) -> httpx.Request:
-    """A POST of ``body`` to ``url`` that connects to ``address``: the URL's name stays in
-    ``Host``, and for https in SNI, so the certificate is still checked against the name."""
-    target = httpx.URL(url)
-    extensions = (
-        {"sni_hostname": target.raw_host.decode("ascii")} if target.scheme == "https" else {}
-    )
-    return http.build_request(
-        "POST",
-        target.copy_with(host=str(address)),
-        content=body,
-        # Identity only: a compressed answer could inflate far past what is read of it.
-        headers={**headers, "host": target.netloc.decode("ascii"), "accept-encoding": "identity"},
-        extensions=extensions,
-    )
 
 
 def _storable(text: str | None) -> str | None:
