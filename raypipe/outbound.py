@@ -211,7 +211,7 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
             where = f"{label}: {target}"
             for _ in range(settings.fetch_max_redirects + 1):
                 addresses = _resolve_by(target, settings, deadline)
-                with _get(http, target, addresses, deadline) as response:
+                with contextlib.closing(_get(http, target, addresses, deadline)) as response:
                     if not response.is_redirect:
                         _check_status(response, where)
                         return _body(response, settings.max_input_bytes, deadline, where)

@@ -228,7 +228,10 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     thread.join()
 
 
-def test_url_source(ctx: JobContext, served: tuple[str, Path]) -> None:
+def test_url_source(settings: Settings, served: tuple[str, Path]) -> None:
+    # The test server listens on loopback, which the outbound guard refuses by default.
+    allowed = settings.model_copy(update={"outbound_allow_networks": ["127.0.0.1/32"]})
+    ctx = JobContext.local("document.process", allowed)
     base, folder = served
     (folder / "leaf.htm").write_text(f"<h1>Leaves</h1><p>{TEXT}</p>", encoding="utf-8")
     result = run(ctx, document_url=f"{base}/leaf.htm", keywords=3)
@@ -236,7 +239,10 @@ def test_url_source(ctx: JobContext, served: tuple[str, Path]) -> None:
     assert ctx.read_artifact("text.txt").decode().startswith("Leaves\n\nPhotosynthesis is")
     assert_completed_stages(result)
 
-    with pytest.raises(PermanentError, match=r"^extract: http://127\.0\.0\.1:\d+/gone\.pdf an"):
+    with pytest.raises(
+        PermanentError,
+        match=r"^extract: payload\.document_url: http://127\.0\.0\.1:\d+/gone\.pdf an",
+    ):
         run(ctx, document_url=f"{base}/gone.pdf")
 
 

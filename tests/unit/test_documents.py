@@ -380,6 +380,7 @@ def test_payload_defaults() -> None:
         ({"text": ""}, "text"),
         ({"document_url": "ftp://example.com/a.pdf"}, "http:// or https://"),
         ({"document_url": "https://"}, "http:// or https://"),
+        ({"document_url": "http://xn--/a.pdf"}, "IDNA"),
         ({"document_artifact": "../etc/passwd"}, "document_artifact"),
         ({"text": "a", "format": "docx"}, "format"),
         ({"text": "a", "format": "pdf"}, "needs the file's bytes"),

@@ -367,23 +367,48 @@ def server() -> Iterator[tuple[str, dict[str, bytes]]]:
     thread.join()
 
 
-def test_image_from_url(ctx: JobContext, server: tuple[str, dict[str, bytes]]) -> None:
+#: The test server listens on loopback, which the outbound guard refuses by default.
+LOOPBACK = ["127.0.0.1/32"]
+
+
+@pytest.fixture
+def url_ctx(tmp_path: Path) -> JobContext:
+    """A context whose fetches may reach the test server."""
+    settings = get_settings(data_dir=tmp_path, outbound_allow_networks=LOOPBACK)
+    return JobContext.local("mesh.from_image", settings)
+
+
+def test_image_from_url(url_ctx: JobContext, server: tuple[str, dict[str, bytes]]) -> None:
     base, files = server
     files["/hill.png"] = encode(bump(24, 16))
     payload = MeshPayload(image_url=f"{base}/hill.png", detail_factor=0.5)
-    assert mesh_from_image(payload, ctx)["grid"] == [12, 8]
+    assert mesh_from_image(payload, url_ctx)["grid"] == [12, 8]
 
 
-def test_missing_url_is_permanent(ctx: JobContext, server: tuple[str, dict[str, bytes]]) -> None:
+def test_loopback_url_is_refused_by_default(
+    ctx: JobContext, server: tuple[str, dict[str, bytes]]
+) -> None:
+    base, files = server
+    files["/hill.png"] = encode(bump(24, 16))
+    with pytest.raises(PermanentError, match=r"^payload\.image_url: .*\(loopback\)"):
+        mesh_from_image(MeshPayload(image_url=f"{base}/hill.png"), ctx)
+
+
+def test_missing_url_is_permanent(
+    url_ctx: JobContext, server: tuple[str, dict[str, bytes]]
+) -> None:
     base, _ = server
     with pytest.raises(PermanentError, match=r"answered HTTP 404"):
-        mesh_from_image(MeshPayload(image_url=f"{base}/nothing.png"), ctx)
+        mesh_from_image(MeshPayload(image_url=f"{base}/nothing.png"), url_ctx)
 
 
 def test_oversized_url_is_permanent(tmp_path: Path, server: tuple[str, dict[str, bytes]]) -> None:
     base, files = server
     files["/hill.png"] = encode(bump(64, 64))
-    ctx = JobContext.local("mesh.from_image", get_settings(data_dir=tmp_path, max_input_bytes=100))
+    settings = get_settings(
+        data_dir=tmp_path, max_input_bytes=100, outbound_allow_networks=LOOPBACK
+    )
+    ctx = JobContext.local("mesh.from_image", settings)
     with pytest.raises(PermanentError, match=r"too large"):
         mesh_from_image(MeshPayload(image_url=f"{base}/hill.png"), ctx)
 
@@ -411,6 +436,8 @@ PNG_B64 = b64(b"\x89PNG")
         ({}, "exactly one of image_b64, image_url or image_artifact \\(got none\\)"),
         ({"image_url": "ftp://example.com/a.png"}, "http:// or https:// URL"),
         ({"image_url": "https:///a.png"}, "with a host"),
+        ({"image_url": "http://xn--/a.png"}, "IDNA"),
+        ({"image_url": "http://user:pw@example.com/a.png"}, "credentials"),
         ({"image_artifact": "../../etc/passwd"}, "should match pattern"),
         ({"image_b64": PNG_B64, "colour": "red"}, "Extra inputs are not permitted"),
     ],
