@@ -41,7 +41,8 @@ def settings(db_url: str, tmp_path: Path, queue: str) -> Settings:
         db_url,
         tmp_path / "data",
         queues={"default": {"concurrency": 100}, queue: {"concurrency": 10}},
-        webhook_allow_networks=["127.0.0.0/8"],
+        # The webhook receiver listens on loopback, refused by default.
+        outbound_allow_networks=["127.0.0.0/8"],
         webhook_poll_interval_s=0.05,
     )
 
