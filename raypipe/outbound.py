@@ -91,16 +91,14 @@ def refusal(address: Address, allowed: Sequence[Network] = ()) -> str | None:
     return f"is not globally routable ({kind})" if kind else None
 
 
-def check_url(url: str, settings: Settings | None) -> httpx.URL:
+def check_url(url: str, settings: Settings | None) -> None:
     """The checks that need no DNS, for submission: the form, and a literal address (or
     ``localhost``) against the settings' allowed networks when settings are given."""
-    target = parse(url)
-    address = _literal(_host(target))
+    address = _literal(_host(parse(url)))
     if address is not None and settings is not None:
         why = refusal(address, allowed_networks(settings))
         if why:
             raise OutboundRefused(f"address {address} {why}; {HINT}")
-    return target
 
 
 def resolve(target: httpx.URL, settings: Settings) -> list[Address]:
@@ -257,6 +255,7 @@ def _joined(target: httpx.URL, location: str) -> str:
 
 
 def _check_status(response: httpx.Response, where: str) -> None:
+    """Refuse an answer that is not a success (a 3xx here had no ``Location``)."""
     code = response.status_code
     if code < 300:
         return

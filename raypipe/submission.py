@@ -68,13 +68,13 @@ def prepare_batch(
     if keyed:
         raise InvalidInput(summary(keyed), details=keyed)
     check_text(spec.tags, ("tags",))
-    check_webhook_url(spec.webhook_url, settings)
+    _check_webhook_url(spec.webhook_url, settings)
     then = _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None
     rows = prepare(spec.jobs, settings, now, tenant, ("jobs",), admin)
     return rows, {"tags": spec.tags, "webhook_url": spec.webhook_url, "then": then}
 
 
-def check_webhook_url(url: str | None, settings: Settings) -> None:
+def _check_webhook_url(url: str | None, settings: Settings) -> None:
     """The outbound guard's checks that need no DNS (form, literal addresses), as a 422
     located at ``webhook_url``; the rest is checked at each delivery."""
     if url is not None:
@@ -155,7 +155,7 @@ def _resolved(
             details=[{"loc": ["queue"], "msg": f"unknown queue {queue!r}; known: {known}"}],
         )
     policy_attempts = processor.retry.max_attempts if processor.retry else None
-    check_webhook_url(spec.webhook_url, settings)
+    _check_webhook_url(spec.webhook_url, settings)
     return {
         "type": spec.type,
         "queue": queue,
