@@ -7,9 +7,10 @@ For each database, N ``noop`` rows are inserted first (not timed). raypipe: the 
 own ``claim`` (held), ``start`` (processing, attempt row, event) and ``record``
 (completed, attempt row, event) in rounds of ``--batch`` jobs, as the dispatcher calls
 them; then, on a second copy, each round's starts and ends in one ``advance``, as a
-bundle of tiny jobs reports them (the attempt row written once). Reference, on a fresh copy of the same rows: per round one ``SELECT … LIMIT`` of
-runnable ids and two set-based ``UPDATE``s (claim, complete), nothing else. Prints µs of
-database time per job for each phase and the ratio raypipe / reference.
+bundle of tiny jobs reports them (the attempt row written once). Reference, on a fresh
+copy of the same rows: per round one ``SELECT … LIMIT`` of runnable ids and two
+set-based ``UPDATE``s (claim, complete), nothing else. Prints µs of database time
+per job for each phase and the ratio raypipe / reference.
 """
 
 from __future__ import annotations

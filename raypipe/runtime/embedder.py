@@ -18,6 +18,8 @@ from raypipe.embedding.models import EmbeddingModel, Embeddings
 
 #: Called with (texts done, texts in all) as chunks finish.
 OnChunk = Callable[[int, int], None]
+#: Embeds on the caller's own actor: (texts, model, normalize) -> (vectors, model used).
+LocalEmbed = Callable[[list[str], str, bool], tuple[np.ndarray, str]]
 
 
 class ModelHost:
@@ -81,12 +83,22 @@ def embed_on(
     model: str | None,
     normalize: bool,
     on_chunk: OnChunk | None,
+    local: LocalEmbed | None = None,
 ) -> Embeddings:
     """Embed across a pool's actors: identical texts once, chunks spread over the actors
-    from a random one (each merges what it gets with other jobs' requests), rows in order."""
+    from a random one (each merges what it gets with other jobs' requests), rows in order.
+
+    With ``local`` (the job runs on an actor of this pool), texts that fit in one chunk
+    are embedded there: no Ray call, and merged with that actor's other jobs' texts.
+    """
     name = models.check_model(settings, model)
     unique, positions = _unique(texts)
     size = settings.embedding_chunk_size
+    if local is not None and len(unique) <= size:
+        vectors, used = local(unique, name, normalize)
+        if on_chunk is not None:
+            on_chunk(len(unique), len(unique))
+        return Embeddings(vectors[positions], used)
     start = random.randrange(len(actors))
     refs = {
         actors[(start + i) % len(actors)].embed.remote(unique[at : at + size], name, normalize): at

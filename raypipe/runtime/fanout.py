@@ -27,9 +27,14 @@ def _call(fn: Callable[[], Any]) -> Any:
 class RayRunner:
     """The cluster's :class:`~raypipe.context.Runner` for an attempt in a Ray task."""
 
-    def __init__(self, settings: Settings, pools: PoolHandles):
+    def __init__(
+        self, settings: Settings, pools: PoolHandles, local: embedder.LocalEmbed | None = None
+    ):
+        """``local``: set when the attempt runs on an embeddings pool actor (see
+        :func:`~raypipe.runtime.embedder.embed_on`)."""
         self.settings = settings
         self.pools = pools
+        self.local = local
 
     def parallel(
         self,
@@ -75,4 +80,6 @@ class RayRunner:
                 "ctx.embed needs the embeddings pool: declare"
                 f" @processor(..., uses=[{EMBEDDINGS_POOL!r}]) (or pool={EMBEDDINGS_POOL!r})"
             )
-        return embedder.embed_on(actors, self.settings, texts, model, normalize, on_chunk)
+        return embedder.embed_on(
+            actors, self.settings, texts, model, normalize, on_chunk, self.local
+        )

@@ -18,7 +18,7 @@ from raypipe.jobs import ClaimedJob, ErrorInfo, utcnow
 from raypipe.retry import ErrorKind
 from raypipe.runtime.embedder import ModelHost
 from raypipe.runtime.executor import AttemptResult, Event, Finished, Started, run_attempt
-from raypipe.runtime.fanout import PoolHandles, RayRunner
+from raypipe.runtime.fanout import EMBEDDINGS_POOL, PoolHandles, RayRunner
 
 #: How long a bundle's events may wait before they are sent (one message per flush).
 FLUSH_S = 0.02
@@ -46,8 +46,8 @@ class PoolWorker:
         self.pool = pool
         self.host = ModelHost(settings)
         self._threads = ThreadPoolExecutor(config.concurrency, thread_name_prefix=f"pool-{pool}")
-        self._slots: asyncio.Semaphore | None = None
-        self._concurrency = config.concurrency
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}
         self._stopped: set[str] = set()
@@ -58,27 +58,26 @@ class PoolWorker:
 
         ``pools`` has the actors of this pool and of the pools its jobs use, as now.
         """
-        loop = asyncio.get_running_loop()
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._concurrency)
-        runner = RayRunner(self.settings, pools)
+        loop = self._loop = asyncio.get_running_loop()
+        local = self._embed_here if self.pool == EMBEDDINGS_POOL else None
+        runner = RayRunner(self.settings, pools, local)
         async with self._slots:
             events: list[Event] = []
-            sent = float("-inf")
+            due = time.monotonic()
             for job in jobs:
                 if job.id in self._stopped:
                     self._stopped.discard(job.id)
                     events.append(Finished(job.id, job.attempt, INTERRUPTED))
                     continue
                 events.append(Started(job.id, job.attempt, utcnow()))
-                if time.monotonic() - sent >= FLUSH_S:
+                if time.monotonic() >= due:  # the last send is old: say so at once
                     yield events
-                    events, sent = [], time.monotonic()
+                    events, due = [], time.monotonic() + FLUSH_S
                 result = await loop.run_in_executor(self._threads, self._attempt, job, runner)
                 events.append(Finished(job.id, job.attempt, result))
-                if time.monotonic() - sent >= FLUSH_S:
+                if time.monotonic() >= due:
                     yield events
-                    events, sent = [], time.monotonic()
+                    events, due = [], time.monotonic() + FLUSH_S
             if events:
                 yield events
 
@@ -114,6 +113,12 @@ class PoolWorker:
     ) -> tuple[np.ndarray, str]:
         """A chunk of some job's texts (this pool's jobs spread theirs over its actors)."""
         return await self.host.embed(texts, model, normalize)
+
+    def _embed_here(self, texts: list[str], model: str, normalize: bool) -> tuple[np.ndarray, str]:
+        """From an attempt's thread: this actor's models, on its event loop."""
+        assert self._loop is not None  # set by run(), which runs every attempt
+        call = self.host.embed(texts, model, normalize)
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
     async def info(self) -> dict[str, Any]:
         return {

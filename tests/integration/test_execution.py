@@ -138,6 +138,30 @@ def test_the_readme_flow_completes_on_the_defaults_and_again_after_the_pools_shr
         client.close()
 
 
+def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_their_idle_time(
+    ray_session: None, db_url: str, tmp_path: Path
+) -> None:
+    # An hour of idle time on both built-in pools (their defaults are 600 s and 60 s), so
+    # that a sleep which waited for an actor to idle out could not end within WAIT_S: it
+    # ends in time only if an idle actor yields its CPU to it.
+    idle = {"idle_s": 3600}
+    settings = make_settings(db_url, tmp_path / "data", pools={"embeddings": idle, "workers": idle})
+    cluster.start_actors(settings)
+    client = DirectClient(settings)
+    try:
+        warm = [client.submit("embed.texts", {"texts": ["warm"]}), client.submit("noop", {})]
+        assert [j.status for j in _all_ended(client, warm)] == [JobStatus.COMPLETED] * 2
+        pools = _info(client)["pools"]
+        assert (pools["embeddings"]["size"], pools["workers"]["size"]) == (1, 1)  # 2 of 2 CPUs
+        sleep = client.submit("sleep", {"seconds": 0.1, "steps": 1})
+        assert sleep.wait(timeout=WAIT_S).status is JobStatus.COMPLETED, sleep.refresh().error
+        pools = _info(client)["pools"]
+        assert pools["embeddings"]["size"] + pools["workers"]["size"] == 1  # one actor yielded
+    finally:
+        cluster.stop_actors(settings)
+        client.close()
+
+
 # -- pools ----------------------------------------------------------------------------------
 
 
