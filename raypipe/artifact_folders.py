@@ -53,7 +53,7 @@ def job_folders(store: ArtifactStore) -> Iterator[tuple[str, str, str]]:
         tenant = unquote(_basename(tenant_entry["name"]))
         for entry in _folders(store, tenant_entry["name"]):
             name = _basename(entry["name"])
-            if _JOB_ID.match(name):
+            if _JOB_ID.fullmatch(name):
                 yield tenant, name, entry["name"].rstrip("/")
 
 

@@ -50,7 +50,7 @@ class ArtifactInfo:
 
 def check_name(name: str) -> str:
     """``name`` if it is a safe artifact name; :class:`InvalidInput` otherwise."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"artifact name {name!r}: use letters, digits, '.', '_' and '-' only"
             " (no folders, at most 200 characters)"

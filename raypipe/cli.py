@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,8 +140,12 @@ def _first_key(settings: Settings) -> None:
     finally:
         engine.dispose()
     path = settings.data_dir / "api-key"
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
+    path.unlink(missing_ok=True)
+    # Created readable by this user only: a chmod after writing leaves a window in which
+    # the secret sits under the umask's mode.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
     typer.echo(f"API key (admin, tenant {DEFAULT_TENANT!r}; also in {path}): {secret}")
 
 

@@ -45,6 +45,9 @@ class AttemptStatus(str, Enum):
 
 #: The longest delay a job may be submitted with (ten years).
 MAX_DELAY_S = 10 * 365 * 86_400
+#: The longest time limit an attempt may have (thirty days): longer is no limit in
+#: practice, and an unbounded number overflows the database's interval arithmetic.
+MAX_TIMEOUT_S = 30 * 86_400
 
 
 class _JobFields(BaseModel):
@@ -58,7 +61,7 @@ class _JobFields(BaseModel):
     priority: int | None = Field(default=None, ge=0, le=1_000_000)
     delay_s: float = Field(default=0.0, ge=0, le=MAX_DELAY_S)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     tags: list[str] = Field(default_factory=list, max_length=50)
     webhook_url: str | None = Field(
         default=None,

@@ -9,7 +9,10 @@ from typing import Any
 import pydantic
 import pytest
 
+from raypipe import artifacts
+from raypipe.exceptions import InvalidInput
 from raypipe.jobs import (
+    MAX_TIMEOUT_S,
     TERMINAL_STATUSES,
     AttemptRecord,
     AttemptStatus,
@@ -263,3 +266,19 @@ def test_final_attempt_status_follows_job_status(
 def test_final_attempt_status_override_wins(status: JobStatus) -> None:
     outcome = Outcome("j", 1, status, attempt_status=AttemptStatus.TIMED_OUT)
     assert outcome.final_attempt_status is AttemptStatus.TIMED_OUT
+
+
+@pytest.mark.parametrize("timeout_s", [1e300, MAX_TIMEOUT_S + 1])
+def test_a_time_limit_past_thirty_days_is_refused_naming_the_field(timeout_s: float) -> None:
+    # 1e300 was accepted and then overflowed PostgreSQL's interval arithmetic.
+    with pytest.raises(pydantic.ValidationError) as caught:
+        JobSpec(type="noop", timeout_s=timeout_s)
+    assert caught.value.errors()[0]["loc"] == ("timeout_s",)
+    assert JobSpec(type="noop", timeout_s=MAX_TIMEOUT_S).timeout_s == MAX_TIMEOUT_S
+
+
+@pytest.mark.parametrize("name", ["result.txt\n", "a/b", "..x", "", "-x"])
+def test_artifact_names_are_whole_plain_file_names(name: str) -> None:
+    with pytest.raises(InvalidInput, match="artifact name"):
+        artifacts.check_name(name)
+    assert artifacts.check_name("result.txt") == "result.txt"
