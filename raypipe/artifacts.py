@@ -17,6 +17,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from raypipe.exceptions import InvalidInput, NotFound
+from raypipe.tenants import check_tenant
 
 #: Artifact names are plain file names: no folders, no dot-dot, nothing a URL must escape.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
@@ -75,7 +76,12 @@ class ArtifactStore:
 
     def folder(self, tenant: str, job_id: str) -> str:
         """Where one job's files live: one folder per job, under its tenant's."""
-        return f"{self.base.rstrip('/')}/{quote(tenant, safe='')}/{check_name(job_id)}"
+        # Tenants made before names were checked may hold any character: quoted, they
+        # stay one path segment, and only "." and ".." would still leave their folder.
+        segment = quote(tenant, safe="")
+        if segment in ("", ".", ".."):
+            check_tenant(tenant)  # raises, naming the rule
+        return f"{self.base.rstrip('/')}/{segment}/{check_name(job_id)}"
 
     def _path(self, tenant: str, job_id: str, name: str) -> str:
         return f"{self.folder(tenant, job_id)}/{check_name(name)}"

@@ -16,6 +16,7 @@ from raypipe.exceptions import NotFound
 from raypipe.jobs import utcnow
 from raypipe.store.engine import READ_ONLY
 from raypipe.store.tables import api_keys, rate_limits
+from raypipe.tenants import check_tenant
 
 KEY_PREFIX = "rp_"
 
@@ -46,7 +47,7 @@ class AccessStore:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = {
             "id": str(uuid.uuid4()),
-            "tenant": tenant,
+            "tenant": check_tenant(tenant),
             "name": name or tenant,
             "prefix": secret[:10],
             "key_hash": hash_key(secret),

@@ -34,6 +34,7 @@ from raypipe.store.engine import READ_ONLY
 from raypipe.store.repository import Clock, JobStore
 from raypipe.store.tables import UTCDateTime, schedules
 from raypipe.submission import prepare
+from raypipe.tenants import check_tenant
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class ScheduleStore:
         now = self.clock()
         row = {
             "id": str(uuid.uuid4()),
-            "tenant": tenant,
+            "tenant": check_tenant(tenant),
             "name": name,
             "cron": cron,
             "timezone": timezone,
