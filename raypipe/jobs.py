@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, overload
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def utcnow() -> datetime:
@@ -48,6 +48,9 @@ MAX_DELAY_S = 10 * 365 * 86_400
 #: The longest time limit an attempt may have (thirty days): longer is no limit in
 #: practice, and an unbounded number overflows the database's interval arithmetic.
 MAX_TIMEOUT_S = 30 * 86_400
+#: The deepest nesting a payload may have: generous for any real payload, and far below
+#: what breaks serializing it (pydantic refuses about 255 levels) or recursing over it.
+MAX_PAYLOAD_DEPTH = 64
 
 
 class _JobFields(BaseModel):
@@ -68,6 +71,13 @@ class _JobFields(BaseModel):
         max_length=2048,
         description="POSTed a signed event when the job ends (Standard Webhooks)",
     )
+
+    @field_validator("payload")
+    @classmethod
+    def _not_too_deep(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        if nests_deeper(payload, MAX_PAYLOAD_DEPTH):
+            raise ValueError(f"must not nest deeper than {MAX_PAYLOAD_DEPTH} levels")
+        return payload
 
 
 class Condition(BaseModel):
@@ -395,3 +405,18 @@ def parse_iso(value: str | None) -> datetime | None:
         return None
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels, found without
+    recursion: a hostile value is as deep as its bytes allow."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth + 1 > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import wait_for
 from tests.serving import Api
 
+#: 300 levels in about 1.5 KB: deeper than a payload may nest (it used to be a 500).
+DEEP = json.loads('{"a":' * 300 + "1" + "}" * 300)
+
 #: Every route that needs a key, with a method and a path that reach it.
 AUTHENTICATED = [
     ("POST", "/v1/jobs"),
@@ -185,8 +188,17 @@ def test_a_chunked_body_over_the_limit_is_a_413(api: Api, tenant: httpx.Client) 
             {"jobs": [{"type": "noop"}, {"type": "noop", "priority": "high"}]},
             ["jobs", 1, "priority"],
         ),
+        ("/v1/jobs", {"type": "noop", "timeout_s": 1e300}, ["timeout_s"]),
+        ("/v1/jobs", {"type": "noop", "payload": DEEP}, ["payload"]),
+        ("/v1/batches", {"jobs": [{"type": "noop", "payload": DEEP}]}, ["jobs", 0, "payload"]),
+        (
+            "/v1/schedules",
+            {"name": "deep", "cron": "* * * * *", "job": {"type": "noop", "payload": DEEP}},
+            ["job", "payload"],
+        ),
+        ("/v1/jobs", {"type": "noop", "webhook_url": "http://xn--/"}, ["webhook_url"]),
     ],
-    ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
+    ids=lambda v: json.dumps(v)[:80] if isinstance(v, dict) else None,
 )
 def test_wrong_types_are_a_422_naming_the_field(
     tenant: httpx.Client, path: str, body: dict[str, Any], field: list[str | int]

@@ -12,6 +12,7 @@ import pytest
 from raypipe import artifacts
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import (
+    MAX_PAYLOAD_DEPTH,
     MAX_TIMEOUT_S,
     TERMINAL_STATUSES,
     AttemptRecord,
@@ -22,6 +23,7 @@ from raypipe.jobs import (
     JobStatus,
     Outcome,
     ProgressState,
+    nests_deeper,
     utcnow,
 )
 
@@ -282,3 +284,30 @@ def test_artifact_names_are_whole_plain_file_names(name: str) -> None:
     with pytest.raises(InvalidInput, match="artifact name"):
         artifacts.check_name(name)
     assert artifacts.check_name("result.txt") == "result.txt"
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """Objects in objects, ``levels`` deep."""
+    payload: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        payload = {"a": payload}
+    return payload
+
+
+def test_a_payload_nested_past_the_limit_is_refused_naming_the_field() -> None:
+    # 256 levels in 542 bytes used to pass validation and then fail serializing: a 500.
+    deep = json.loads('{"a":' * 300 + "1" + "}" * 300)
+    with pytest.raises(pydantic.ValidationError) as caught:
+        JobSpec(type="noop", payload=deep)
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("payload",)
+    assert f"deeper than {MAX_PAYLOAD_DEPTH} levels" in error["msg"]
+
+
+def test_nesting_is_counted_through_lists_and_objects() -> None:
+    assert not nests_deeper({"a": [{"b": 1}]}, 3)
+    assert nests_deeper({"a": [{"b": [1]}]}, 3)
+    assert not nests_deeper("text", 0)
+    assert JobSpec(type="noop", payload=_nested(MAX_PAYLOAD_DEPTH)).payload["a"]
+    with pytest.raises(pydantic.ValidationError):
+        JobSpec(type="noop", payload=_nested(MAX_PAYLOAD_DEPTH + 1))
