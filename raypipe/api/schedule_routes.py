@@ -164,6 +164,8 @@ def _update(request: Request, schedule_id: str, caller: Principal, **changes: An
     services = services_of(request)
     if "job" in changes:
         changes["spec"] = changes.pop("job")
-    schedule = _schedules(request).update(schedule_id, caller.scope, services.settings, **changes)
+    schedule = _schedules(request).update(
+        schedule_id, caller.scope, services.settings, admin=caller.admin, **changes
+    )
     services.wake_dispatcher()
     return ScheduleView.of(schedule)

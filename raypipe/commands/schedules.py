@@ -105,6 +105,7 @@ def add(
         timezone=timezone,
         spec={"type": type, "payload": body},
         missed=missed,
+        admin=True,  # the CLI is the operator's, on the database itself
     )
     _print(schedule, as_json)
 
@@ -113,14 +114,20 @@ def add(
 def pause(which: Which, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
     """Stop firing until resumed."""
     store, settings = _open()
-    _print(store.update(store.find(which, tenant).id, None, settings, enabled=False), as_json)
+    _print(
+        store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=False),
+        as_json,
+    )
 
 
 @app.command()
 def resume(which: Which, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
     """Fire again, from the next instant after now."""
     store, settings = _open()
-    _print(store.update(store.find(which, tenant).id, None, settings, enabled=True), as_json)
+    _print(
+        store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=True),
+        as_json,
+    )
 
 
 @app.command()

@@ -121,7 +121,7 @@ class ScheduleStore:
         missed: str = "run_once",
         enabled: bool = True,
         source: str = "api",
-        admin: bool = True,
+        admin: bool,
     ) -> Schedule:
         """A new schedule, validated whole (a spec that could not be submitted is refused
         now, not at its first fire); a name the tenant uses already is a :class:`Conflict`.
@@ -199,7 +199,7 @@ class ScheduleStore:
         timezone: str | None = None,
         spec: dict[str, Any] | None = None,
         missed: str | None = None,
-        admin: bool = True,
+        admin: bool,
     ) -> Schedule:
         """Change a schedule; None leaves a field as it is (``admin`` as in :meth:`create`).
 

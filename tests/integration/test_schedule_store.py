@@ -73,6 +73,7 @@ def create(store: ScheduleStore, settings: Settings, **fields: Any) -> Schedule:
         "name": "report",
         "cron": EVERY_5,
         "spec": {"type": "sleep", "payload": {"seconds": 0.5}, "tags": ["nightly"]},
+        "admin": True,
         **fields,
     }
     return store.create(settings, **values)
@@ -212,9 +213,9 @@ def test_a_schedule_whose_spec_broke_is_disabled_and_the_others_still_fire(
     assert store.next_fire_at() == FIRST + PERIOD
     # Resuming validates again: the reason shows.
     with pytest.raises(InvalidInput) as exc:
-        store.update(broken.id, "acme", without_solo, enabled=True)
+        store.update(broken.id, "acme", without_solo, admin=True, enabled=True)
     assert exc.value.details[0]["loc"] == ["job", "queue"]
-    resumed = store.update(broken.id, "acme", settings, enabled=True)
+    resumed = store.update(broken.id, "acme", settings, admin=True, enabled=True)
     assert resumed.next_fire_at == FIRST + PERIOD
 
 
@@ -263,7 +264,7 @@ def test_names_are_unique_per_tenant_and_reads_are_tenant_scoped(
     with pytest.raises(NotFound):
         store.get(theirs.id, "acme")
     with pytest.raises(NotFound):
-        store.update(theirs.id, "acme", settings, enabled=False)
+        store.update(theirs.id, "acme", settings, admin=True, enabled=False)
     with pytest.raises(NotFound):
         store.delete(theirs.id, "acme")
     assert [s.id for s in store.list("acme")] == [mine.id]
@@ -280,19 +281,25 @@ def test_pause_resume_and_edits_count_from_now(
     store: ScheduleStore, settings: Settings, clock: FakeClock
 ) -> None:
     schedule = create(store, settings, missed="run_all")
-    paused = store.update(schedule.id, "acme", settings, enabled=False)
+    paused = store.update(schedule.id, "acme", settings, admin=True, enabled=False)
     assert (paused.enabled, paused.next_fire_at) == (False, None)
     assert store.next_fire_at() is None
     clock.set(FIRST + 3 * PERIOD + timedelta(seconds=10))
     assert store.fire_due(settings) == []
-    resumed = store.update(schedule.id, "acme", settings, enabled=True)
+    resumed = store.update(schedule.id, "acme", settings, admin=True, enabled=True)
     assert resumed.next_fire_at == FIRST + 4 * PERIOD  # no catch-up for a pause
     assert store.fire_due(settings) == []
 
-    hourly = store.update(schedule.id, "acme", settings, cron="0 * * * *")
+    hourly = store.update(schedule.id, "acme", settings, admin=True, cron="0 * * * *")
     assert hourly.next_fire_at == datetime(2025, 1, 1, 11, tzinfo=timezone.utc)
     edited = store.update(
-        schedule.id, "acme", settings, spec={"type": "noop"}, missed="skip", timezone="UTC"
+        schedule.id,
+        "acme",
+        settings,
+        admin=True,
+        spec={"type": "noop"},
+        missed="skip",
+        timezone="UTC",
     )
     assert (edited.spec, edited.missed, edited.next_fire_at) == (
         {"type": "noop"},
@@ -301,7 +308,7 @@ def test_pause_resume_and_edits_count_from_now(
     )
     assert store.get(schedule.id) == edited
     with pytest.raises(InvalidInput):
-        store.update(schedule.id, "acme", settings, cron="61 * * * *")
+        store.update(schedule.id, "acme", settings, admin=True, cron="61 * * * *")
     assert store.get(schedule.id) == edited
 
     removed = store.delete(schedule.id, "acme")
@@ -375,9 +382,9 @@ def test_sync_pauses_and_conflicts(store: ScheduleStore, settings: Settings) -> 
 
     # Configured schedules may be paused (the pause outlives restarts), not edited or deleted.
     on = by_name["on"]
-    store.update(on.id, None, settings, enabled=False)
+    store.update(on.id, None, settings, admin=True, enabled=False)
     with pytest.raises(Conflict, match="configuration"):
-        store.update(on.id, None, settings, cron="5 * * * *")
+        store.update(on.id, None, settings, admin=True, cron="5 * * * *")
     with pytest.raises(Conflict, match="configuration"):
         store.delete(on.id)
     report = store.sync(configured(settings, **entries))
@@ -385,7 +392,7 @@ def test_sync_pauses_and_conflicts(store: ScheduleStore, settings: Settings) -> 
     assert report.updated == []
     assert store.get(on.id).enabled is False
     # The configuration can switch one off for good.
-    store.update(on.id, None, settings, enabled=True)
+    store.update(on.id, None, settings, admin=True, enabled=True)
     off_now = {**entries, "on": entries["on"].model_copy(update={"enabled": False})}
     assert store.sync(configured(settings, **off_now)).updated == ["on"]
     assert store.get(on.id).enabled is False
@@ -420,4 +427,10 @@ def test_only_admins_schedule_admin_only_job_types(
         with pytest.raises(InvalidInput):
             store.update(schedule.id, "acme", settings, admin=False, **change)
     assert store.get(schedule.id) == schedule
-    assert store.update(schedule.id, "acme", settings, enabled=False).enabled is False
+    assert store.update(schedule.id, "acme", settings, admin=True, enabled=False).enabled is False
+    # Nor may a tenant turn its own schedule into one of an admin-only type.
+    own = create(store, settings, name="own", spec={"type": "noop"}, admin=False)
+    with pytest.raises(InvalidInput) as exc:
+        store.update(own.id, "acme", settings, admin=False, spec={"type": "maintenance.prune"})
+    assert exc.value.details[0]["loc"] == ["job", "type"]
+    assert store.get(own.id) == own
