@@ -63,3 +63,11 @@ def test_bad_schedules_are_refused_with_located_errors(api: Api) -> None:
         assert maintenance.status_code == 422
         assert "only admin API keys" in maintenance.json()["error"]["message"]
         assert http.get("/v1/schedules").json()["schedules"] == []
+        # Nor through an edit: a tenant's PATCH to an admin-only type is refused, unchanged.
+        own = http.post(
+            "/v1/schedules", json={"name": "own", "cron": "0 3 * * *", "job": {"type": "noop"}}
+        ).json()
+        edit = http.patch(f"/v1/schedules/{own['id']}", json={"job": {"type": "maintenance.prune"}})
+        assert edit.status_code == 422, edit.text
+        assert "only admin API keys" in edit.json()["error"]["message"]
+        assert http.get(f"/v1/schedules/{own['id']}").json()["job"]["type"] == "noop"
