@@ -264,8 +264,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @v1.get("/queues", response_model=list[QueueView])
     def queues(caller: Caller) -> list[QueueView]:
-        """Per queue: depth, running jobs, the oldest runnable job's wait, and its limit."""
-        stats = services.jobs.queue_stats()
+        """Per queue: depth, running jobs, the oldest runnable job's wait, and its limit;
+        counting the caller's tenant's jobs only (every tenant's for an admin key)."""
+        stats = services.jobs.queue_stats(caller.scope)
         return [
             QueueView(
                 name=name,

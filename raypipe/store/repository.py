@@ -212,9 +212,10 @@ class JobStore:
         each = sa.func.json_each(jobs.c.tags).table_valued("value")
         return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
 
-    def queue_stats(self) -> dict[str, dict[str, Any]]:
+    def queue_stats(self, tenant: str | None = None) -> dict[str, dict[str, Any]]:
         """Per queue: queued depth (held jobs not started yet included), running count, the
-        oldest runnable job's wait, and how many queued jobs wait for what (``waiting``)."""
+        oldest runnable job's wait, and how many queued jobs wait for what (``waiting``);
+        of ``tenant``'s jobs only, when given."""
         now = self.clock()
         waiting = sa.case(
             (
@@ -236,6 +237,8 @@ class JobStore:
             .where(jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
             .group_by(jobs.c.queue, jobs.c.status, waiting)
         )
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
         stats: dict[str, dict[str, Any]] = {}
         with self._read() as conn:
             for queue, status, why, count, oldest in conn.execute(query):

@@ -291,6 +291,9 @@ def test_a_start_moves_the_job_to_processing_at_the_reported_time(
     assert store.get(job.id).started_at == at
     assert len(store.events(job.id)) == 2
     assert store.queue_stats()["default"]["running"] == 1
+    # A tenant sees its own jobs in the queues, nobody else's.
+    assert store.queue_stats(job.refresh().tenant)["default"]["running"] == 1
+    assert store.queue_stats("someone-else") == {}
 
 
 def test_a_stale_start_changes_nothing(client: DirectClient) -> None:
