@@ -32,6 +32,7 @@ from raypipe.store.tables import (
     attempts,
     job_events,
     jobs,
+    webhook_deliveries,
 )
 from raypipe.store.transitions import chunks, requeued, status_event
 
@@ -431,6 +432,9 @@ class JobStore:
             job = self._locked(conn, job_id, tenant)
             if not job.status.is_terminal:
                 raise Conflict(f"job {job_id} is {job.status.value}: cancel it before deleting it")
+            # Its deliveries carry its result in their bodies: they go with it (the sender's
+            # writes to a delivery deleted under it match no row).
+            conn.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.job_id == job_id))
             conn.execute(sa.delete(jobs).where(jobs.c.id == job_id))
         return job
 

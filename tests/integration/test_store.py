@@ -23,6 +23,7 @@ from raypipe.jobs import (
 from raypipe.store import JobStore, create_engine
 from raypipe.store import schema as store_schema
 from raypipe.store.repository import Candidate
+from raypipe.store.tables import webhook_deliveries
 
 OWNER = "test-owner"
 QUEUES = {"default": 100, "solo": 1, "pair": 2}
@@ -463,3 +464,17 @@ def test_the_migration_to_0006_drops_rows_of_attempts_claimed_not_begun(
     assert _start(store, [claimed[held.id]]) == 1
     assert [a.status for a in store.attempts(held.id)] == [AttemptStatus.RUNNING]
     engine.dispose()
+
+
+def test_deleting_a_job_deletes_its_webhook_deliveries(client: DirectClient) -> None:
+    # The delivery's body carries the job's result: it must not outlive the job.
+    store = client.store
+    job = client.submit("noop", {}, webhook_url="https://hooks.example.com/raypipe")
+    _claim(store, job.id)
+    store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"secret": 1})])
+    deliveries = sa.select(sa.func.count()).where(webhook_deliveries.c.job_id == job.id)
+    with store.engine.connect() as conn:
+        assert conn.execute(deliveries).scalar_one() == 1
+    store.delete(job.id)
+    with store.engine.connect() as conn:
+        assert conn.execute(deliveries).scalar_one() == 0
