@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="largest image or document a job may fetch"
     )
+    max_document_chars: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="longest text a document may extract to: a small PDF whose pages share"
+        " one content stream can expand a thousandfold",
+    )
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="the whole fetch of an input URL, redirects included"
     )

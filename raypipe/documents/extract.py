@@ -99,15 +99,16 @@ def _supported() -> str:
     return ", ".join(EXTENSIONS)
 
 
-def extract_text(data: bytes | str, fmt: str) -> str:
+def extract_text(data: bytes | str, fmt: str, max_chars: int) -> str:
     """The text of a document of format ``fmt``, with whitespace tidied: single spaces,
-    paragraphs separated by one blank line. Empty or unreadable input: PermanentError."""
+    paragraphs separated by one blank line. Empty or unreadable input, or text longer than
+    ``max_chars``: PermanentError."""
     if fmt not in FORMATS:
         raise PermanentError(f"unsupported format {fmt!r} (supported: {', '.join(FORMATS)})")
     if fmt == "pdf":
         if isinstance(data, str):
             raise PermanentError("a PDF must be given as bytes, not as text")
-        text = pdf_text(data)
+        text = pdf_text(data, max_chars)
         if not text:
             raise PermanentError("the PDF has no extractable text (a scanned PDF needs OCR first)")
         return text
@@ -120,7 +121,16 @@ def extract_text(data: bytes | str, fmt: str) -> str:
         text = markdown_text(raw) if fmt == "md" else normalize_whitespace(raw)
     if not text:
         raise PermanentError(f"the document has no text (format {fmt})")
+    _bound(len(text), max_chars)
     return text
+
+
+def _bound(chars: int, max_chars: int) -> None:
+    if chars > max_chars:
+        raise PermanentError(
+            f"the document's text is longer than {max_chars:,} characters"
+            " (RAYPIPE_MAX_DOCUMENT_CHARS)"
+        )
 
 
 def _refuse_binary(data: bytes, fmt: str) -> None:
@@ -199,9 +209,10 @@ def _collapse_source_whitespace(soup: BeautifulSoup) -> None:
             string.replace_with(collapsed)
 
 
-def pdf_text(data: bytes) -> str:
+def pdf_text(data: bytes, max_chars: int) -> str:
     """The text of every page, in order. Pages are joined by a line break, not a paragraph
-    break, as sentences run on across them. Not a PDF, corrupt, encrypted with a password:
+    break, as sentences run on across them. Not a PDF, corrupt, encrypted with a password,
+    or more text than ``max_chars`` (found page by page, so a bomb stops early):
     PermanentError naming which."""
     if b"%PDF-" not in data[:PDF_HEADER_WINDOW]:
         raise PermanentError("the file is not a PDF (no %PDF- header)")
@@ -215,7 +226,11 @@ def pdf_text(data: bytes) -> str:
             reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted and not reader.decrypt(""):
                 raise PermanentError("the PDF is encrypted: it needs a password to open")
-            pages = [page.extract_text() or "" for page in reader.pages]
+            pages, chars = [], 0
+            for page in reader.pages:
+                pages.append(page.extract_text() or "")
+                chars += len(pages[-1])
+                _bound(chars, max_chars)
         except PermanentError:
             raise
         except (FileNotDecryptedError, DependencyError) as exc:
@@ -225,4 +240,6 @@ def pdf_text(data: bytes) -> str:
             raise PermanentError(
                 f"the PDF cannot be read (corrupt or truncated): {type(exc).__name__}: {exc}"
             ) from None
-    return normalize_whitespace("\n".join(pages))
+    text = normalize_whitespace("\n".join(pages))
+    _bound(len(text), max_chars)
+    return text

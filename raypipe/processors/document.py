@@ -169,9 +169,10 @@ def _extract(payload: DocumentPayload, ctx: JobContext) -> tuple[str, str]:
             artifact=payload.document_artifact,
         )
         fmt = resolve_format(payload.format, payload.filename, data, hint=_source_name(payload))
+    limit = ctx.settings.max_document_chars
     if fmt == "txt":
-        return fmt, extract_text(data, fmt)
-    return fmt, ctx.parallel([partial(extract_text, data, fmt)])[0]
+        return fmt, extract_text(data, fmt, limit)
+    return fmt, ctx.parallel([partial(extract_text, data, fmt, limit)])[0]
 
 
 def _source_name(payload: DocumentPayload) -> str | None:

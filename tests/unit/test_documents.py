@@ -3,6 +3,7 @@ stage bookkeeping and the payload's validation. No model and no Ray."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import random
 
@@ -11,6 +12,7 @@ import pytest
 from fpdf import FPDF
 from pydantic import ValidationError
 
+from raypipe.config import Settings
 from raypipe.documents.chunking import Chunk, chunk_text, unshared_texts
 from raypipe.documents.extract import extract_text, resolve_format
 from raypipe.documents.keywords import terms, top_keywords
@@ -21,6 +23,10 @@ from raypipe.exceptions import PermanentError, RetryableError
 from raypipe.processors.document import DocumentPayload
 
 JOB_ID = "0b6a4f0e-3c1d-4a52-9a43-6f7d2f9e8b11"
+
+
+#: The default bound on a document's text.
+LIMIT = Settings().max_document_chars
 
 
 def make_pdf(*paragraphs: str, **encryption: str) -> bytes:
@@ -75,7 +81,7 @@ def test_html_drops_scripts_styles_and_head() -> None:
     <b>sugar</b> from light.<br>A new line.</p><!-- a comment -->
     <noscript>enable scripts</noscript><table><tr><td>cell1</td><td>cell2</td></tr></table>
     <p>Fig: <img src="a.png" alt="a leaf"></p></body></html>"""
-    text = extract_text(page, "html")
+    text = extract_text(page, "html", LIMIT)
     assert text == (
         "Leaves\n\nPlants make sugar from light.\nA new line.\n\ncell1 cell2\n\nFig: a leaf"
     )
@@ -83,7 +89,7 @@ def test_html_drops_scripts_styles_and_head() -> None:
 
 def test_html_in_another_declared_encoding() -> None:
     page = '<meta charset="latin-1"><p>Café crème</p>'.encode("latin-1")
-    assert extract_text(page, "html") == "Café crème"
+    assert extract_text(page, "html", LIMIT) == "Café crème"
 
 
 def test_markdown_markup_is_stripped() -> None:
@@ -92,7 +98,7 @@ def test_markdown_markup_is_stripped() -> None:
         "- first item\n- second item\n\n```python\nprint('code')\n```\n\n"
         "| a | b |\n|---|---|\n| 1 | 2 |\n\n![a diagram](d.png)\n"
     )
-    text = extract_text(source.encode(), "md")
+    text = extract_text(source.encode(), "md", LIMIT)
     assert text == (
         "Title\n\nSome emphasis, strong and a link.\n\nfirst item\n\nsecond item\n\n"
         "print('code')\n\na b\n\n1 2\n\na diagram"
@@ -101,12 +107,12 @@ def test_markdown_markup_is_stripped() -> None:
 
 def test_txt_whitespace_is_tidied_and_bom_dropped() -> None:
     raw = "\ufeffOne  line\t here \r\nnext\r\n\r\n\r\n\r\nlast   ".encode()
-    assert extract_text(raw, "txt") == "One line here\nnext\n\nlast"
+    assert extract_text(raw, "txt", LIMIT) == "One line here\nnext\n\nlast"
 
 
 def test_invalid_utf8_names_the_byte() -> None:
     with pytest.raises(PermanentError, match=r"not valid UTF-8 \(byte 0xff at offset 6\)"):
-        extract_text(b"hello \xff world", "txt")
+        extract_text(b"hello \xff world", "txt", LIMIT)
 
 
 @pytest.mark.parametrize(
@@ -120,26 +126,26 @@ def test_invalid_utf8_names_the_byte() -> None:
 )
 def test_bytes_of_another_format_are_refused(data: bytes, fmt: str, problem: str) -> None:
     with pytest.raises(PermanentError, match=problem):
-        extract_text(data, fmt)
+        extract_text(data, fmt, LIMIT)
 
 
 @pytest.mark.parametrize("fmt", ["txt", "md", "html"])
 def test_empty_document(fmt: str) -> None:
     empty = {"txt": b" \n\t\n", "md": b"<!-- nothing -->\n", "html": b"<script>x()</script>"}
     with pytest.raises(PermanentError, match="the document has no text"):
-        extract_text(empty[fmt], fmt)
+        extract_text(empty[fmt], fmt, LIMIT)
 
 
 def test_pdf_text_is_extracted() -> None:
     data = make_pdf("Chlorophyll absorbs sunlight.", "The Calvin cycle fixes carbon dioxide.")
-    text = extract_text(data, "pdf")
+    text = extract_text(data, "pdf", LIMIT)
     assert "Chlorophyll absorbs sunlight." in text
     assert "The Calvin cycle fixes carbon dioxide." in text
 
 
 def test_pdf_encrypted_with_empty_user_password_opens() -> None:
     data = make_pdf("Readable without a password.", owner_password="owner")
-    assert extract_text(data, "pdf") == "Readable without a password."
+    assert extract_text(data, "pdf", LIMIT) == "Readable without a password."
 
 
 @pytest.mark.parametrize(
@@ -155,7 +161,7 @@ def test_pdf_encrypted_with_empty_user_password_opens() -> None:
 )
 def test_bad_pdfs(data: bytes, problem: str) -> None:
     with pytest.raises(PermanentError, match=problem):
-        extract_text(data, "pdf")
+        extract_text(data, "pdf", LIMIT)
 
 
 # -- sentences ----------------------------------------------------------------------------
@@ -390,3 +396,25 @@ def test_payload_defaults() -> None:
 def test_payload_validation(payload: dict[str, object], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         DocumentPayload.model_validate(payload)
+
+
+def test_a_pdf_expanding_past_the_text_bound_is_refused_naming_the_setting() -> None:
+    # 200 pages that all draw one page's content: small file, 200 times its text.
+    from pypdf import PdfReader, PdfWriter
+
+    page = PdfReader(io.BytesIO(make_pdf("Repeated text on every page. " * 40))).pages[0]
+    writer = PdfWriter()
+    for _ in range(200):
+        writer.add_page(page)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    one_page = len(extract_text(make_pdf("Repeated text on every page. " * 40), "pdf", LIMIT))
+    with pytest.raises(PermanentError, match="longer than 100,000 characters"):
+        extract_text(buffer.getvalue(), "pdf", 100_000)
+    assert one_page * 200 > 100_000
+
+
+def test_text_past_the_bound_is_refused_for_every_format() -> None:
+    with pytest.raises(PermanentError, match="RAYPIPE_MAX_DOCUMENT_CHARS"):
+        extract_text("word " * 100, "txt", 50)
+    assert extract_text("word " * 10, "txt", 50) == ("word " * 10).strip()
