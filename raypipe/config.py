@@ -188,6 +188,9 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="largest image or document a job may fetch"
     )
+    max_schedules_per_tenant: int = Field(
+        default=100, ge=0, description="schedules a tenant may make over the API or CLI"
+    )
     max_document_chars: int = Field(
         default=5_000_000,
         ge=1,

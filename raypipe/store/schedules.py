@@ -149,10 +149,26 @@ class ScheduleStore:
         row["next_fire_at"] = _next_fire(row, now)
         try:
             with self.engine.begin() as conn:
+                self._check_quota(conn, tenant, settings.max_schedules_per_tenant)
                 conn.execute(schedules.insert(), row)
         except sa.exc.IntegrityError:
             raise Conflict(f"tenant {tenant!r} already has a schedule named {name!r}") from None
         return _schedule(row)
+
+    @staticmethod
+    def _check_quota(conn: Connection, tenant: str, most: int) -> None:
+        """Each schedule can fire many jobs a round: a tenant's count of them is bounded
+        (configured schedules are the operator's and do not count)."""
+        count = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(schedules)
+            .where(schedules.c.tenant == tenant, schedules.c.source != "config")
+        ).scalar_one()
+        if count >= most:
+            raise Conflict(
+                f"tenant {tenant!r} has {count} schedules, the most allowed"
+                " (RAYPIPE_MAX_SCHEDULES_PER_TENANT): delete one first"
+            )
 
     def list(self, tenant: str | None = None) -> list[Schedule]:
         query = sa.select(schedules).order_by(schedules.c.tenant, schedules.c.name)

@@ -434,3 +434,14 @@ def test_only_admins_schedule_admin_only_job_types(
         store.update(own.id, "acme", settings, admin=False, spec={"type": "maintenance.prune"})
     assert exc.value.details[0]["loc"] == ["job", "type"]
     assert store.get(own.id) == own
+
+
+def test_a_tenants_schedules_are_bounded(store: ScheduleStore, settings: Settings) -> None:
+    # A cap of 2 rather than the default 100, so that the test makes three rows, not 101.
+    capped = settings.model_copy(update={"max_schedules_per_tenant": 2})
+    create(store, capped, name="one")
+    create(store, capped, name="two")
+    with pytest.raises(Conflict, match="RAYPIPE_MAX_SCHEDULES_PER_TENANT"):
+        create(store, capped, name="three")
+    assert [s.name for s in store.list("acme")] == ["one", "two"]
+    assert create(store, capped, name="three", tenant="other").tenant == "other"
