@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     embedding_max_texts: int = Field(default=100_000, ge=1)
 
     mesh_max_pixels: int = Field(default=64_000_000, ge=1)
+    mesh_max_vertices: int = Field(
+        default=4_000_000,
+        ge=4,
+        description="largest height grid a mesh may have: what its 1 GiB holds with the"
+        " mesh's copies (a 62 KB PNG can be 8000×8000)",
+    )
     mesh_tile_rows: int = Field(
         default=1024, ge=2, description="height-grid rows per tile when a large mesh is fanned out"
     )

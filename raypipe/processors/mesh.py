@@ -23,6 +23,7 @@ from pydantic import (
 
 from raypipe.artifacts import REF_PATTERN
 from raypipe.context import JobContext
+from raypipe.exceptions import PermanentError
 from raypipe.mesh import MeshFormat
 from raypipe.processors.inputs import check_input_url, load_input
 from raypipe.registry import processor
@@ -113,13 +114,19 @@ def mesh_from_image(payload: MeshPayload, ctx: JobContext) -> dict[str, Any]:
     image = heightmap.decode(data, ctx.settings.mesh_max_pixels)
     del data
     width, height = image.size
+    cols, rows = heightmap.grid_shape(width, height, payload.detail_factor)
+    if cols * rows > ctx.settings.mesh_max_vertices:
+        raise PermanentError(
+            f"payload.detail_factor: a {width}×{height} image at {payload.detail_factor:g} is"
+            f" a {cols}×{rows} grid of {cols * rows} vertices, over the limit of"
+            f" {ctx.settings.mesh_max_vertices} (mesh_max_vertices): lower detail_factor"
+        )
     if ctx.is_cancelled():
         return CANCELLED
 
     ctx.progress(10, f"{width}×{height} {image.mode} image", stage="heightmap")
     heights = heightmap.heightmap(image, payload.height_scale)
     del image
-    cols, rows = heightmap.grid_shape(width, height, payload.detail_factor)
     if ctx.is_cancelled():
         return CANCELLED
 

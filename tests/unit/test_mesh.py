@@ -308,6 +308,19 @@ def test_too_many_pixels_is_permanent(tmp_path: Path) -> None:
         run(ctx, encode(bump(20, 20)))
 
 
+def test_a_grid_over_the_vertex_limit_is_permanent_before_any_grid_is_built(
+    tmp_path: Path,
+) -> None:
+    # A 40×40 image at detail 1 is 1,600 vertices: a limit of 1,599 stands for the 8000×8000
+    # PNG of 62 KB that passed the pixel limit and needed several GB for its grid.
+    settings = get_settings(data_dir=tmp_path, mesh_max_vertices=1599)
+    ctx = JobContext.local("mesh.from_image", settings)
+    with pytest.raises(PermanentError, match=r"40×40 grid of 1600 vertices.*mesh_max_vertices"):
+        run(ctx, encode(bump(40, 40)), detail_factor=1.0)
+    assert ctx.artifacts == {}
+    assert run(ctx, encode(bump(40, 40)), detail_factor=0.5)["vertices"] == 400
+
+
 def test_pillow_bomb_limit_is_reported_as_too_large(
     ctx: JobContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
