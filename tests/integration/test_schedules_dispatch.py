@@ -28,6 +28,7 @@ def test_a_due_schedule_fires_once_across_a_restart(raypipe: DirectClient) -> No
         name="daily",
         cron=f"{due.minute} {due.hour} * * *",
         spec={"type": "test.echo", "payload": {"result": {"scheduled": True}}},
+        admin=False,
     )
     assert made.next_fire_at == due + timedelta(days=1)
     with raypipe.store.engine.begin() as conn:
