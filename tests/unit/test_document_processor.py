@@ -6,10 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 from collections.abc import Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from raypipe.embedding.models import EmbeddingModel, load_cached
 from raypipe.exceptions import PermanentError
 from raypipe.jobs import ProgressState
 from raypipe.processors.document import STAGES, DocumentPayload, process_document
+from tests.local_http import serving
 from tests.unit.test_documents import assert_valid_chunks, make_pdf
 
 PARAGRAPHS = (
@@ -219,13 +219,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real HTTP server on 127.0.0.1 serving a folder: (base URL, folder)."""
     folder = tmp_path / "www"
     folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", folder
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(partial(QuietHandler, directory=str(folder))) as url:
+        yield url, folder
 
 
 def test_url_source(settings: Settings, served: tuple[str, Path]) -> None:

@@ -7,11 +7,10 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -29,6 +28,7 @@ from raypipe.exceptions import (
     RetryableError,
 )
 from raypipe.submission import prepare
+from tests.local_http import serving
 
 BODY = b"x" * 5000
 #: The test server listens on 127.0.0.1: tests that fetch from it must allow it, since
@@ -256,13 +256,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Handler) as url:
+        yield url
 
 
 def fetching(**overrides: Any) -> Settings:
