@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,23 @@ from raypipe.runtime import cluster
 from tests.conftest import fresh_database, make_settings
 
 
+@contextmanager
+def running(settings: Settings) -> Iterator[DirectClient]:
+    """raypipe's actors on ``settings`` and a client, stopped when the block ends."""
+    cluster.start_actors(settings)
+    client = DirectClient(settings)
+    try:
+        yield client
+    finally:
+        cluster.stop_actors(settings)
+        client.close()
+
+
 @pytest.fixture
 def raypipe(ray_session: None, settings: Settings) -> Iterator[DirectClient]:
     """raypipe running against this test's database: dispatcher, progress actor, client."""
-    cluster.start_actors(settings)
-    client = DirectClient(settings)
-    yield client
-    cluster.stop_actors(settings)
-    client.close()
+    with running(settings) as client:
+        yield client
 
 
 def module_system(
@@ -35,11 +45,8 @@ def module_system(
             folder / "data",
             **overrides,
         )
-        cluster.start_actors(settings)
-        client = DirectClient(settings)
-        yield client
-        cluster.stop_actors(settings)
-        client.close()
+        with running(settings) as client:
+            yield client
 
 
 def dispatcher(settings: Settings) -> ray.actor.ActorHandle:

@@ -17,9 +17,8 @@ from PIL import Image
 
 from raypipe.direct import DirectClient
 from raypipe.jobs import AttemptStatus, JobStatus
-from raypipe.runtime import cluster
 from tests.conftest import make_settings, wait_for
-from tests.integration.conftest import dispatcher, pool_actors
+from tests.integration.conftest import dispatcher, pool_actors, running
 
 WAIT_S = 240
 
@@ -119,9 +118,7 @@ def test_the_readme_flow_completes_on_the_defaults_and_again_after_the_pools_shr
     # that the second round runs on pools shrunk to nothing without waiting ten minutes.
     idle = {"idle_s": 2}
     settings = make_settings(db_url, tmp_path / "data", pools={"embeddings": idle, "workers": idle})
-    cluster.start_actors(settings)
-    client = DirectClient(settings)
-    try:
+    with running(settings) as client:
         for round_ in range(2):
             jobs = _flow(client, tmp_path)
             assert [j.status for j in jobs] == [JobStatus.COMPLETED] * 6, [
@@ -133,9 +130,6 @@ def test_the_readme_flow_completes_on_the_defaults_and_again_after_the_pools_shr
                     timeout=120,
                     what="every pool to shrink to nothing",
                 )
-    finally:
-        cluster.stop_actors(settings)
-        client.close()
 
 
 def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_their_idle_time(
@@ -146,9 +140,7 @@ def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_t
     # ends in time only if an idle actor yields its CPU to it.
     idle = {"idle_s": 3600}
     settings = make_settings(db_url, tmp_path / "data", pools={"embeddings": idle, "workers": idle})
-    cluster.start_actors(settings)
-    client = DirectClient(settings)
-    try:
+    with running(settings) as client:
         warm = [client.submit("embed.texts", {"texts": ["warm"]}), client.submit("noop", {})]
         assert [j.status for j in _all_ended(client, warm)] == [JobStatus.COMPLETED] * 2
         pools = _info(client)["pools"]
@@ -156,10 +148,9 @@ def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_t
         sleep = client.submit("sleep", {"seconds": 0.1, "steps": 1})
         assert sleep.wait(timeout=WAIT_S).status is JobStatus.COMPLETED, sleep.refresh().error
         pools = _info(client)["pools"]
-        assert pools["embeddings"]["size"] + pools["workers"]["size"] == 1  # one actor yielded
-    finally:
-        cluster.stop_actors(settings)
-        client.close()
+        # At least one actor yielded its CPU. A second may yield too when the sleep has not
+        # begun by the next round (seen once on PostgreSQL; noted on issue 13).
+        assert pools["embeddings"]["size"] + pools["workers"]["size"] <= 1
 
 
 # -- pools ----------------------------------------------------------------------------------
@@ -172,29 +163,28 @@ def test_the_worker_pool_grows_with_depth_within_admission_and_shrinks_when_idle
     # cluster holds; a one-second idle time, so that the shrink is seen within the test.
     workers = {"bundle": 20, "idle_s": 1}
     settings = make_settings(db_url, tmp_path / "data", pools={"workers": workers})
-    cluster.start_actors(settings)
-    client = DirectClient(settings)
     sizes: list[int] = []
     done = threading.Event()
+    with running(settings) as client:
 
-    def watch() -> None:
-        while not done.is_set():
-            info = _info(client)
-            sizes.append(info["pools"]["workers"]["size"])
-            time.sleep(0.05)
+        def watch() -> None:
+            while not done.is_set():
+                info = _info(client)
+                sizes.append(info["pools"]["workers"]["size"])
+                time.sleep(0.05)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    try:
-        handles = client.submit_many([("noop", {})] * 1000)
-        watcher.start()
-        jobs = _all_ended(client, handles)
-        assert all(j.status is JobStatus.COMPLETED for j in jobs)
-        assert max(sizes) == 2  # two 1-CPU actors: all a 2-CPU cluster can hold, not three
-        wait_for(lambda: _info(client)["pools"]["workers"]["size"] == 0, what="the pool to shrink")
-    finally:
-        done.set()
-        cluster.stop_actors(settings)
-        client.close()
+        watcher = threading.Thread(target=watch, daemon=True)
+        try:
+            handles = client.submit_many([("noop", {})] * 1000)
+            watcher.start()
+            jobs = _all_ended(client, handles)
+            assert all(j.status is JobStatus.COMPLETED for j in jobs)
+            assert max(sizes) == 2  # two 1-CPU actors: all a 2-CPU cluster can hold, not three
+            wait_for(
+                lambda: _info(client)["pools"]["workers"]["size"] == 0, what="the pool to shrink"
+            )
+        finally:
+            done.set()
 
 
 def test_cancelling_a_running_pool_job_interrupts_it(raypipe: DirectClient, tmp_path: Path) -> None:
