@@ -110,6 +110,8 @@ class Dispatcher:
         self._starts: list[Started] = []
         self._consumers: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, str] = {}
+        #: Prefetched tasks not begun that an idle actor has already yielded its share to.
+        self._served: set[str] = set()
         self._unrunnable: dict[str, str] = {}
         self._needs: dict[str, admission.Need] = {}
         # None: what an earlier incarnation asked for is unknown, so the first round says.
@@ -277,7 +279,7 @@ class Dispatcher:
         # A small, counted prefetch: a few tasks may wait in Ray's queue, to start the moment
         # a running job frees its share instead of a dispatcher round later.
         prefetch = max(1, math.ceil(self.settings.task_prefetch * capacity.get("CPU", 0.0)))
-        prefetch -= self._waiting_in_ray()
+        prefetch -= len(self._waiting_in_ray())
         rooms = {name: pool.room() for name, pool in self.pools.items()}
         limit = min(slots, self.settings.claim_batch)
         plans: list[tuple[admission.Plan, set[str]]] = []
@@ -305,16 +307,23 @@ class Dispatcher:
         self.counters["claimed"] += len(claimed)
         self._note_waiting(plan, claimed)
         self._ask_autoscaler(plan.demand)
-        # A prefetched task waiting in Ray's queue lacks a CPU too: an idle actor yields to it.
-        short = plan.short | ({"CPU"} if self._waiting_in_ray() else set())
+        # A prefetched task waiting in Ray's queue lacks a CPU too: an idle actor yields to it,
+        # once (the task may not have begun by the next round, and one actor's share is its).
+        waiting = self._waiting_in_ray()
+        self._served &= set(waiting)
+        unserved = [job_id for job_id in waiting if job_id not in self._served]
+        short = plan.short | ({"CPU"} if unserved else set())
         yielded = self._yield_idle(short, wanted)
-        return len(claimed) == limit or yielded
+        self._served.update(unserved[:yielded])
+        return len(claimed) == limit or yielded > 0
 
-    def _waiting_in_ray(self) -> int:
+    def _waiting_in_ray(self) -> list[str]:
         """Admitted tasks not begun yet: the prefetch in Ray's queue (or starting)."""
-        return sum(
-            1 for run in self._running.values() if run.call.pool is None and run.started is None
-        )
+        return [
+            job_id
+            for job_id, run in self._running.items()
+            if run.call.pool is None and run.started is None
+        ]
 
     def _need(self, job_type: str) -> admission.Need:
         """What a job of this type needs to start (fixed per type: worked out once)."""
@@ -359,10 +368,10 @@ class Dispatcher:
             request_resources(bundles=[dict(shape) for shape in shapes])
             self._requested = shapes
 
-    def _yield_idle(self, short: set[str], wanted: set[str]) -> bool:
+    def _yield_idle(self, short: set[str], wanted: set[str]) -> int:
         """An actor idle for a moment (``YIELD_AFTER_S``, not its idle time) gives up what
-        queued work lacks, unless that work is its own pool's."""
-        yielded = False
+        queued work lacks, unless that work is its own pool's; returns how many yielded."""
+        yielded = 0
         now = time.monotonic()
         in_use = self._in_use()
         for name, pool in self.pools.items():
@@ -372,7 +381,7 @@ class Dispatcher:
             if idle:
                 pool.remove(idle[0])
                 self.counters["pool_yielded"] += 1
-                yielded = True
+                yielded += 1
         return yielded
 
     def _shrink_pools(self, now: float) -> None:
