@@ -26,9 +26,12 @@ class QueueConfig(BaseModel):
     priority: int = Field(default=0, ge=0)
 
 
-#: Lanes of the built-in workloads, so a flood of one kind cannot starve the others.
+#: Lanes of the built-in workloads, so a flood of one kind cannot starve the others. The
+#: default lane's 400 keeps two of the ``workers`` pool's bundles (200 jobs) in flight: with
+#: at most one (it was 100, half a bundle), each bundle's round trip waited for a dispatcher
+#: round. Admission still bounds what runs by what the cluster holds.
 BUILTIN_QUEUES: dict[str, QueueConfig] = {
-    DEFAULT_QUEUE: QueueConfig(),
+    DEFAULT_QUEUE: QueueConfig(concurrency=400),
     "embeddings": QueueConfig(concurrency=64),
     "mesh": QueueConfig(),
     "documents": QueueConfig(),

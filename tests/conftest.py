@@ -145,7 +145,6 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
             "namespace": f"t-{uuid.uuid4().hex[:10]}",
             "processor_modules": ["tests.processors"],
             "queues": {
-                "default": {"concurrency": 100},
                 "solo": {"concurrency": 1},
                 "pair": {"concurrency": 2},
             },

@@ -179,10 +179,10 @@ class Dispatcher:
                     # raised, so a restart while the database is away would end it for good.
                     store_schema.check(self.store.engine)
                     schema_checked = True
-                started = time.perf_counter()
+                began = time.monotonic()
                 more = self._round()
                 self.counters["rounds"] += 1
-                self.counters["round_ms"] += int((time.perf_counter() - started) * 1000)
+                self.counters["round_ms"] += int((time.monotonic() - began) * 1000)
                 failures, self._last_error = 0, None
             except Exception as exc:  # the database or Ray is away: degrade, retry, lose nothing
                 failures += 1
@@ -193,9 +193,11 @@ class Dispatcher:
             self._last_round = time.monotonic()
             if not more:
                 await self._sleep()
-            # While work is in flight, space rounds out so that each one records and
-            # claims a batch: per-round costs (locks, commits) are then shared by many jobs.
-            await asyncio.sleep(self.settings.dispatch_interval_s if self._running else 0)
+            # While work is in flight, rounds begin at most every dispatch_interval_s, so that
+            # each records and claims a batch: per-round costs (locks, commits) are then shared
+            # by many jobs. A round that took longer has batched enough: the next begins now.
+            spacing = self.settings.dispatch_interval_s if self._running else 0.0
+            await asyncio.sleep(max(0.0, began + spacing - time.monotonic()))
 
     def _round(self) -> bool:
         """One pass; returns whether there may be more to claim right away."""

@@ -57,7 +57,6 @@ class Candidate:
     attempt: int
     max_attempts: int
     timeout_s: float
-    payload: dict[str, Any]
     tenant: str
     run_at: datetime
 
@@ -339,8 +338,10 @@ class JobStore:
             if not chosen:
                 return []
             expires = now + timedelta(seconds=lease_ttl_s)
+            # Payloads are read for the chosen rows only (a candidate's may be megabytes).
+            payloads: dict[str, Any] = {}
             for chunk in chunks([c.id for c in chosen]):
-                conn.execute(
+                claimed = conn.execute(
                     sa.update(jobs)
                     .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
                     .values(
@@ -353,19 +354,22 @@ class JobStore:
                         message=None,
                         stage=None,
                     )
+                    .returning(jobs.c.id, jobs.c.payload)
                 )
+                payloads.update((row.id, row.payload) for row in claimed)
         return [
             ClaimedJob(
                 id=c.id,
                 type=c.type,
                 queue=c.queue,
-                payload=c.payload,
+                payload=payloads[c.id],
                 attempt=c.attempt + 1,
                 max_attempts=c.max_attempts,
                 timeout_s=c.timeout_s,
                 tenant=c.tenant,
             )
             for c in chosen
+            if c.id in payloads
         ]
 
     def _candidates(
@@ -554,18 +558,25 @@ class JobStore:
         cannot admit them yet. Held or started jobs keep theirs. Returns rows changed."""
         if not messages:
             return 0
-        statement = (
-            sa.update(jobs)
-            .where(
-                jobs.c.id == sa.bindparam("b_id"),
-                UNHELD_QUEUED,
-                jobs.c.message.is_distinct_from(sa.bindparam("b_message")),
-            )
-            .values(message=sa.bindparam("b_message"))
-        )
-        params = [{"b_id": job_id, "b_message": text} for job_id, text in messages.items()]
+        # Nearly all say the same ("waiting for 1 CPU"): one IN-list UPDATE per message.
+        by_message: dict[str | None, list[str]] = {}
+        for job_id, text in messages.items():
+            by_message.setdefault(text, []).append(job_id)
+        changed = 0
         with self.engine.begin() as conn:
-            return conn.execute(statement, params).rowcount
+            for text, ids in by_message.items():
+                for chunk in chunks(ids):
+                    statement = (
+                        sa.update(jobs)
+                        .where(
+                            jobs.c.id.in_(chunk),
+                            UNHELD_QUEUED,
+                            jobs.c.message.is_distinct_from(text),
+                        )
+                        .values(message=text)
+                    )
+                    changed += conn.execute(statement).rowcount
+        return changed
 
     def events(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         """A job's events after event id ``after``, oldest first."""

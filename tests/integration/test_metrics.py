@@ -40,7 +40,7 @@ def settings(db_url: str, tmp_path: Path, queue: str) -> Settings:
     return make_settings(
         db_url,
         tmp_path / "data",
-        queues={"default": {"concurrency": 100}, queue: {"concurrency": 10}},
+        queues={queue: {"concurrency": 10}},
         # The webhook receiver listens on loopback, refused by default.
         outbound_allow_networks=["127.0.0.0/8"],
         webhook_poll_interval_s=0.05,

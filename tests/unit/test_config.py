@@ -104,7 +104,7 @@ def test_builtin_queues_always_present(tmp_path: Path) -> None:
     assert set(settings.queues) == {"gpu", *BUILTIN_QUEUES}
     assert settings.queues["mesh"].concurrency == 3
     assert settings.queues["gpu"] == QueueConfig(concurrency=2, priority=0)
-    assert settings.queues[DEFAULT_QUEUE].concurrency == 100
+    assert settings.queues[DEFAULT_QUEUE].concurrency == 400
 
 
 def test_configured_default_queue_is_kept(tmp_path: Path) -> None:
