@@ -118,7 +118,9 @@ def _row(
         "tenant": tenant,
         **_resolved(spec, settings, admin),
         "idempotency_key": spec.idempotency_key,
-        "request_hash": spec.fingerprint(),
+        # Compared only when the key is used again: a hash of megabytes of payload is not
+        # worked out for jobs that have no key.
+        "request_hash": spec.fingerprint() if spec.idempotency_key else "",
         "created_at": now,
         "run_at": _run_at(spec, now),
         "then": _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 import traceback
@@ -85,6 +86,21 @@ def _progress_reporter(settings: Settings) -> ProgressReporter:
     return reporter
 
 
+def _settle() -> None:
+    """Once per worker process, after its first attempt: what it has imported by then (Ray,
+    raypipe, the processor's libraries) lives as long as the process, so it is frozen out
+    of the cyclic collector's scans (``gc.freeze``). A full collection then walks only what
+    jobs made: in a mesh worker it took 270 ms of a 210 ms job, about one job in six."""
+    global _settled
+    if not _settled:
+        _settled = True
+        gc.collect()
+        gc.freeze()
+
+
+_settled = False
+
+
 def default_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=settings.default_max_attempts,
@@ -133,6 +149,7 @@ def run_attempt(
     finally:
         reporter.flush()
         last = reporter.forget(job.id)
+        _settle()
     return AttemptResult(
         ok=True,
         result=result,

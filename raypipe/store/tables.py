@@ -72,6 +72,7 @@ jobs = sa.Table(
     sa.Column("max_attempts", sa.Integer, nullable=False),
     sa.Column("timeout_s", sa.Float, nullable=False),
     sa.Column("idempotency_key", sa.String(255)),
+    # The spec's fingerprint where it has an idempotency key (a replay must match it); "".
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("lease_owner", sa.String(200)),
