@@ -95,7 +95,11 @@ class Dispatcher:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.owner_prefix = f"{settings.namespace}/{DISPATCHER_ACTOR}:"
+        # Its own identity: this actor's id (kept when Ray restarts it), then the incarnation.
+        # Another dispatcher on the same database, under the same namespace or not, has
+        # another actor id, so the start-up sweep below never takes its live leases.
+        actor_id = ray.get_runtime_context().get_actor_id() or "driver"
+        self.owner_prefix = f"{settings.namespace[:100]}/{DISPATCHER_ACTOR}:{actor_id}:"
         self.owner = self.owner_prefix + uuid.uuid4().hex[:12]
         self.store = JobStore.from_url(settings.database_url, wait_for_flush=False)
         self.processors = registry.load(settings.processor_modules)
@@ -659,7 +663,8 @@ class Dispatcher:
         self.store.renew_leases(self.owner, self.settings.lease_ttl_s, list(self._running))
         lost = self.store.lost_jobs(expired=True)
         if not self._recovered:
-            # Attempts held by an earlier incarnation of this dispatcher died with it.
+            # Attempts held by an earlier incarnation of this actor died with it (Ray starts
+            # a restarted actor once the old one is gone); any other owner's wait to expire.
             lost += self.store.lost_jobs(
                 expired=False, owner_prefix=self.owner_prefix, exclude_owner=self.owner
             )

@@ -12,6 +12,7 @@ import ray
 
 from raypipe.direct import DirectClient
 from raypipe.jobs import AttemptStatus, JobStatus
+from raypipe.runtime.dispatcher import Dispatcher
 from tests.conftest import process_alive, wait_for
 from tests.integration.conftest import dispatcher
 
@@ -199,3 +200,27 @@ def test_a_cancel_asked_while_no_dispatcher_runs_is_honoured_on_restart(
     assert final.status is JobStatus.CANCELLED
     assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]
     assert not (tmp_path / "pid-2").exists()
+
+
+def test_a_second_dispatcher_on_the_database_leaves_the_first_ones_live_leases(
+    raypipe: DirectClient, tmp_path: Path
+) -> None:
+    gate = raypipe.submit("test.gate", {"folder": str(tmp_path)})
+    wait_for(lambda: _processing(gate), what="the gate to start")
+    # Another dispatcher in the same namespace, as a second cluster on this database would
+    # run: its start-up sweep of earlier incarnations' leases must not take this one.
+    second = ray.remote(Dispatcher).options(namespace=raypipe.settings.namespace, num_cpus=0)
+    other = second.remote(raypipe.settings)
+    try:
+        wait_for(
+            lambda: ray.get(other.info.remote())["counters"].get("rounds", 0) > 0,
+            what="the second dispatcher's first round",
+        )
+        assert ray.get(other.info.remote())["counters"].get("rescued", 0) == 0
+        assert (gate.refresh().status, gate.refresh().attempt) == (JobStatus.PROCESSING, 1)
+    finally:
+        ray.kill(other)
+    (tmp_path / "release").touch()
+    job = gate.wait(timeout=60)
+    assert (job.status, job.attempt) == (JobStatus.COMPLETED, 1)
+    assert [a.status for a in gate.attempts()] == [AttemptStatus.COMPLETED]
