@@ -1,8 +1,11 @@
 """Artifact storage: the files jobs produce, under a folder or any fsspec URL.
 
-Layout: ``<root>/<tenant>/<job id>/<name>``. The tenant is part of the path, so a
-job can only ever reach its own tenant's artifacts, and deleting a job removes one
-folder.
+Layout: ``<root>/<tenant>/<job id>/<attempt>/<name>``. The tenant is part of the path,
+so a job can only ever reach its own tenant's artifacts, and deleting a job removes one
+folder. Each attempt writes into a folder of its own: an attempt that went stale (its
+lease was rescued, a newer attempt ran) cannot replace the newer one's files, and the
+job's row names the attempt whose files it lists. Files written before 0.6.0 lie in the
+job's folder itself and are read from there.
 """
 
 from __future__ import annotations
@@ -40,13 +43,24 @@ class ArtifactInfo:
     name: str
     size: int
     content_type: str
+    #: The attempt that wrote it; None for files written before 0.6.0 (no attempt folder).
+    attempt: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "content_type": self.content_type}
+        data = {"name": self.name, "size": self.size, "content_type": self.content_type}
+        if self.attempt is not None:
+            data["attempt"] = self.attempt
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArtifactInfo:
-        return cls(data["name"], int(data["size"]), data["content_type"])
+        attempt = data.get("attempt")
+        return cls(
+            data["name"],
+            int(data["size"]),
+            data["content_type"],
+            None if attempt is None else int(attempt),
+        )
 
 
 def check_name(name: str) -> str:
@@ -83,34 +97,57 @@ class ArtifactStore:
             check_tenant(tenant)  # raises, naming the rule
         return f"{self.base.rstrip('/')}/{segment}/{check_name(job_id)}"
 
-    def _path(self, tenant: str, job_id: str, name: str) -> str:
-        return f"{self.folder(tenant, job_id)}/{check_name(name)}"
+    def _attempt_folder(self, tenant: str, job_id: str, attempt: int) -> str:
+        return f"{self.folder(tenant, job_id)}/{int(attempt)}"
 
-    def write(self, tenant: str, job_id: str, name: str, data: bytes) -> ArtifactInfo:
-        """Store ``data`` as ``name`` (replacing an earlier attempt's file of that name)."""
-        path = self._path(tenant, job_id, name)
-        self.fs.makedirs(self.folder(tenant, job_id), exist_ok=True)
-        with self.fs.open(path, "wb") as out:
-            out.write(data)
-        return ArtifactInfo(name, len(data), content_type(name))
+    def _path(self, tenant: str, job_id: str, name: str, attempt: int | None) -> str:
+        """``attempt``'s file ``name``; with None, the newest attempt's that has one (or a
+        file from before attempt folders)."""
+        check_name(name)
+        if attempt is None:
+            attempt = self._newest(tenant, job_id, name)
+        if attempt is None:
+            return f"{self.folder(tenant, job_id)}/{name}"
+        return f"{self._attempt_folder(tenant, job_id, attempt)}/{name}"
 
-    def read(self, tenant: str, job_id: str, name: str) -> bytes:
-        path = self._path(tenant, job_id, name)
+    def _newest(self, tenant: str, job_id: str, name: str) -> int | None:
+        folder = self.folder(tenant, job_id)
         try:
-            with self.fs.open(path, "rb") as src:
-                return src.read()
+            entries = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
-            raise NotFound(f"no artifact {name!r} on job {job_id}") from None
+            return None
+        attempts = sorted(
+            (
+                int(tail)
+                for entry in entries
+                if (tail := entry.rstrip("/").rsplit("/", 1)[-1]).isdigit()
+            ),
+            reverse=True,
+        )
+        return next((n for n in attempts if self.fs.exists(f"{folder}/{n}/{name}")), None)
 
-    def open(self, tenant: str, job_id: str, name: str) -> Any:
+    def write(self, tenant: str, job_id: str, name: str, data: bytes, attempt: int) -> ArtifactInfo:
+        """Store ``data`` as ``name`` in ``attempt``'s own folder."""
+        folder = self._attempt_folder(tenant, job_id, attempt)
+        self.fs.makedirs(folder, exist_ok=True)
+        with self.fs.open(f"{folder}/{check_name(name)}", "wb") as out:
+            out.write(data)
+        return ArtifactInfo(name, len(data), content_type(name), attempt)
+
+    def read(self, tenant: str, job_id: str, name: str, attempt: int | None = None) -> bytes:
+        """The bytes of ``attempt``'s ``name``; with None, the newest attempt's."""
+        with self.open(tenant, job_id, name, attempt) as src:
+            return bytes(src.read())
+
+    def open(self, tenant: str, job_id: str, name: str, attempt: int | None = None) -> Any:
         """A binary file object (for streaming a large artifact to a client)."""
         try:
-            return self.fs.open(self._path(tenant, job_id, name), "rb")
+            return self.fs.open(self._path(tenant, job_id, name, attempt), "rb")
         except FileNotFoundError:
             raise NotFound(f"no artifact {name!r} on job {job_id}") from None
 
-    def exists(self, tenant: str, job_id: str, name: str) -> bool:
-        return bool(self.fs.exists(self._path(tenant, job_id, name)))
+    def exists(self, tenant: str, job_id: str, name: str, attempt: int | None = None) -> bool:
+        return bool(self.fs.exists(self._path(tenant, job_id, name, attempt)))
 
     def delete(self, tenant: str, job_id: str) -> None:
         """Remove every artifact of a job (nothing to do when it has none)."""

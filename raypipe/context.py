@@ -114,7 +114,7 @@ class JobContext:
     def write_artifact(self, name: str, data: bytes | str) -> ArtifactInfo:
         """Store a file this job produced; it is listed on the job and served over HTTP."""
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        info = self.artifact_store.write(self.tenant, self.job_id, name, raw)
+        info = self.artifact_store.write(self.tenant, self.job_id, name, raw, self.attempt)
         self.artifacts[info.name] = info
         return info
 
@@ -122,8 +122,10 @@ class JobContext:
         """The bytes of ``"<job id>/<name>"`` (a job of the same tenant) or of ``"<name>"``
         (this job's own); a missing one is a :class:`PermanentError` naming it."""
         job_id, name = split_ref(ref) if "/" in ref else (self.job_id, ref)
+        # Its own files are this attempt's; another job's, those of its newest attempt.
+        attempt = self.attempt if job_id == self.job_id else None
         try:
-            return self.artifact_store.read(self.tenant, job_id, name)
+            return self.artifact_store.read(self.tenant, job_id, name, attempt)
         except NotFound as exc:
             raise PermanentError(exc.message) from None
 

@@ -117,8 +117,8 @@ class DirectClient:
 
     def job_artifact(self, job_id: str, name: str) -> bytes:
         job = self.store.get(job_id, self.tenant)
-        artifacts.listed(job.artifacts, job_id, name)
-        return self.artifacts.read(job.tenant, job_id, name)
+        info = artifacts.listed(job.artifacts, job_id, name)
+        return self.artifacts.read(job.tenant, job_id, name, info.attempt)
 
     def delete_job(self, job_id: str) -> None:
         """Delete a finished job, its history and its artifacts."""

@@ -40,7 +40,7 @@ from raypipe.api.schemas import (
 from raypipe.api.services import Principal, Services
 from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput, PayloadTooLarge
-from raypipe.jobs import JobRecord, JobStatus
+from raypipe.jobs import JobRecord, JobStatus, follow_ups
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
 from raypipe.submission import check_text, prepare
 
@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     def submit(
         caller: Principal, specs: list[JobCreate], prefix: tuple[str | int, ...]
     ) -> list[tuple[JobRecord, bool]]:
-        services.charge(caller, "submit", len(specs))
+        services.charge(caller, "submit", sum(1 + follow_ups(spec.then) for spec in specs))
         rows = prepare(
             specs, settings, services.jobs.clock(), caller.tenant, prefix, admin=caller.admin
         )
@@ -206,7 +206,7 @@ def create_app(settings: Settings) -> FastAPI:
         """One file a job produced, with its content type (only listed artifacts are served)."""
         job = services.jobs.get(job_id, caller.scope)
         info = artifacts.listed(job.artifacts, job_id, name)
-        source = services.artifacts.open(job.tenant, job_id, info.name)
+        source = services.artifacts.open(job.tenant, job_id, info.name, info.attempt)
         return StreamingResponse(
             _chunks(source),
             media_type=info.content_type,

@@ -28,7 +28,8 @@ def test_artifacts_are_listed_served_and_deleted_with_the_job(
     with pytest.raises(NotFound, match=r"has no artifact 'c\.txt'"):
         handle.artifact("c.txt")
     folder = Path(raypipe.settings.artifacts_url) / "default" / job.id
-    assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.json"]
+    assert {a["attempt"] for a in job.artifacts} == {1}
+    assert sorted(p.name for p in (folder / "1").iterdir()) == ["a.txt", "b.json"]
 
     raypipe.delete_job(job.id)
     assert not folder.exists()

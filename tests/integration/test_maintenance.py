@@ -171,17 +171,17 @@ def build_history(store: JobStore, settings: Settings, artifacts: ArtifactStore)
         ("default", in_old_batch[0]),
         ("default", in_recent_batch),
     ]:
-        artifacts.write(tenant, job_id, "result.json", b'{"rows": 3}')
-        artifacts.write(tenant, job_id, "vectors.npy", os.urandom(100))
+        artifacts.write(tenant, job_id, "result.json", b'{"rows": 3}', 1)
+        artifacts.write(tenant, job_id, "vectors.npy", os.urandom(100), 1)
 
     clock.now = START + 35 * DAY
     new_done = submit(store, settings)
     new_failed = submit(store, settings, tenant="acme")
     finish(store, settings, JobStatus.COMPLETED, new_done, result={})
     finish(store, settings, JobStatus.FAILED, new_failed, error=boom)
-    artifacts.write("default", new_done, "result.json", b"{}")
-    artifacts.write("acme", new_failed, "partial.txt", b"half")
-    artifacts.write("default", str(uuid.uuid4()), "orphan.txt", b"nobody's")
+    artifacts.write("default", new_done, "result.json", b"{}", 1)
+    artifacts.write("acme", new_failed, "partial.txt", b"half", 1)
+    artifacts.write("default", str(uuid.uuid4()), "orphan.txt", b"nobody's", 1)
 
     # Batches, written directly: finished long ago, still running, finished recently,
     # and one whose jobs were all deleted already.
@@ -369,14 +369,14 @@ def test_the_orphan_sweep_removes_only_folders_without_a_job_past_the_grace(
     long_ago, lately = now - timedelta(hours=2), now - timedelta(minutes=10)
     root = Path(settings.artifacts_url)
     own = submit(store, settings, tenant="one")
-    artifacts.write("one", own, "kept.txt", b"mine")
+    artifacts.write("one", own, "kept.txt", b"mine", 1)
     old_orphan, recent_orphan, half_orphan = (str(uuid.uuid4()) for _ in range(3))
-    artifacts.write("one", old_orphan, "a.txt", b"12345")
-    artifacts.write("one", old_orphan, "b.txt", b"678")
-    artifacts.write("tenant/with space", recent_orphan, "c.txt", b"recent")
-    artifacts.write("two", half_orphan, "old.txt", b"old")
-    artifacts.write("two", half_orphan, "new.txt", b"new")
-    artifacts.write("two", own, "misplaced.txt", b"not served")  # its job is tenant one's
+    artifacts.write("one", old_orphan, "a.txt", b"12345", 1)
+    artifacts.write("one", old_orphan, "b.txt", b"678", 1)
+    artifacts.write("tenant/with space", recent_orphan, "c.txt", b"recent", 1)
+    artifacts.write("two", half_orphan, "old.txt", b"old", 1)
+    artifacts.write("two", half_orphan, "new.txt", b"new", 1)
+    artifacts.write("two", own, "misplaced.txt", b"not served", 1)  # its job is tenant one's
     (root / "one" / "notes").mkdir()
     (root / "one" / "notes" / "readme.txt").write_text("not raypipe's")
     (root / "stray.txt").write_text("not raypipe's either")
@@ -498,11 +498,11 @@ def test_the_maintenance_job_types_run_and_return_their_reports(
     clock.now = real_now - 40 * DAY
     old = submit(store, settings)
     finish(store, settings, JobStatus.COMPLETED, old, result={})
-    artifacts.write("default", old, "out.txt", b"old")
+    artifacts.write("default", old, "out.txt", b"old", 1)
     clock.now = real_now - timedelta(hours=2)
     waiting = submit(store, settings)
     orphan = str(uuid.uuid4())
-    artifacts.write("default", orphan, "x.txt", b"orphan")
+    artifacts.write("default", orphan, "x.txt", b"orphan", 1)
     _age(Path(settings.artifacts_url) / "default" / orphan, real_now - timedelta(hours=2))
 
     def run(job_type: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -561,7 +561,7 @@ def test_the_commands_prune_sweep_and_report_stuck_jobs(
     _clock(store).now = real_now - 40 * DAY
     old = submit(store, settings)
     finish(store, settings, JobStatus.COMPLETED, old, result={})
-    artifacts.write("default", old, "out.txt", b"x" * 1500)
+    artifacts.write("default", old, "out.txt", b"x" * 1500, 1)
 
     result = runner.invoke(cli, ["stuck"])
     assert (result.exit_code, result.output) == (0, "nothing is stuck\n")

@@ -138,7 +138,8 @@ def test_artifacts_are_written_listed_and_read_back(settings: Settings) -> None:
     assert set(ctx.artifacts) == {"mesh.glb", "notes.txt"}
     assert ctx.read_artifact("mesh.glb") == b"\x00glb"
     assert ctx.read_artifact(f"{ctx.job_id}/notes.txt") == "héllo".encode()
-    on_disk = Path(settings.artifacts_url) / "default" / ctx.job_id / "mesh.glb"
+    # In the attempt's own folder: a stale attempt cannot replace a newer one's files.
+    on_disk = Path(settings.artifacts_url) / "default" / ctx.job_id / str(ctx.attempt) / "mesh.glb"
     assert on_disk.read_bytes() == b"\x00glb"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raypipe.artifacts import ArtifactStore
+from raypipe.artifacts import ArtifactInfo, ArtifactStore
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import NotFound, PermanentError, RetryableError
@@ -114,7 +114,7 @@ def test_base64_and_artifact_sources(ctx: JobContext) -> None:
 
 def test_artifacts_work_on_any_fsspec_filesystem() -> None:
     store = ArtifactStore("memory://raypipe-test")
-    info = store.write("acme", "0" * 36, "a.npy", b"abc")
+    info = store.write("acme", "0" * 36, "a.npy", b"abc", 1)
     assert (info.size, info.content_type) == (3, "application/x-npy")
     assert store.read("acme", "0" * 36, "a.npy") == b"abc"
     with pytest.raises(NotFound):
@@ -122,3 +122,21 @@ def test_artifacts_work_on_any_fsspec_filesystem() -> None:
     store.delete("acme", "0" * 36)
     assert not store.exists("acme", "0" * 36, "a.npy")
     store.delete("acme", "0" * 36)  # nothing left: still fine
+
+
+def test_a_stale_attempt_cannot_replace_the_files_of_a_newer_one(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path))
+    job = "1" * 36
+    newer = store.write("acme", job, "mesh.glb", b"attempt 2", 2)
+    # Attempt 1 was rescued but its worker still ran, and writes after attempt 2 did.
+    store.write("acme", job, "mesh.glb", b"attempt 1, late", 1)
+    assert store.read("acme", job, "mesh.glb", newer.attempt) == b"attempt 2"  # the row's
+    assert store.read("acme", job, "mesh.glb") == b"attempt 2"  # a reference's: the newest
+    assert ArtifactInfo.from_dict(newer.to_dict()) == newer
+    # A file from before attempt folders (0.5.0) is still read where it lies.
+    (tmp_path / "acme" / ("2" * 36)).mkdir(parents=True)
+    (tmp_path / "acme" / ("2" * 36) / "old.txt").write_bytes(b"flat")
+    assert store.read("acme", "2" * 36, "old.txt") == b"flat"
+    assert (
+        ArtifactInfo.from_dict({"name": "old.txt", "size": 4, "content_type": "x"}).attempt is None
+    )
