@@ -132,6 +132,15 @@ class FollowUpSpec(_JobFields):
     then: FollowUpSpec | None = None
 
 
+def follow_ups(then: FollowUpSpec | None) -> int:
+    """How many jobs a ``then`` chain may add, one as each parent completes: a submission
+    is charged for them up front, since they are made later, out of any request."""
+    count = 0
+    while then is not None:
+        count, then = count + 1, then.then
+    return count
+
+
 class JobSpec(_JobFields):
     """A job as submitted: only ``type`` and ``payload`` are required."""
 

@@ -18,7 +18,7 @@ from raypipe.api.schemas import JobView
 from raypipe.api.services import Services
 from raypipe.batches import BatchRecord, BatchSpec
 from raypipe.exceptions import InvalidInput
-from raypipe.jobs import JobStatus
+from raypipe.jobs import JobStatus, follow_ups
 from raypipe.submission import prepare_batch
 
 
@@ -68,7 +68,8 @@ def router() -> APIRouter:
     def create_batch(body: BatchSpec, caller: Caller, request: Request, response: Response) -> Any:
         """Submit a batch: every job valid and written in one transaction, or none."""
         services = services_of(request)
-        services.charge(caller, "submit", len(body.jobs))
+        cost = sum(1 + follow_ups(job.then) for job in body.jobs) + follow_ups(body.then)
+        services.charge(caller, "submit", cost)
         rows, fields = prepare_batch(
             body, services.settings, services.jobs.clock(), caller.tenant, caller.admin
         )

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from raypipe.exceptions import NotFound
 from raypipe.jobs import utcnow
@@ -40,7 +40,6 @@ def hash_key(key: str) -> str:
 class AccessStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def create_key(self, tenant: str, name: str = "", admin: bool = False) -> tuple[str, ApiKey]:
         """A new key for ``tenant``; the secret is returned once and only its hash is kept."""
@@ -97,26 +96,35 @@ class AccessStore:
     ) -> tuple[int, datetime]:
         """Add ``cost`` to the tenant's current window for ``action``; returns the new count
         and when the window ends. One atomic upsert, so every replica sees the same count."""
-        epoch = int(now.timestamp())
-        start = datetime.fromtimestamp(epoch - epoch % window_s, tz=now.tzinfo)
-        statement = self._insert(rate_limits).values(
-            tenant=tenant, action=action, window_start=start, count=cost
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["tenant", "action", "window_start"],
-            set_={"count": rate_limits.c.count + statement.excluded.count},
-        ).returning(rate_limits.c.count)
         with self.engine.begin() as conn:
-            count = conn.execute(statement).scalar_one()
-            if count == cost:  # a new window began: drop the tenant's older ones
-                conn.execute(
-                    sa.delete(rate_limits).where(
-                        rate_limits.c.tenant == tenant,
-                        rate_limits.c.action == action,
-                        rate_limits.c.window_start < start,
-                    )
-                )
-        return count, start + timedelta(seconds=window_s)
+            return hit(conn, tenant, action, cost, window_s, now)
+
+
+def hit(
+    conn: Connection, tenant: str, action: str, cost: int, window_s: int, now: datetime
+) -> tuple[int, datetime]:
+    """:meth:`AccessStore.hit` inside ``conn``'s transaction (a schedule's fire is charged
+    in the transaction that writes its jobs)."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    epoch = int(now.timestamp())
+    start = datetime.fromtimestamp(epoch - epoch % window_s, tz=now.tzinfo)
+    statement = insert(rate_limits).values(
+        tenant=tenant, action=action, window_start=start, count=cost
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["tenant", "action", "window_start"],
+        set_={"count": rate_limits.c.count + statement.excluded.count},
+    ).returning(rate_limits.c.count)
+    count = conn.execute(statement).scalar_one()
+    if count == cost:  # a new window began: drop the tenant's older ones
+        conn.execute(
+            sa.delete(rate_limits).where(
+                rate_limits.c.tenant == tenant,
+                rate_limits.c.action == action,
+                rate_limits.c.window_start < start,
+            )
+        )
+    return count, start + timedelta(seconds=window_s)
 
 
 def _key(row: object) -> ApiKey:

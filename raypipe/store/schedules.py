@@ -30,6 +30,7 @@ from raypipe.config import (
 )
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import iso, utcnow
+from raypipe.store import access
 from raypipe.store.engine import READ_ONLY
 from raypipe.store.repository import Clock, JobStore
 from raypipe.store.tables import UTCDateTime, schedules
@@ -374,6 +375,7 @@ class ScheduleStore:
                         for instant in instants
                     ]
                     rows = prepare(specs, settings, now, schedule.tenant) if specs else []
+                    rows = _within_limit(conn, schedule, rows, settings, now)
                 except InvalidInput as exc:
                     log.warning(
                         "schedule %r of tenant %r (%s) is disabled: %s",
@@ -533,6 +535,36 @@ def _configured(schedule: Schedule, verb: str) -> Conflict:
         f"schedule {schedule.name!r} comes from {where} and cannot be {verb} here:"
         " change it there (pausing and resuming it here is fine)"
     )
+
+
+def _within_limit(
+    conn: Connection,
+    schedule: Schedule,
+    rows: list[dict[str, Any]],
+    settings: Settings,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The rows of a tenant's schedule that its submit rate limit still allows (the latest
+    instants), charged as a submission over HTTP is; what is over the limit is not fired,
+    and the schedule moves past it. Schedules from the configuration are the operator's."""
+    limit = settings.rate_limits.get("submit")
+    if limit is None or schedule.source != "api" or not rows:
+        return rows
+    count, _ = access.hit(conn, schedule.tenant, "submit", len(rows), limit.window_s, now)
+    allowed = max(0, limit.limit - (count - len(rows)))
+    if allowed < len(rows):
+        log.warning(
+            "schedule %r of tenant %r (%s): %d of %d jobs not fired, over the tenant's submit"
+            " rate limit (%d per %ds)",
+            schedule.name,
+            schedule.tenant,
+            schedule.id,
+            len(rows) - allowed,
+            len(rows),
+            limit.limit,
+            limit.window_s,
+        )
+    return rows[len(rows) - allowed :]
 
 
 def _moved(

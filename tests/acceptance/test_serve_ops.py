@@ -46,6 +46,22 @@ def test_the_submission_limit_holds_across_replicas(api: Api) -> None:
     assert other.post("/v1/jobs", json={"type": "noop"}).status_code == 202
 
 
+def test_a_submission_is_charged_for_the_follow_ups_it_may_make(api: Api) -> None:
+    client = api.client(api.key("chains"))
+    then = None
+    for _ in range(LIMIT - 1):  # a chain of five follow-ups: six jobs in all
+        then = {"type": "noop", "then": then}
+    chained = {"type": "noop", "run_at": "2100-01-01T00:00:00Z", "then": then}
+    assert client.post("/v1/jobs", json=chained).status_code == 202
+    refused = client.post("/v1/jobs", json={"type": "noop"})
+    assert refused.status_code == 429, refused.text
+    # A batch's own follow-up counts too: five jobs and it use the six.
+    batches = api.client(api.key("batches"))
+    batch = {"jobs": [{"type": "noop"}] * (LIMIT - 1), "then": {"type": "noop"}}
+    assert batches.post("/v1/batches", json=batch).status_code == 202
+    assert batches.post("/v1/batches", json={"jobs": [{"type": "noop"}]}).status_code == 429
+
+
 def test_jobs_finish_when_the_api_is_redeployed_under_them(api: Api) -> None:
     client = api.client(api.key("redeploy"))
     ids = [

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from raypipe.config import ScheduleConfig, Settings
+from raypipe.config import RateLimit, ScheduleConfig, Settings
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import JobRecord, JobStatus
 from raypipe.store import create_engine
@@ -445,3 +445,24 @@ def test_a_tenants_schedules_are_bounded(store: ScheduleStore, settings: Setting
         create(store, capped, name="three")
     assert [s.name for s in store.list("acme")] == ["one", "two"]
     assert create(store, capped, name="three", tenant="other").tenant == "other"
+
+
+def test_a_tenants_fires_are_charged_to_its_submit_rate_limit(
+    store: ScheduleStore, settings: Settings, clock: FakeClock
+) -> None:
+    # A submit limit of 4 an hour rather than the default 100,000 a minute, so that two
+    # catch-ups of six jobs each pass it.
+    limited = settings.model_copy(
+        update={"rate_limits": {"submit": RateLimit(limit=4, window_s=3600)}}
+    )
+    for name in ("one", "two"):
+        create(store, limited, name=name, missed="run_all")
+    create(store, limited, name="theirs", tenant="other", missed="run_all")
+    clock.set(FIRST + 5 * PERIOD + timedelta(seconds=30))  # six instants missed each
+    store.fire_due(limited)
+    fired = [len(jobs_of(store, name)) for name in ("one", "two", "theirs")]
+    assert sorted(fired[:2]) == [0, 4]  # acme's four, the latest instants of one schedule
+    assert fired[2] == 4  # another tenant's window is its own: four of its six too
+    # The schedules moved past what they did not fire: nothing is owed next round.
+    assert all(s.next_fire_at == FIRST + 6 * PERIOD for s in store.list("acme"))
+    assert store.fire_due(limited) == []
