@@ -200,6 +200,11 @@ class Settings(BaseSettings):
         description="longest text a document may extract to: a small PDF whose pages share"
         " one content stream can expand a thousandfold",
     )
+    max_document_pages: int = Field(
+        default=5_000,
+        ge=1,
+        description="most pages a PDF may have: each costs a parse, even with no text on it",
+    )
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="the whole fetch of an input URL, redirects included"
     )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from raypipe.config import Settings
 from raypipe.exceptions import PermanentError
 
 if TYPE_CHECKING:
@@ -99,16 +101,29 @@ def _supported() -> str:
     return ", ".join(EXTENSIONS)
 
 
-def extract_text(data: bytes | str, fmt: str, max_chars: int) -> str:
+@dataclass(frozen=True)
+class Limits:
+    """What one document may expand to: a small file can hold a great many pages, or pages
+    that share one content stream (a thousandfold more text than its size)."""
+
+    chars: int
+    pages: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(settings.max_document_chars, settings.max_document_pages)
+
+
+def extract_text(data: bytes | str, fmt: str, limits: Limits) -> str:
     """The text of a document of format ``fmt``, with whitespace tidied: single spaces,
-    paragraphs separated by one blank line. Empty or unreadable input, or text longer than
-    ``max_chars``: PermanentError."""
+    paragraphs separated by one blank line. Empty or unreadable input, or more than
+    ``limits`` allow: PermanentError."""
     if fmt not in FORMATS:
         raise PermanentError(f"unsupported format {fmt!r} (supported: {', '.join(FORMATS)})")
     if fmt == "pdf":
         if isinstance(data, str):
             raise PermanentError("a PDF must be given as bytes, not as text")
-        text = pdf_text(data, max_chars)
+        text = pdf_text(data, limits)
         if not text:
             raise PermanentError("the PDF has no extractable text (a scanned PDF needs OCR first)")
         return text
@@ -121,7 +136,7 @@ def extract_text(data: bytes | str, fmt: str, max_chars: int) -> str:
         text = markdown_text(raw) if fmt == "md" else normalize_whitespace(raw)
     if not text:
         raise PermanentError(f"the document has no text (format {fmt})")
-    _bound(len(text), max_chars)
+    _bound(len(text), limits.chars)
     return text
 
 
@@ -209,11 +224,12 @@ def _collapse_source_whitespace(soup: BeautifulSoup) -> None:
             string.replace_with(collapsed)
 
 
-def pdf_text(data: bytes, max_chars: int) -> str:
+def pdf_text(data: bytes, limits: Limits) -> str:
     """The text of every page, in order. Pages are joined by a line break, not a paragraph
     break, as sentences run on across them. Not a PDF, corrupt, encrypted with a password,
-    or more text than ``max_chars`` (found page by page, so a bomb stops early):
-    PermanentError naming which."""
+    more pages than ``limits.pages`` (counted before any is read) or more text than
+    ``limits.chars`` (found page by page, so a bomb stops early): PermanentError naming
+    which."""
     if b"%PDF-" not in data[:PDF_HEADER_WINDOW]:
         raise PermanentError("the file is not a PDF (no %PDF- header)")
     from pypdf import PdfReader
@@ -226,11 +242,16 @@ def pdf_text(data: bytes, max_chars: int) -> str:
             reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted and not reader.decrypt(""):
                 raise PermanentError("the PDF is encrypted: it needs a password to open")
+            if len(reader.pages) > limits.pages:
+                raise PermanentError(
+                    f"the PDF has {len(reader.pages):,} pages, more than {limits.pages:,}"
+                    " (RAYPIPE_MAX_DOCUMENT_PAGES)"
+                )
             pages, chars = [], 0
             for page in reader.pages:
                 pages.append(page.extract_text() or "")
                 chars += len(pages[-1])
-                _bound(chars, max_chars)
+                _bound(chars, limits.chars)
         except PermanentError:
             raise
         except (FileNotDecryptedError, DependencyError) as exc:
@@ -241,5 +262,5 @@ def pdf_text(data: bytes, max_chars: int) -> str:
                 f"the PDF cannot be read (corrupt or truncated): {type(exc).__name__}: {exc}"
             ) from None
     text = normalize_whitespace("\n".join(pages))
-    _bound(len(text), max_chars)
+    _bound(len(text), limits.chars)
     return text

@@ -28,7 +28,7 @@ from pydantic import (
 from raypipe.artifacts import REF_PATTERN
 from raypipe.context import JobContext
 from raypipe.documents.chunking import chunk_text, unshared_texts
-from raypipe.documents.extract import extract_text, resolve_format
+from raypipe.documents.extract import Limits, extract_text, resolve_format
 from raypipe.documents.keywords import top_keywords
 from raypipe.documents.sentences import split_sentences
 from raypipe.documents.stages import StageLog, StageOutcome, run_timed
@@ -169,10 +169,10 @@ def _extract(payload: DocumentPayload, ctx: JobContext) -> tuple[str, str]:
             artifact=payload.document_artifact,
         )
         fmt = resolve_format(payload.format, payload.filename, data, hint=_source_name(payload))
-    limit = ctx.settings.max_document_chars
+    limits = Limits.of(ctx.settings)
     if fmt == "txt":
-        return fmt, extract_text(data, fmt, limit)
-    return fmt, ctx.parallel([partial(extract_text, data, fmt, limit)])[0]
+        return fmt, extract_text(data, fmt, limits)
+    return fmt, ctx.parallel([partial(extract_text, data, fmt, limits)])[0]
 
 
 def _source_name(payload: DocumentPayload) -> str | None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from raypipe.config import Settings
 from raypipe.documents.chunking import Chunk, chunk_text, unshared_texts
-from raypipe.documents.extract import extract_text, resolve_format
+from raypipe.documents.extract import Limits, extract_text, resolve_format
 from raypipe.documents.keywords import terms, top_keywords
 from raypipe.documents.sentences import split_sentences
 from raypipe.documents.stages import StageLog, in_stage, run_timed
@@ -26,7 +26,7 @@ JOB_ID = "0b6a4f0e-3c1d-4a52-9a43-6f7d2f9e8b11"
 
 
 #: The default bound on a document's text.
-LIMIT = Settings().max_document_chars
+LIMIT = Limits.of(Settings())
 
 
 def make_pdf(*paragraphs: str, **encryption: str) -> bytes:
@@ -398,23 +398,38 @@ def test_payload_validation(payload: dict[str, object], problem: str) -> None:
         DocumentPayload.model_validate(payload)
 
 
-def test_a_pdf_expanding_past_the_text_bound_is_refused_naming_the_setting() -> None:
-    # 200 pages that all draw one page's content: small file, 200 times its text.
+def _repeated_pdf(text: str, copies: int) -> bytes:
+    """A PDF of ``copies`` pages that all draw one page's content: a small file."""
     from pypdf import PdfReader, PdfWriter
 
-    page = PdfReader(io.BytesIO(make_pdf("Repeated text on every page. " * 40))).pages[0]
+    page = PdfReader(io.BytesIO(make_pdf(text))).pages[0]
     writer = PdfWriter()
-    for _ in range(200):
+    for _ in range(copies):
         writer.add_page(page)
     buffer = io.BytesIO()
     writer.write(buffer)
+    return buffer.getvalue()
+
+
+def test_a_pdf_expanding_past_the_text_bound_is_refused_naming_the_setting() -> None:
+    # 200 pages that all draw one page's content: small file, 200 times its text.
+    bomb = _repeated_pdf("Repeated text on every page. " * 40, 200)
     one_page = len(extract_text(make_pdf("Repeated text on every page. " * 40), "pdf", LIMIT))
     with pytest.raises(PermanentError, match="longer than 100,000 characters"):
-        extract_text(buffer.getvalue(), "pdf", 100_000)
+        extract_text(bomb, "pdf", Limits(chars=100_000, pages=LIMIT.pages))
     assert one_page * 200 > 100_000
 
 
 def test_text_past_the_bound_is_refused_for_every_format() -> None:
     with pytest.raises(PermanentError, match="RAYPIPE_MAX_DOCUMENT_CHARS"):
-        extract_text("word " * 100, "txt", 50)
-    assert extract_text("word " * 10, "txt", 50) == ("word " * 10).strip()
+        extract_text("word " * 100, "txt", Limits(chars=50, pages=1))
+    assert extract_text("word " * 10, "txt", Limits(chars=50, pages=1)) == ("word " * 10).strip()
+
+
+def test_a_pdf_past_the_page_bound_is_refused_before_a_page_is_read() -> None:
+    thirty = _repeated_pdf("One line.", 30)
+    with pytest.raises(
+        PermanentError, match=r"30 pages, more than 20 \(RAYPIPE_MAX_DOCUMENT_PAGES\)"
+    ):
+        extract_text(thirty, "pdf", Limits(chars=LIMIT.chars, pages=20))
+    assert "One line." in extract_text(thirty, "pdf", Limits(chars=LIMIT.chars, pages=30))
