@@ -305,8 +305,9 @@ def test_pruning_removes_old_finished_jobs_with_their_rows_and_files_and_nothing
     expected = without(before, pruned["jobs"], pruned["batches"])
     assert canonical(snapshot(store)) == canonical(expected)
     folders = {f"{tenant}/{job_id}" for tenant, job_id in pruned["folders"]}
-    kept = {p: data for p, data in tree.items() if p.rsplit("/", 1)[0] not in folders}
-    assert files(root) == {p: data for p, data in kept.items() if p not in folders}
+    inside = tuple(f"{folder}/" for folder in folders)
+    gone = {p for p in tree if p in folders or p.startswith(inside)}
+    assert files(root) == {p: data for p, data in tree.items() if p not in gone}
 
     removed = {name: len(before[name]) - len(expected[name]) for name in before}
     assert report == PruneReport(
@@ -318,7 +319,7 @@ def test_pruning_removes_old_finished_jobs_with_their_rows_and_files_and_nothing
         deliveries=removed["webhook_deliveries"],
         batches=len(pruned["batches"]),
         artifact_folders=len(folders),
-        artifact_bytes=sum(len(tree[p] or b"") for p in tree if p.rsplit("/", 1)[0] in folders),
+        artifact_bytes=sum(len(tree[p] or b"") for p in gone),
     )
     assert (report.jobs, report.attempts, report.deliveries, report.batches) == (6, 6, 3, 2)
     assert report.artifact_bytes == 3 * (11 + 100)
@@ -382,7 +383,7 @@ def test_the_orphan_sweep_removes_only_folders_without_a_job_past_the_grace(
     (root / "stray.txt").write_text("not raypipe's either")
     _age(root, long_ago)
     _age(root / "tenant%2Fwith%20space" / recent_orphan, lately)
-    os.utime(root / "two" / half_orphan / "new.txt", (lately.timestamp(),) * 2)
+    os.utime(root / "two" / half_orphan / "1" / "new.txt", (lately.timestamp(),) * 2)
     tree = files(root)
 
     dry = orphans(store.engine, artifacts, settings, now, dry_run=True)
@@ -405,7 +406,8 @@ def test_the_orphan_sweep_removes_only_folders_without_a_job_past_the_grace(
     assert sorted(files(root)) == [
         "one",
         f"one/{own}",
-        f"one/{own}/kept.txt",
+        f"one/{own}/1",
+        f"one/{own}/1/kept.txt",
         "one/notes",
         "one/notes/readme.txt",
         "stray.txt",
