@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -139,6 +140,11 @@ def follow_ups(then: FollowUpSpec | None) -> int:
     while then is not None:
         count, then = count + 1, then.then
     return count
+
+
+def jobs_made(specs: Iterable[JobSpec]) -> int:
+    """How many jobs these specs may make in all: each one, and its follow-ups."""
+    return sum(1 + follow_ups(spec.then) for spec in specs)
 
 
 class JobSpec(_JobFields):

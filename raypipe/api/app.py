@@ -40,7 +40,7 @@ from raypipe.api.schemas import (
 from raypipe.api.services import Principal, Services
 from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput, PayloadTooLarge
-from raypipe.jobs import JobRecord, JobStatus, follow_ups
+from raypipe.jobs import JobRecord, JobStatus, jobs_made
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
 from raypipe.submission import check_text, prepare
 
@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     def submit(
         caller: Principal, specs: list[JobCreate], prefix: tuple[str | int, ...]
     ) -> list[tuple[JobRecord, bool]]:
-        services.charge(caller, "submit", sum(1 + follow_ups(spec.then) for spec in specs))
+        services.charge(caller, "submit", jobs_made(specs))
         rows = prepare(
             specs, settings, services.jobs.clock(), caller.tenant, prefix, admin=caller.admin
         )

@@ -18,7 +18,7 @@ from raypipe.api.schemas import JobView
 from raypipe.api.services import Services
 from raypipe.batches import BatchRecord, BatchSpec
 from raypipe.exceptions import InvalidInput
-from raypipe.jobs import JobStatus, follow_ups
+from raypipe.jobs import JobStatus, follow_ups, jobs_made
 from raypipe.submission import prepare_batch
 
 
@@ -68,8 +68,7 @@ def router() -> APIRouter:
     def create_batch(body: BatchSpec, caller: Caller, request: Request, response: Response) -> Any:
         """Submit a batch: every job valid and written in one transaction, or none."""
         services = services_of(request)
-        cost = sum(1 + follow_ups(job.then) for job in body.jobs) + follow_ups(body.then)
-        services.charge(caller, "submit", cost)
+        services.charge(caller, "submit", jobs_made(body.jobs) + follow_ups(body.then))
         rows, fields = prepare_batch(
             body, services.settings, services.jobs.clock(), caller.tenant, caller.admin
         )
