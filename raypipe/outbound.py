@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import re
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -276,14 +277,34 @@ def _body(response: httpx.Response, max_bytes: int, deadline: float, where: str)
             f"{where} is too large: {declared} bytes > {max_bytes} (RAYPIPE_MAX_INPUT_BYTES)"
         )
     body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PermanentError(
-                f"{where} is too large: more than {max_bytes} bytes (RAYPIPE_MAX_INPUT_BYTES)"
-            )
-        _left(deadline)
+    # A read that blocks (a server gone silent mid-body) would wait out the read timeout,
+    # which was what was left when the request went out: at the deadline, its socket is shut.
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, (response,))
+    watchdog.start()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise PermanentError(
+                    f"{where} is too large: more than {max_bytes} bytes (RAYPIPE_MAX_INPUT_BYTES)"
+                )
+            _left(deadline)
+    except httpx.HTTPError:
+        if time.monotonic() >= deadline:
+            raise _Late from None
+        raise
+    finally:
+        watchdog.cancel()
     return bytes(body)
+
+
+def _shut(response: httpx.Response) -> None:
+    """End a blocked read from another thread: shutting the socket down wakes it."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _resolve_by(target: httpx.URL, settings: Settings, deadline: float) -> list[Address]:

@@ -222,6 +222,16 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"x")
                     self.wfile.flush()
                     time.sleep(0.1)
+        elif parts[0] == "silent":  # a byte every 0.1 s for 1.9 s, then nothing for long
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(19):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                time.sleep(30)
         elif parts[0] == "endless":
             self.send_response(200)
             self.end_headers()  # no length: the body runs until the connection closes
@@ -330,6 +340,16 @@ def test_a_trickling_server_is_stopped_at_the_total_deadline(server: str) -> Non
     with pytest.raises(RetryableError, match=r"timed out: .* within 0\.5s, redirects included"):
         outbound.fetch(f"{server}/trickle", fetching(fetch_timeout_s=0.5), "payload.image_url")
     assert time.monotonic() - began < 5
+
+
+def test_a_server_silent_mid_body_is_stopped_at_the_total_deadline(server: str) -> None:
+    """The last read began just before the 2 s deadline, with a read timeout of all that
+    was left when the request went out (2 s): it ended near 4 s before its socket was shut
+    at the deadline. The bound leaves 1.5 s for a busy machine."""
+    began = time.monotonic()
+    with pytest.raises(RetryableError, match=r"timed out: .* within 2s, redirects included"):
+        outbound.fetch(f"{server}/silent", fetching(fetch_timeout_s=2.0), "payload.image_url")
+    assert time.monotonic() - began < 3.5
 
 
 def test_the_deadline_covers_every_redirect(server: str) -> None:
