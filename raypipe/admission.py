@@ -17,6 +17,8 @@ from typing import Protocol, TypeVar
 PREFETCHED = frozenset({"CPU"})
 #: Resources shown in bytes by Ray, shown in GiB to people.
 BYTE_RESOURCES = frozenset({"memory", "object_store_memory"})
+#: Slack when comparing fractional resource amounts (0.1 + 0.2 CPUs and the like).
+EPSILON = 1e-9
 
 
 class ClaimCandidate(Protocol):
@@ -55,6 +57,35 @@ class PoolRoom:
         return self.max_size is None or self.size < self.max_size
 
 
+@dataclass(frozen=True)
+class Room:
+    """What admission has to give out: free resources, prefetch places, and each pool's
+    (size, free slots)."""
+
+    free: Mapping[str, float]
+    prefetch: int
+    pools: Mapping[str, tuple[int, int]]
+
+    @classmethod
+    def of(cls, free: Mapping[str, float], prefetch: int, pools: Mapping[str, PoolRoom]) -> Room:
+        return cls(dict(free), prefetch, {n: (r.size, r.free_slots) for n, r in pools.items()})
+
+    def within(self, other: Room) -> bool:
+        """Whether nothing here exceeds ``other``. Admission only admits more as free
+        resources, prefetch places and free slots grow, so candidates that all waited in
+        ``other`` all wait here too. A pool whose size changed changes what its users need
+        (an actor to start or not): that is never within."""
+        return (
+            self.prefetch <= other.prefetch
+            and all(amount <= other.free.get(n, 0.0) + EPSILON for n, amount in self.free.items())
+            and self.pools.keys() == other.pools.keys()
+            and all(
+                size == other.pools[n][0] and slots <= other.pools[n][1]
+                for n, (size, slots) in self.pools.items()
+            )
+        )
+
+
 @dataclass
 class Plan:
     """The outcome of one admission pass."""
@@ -70,6 +101,11 @@ class Plan:
     impossible: dict[str, str] = field(default_factory=dict)
     #: What each candidate left waiting for resources needs in all: for the autoscaler.
     demand: list[dict[str, float]] = field(default_factory=list)
+    #: The room left once every candidate was weighed (None when ``max_jobs`` cut the pass
+    #: short): until the room grows, or the candidates change, no other pass admits more.
+    left: Room | None = None
+    #: Queues left without a free slot.
+    full: set[str] = field(default_factory=set)
 
 
 def plan(
@@ -147,6 +183,9 @@ def plan(
             room.free_slots -= 1
         slots[candidate.queue] -= 1
         result.chosen.append(candidate)
+    else:
+        result.left = Room.of(left, prefetch, rooms)
+    result.full = {queue for queue, free_slots in slots.items() if free_slots <= 0}
     return result
 
 

@@ -67,6 +67,19 @@ class _Call:
 
 
 @dataclass
+class _Blocked:
+    """A claim pass after which nothing more could start: the room it left, the queues it
+    left full, and what it lacked (for idle actors to yield). Until the room grows, or the
+    candidates may have changed, a new pass would admit nothing, and is skipped."""
+
+    left: admission.Room
+    full: set[str]
+    short: set[str]
+    wanted: set[str]
+    until: float
+
+
+@dataclass
 class _Running:
     job: ClaimedJob
     call: _Call
@@ -120,13 +133,11 @@ class Dispatcher:
         self._needs: dict[str, admission.Need] = {}
         # None: what an earlier incarnation asked for is unknown, so the first round says.
         self._requested: list[tuple[tuple[str, float], ...]] | None = None
+        self._blocked: _Blocked | None = None
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         self.pools = {
             name: Pool(name, config, settings, gpus) for name, config in settings.pools.items()
         }
-        for pool in self.pools.values():
-            for _ in range(pool.config.min_size):
-                pool.add(self._settings_ref)
         self._next_due: datetime | None = None
         self._cluster: tuple[float, dict[str, float]] = (0.0, {})
         self._poked = True
@@ -138,6 +149,7 @@ class Dispatcher:
         self.counters: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
+        self._size_pools(time.monotonic())  # each pool's min_size, started before any round
         self._thread = threading.Thread(target=self._serve, daemon=True, name="raypipe-dispatch")
         self._thread.start()
 
@@ -212,11 +224,12 @@ class Dispatcher:
         self._record_round()
         poked, self._poked = self._poked, False
         if poked:
+            self._blocked = None  # new submissions, cancellations, or the polling fallback
             self._handle_cancel_requests()
         if poked or now >= self._next_schedule_check:
             self._fire_schedules()
         self._enforce_deadlines(now)
-        self._shrink_pools(now)
+        self._size_pools(now)
         more = self._claim()
         if now >= self._next_metrics:
             self._next_metrics = now + METRICS_INTERVAL_S
@@ -264,6 +277,8 @@ class Dispatcher:
                 log.warning("schedule not loaded: %s", problem)
         fired = self.schedules.fire_due(self.settings)
         self.counters["scheduled"] += len(fired)
+        if fired:
+            self._blocked = None
         self._next_schedule_check = time.monotonic() + self.settings.poll_interval_s
         due = self.schedules.next_fire_at()
         if due is not None and (self._next_due is None or due < self._next_due):
@@ -277,18 +292,46 @@ class Dispatcher:
         if slots <= 0:
             return False
         capacity = self._cluster_resources()
-        free = admission.free_resources(
-            capacity,
-            [pool.holds() for pool in self.pools.values()]
-            + [run.held for run in self._running.values()],
-        )
+        free = self._free(capacity)
         # A small, counted prefetch: a few tasks may wait in Ray's queue, to start the moment
         # a running job frees its share instead of a dispatcher round later.
         prefetch = max(1, math.ceil(self.settings.task_prefetch * capacity.get("CPU", 0.0)))
         prefetch -= len(self._waiting_in_ray())
         rooms = {name: pool.room() for name, pool in self.pools.items()}
+        blocked = self._blocked
+        if (
+            blocked is not None
+            and time.monotonic() < blocked.until
+            and admission.Room.of(free, prefetch, rooms).within(blocked.left)
+        ):
+            # Nothing that waited at the last pass can start now: skip reading the backlog.
+            self.counters["claims_skipped"] += 1
+            claimed: list[ClaimedJob] = []
+            short, wanted = set(blocked.short), blocked.wanted
+        else:
+            claimed, short, wanted = self._claim_from(free, capacity, prefetch, rooms, slots)
+        # A prefetched task waiting in Ray's queue lacks a CPU too: an idle actor yields to it,
+        # once (the task may not have begun by the next round, and one actor's share is its).
+        waiting = self._waiting_in_ray()
+        self._served &= set(waiting)
+        unserved = [job_id for job_id in waiting if job_id not in self._served]
+        if unserved:
+            short.add("CPU")
+        yielded = self._yield_idle(short, wanted)
+        self._served.update(unserved[:yielded])
+        return len(claimed) == min(slots, self.settings.claim_batch) or yielded > 0
+
+    def _claim_from(
+        self,
+        free: dict[str, float],
+        capacity: dict[str, float],
+        prefetch: int,
+        rooms: dict[str, admission.PoolRoom],
+        slots: int,
+    ) -> tuple[list[ClaimedJob], set[str], set[str]]:
+        """Read the backlog, admit what fits and launch it; (claimed, short of, wanted)."""
         limit = min(slots, self.settings.claim_batch)
-        plans: list[tuple[admission.Plan, set[str]]] = []
+        plans: list[tuple[admission.Plan, set[str], bool]] = []
 
         def choose(candidates: Sequence[Candidate], queue_free: dict[str, int]) -> list[Any]:
             plan = admission.plan(
@@ -298,14 +341,17 @@ class Dispatcher:
             for candidate in candidates:
                 need = self._need(candidate.type)
                 wanted.update((need.pool, *need.uses) if need.pool else need.uses)
-            plans.append((plan, wanted))
+            # A queue read to its limit may hold more rows, out of sight behind the chosen.
+            read = Counter(candidate.queue for candidate in candidates)
+            cut = any(read[q] >= min(n, limit) for q, n in queue_free.items() if n > 0)
+            plans.append((plan, wanted, cut))
             return plan.chosen
 
         queue_limits = {name: q.concurrency for name, q in self.settings.queues.items()}
         claimed = self.store.claim(
             self.owner, self.settings.lease_ttl_s, queue_limits, choose, limit
         )
-        plan, wanted = plans[-1] if plans else (admission.Plan(), set())
+        plan, wanted, cut = plans[-1] if plans else (admission.Plan(), set(), True)
         for name, count in plan.grow.items():
             for _ in range(count):
                 self.pools[name].add(self._settings_ref)
@@ -313,15 +359,19 @@ class Dispatcher:
         self.counters["claimed"] += len(claimed)
         self._note_waiting(plan, claimed)
         self._ask_autoscaler(plan.demand)
-        # A prefetched task waiting in Ray's queue lacks a CPU too: an idle actor yields to it,
-        # once (the task may not have begun by the next round, and one actor's share is its).
-        waiting = self._waiting_in_ray()
-        self._served &= set(waiting)
-        unserved = [job_id for job_id in waiting if job_id not in self._served]
-        short = plan.short | ({"CPU"} if unserved else set())
-        yielded = self._yield_idle(short, wanted)
-        self._served.update(unserved[:yielded])
-        return len(claimed) == limit or yielded > 0
+        self._blocked = None
+        if plan.left is not None and len(claimed) == len(plan.chosen) and not (cut and claimed):
+            until = time.monotonic() + self.settings.poll_interval_s
+            self._blocked = _Blocked(plan.left, plan.full, set(plan.short), wanted, until)
+        return claimed, set(plan.short), wanted
+
+    def _free(self, capacity: dict[str, float]) -> dict[str, float]:
+        """What neither raypipe's actors nor its running jobs hold."""
+        return admission.free_resources(
+            capacity,
+            [pool.holds() for pool in self.pools.values()]
+            + [run.held for run in self._running.values()],
+        )
 
     def _waiting_in_ray(self) -> list[str]:
         """Admitted tasks not begun yet: the prefetch in Ray's queue (or starting)."""
@@ -376,7 +426,8 @@ class Dispatcher:
 
     def _yield_idle(self, short: set[str], wanted: set[str]) -> int:
         """An actor idle for a moment (``YIELD_AFTER_S``, not its idle time) gives up what
-        queued work lacks, unless that work is its own pool's; returns how many yielded."""
+        queued work lacks, unless that work is its own pool's or its pool is at its
+        ``min_size`` (kept loaded, as asked); returns how many yielded."""
         yielded = 0
         now = time.monotonic()
         in_use = self._in_use()
@@ -384,19 +435,33 @@ class Dispatcher:
             if name in wanted or name in in_use or not short & set(pool.actor):
                 continue
             idle = [m for m in pool.idle() if now - m.idle_since >= YIELD_AFTER_S]
-            if idle:
+            if idle and len(pool.members) > pool.config.min_size:
                 pool.remove(idle[0])
                 self.counters["pool_yielded"] += 1
                 yielded += 1
         return yielded
 
-    def _shrink_pools(self, now: float) -> None:
+    def _size_pools(self, now: float) -> None:
+        """Remove actors idle past their pool's ``idle_s``; bring a pool that lost actors
+        (one died, or was replaced) back to its ``min_size`` as resources allow."""
         in_use = self._in_use()
         for name, pool in self.pools.items():
             if name not in in_use:
                 for member in pool.expired(now):
                     pool.remove(member)
                     self.counters["pool_shrunk"] += 1
+        below = [pool for pool in self.pools.values() if len(pool.members) < pool.config.min_size]
+        if not below:
+            return
+        free = self._free(self._cluster_resources())
+        for pool in below:
+            while len(pool.members) < pool.config.min_size and all(
+                free.get(name, 0.0) + admission.EPSILON >= amount
+                for name, amount in pool.actor.items()
+            ):
+                pool.add(self._settings_ref)
+                free = admission.free_resources(free, [pool.actor])
+                self.counters["pool_refilled"] += 1
 
     def _in_use(self) -> set[str]:
         """Pools that running tasks call into (their actors must stay)."""
@@ -584,6 +649,11 @@ class Dispatcher:
         if not ends:
             return
         outcomes = [end.outcome for end in ends]
+        blocked = self._blocked
+        if blocked is not None and any(
+            end.outcome.status is JobStatus.QUEUED or end.job.queue in blocked.full for end in ends
+        ):
+            self._blocked = None  # a retry is a new candidate; a full queue has a slot again
         metrics.record_outcomes(ends)
         for outcome in outcomes:
             self.counters[

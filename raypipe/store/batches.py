@@ -16,7 +16,7 @@ from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import CANCELLED_ON_REQUEST, JobRecord, JobStatus
 from raypipe.store import completion
 from raypipe.store.engine import READ_ONLY
-from raypipe.store.repository import JobStore, check_id, job_from_mapping
+from raypipe.store.repository import JobStore, check_id, job_from_mapping, select_jobs
 from raypipe.store.tables import HELD, UNHELD_QUEUED, batches, job_events, jobs
 from raypipe.store.transitions import ENDED_COLUMNS, requeued, status_event
 
@@ -93,7 +93,7 @@ class BatchStore:
         while left is None or left > 0:
             page = PAGE if left is None else min(PAGE, left)
             query = (
-                sa.select(jobs)
+                select_jobs()
                 .where(jobs.c.batch_id == batch_id, jobs.c.batch_index > after)
                 .order_by(jobs.c.batch_index)
                 .limit(page)

@@ -31,6 +31,7 @@ from raypipe.store.tables import (
     UTCDateTime,
     attempts,
     job_events,
+    job_payloads,
     jobs,
     webhook_deliveries,
 )
@@ -95,12 +96,13 @@ class JobStore:
             row.setdefault("run_at", now)
             row["status"] = JobStatus.QUEUED
         keyed = [row for row in rows if row.get("idempotency_key")]
+        job_rows = [_without_payload(row) for row in rows]
         with self.engine.begin() as conn:
             if keyed:
-                conn.execute(self._insert_ignoring_duplicates(), rows)
+                conn.execute(self._insert_ignoring_duplicates(), job_rows)
                 existing = self._by_idempotency_key(conn, keyed)
             else:
-                conn.execute(jobs.insert(), rows)
+                conn.execute(jobs.insert(), job_rows)
                 existing = {}
             out: list[tuple[JobRecord, bool]] = []
             for row in rows:
@@ -117,6 +119,7 @@ class JobStore:
                     out.append((job_from_mapping(found._mapping), False))
             created = [job for job, new in out if new]
             if created:
+                _insert_payloads(conn, {job.id: job.payload for job in created})
                 conn.execute(
                     job_events.insert(),
                     [status_event(job.id, job.status, 0, now) for job in created],
@@ -141,7 +144,7 @@ class JobStore:
         for row in rows:
             by_tenant.setdefault(row["tenant"], set()).add(row["idempotency_key"])
         for tenant, keys in by_tenant.items():
-            query = sa.select(jobs).where(
+            query = select_jobs().where(
                 jobs.c.tenant == tenant, jobs.c.idempotency_key.in_(sorted(keys))
             )
             for existing in conn.execute(query):
@@ -153,7 +156,7 @@ class JobStore:
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job, or :class:`NotFound` (also for another tenant's job)."""
         check_id(job_id)
-        query = sa.select(jobs).where(jobs.c.id == job_id)
+        query = select_jobs().where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
         with self._read() as conn:
@@ -178,7 +181,7 @@ class JobStore:
     ) -> list[JobRecord]:
         """Jobs matching every filter given, newest first; ``before`` is the (created_at, id)
         of the last job of the previous page (keyset pagination)."""
-        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        query = select_jobs().order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
         for column, value in (
             (jobs.c.tenant, tenant),
             (jobs.c.status, status),
@@ -339,37 +342,46 @@ class JobStore:
                 return []
             expires = now + timedelta(seconds=lease_ttl_s)
             # Payloads are read for the chosen rows only (a candidate's may be megabytes).
+            taken: set[str] = set()
             payloads: dict[str, Any] = {}
             for chunk in chunks([c.id for c in chosen]):
-                claimed = conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
-                    .values(
-                        attempt=jobs.c.attempt + 1,
-                        started_at=None,
-                        updated_at=now,
-                        lease_owner=owner,
-                        lease_expires_at=expires,
-                        progress=0.0,
-                        message=None,
-                        stage=None,
+                ids = (
+                    conn.execute(
+                        sa.update(jobs)
+                        .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
+                        .values(
+                            attempt=jobs.c.attempt + 1,
+                            started_at=None,
+                            updated_at=now,
+                            lease_owner=owner,
+                            lease_expires_at=expires,
+                            progress=0.0,
+                            message=None,
+                            stage=None,
+                        )
+                        .returning(jobs.c.id)
                     )
-                    .returning(jobs.c.id, jobs.c.payload)
+                    .scalars()
+                    .all()
                 )
-                payloads.update((row.id, row.payload) for row in claimed)
+                taken.update(ids)
+                query = sa.select(job_payloads.c.job_id, job_payloads.c.payload).where(
+                    job_payloads.c.job_id.in_(ids)
+                )
+                payloads.update((row.job_id, row.payload) for row in conn.execute(query))
         return [
             ClaimedJob(
                 id=c.id,
                 type=c.type,
                 queue=c.queue,
-                payload=payloads[c.id],
+                payload=payloads.get(c.id, {}),
                 attempt=c.attempt + 1,
                 max_attempts=c.max_attempts,
                 timeout_s=c.timeout_s,
                 tenant=c.tenant,
             )
             for c in chosen
-            if c.id in payloads
+            if c.id in taken
         ]
 
     def _candidates(
@@ -422,7 +434,8 @@ class JobStore:
         transaction (for writes that submit jobs as part of something larger)."""
         for row in rows:
             row.update(status=JobStatus.QUEUED, updated_at=now)
-        conn.execute(jobs.insert(), rows)
+        conn.execute(jobs.insert(), [_without_payload(row) for row in rows])
+        _insert_payloads(conn, {row["id"]: row["payload"] for row in rows})
         conn.execute(
             job_events.insert(), [status_event(row["id"], JobStatus.QUEUED, 0, now) for row in rows]
         )
@@ -474,7 +487,7 @@ class JobStore:
     ) -> list[JobRecord]:
         """Held jobs (started or not) whose lease expired, or held by an earlier dispatcher
         incarnation."""
-        query = sa.select(jobs).where(HELD).limit(limit)
+        query = select_jobs().where(HELD).limit(limit)
         if expired:
             query = query.where(jobs.c.lease_expires_at < self.clock())
         if owner_prefix is not None:
@@ -648,11 +661,11 @@ class JobStore:
 
     def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:
         check_id(job_id)
-        query = sa.select(jobs).where(jobs.c.id == job_id)
+        query = select_jobs().where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
         if self.dialect == "postgresql":
-            query = query.with_for_update()
+            query = query.with_for_update(of=jobs)
         row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"job {job_id} not found")
@@ -660,6 +673,24 @@ class JobStore:
 
     def _read(self) -> Connection:
         return self.engine.connect().execution_options(**READ_ONLY)
+
+
+def select_jobs() -> sa.Select[Any]:
+    """Whole job rows, each with its payload (read with :func:`job_from_mapping`)."""
+    return sa.select(jobs, job_payloads.c.payload).join_from(
+        jobs, job_payloads, job_payloads.c.job_id == jobs.c.id, isouter=True
+    )
+
+
+def _without_payload(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in row.items() if name != "payload"}
+
+
+def _insert_payloads(conn: Connection, payloads: dict[str, Any]) -> None:
+    conn.execute(
+        job_payloads.insert(),
+        [{"job_id": job_id, "payload": payload} for job_id, payload in payloads.items()],
+    )
 
 
 def check_id(job_id: str) -> None:

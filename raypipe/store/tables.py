@@ -59,7 +59,6 @@ jobs = sa.Table(
     sa.Column("queue", sa.String(200), nullable=False),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("status", _status_enum(JobStatus, "job_status"), nullable=False),
-    sa.Column("payload", JSONType, nullable=False),
     sa.Column("tags", JSONType, nullable=False),
     sa.Column("progress", sa.Float, nullable=False, server_default="0"),
     sa.Column("message", sa.Text),
@@ -91,6 +90,18 @@ jobs = sa.Table(
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
+)
+
+#: Each job's payload, apart from its row: every state move rewrites the job's row (SQLite
+#: copies all of it, and walks a large value to read any column stored after it), so a
+#: megabyte payload there made each claim, start and end cost a megabyte. Written once.
+job_payloads = sa.Table(
+    "job_payloads",
+    metadata,
+    sa.Column(
+        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("payload", JSONType, nullable=False),
 )
 
 # Partial indexes: each holds only the rows its query looks for, so the churn of

@@ -72,6 +72,9 @@ def test_six_one_cpu_sleeps_on_two_cpus_run_two_at_a_time_and_none_times_out(
     ordered = sorted(jobs, key=lambda j: j.started_at)
     # A third start only once one of the first two had slept its 1.5 s: no third CPU.
     assert ordered[2].started_at >= ordered[0].started_at + timedelta(seconds=1.5)
+    # Rounds that only heard of starts, or of ends whose CPU a prefetched task took, had no
+    # room to admit anything: they did not read the backlog again.
+    assert _info(raypipe)["counters"]["claims_skipped"] > 0
 
 
 def test_jobs_that_can_never_fit_stay_queued_with_the_reason_and_disturb_nothing(
@@ -234,6 +237,35 @@ def test_a_pool_job_that_ignores_its_stop_costs_its_actor_and_its_neighbour_is_r
     assert _info(raypipe)["counters"]["pool_replaced"] == 1
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(actor.info.remote(), timeout=30)
+
+
+def test_a_pool_keeps_its_min_size_through_waiting_work_and_a_dead_actor(
+    ray_session: None, db_url: str, tmp_path: Path
+) -> None:
+    # The setting under test: the test pool asked to keep one actor (1 CPU of the two).
+    test_pool = {"concurrency": 2, "min_size": 1, "max_size": 1}
+    settings = make_settings(db_url, tmp_path / "data", pools={"test": test_pool})
+    with running(settings) as client:
+        [kept] = _info(client)["pools"]["test"]["actors"]
+        sleeps = [client.submit("sleep", {"seconds": 1.5, "steps": 1}) for _ in range(2)]
+        first, second = sorted(_all_ended(client, sleeps), key=lambda j: j.started_at)
+        # The idle actor did not give its CPU up: the sleeps took turns on the other one.
+        assert second.started_at >= first.started_at + timedelta(seconds=1.5)
+        info = _info(client)
+        assert info["pools"]["test"]["actors"] == [kept]
+        assert info["counters"].get("pool_yielded", 0) == 0
+
+        folder = tmp_path / "gate"
+        folder.mkdir()
+        gate = client.submit("test.pool_gate", {"folder": str(folder), "release_on_attempt": 2})
+        wait_for(lambda: gate.refresh().status is JobStatus.PROCESSING, what="the gate to run")
+        ray.kill(ray.get_actor(kept, namespace=settings.namespace), no_restart=True)
+        job = gate.wait(timeout=WAIT_S)
+        assert (job.status, job.attempt) == (JobStatus.COMPLETED, 2)
+        info = _info(client)
+        [replacement] = info["pools"]["test"]["actors"]
+        assert replacement != kept
+        assert info["counters"]["pool_refilled"] >= 1  # back to min_size, not by demand
 
 
 def test_a_pool_actor_killed_mid_job_has_each_of_its_jobs_retried_once(

@@ -60,7 +60,6 @@ def _job(rng: random.Random, created: datetime) -> dict[str, Any]:
         "type": rng.choice(TYPES),
         "queue": rng.choice(QUEUES),
         "priority": 0,
-        "payload": {},
         "tags": [],
         "max_attempts": 5,
         "timeout_s": 600.0,

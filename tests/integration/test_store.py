@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from raypipe.jobs import (
 from raypipe.store import JobStore, create_engine
 from raypipe.store import schema as store_schema
 from raypipe.store.repository import Candidate
-from raypipe.store.tables import webhook_deliveries
+from raypipe.store.tables import job_payloads, webhook_deliveries
 
 OWNER = "test-owner"
 QUEUES = {"default": 100, "solo": 1, "pair": 2}
@@ -463,6 +464,32 @@ def test_the_migration_to_0006_drops_rows_of_attempts_claimed_not_begun(
     assert [a.status for a in store.attempts(ended.id)] == [AttemptStatus.FAILED]
     assert _start(store, [claimed[held.id]]) == 1
     assert [a.status for a in store.attempts(held.id)] == [AttemptStatus.RUNNING]
+    engine.dispose()
+
+
+def test_the_migration_to_0007_moves_payloads_out_of_job_rows_and_back(
+    settings: Settings,
+) -> None:
+    """0.6.0 kept each payload in its job's row; 0007 moves them, and back on the way down."""
+    from alembic import command
+
+    client = DirectClient(settings)
+    job = client.submit("sleep", {"seconds": 0.5, "steps": 2})
+    client.close()
+    engine = create_engine(settings.database_url)
+    config = store_schema.alembic_config(settings.database_url)
+    command.downgrade(config, "0006")
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT payload FROM jobs")).scalar_one()
+    assert (kept if isinstance(kept, dict) else json.loads(kept)) == {"seconds": 0.5, "steps": 2}
+    store_schema.upgrade(engine)
+    store = JobStore(engine)
+    assert store.get(job.id).payload == {"seconds": 0.5, "steps": 2}
+    assert [c.payload for c in _claim_all(store)] == [{"seconds": 0.5, "steps": 2}]
+    store.record([Outcome(job.id, 1, JobStatus.COMPLETED)])
+    store.delete(job.id)
+    with engine.connect() as conn:  # a job's payload goes with it
+        assert conn.execute(sa.select(sa.func.count()).select_from(job_payloads)).scalar() == 0
     engine.dispose()
 
 

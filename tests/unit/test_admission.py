@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from raypipe.admission import Need, Plan, PoolRoom, describe, free_resources, plan
+from raypipe.admission import Need, Plan, PoolRoom, Room, describe, free_resources, plan
 
 NEEDS = {
     "cpu": Need({"CPU": 1.0}),
@@ -161,3 +161,28 @@ def test_the_prefetch_is_for_tasks_never_for_new_actors() -> None:
     assert result.waiting["c4"] == "waiting for 1 CPU"  # one prefetched task, no more
     assert result.waiting["c5"] == "waiting for 1 CPU"  # an actor needs a free CPU
     assert "c6" in result.waiting  # never more than the cluster has
+
+
+def test_a_pass_that_weighed_every_candidate_says_the_room_it_left() -> None:
+    result = run("cpu", "embed", "cpu", "gpu", queue_free={"default": 3})
+    assert ids(result) == ["cpu0", "embed1"]
+    assert result.left == Room({"CPU": 0.0, "memory": 8.0 * 2**30}, 0, {"embeddings": (1, 8)})
+    assert result.full == set()
+    assert run("cpu", queue_free={"default": 1}).full == {"default"}
+    # Cut short by max_jobs, the rest was never weighed: no room is promised.
+    assert run("cpu", "cpu", max_jobs=1).left is None
+
+
+def test_a_room_is_within_another_only_if_nothing_in_it_grew() -> None:
+    then = Room({"CPU": 0.0, "GPU": 1.0}, 0, {"embeddings": (1, 3)})
+    assert Room({"CPU": 0.0, "GPU": 0.5}, 0, {"embeddings": (1, 3)}).within(then)
+    assert Room({"CPU": -1.0, "GPU": 1.0}, -1, {"embeddings": (1, 0)}).within(then)
+    assert Room({"CPU": 0.1 + 0.2 - 0.3, "GPU": 1.0}, 0, {"embeddings": (1, 3)}).within(then)
+    assert not Room({"CPU": 1.0, "GPU": 1.0}, 0, {"embeddings": (1, 3)}).within(then)
+    assert not Room({"CPU": 0.0, "GPU": 1.0}, 1, {"embeddings": (1, 3)}).within(then)
+    assert not Room({"CPU": 0.0, "GPU": 1.0}, 0, {"embeddings": (1, 4)}).within(then)
+    # A pool that shrank, or grew, changes whether its users need an actor started.
+    assert not Room({"CPU": 0.0, "GPU": 1.0}, 0, {"embeddings": (0, 0)}).within(then)
+    assert not Room({"CPU": 0.0, "GPU": 1.0}, 0, {"embeddings": (2, 3)}).within(then)
+    # A resource the cluster did not have before (a new node's) is room that grew.
+    assert not Room({"CPU": 0.0, "GPU": 1.0, "tpu": 1.0}, 0, {"embeddings": (1, 3)}).within(then)
