@@ -119,7 +119,7 @@ def mesh_from_image(payload: MeshPayload, ctx: JobContext) -> dict[str, Any]:
         raise PermanentError(
             f"payload.detail_factor: a {width}×{height} image at {payload.detail_factor:g} is"
             f" a {cols}×{rows} grid of {cols * rows} vertices, over the limit of"
-            f" {ctx.settings.mesh_max_vertices} (mesh_max_vertices): lower detail_factor"
+            f" {ctx.settings.mesh_max_vertices} (RAYPIPE_MESH_MAX_VERTICES): lower detail_factor"
         )
     if ctx.is_cancelled():
         return CANCELLED

@@ -135,6 +135,7 @@ def test_the_readme_flow_completes_on_the_defaults_and_again_after_the_pools_shr
                 )
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # pool sizing: no SQL
 def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_their_idle_time(
     ray_session: None, db_url: str, tmp_path: Path
 ) -> None:
@@ -239,6 +240,7 @@ def test_a_pool_job_that_ignores_its_stop_costs_its_actor_and_its_neighbour_is_r
         ray.get(actor.info.remote(), timeout=30)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # pool sizing: no SQL
 def test_a_pool_keeps_its_min_size_through_waiting_work_and_a_dead_actor(
     ray_session: None, db_url: str, tmp_path: Path
 ) -> None:

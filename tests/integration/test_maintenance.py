@@ -276,6 +276,7 @@ def without(
     }
     gone = {
         "jobs": lambda row: row["id"] in job_ids,
+        "job_payloads": lambda row: row["job_id"] in job_ids,
         "attempts": lambda row: row["job_id"] in job_ids,
         "job_events": lambda row: row["job_id"] in job_ids,
         "webhook_deliveries": lambda row: row["id"] in deliveries,

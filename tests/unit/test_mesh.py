@@ -315,7 +315,8 @@ def test_a_grid_over_the_vertex_limit_is_permanent_before_any_grid_is_built(
     # PNG of 62 KB that passed the pixel limit and needed several GB for its grid.
     settings = get_settings(data_dir=tmp_path, mesh_max_vertices=1599)
     ctx = JobContext.local("mesh.from_image", settings)
-    with pytest.raises(PermanentError, match=r"40×40 grid of 1600 vertices.*mesh_max_vertices"):
+    limit = r"40×40 grid of 1600 vertices.*RAYPIPE_MESH_MAX_VERTICES"
+    with pytest.raises(PermanentError, match=limit):
         run(ctx, encode(bump(40, 40)), detail_factor=1.0)
     assert ctx.artifacts == {}
     assert run(ctx, encode(bump(40, 40)), detail_factor=0.5)["vertices"] == 400
