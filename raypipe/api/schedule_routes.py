@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from raypipe.api.deps import ERRORS, Caller, services_of
 from raypipe.api.services import Principal
 from raypipe.config import MissedFires
-from raypipe.schedules import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH, NAME_PATTERN
+from raypipe.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH, NAME_PATTERN
 from raypipe.store import JobStore
 from raypipe.store.schedules import Schedule, ScheduleStore
 

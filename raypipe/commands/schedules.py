@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from raypipe import schedules as cron
+from raypipe import cron
 from raypipe.commands import JsonFlag, print_json
 from raypipe.config import Settings, get_settings
 from raypipe.exceptions import InvalidInput

@@ -19,8 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from raypipe import registry
-from raypipe import schedules as cron
+from raypipe import cron, registry
 from raypipe.config import (
     MAINTENANCE_SCHEDULES,
     MissedFires,

@@ -7,7 +7,7 @@ from itertools import islice
 
 import pytest
 
-from raypipe import schedules
+from raypipe import cron
 from raypipe.config import MAX_CATCH_UP, MissedFires
 from raypipe.exceptions import InvalidInput
 
@@ -47,7 +47,7 @@ def locs(exc: pytest.ExceptionInfo[InvalidInput]) -> list[list[str | int]]:
 )
 def test_invalid_cron_is_refused_at_cron(expression: str) -> None:
     with pytest.raises(InvalidInput) as exc:
-        schedules.check_cron(expression)
+        cron.check_cron(expression)
     assert locs(exc) == [["cron"]]
     assert exc.value.message.startswith("cron: ")
 
@@ -64,34 +64,34 @@ def test_invalid_cron_is_refused_at_cron(expression: str) -> None:
     ],
 )
 def test_standard_expressions_and_shorthands(expression: str, fields: str) -> None:
-    assert schedules.check_cron(expression) == fields
+    assert cron.check_cron(expression) == fields
 
 
 @pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "utc", "", "../etc/passwd", "/etc/zone"])
 def test_unknown_time_zone_is_refused_at_timezone(name: str) -> None:
     with pytest.raises(InvalidInput) as exc:
-        schedules.check_timezone(name)
+        cron.check_timezone(name)
     assert locs(exc) == [["timezone"]]
 
 
 def test_check_reports_cron_and_timezone_together() -> None:
     with pytest.raises(InvalidInput) as exc:
-        schedules.check("bad", "Nowhere/Atall")
+        cron.check("bad", "Nowhere/Atall")
     assert locs(exc) == [["cron"], ["timezone"]]
     assert "(and 1 more)" in exc.value.message
 
 
 def test_names_missed_policy_and_fields_set_per_fire() -> None:
-    schedules.check_name("maintenance.prune")
+    cron.check_name("maintenance.prune")
     for bad in ("", "-x", "a b", "x" * 201):
         with pytest.raises(InvalidInput) as exc:
-            schedules.check_name(bad)
+            cron.check_name(bad)
         assert locs(exc) == [["name"]]
     with pytest.raises(InvalidInput) as exc:
-        schedules.check_missed("sometimes")
+        cron.check_missed("sometimes")
     assert locs(exc) == [["missed"]]
     with pytest.raises(InvalidInput) as exc:
-        schedules.check_spec_fields(
+        cron.check_spec_fields(
             {"type": "noop", "run_at": "2030-01-01T00:00:00Z", "idempotency_key": "k"}
         )
     assert locs(exc) == [["job", "run_at"], ["job", "idempotency_key"]]
@@ -99,14 +99,14 @@ def test_names_missed_policy_and_fields_set_per_fire() -> None:
 
 def test_fire_spec_tags_once_and_keys_by_instant() -> None:
     spec = {"type": "noop", "payload": {"a": 1}, "tags": ["nightly"]}
-    fired = schedules.fire_spec(spec, "s-1", "report", at(2025, 1, 2, 3, 4))
+    fired = cron.fire_spec(spec, "s-1", "report", at(2025, 1, 2, 3, 4))
     assert fired == {
         "type": "noop",
         "payload": {"a": 1},
         "tags": ["nightly", "schedule:report"],
         "idempotency_key": "schedule:s-1:2025-01-02T03:04:00Z",
     }
-    again = schedules.fire_spec(fired, "s-1", "report", at(2025, 1, 2, 3, 5))
+    again = cron.fire_spec(fired, "s-1", "report", at(2025, 1, 2, 3, 5))
     assert again["tags"] == ["nightly", "schedule:report"]
     assert spec["tags"] == ["nightly"]  # the schedule's own spec is left alone
 
@@ -115,24 +115,24 @@ def test_fire_spec_tags_once_and_keys_by_instant() -> None:
 
 
 def test_next_fire_is_strictly_after_and_in_the_schedules_zone() -> None:
-    assert schedules.next_fire("0 9 * * *", "UTC", at(2025, 1, 1, 9)) == at(2025, 1, 2, 9)
-    assert schedules.next_fire("0 9 * * *", "UTC", at(2025, 1, 1, 8, 59, 59, 999999)) == at(
+    assert cron.next_fire("0 9 * * *", "UTC", at(2025, 1, 1, 9)) == at(2025, 1, 2, 9)
+    assert cron.next_fire("0 9 * * *", "UTC", at(2025, 1, 1, 8, 59, 59, 999999)) == at(
         2025, 1, 1, 9
     )
     # 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer.
-    assert schedules.next_fire("0 9 * * *", PARIS, at(2025, 1, 1)) == at(2025, 1, 1, 8)
-    assert schedules.next_fire("0 9 * * *", PARIS, at(2025, 7, 1)) == at(2025, 7, 1, 7)
-    assert schedules.next_fire("@hourly", "UTC", at(2025, 1, 1, 0, 30)) == at(2025, 1, 1, 1)
+    assert cron.next_fire("0 9 * * *", PARIS, at(2025, 1, 1)) == at(2025, 1, 1, 8)
+    assert cron.next_fire("0 9 * * *", PARIS, at(2025, 7, 1)) == at(2025, 7, 1, 7)
+    assert cron.next_fire("@hourly", "UTC", at(2025, 1, 1, 0, 30)) == at(2025, 1, 1, 1)
 
 
 def test_fires_between_is_half_open() -> None:
-    fires = list(schedules.fires_between("*/20 * * * *", "UTC", at(2025, 1, 1), at(2025, 1, 1, 1)))
+    fires = list(cron.fires_between("*/20 * * * *", "UTC", at(2025, 1, 1), at(2025, 1, 1, 1)))
     assert fires == [at(2025, 1, 1, 0, 20), at(2025, 1, 1, 0, 40), at(2025, 1, 1, 1)]
 
 
 def test_spring_forward_a_time_that_does_not_exist_fires_once_after_the_gap() -> None:
     # Paris, 2025-03-30: 02:00 CET jumps to 03:00 CEST; 02:30 does not exist that day.
-    fires = list(schedules.fires_between("30 2 * * *", PARIS, at(2025, 3, 28), at(2025, 4, 1)))
+    fires = list(cron.fires_between("30 2 * * *", PARIS, at(2025, 3, 28), at(2025, 4, 1)))
     assert fires == [
         at(2025, 3, 28, 1, 30),  # 02:30 CET
         at(2025, 3, 29, 1, 30),
@@ -140,7 +140,7 @@ def test_spring_forward_a_time_that_does_not_exist_fires_once_after_the_gap() ->
         at(2025, 3, 31, 0, 30),  # 02:30 CEST
     ]
     half_hourly = list(
-        schedules.fires_between("*/30 * * * *", PARIS, at(2025, 3, 30, 0), at(2025, 3, 30, 2))
+        cron.fires_between("*/30 * * * *", PARIS, at(2025, 3, 30, 0), at(2025, 3, 30, 2))
     )
     # 01:30 CET, then 02:00 and 02:30 (missing) collapse into 03:00 CEST: no instant twice.
     assert half_hourly == [
@@ -153,7 +153,7 @@ def test_spring_forward_a_time_that_does_not_exist_fires_once_after_the_gap() ->
 
 def test_fall_back_a_fixed_time_that_occurs_twice_fires_once() -> None:
     # Paris, 2025-10-26: 03:00 CEST goes back to 02:00 CET; 02:30 happens twice.
-    fires = list(schedules.fires_between("30 2 * * *", PARIS, at(2025, 10, 25), at(2025, 10, 28)))
+    fires = list(cron.fires_between("30 2 * * *", PARIS, at(2025, 10, 25), at(2025, 10, 28)))
     assert fires == [
         at(2025, 10, 25, 0, 30),
         at(2025, 10, 26, 0, 30),  # the first 02:30 (CEST) only
@@ -163,9 +163,7 @@ def test_fall_back_a_fixed_time_that_occurs_twice_fires_once() -> None:
 
 def test_fall_back_a_wildcard_schedule_keeps_its_rhythm_through_the_repeated_hour() -> None:
     fires = list(
-        schedules.fires_between(
-            "*/30 * * * *", PARIS, at(2025, 10, 25, 23, 45), at(2025, 10, 26, 2)
-        )
+        cron.fires_between("*/30 * * * *", PARIS, at(2025, 10, 25, 23, 45), at(2025, 10, 26, 2))
     )
     # Every real half hour: 02:00 and 02:30 local each fire in CEST and again in CET.
     assert fires == [at(2025, 10, 26, 0) + timedelta(minutes=30 * i) for i in range(5)]
@@ -185,11 +183,11 @@ def test_catching_up_across_dst_finds_the_same_instants_as_going_forward(
     expression: str, after: datetime
 ) -> None:
     """``due_fires`` walks back from now; it must agree with the forward walk."""
-    forward = list(islice(schedules.fires_after(expression, PARIS, after), 12))
+    forward = list(islice(cron.fires_after(expression, PARIS, after), 12))
     now = forward[-1] + timedelta(seconds=1)
-    fired, following = schedules.due_fires(expression, PARIS, forward[0], now, "run_all")
+    fired, following = cron.due_fires(expression, PARIS, forward[0], now, "run_all")
     assert fired == forward
-    assert following == schedules.next_fire(expression, PARIS, forward[-1])
+    assert following == cron.next_fire(expression, PARIS, forward[-1])
 
 
 # -- the missed-fire policy -------------------------------------------------------------
@@ -203,7 +201,7 @@ def test_not_yet_due_fires_nothing_and_keeps_its_time() -> None:
     policies: list[MissedFires] = ["skip", "run_once", "run_all"]
     for missed in policies:
         now = DUE - timedelta(microseconds=1)
-        assert schedules.due_fires(EVERY_5, "UTC", DUE, now, missed) == ([], DUE)
+        assert cron.due_fires(EVERY_5, "UTC", DUE, now, missed) == ([], DUE)
 
 
 @pytest.mark.parametrize("missed", ["skip", "run_once", "run_all"])
@@ -212,7 +210,7 @@ def test_on_time_or_a_round_late_every_policy_fires_the_instant(
     missed: MissedFires, late_s: float
 ) -> None:
     now = DUE + timedelta(seconds=late_s)
-    fired, following = schedules.due_fires(EVERY_5, "UTC", DUE, now, missed)
+    fired, following = cron.due_fires(EVERY_5, "UTC", DUE, now, missed)
     assert fired == [DUE]
     assert following == at(2025, 1, 1, 10, 10)
 
@@ -227,21 +225,21 @@ MISSED = [DUE + timedelta(minutes=5 * i) for i in range(6)]  # 10:05 … 10:30
     [("skip", MISSED[-1:]), ("run_once", MISSED[-1:]), ("run_all", MISSED)],
 )
 def test_after_an_outage(missed: MissedFires, expected: list[datetime]) -> None:
-    fired, following = schedules.due_fires(EVERY_5, "UTC", DUE, OUTAGE_NOW, missed)
+    fired, following = cron.due_fires(EVERY_5, "UTC", DUE, OUTAGE_NOW, missed)
     assert fired == expected
     assert following == at(2025, 1, 1, 10, 35)
 
 
 def test_skip_drops_instants_older_than_the_grace() -> None:
-    now = MISSED[-1] + schedules.SKIP_GRACE + timedelta(seconds=1)
-    assert schedules.due_fires(EVERY_5, "UTC", DUE, now, "skip") == ([], at(2025, 1, 1, 10, 35))
-    fired, _ = schedules.due_fires(EVERY_5, "UTC", DUE, now, "run_once")
+    now = MISSED[-1] + cron.SKIP_GRACE + timedelta(seconds=1)
+    assert cron.due_fires(EVERY_5, "UTC", DUE, now, "skip") == ([], at(2025, 1, 1, 10, 35))
+    fired, _ = cron.due_fires(EVERY_5, "UTC", DUE, now, "run_once")
     assert fired == [MISSED[-1]]
 
 
 def test_run_all_catches_up_at_most_the_latest_instants() -> None:
     now = at(2025, 1, 1) + timedelta(days=30)  # a month of minutes missed
-    fired, following = schedules.due_fires("* * * * *", "UTC", at(2025, 1, 1), now, "run_all")
+    fired, following = cron.due_fires("* * * * *", "UTC", at(2025, 1, 1), now, "run_all")
     assert len(fired) == MAX_CATCH_UP
     assert fired[-1] == now
     assert fired == sorted(fired)
