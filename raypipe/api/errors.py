@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raypipe.exceptions import (
@@ -98,8 +98,8 @@ def install(app: FastAPI) -> None:
         log.exception("unexpected error")
         return error_response(500, "internal_error", "internal error; see the server log")
 
-    @app.exception_handler(sa.exc.SQLAlchemyError)
-    async def database_error(request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+    @app.exception_handler(db_errors.SQLAlchemyError)
+    async def database_error(request: Request, exc: db_errors.SQLAlchemyError) -> JSONResponse:
         if not _database_unavailable(exc):
             return await unexpected(request, exc)
         # A 503, not a 500: the request was fine, and clients (ours included) retry it.
@@ -112,12 +112,12 @@ def install(app: FastAPI) -> None:
         )
 
 
-def _database_unavailable(exc: sa.exc.SQLAlchemyError) -> bool:
+def _database_unavailable(exc: db_errors.SQLAlchemyError) -> bool:
     """Whether the database could not serve the request right now (down, restarting, its
     connection lost, the pool exhausted, locked), as opposed to a query that is wrong."""
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.TimeoutError):
+    if isinstance(exc, db_errors.OperationalError | db_errors.TimeoutError):
         return True
-    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    return isinstance(exc, db_errors.DBAPIError) and exc.connection_invalidated
 
 
 def _skip(error: dict[str, Any]) -> int:

@@ -12,8 +12,8 @@ from raypipe.api.deps import ERRORS, Caller, decode_cursor, encode_cursor, servi
 from raypipe.api.services import Services
 from raypipe.runtime.cluster import ActorBell
 from raypipe.runtime.names import WEBHOOK_ACTOR
+from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
 from raypipe.submission import check_text
-from raypipe.webhooks.store import Delivery, DeliveryStatus, WebhookStore
 
 
 class DeliveryAttemptView(BaseModel):

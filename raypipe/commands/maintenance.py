@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from raypipe import maintenance
 from raypipe.artifacts import ArtifactStore
 from raypipe.commands import JsonFlag, database, print_json
 from raypipe.config import get_settings
 from raypipe.jobs import utcnow
+from raypipe.store import maintenance
 
 DryRunFlag = Annotated[bool, typer.Option("--dry-run", help="Count only; change nothing.")]
 

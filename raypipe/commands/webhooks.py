@@ -10,8 +10,8 @@ import typer
 
 from raypipe.commands import JsonFlag, database, print_json
 from raypipe.config import get_settings
+from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
 from raypipe.submission import DEFAULT_TENANT
-from raypipe.webhooks.store import Delivery, DeliveryStatus, WebhookStore
 
 app = typer.Typer(
     help="Webhooks: what was delivered, replays of failed deliveries, signing secrets.",

@@ -13,11 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from raypipe import maintenance
 from raypipe.context import JobContext
 from raypipe.jobs import utcnow
 from raypipe.registry import processor
-from raypipe.store import create_engine
+from raypipe.store import create_engine, maintenance
 
 QUEUE = "maintenance"
 #: Mostly waiting on the database and the artifact store.

@@ -17,8 +17,8 @@ from raypipe import metrics
 from raypipe.config import Settings
 from raypipe.store import create_engine
 from raypipe.store import schema as store_schema
+from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
 from raypipe.webhooks import sender
-from raypipe.webhooks.store import Delivery, DeliveryStatus, WebhookStore
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
 
 
 class JobStore:
-    """Reads and writes jobs and attempts; the only module that writes SQL."""
+    """Reads and writes jobs and attempts (SQL lives in `raypipe.store` only)."""
 
     def __init__(self, engine: Engine, clock: Clock = utcnow):
         self.engine = engine

@@ -21,8 +21,8 @@ from raypipe.config import Settings
 from raypipe.exceptions import OutboundRefused, OutboundUnresolved
 from raypipe.jobs import utcnow
 from raypipe.retry import ErrorKind, RetryPolicy, decide, parse_retry_after
+from raypipe.store.webhooks import AttemptOutcome, Delivery
 from raypipe.webhooks import signing
-from raypipe.webhooks.store import AttemptOutcome, Delivery
 
 #: Bytes of a receiver's answer that are read and kept (the rest is never downloaded).
 RESPONSE_LIMIT = 4096

@@ -26,9 +26,9 @@ from raypipe.config import Settings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import ErrorInfo, JobStatus, Outcome, utcnow
-from raypipe.maintenance import PruneReport, orphans, prune, stuck
 from raypipe.store import JobStore, create_engine
 from raypipe.store.access import AccessStore
+from raypipe.store.maintenance import PruneReport, orphans, prune, stuck
 from raypipe.store.tables import (
     batches,
     jobs,

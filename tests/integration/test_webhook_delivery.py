@@ -25,10 +25,10 @@ from raypipe.runtime.cluster import ActorBell
 from raypipe.runtime.names import WEBHOOK_ACTOR
 from raypipe.store import create_engine
 from raypipe.store.tables import webhook_deliveries
+from raypipe.store.webhooks import AttemptOutcome, DeliveryStatus, WebhookStore
 from raypipe.webhooks import sender, verify
 from raypipe.webhooks.events import outbox_row
 from raypipe.webhooks.signing import WebhookVerificationError
-from raypipe.webhooks.store import AttemptOutcome, DeliveryStatus, WebhookStore
 from tests.conftest import fresh_database, make_settings, wait_for
 from tests.webhook_receiver import Answer, receiver, tls_receiver
 
