@@ -298,6 +298,7 @@ class Dispatcher:
         prefetch = max(1, math.ceil(self.settings.task_prefetch * capacity.get("CPU", 0.0)))
         prefetch -= len(self._waiting_in_ray())
         rooms = {name: pool.room() for name, pool in self.pools.items()}
+        limit = min(slots, self.settings.claim_batch)
         blocked = self._blocked
         if (
             blocked is not None
@@ -309,7 +310,7 @@ class Dispatcher:
             claimed: list[ClaimedJob] = []
             short, wanted = set(blocked.short), blocked.wanted
         else:
-            claimed, short, wanted = self._claim_from(free, capacity, prefetch, rooms, slots)
+            claimed, short, wanted = self._claim_from(free, capacity, prefetch, rooms, limit)
         # A prefetched task waiting in Ray's queue lacks a CPU too: an idle actor yields to it,
         # once (the task may not have begun by the next round, and one actor's share is its).
         waiting = self._waiting_in_ray()
@@ -319,7 +320,7 @@ class Dispatcher:
             short.add("CPU")
         yielded = self._yield_idle(short, wanted)
         self._served.update(unserved[:yielded])
-        return len(claimed) == min(slots, self.settings.claim_batch) or yielded > 0
+        return len(claimed) == limit or yielded > 0
 
     def _claim_from(
         self,
@@ -327,10 +328,10 @@ class Dispatcher:
         capacity: dict[str, float],
         prefetch: int,
         rooms: dict[str, admission.PoolRoom],
-        slots: int,
+        limit: int,
     ) -> tuple[list[ClaimedJob], set[str], set[str]]:
-        """Read the backlog, admit what fits and launch it; (claimed, short of, wanted)."""
-        limit = min(slots, self.settings.claim_batch)
+        """Read the backlog, admit up to ``limit`` jobs that fit and launch them;
+        (claimed, short of, wanted)."""
         plans: list[tuple[admission.Plan, set[str], bool]] = []
 
         def choose(candidates: Sequence[Candidate], queue_free: dict[str, int]) -> list[Any]:
