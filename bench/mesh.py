@@ -80,7 +80,7 @@ def wait_all(client: DirectClient, specs: list[tuple[str, dict[str, object]]]) -
     started = time.perf_counter()
     handles = client.submit_many(specs)
     submitted = time.perf_counter() - started
-    while client.store.count_unfinished():
+    while client.store.count_unfinished("mesh"):
         time.sleep(0.02)
     for handle in handles:
         job = handle.refresh()

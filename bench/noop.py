@@ -48,7 +48,7 @@ def raypipe_rate(settings: Settings, n: int) -> tuple[float, float]:
         started = time.perf_counter()
         handles = client.submit_many([("noop", {})] * n)
         submitted = time.perf_counter() - started
-        while client.store.count_unfinished():
+        while client.store.count_unfinished("default"):
             time.sleep(0.1)
         elapsed = time.perf_counter() - started
         # Counted by id: a built-in maintenance schedule may fire a job of its own meanwhile.

@@ -73,10 +73,12 @@ class PoolConfig(BaseModel):
 
 
 #: The built-in pools: ``embeddings`` keeps sentence-transformers models loaded and merges
-#: the requests of its concurrent jobs into model batches; ``workers`` runs tiny CPU jobs
-#: (``noop``) in bundles, so Ray's cost per call is shared by many jobs.
+#: the requests of its concurrent jobs into model calls (32 jobs at once per actor, so
+#: that small jobs fill a call of ``embedding_chunk_size`` texts while one runs; the
+#: ``embeddings`` queue's 64 is two such actors); ``workers`` runs tiny CPU jobs (``noop``)
+#: in bundles, so Ray's cost per call is shared by many jobs.
 BUILTIN_POOLS: dict[str, PoolConfig] = {
-    "embeddings": PoolConfig(num_cpus=1.0, concurrency=8, max_size=2, idle_s=600.0),
+    "embeddings": PoolConfig(num_cpus=1.0, concurrency=32, max_size=2, idle_s=600.0),
     "workers": PoolConfig(num_cpus=1.0, num_gpus=0.0, bundle=200, idle_s=60.0),
 }
 
@@ -228,7 +230,12 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(default=64, ge=1)
     embedding_max_wait_ms: float = Field(default=5.0, ge=0)
-    embedding_chunk_size: int = Field(default=256, ge=1)
+    embedding_chunk_size: int = Field(
+        default=256,
+        ge=1,
+        description="texts per model call: a large job's texts go to the pool in chunks of"
+        " this size, and concurrent small jobs' texts are merged into calls of up to it",
+    )
     embedding_max_texts: int = Field(default=100_000, ge=1)
 
     mesh_max_pixels: int = Field(default=64_000_000, ge=1)

@@ -24,7 +24,11 @@ class Batcher:
     since the first, then runs one ``encode`` over all of them on a worker thread.
 
     While a batch is encoding the next one fills up, so under load batches grow by
-    themselves; a lone request waits at most ``max_wait_s``.
+    themselves; a lone request waits at most ``max_wait_s``. A request that would take a
+    batch past ``max_batch`` starts the next one instead (a lone larger one goes alone):
+    ``encode`` sorts a call's texts by length and runs them ``model_batch`` at a time, so a
+    call of several model batches pads less than one of a single batch, and a call just
+    past a multiple of ``model_batch`` pays a forward pass for its few last texts.
     """
 
     def __init__(self, encode: Encode, max_batch: int, max_wait_s: float, model_batch: int):
@@ -35,6 +39,7 @@ class Batcher:
         self.stats: Counter[str] = Counter()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._next: _Request | None = None
 
     async def submit(self, texts: list[str]) -> np.ndarray:
         """The vectors of ``texts`` (one row each, in order)."""
@@ -48,8 +53,10 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].texts)
+            first = self._next or await self._queue.get()
+            self._next = None
+            batch = [first]
+            size = len(first.texts)
             deadline = loop.time() + self.max_wait_s
             while size < self.max_batch:
                 try:
@@ -62,6 +69,9 @@ class Batcher:
                         item = await asyncio.wait_for(self._queue.get(), remaining)
                     except asyncio.TimeoutError:
                         break
+                if size + len(item.texts) > self.max_batch:
+                    self._next = item
+                    break
                 batch.append(item)
                 size += len(item.texts)
             await self._encode(batch)

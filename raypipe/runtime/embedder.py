@@ -61,10 +61,13 @@ class ModelHost:
         return self._loaded[name]
 
     def _batcher(self, model: EmbeddingModel) -> Batcher:
+        # Merged calls reach a job's chunk size: one encode call of several model batches
+        # sorts its texts by length and pads less (1 thread: 191 texts/s in calls of 256
+        # short sentences, 155 in calls of 64).
         settings = self.settings
         return Batcher(
             lambda texts: model.encode(texts, normalize=False).vectors,
-            max_batch=settings.embedding_batch_size,
+            max_batch=settings.embedding_chunk_size,
             max_wait_s=settings.embedding_max_wait_ms / 1000,
             model_batch=settings.embedding_batch_size,
         )

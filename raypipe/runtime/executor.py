@@ -139,16 +139,17 @@ def run_attempt(
         cancelled=lambda: reporter.is_cancelled(job.id) or bool(stopped and stopped(job.id)),
         runner=runner,
     )
+    completed = False
     try:
         value = spec.fn(payload, ctx)
         if inspect.isawaitable(value):
             value = asyncio.run(_awaited(value))
         result = _jsonable(value)
+        completed = True
     except Exception as exc:
         return _failure(exc, classify(exc, spec.retry or default_policy(settings)))
     finally:
-        reporter.flush()
-        last = reporter.forget(job.id)
+        last = reporter.end(job.id, completed)
         _settle()
     return AttemptResult(
         ok=True,

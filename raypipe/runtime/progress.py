@@ -51,11 +51,21 @@ class ProgressReporter:
                 )
                 self._thread.start()
 
-    def forget(self, job_id: str) -> ProgressState | None:
-        """The job's last report (handed back with its result, since a report sent as
-        the attempt ends would reach the database after its outcome)."""
+    def end(self, job_id: str, completed: bool) -> ProgressState | None:
+        """The attempt ended: its last report, handed back with a completed attempt's result
+        (a report sent as the attempt ends would reach the database after its outcome).
+
+        A completed attempt's unsent report is that last one, which its outcome carries,
+        so it is not sent as well (for jobs shorter than the report interval, one actor
+        message and one write per job saved); a failed attempt's is sent now, as its
+        outcome carries no progress."""
         with self._lock:
-            return self._last.pop(job_id, None)
+            last = self._last.pop(job_id, None)
+            if completed:
+                self._pending.pop(job_id, None)
+        if not completed:
+            self.flush()
+        return last
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled

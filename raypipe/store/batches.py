@@ -13,12 +13,11 @@ from sqlalchemy.engine import Connection, Row
 
 from raypipe.batches import BatchRecord, BatchStatus, eta_s
 from raypipe.exceptions import Conflict, NotFound
-from raypipe.jobs import CANCELLED_ON_REQUEST, JobRecord, JobStatus
-from raypipe.store import completion
+from raypipe.jobs import JobRecord, JobStatus
+from raypipe.store import completion, transitions
 from raypipe.store.engine import READ_ONLY
 from raypipe.store.repository import JobStore, check_id, job_from_mapping, select_jobs
-from raypipe.store.tables import HELD, UNHELD_QUEUED, batches, job_events, jobs
-from raypipe.store.transitions import ENDED_COLUMNS, requeued, status_event
+from raypipe.store.tables import batches, jobs
 
 #: Jobs read per query when a batch's jobs are listed in order.
 PAGE = 1000
@@ -118,33 +117,9 @@ class BatchStore:
             if batch.status != BatchStatus.RUNNING.value:
                 raise Conflict(f"batch {batch_id} is {batch.status}: only running batches")
             # Jobs first, then the batch row: the order in which recording an outcome locks.
-            ended = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.batch_id == batch_id, UNHELD_QUEUED)
-                .values(
-                    status=JobStatus.CANCELLED,
-                    finished_at=now,
-                    updated_at=now,
-                    cancel_requested=True,
-                    error_type=CANCELLED_ON_REQUEST.type,
-                    error_message=CANCELLED_ON_REQUEST.message,
-                )
-                .returning(*ENDED_COLUMNS)
-            ).all()
-            conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.batch_id == batch_id, HELD)
-                .values(cancel_requested=True, updated_at=now)
-            )
-            if ended:
-                conn.execute(
-                    job_events.insert(),
-                    [
-                        status_event(r.id, JobStatus.CANCELLED, r.attempt, now, r.progress)
-                        for r in ended
-                    ],
-                )
-            completion.notify(conn, ended, JobStatus.CANCELLED, None, CANCELLED_ON_REQUEST, now)
+            in_batch = jobs.c.batch_id == batch_id
+            transitions.cancel_unheld(conn, in_batch, now)
+            transitions.ask_to_stop(conn, in_batch, now)
             conn.execute(
                 sa.update(batches)
                 .where(batches.c.id == batch_id)
@@ -159,18 +134,12 @@ class BatchStore:
         now = self.store.clock()
         with self.engine.begin() as conn:
             self._row(conn, batch_id, tenant)
-            retried = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.FAILED)
-                .values(requeued(now, _greatest(conn, jobs.c.max_attempts, jobs.c.attempt + 1)))
-                .returning(jobs.c.id, jobs.c.attempt)
-            ).all()
-            if retried:
-                conn.execute(
-                    job_events.insert(),
-                    [status_event(r.id, JobStatus.QUEUED, r.attempt, now) for r in retried],
-                )
-                completion.reopen(conn, [batch_id], now)
+            retried = transitions.requeue(
+                conn,
+                sa.and_(jobs.c.batch_id == batch_id, jobs.c.status == JobStatus.FAILED),
+                now,
+                _greatest(conn, jobs.c.max_attempts, jobs.c.attempt + 1),
+            )
         return self.get(batch_id), len(retried)
 
     # -- reading ---------------------------------------------------------------------

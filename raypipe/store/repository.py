@@ -13,7 +13,6 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import (
-    CANCELLED_ON_REQUEST,
     AttemptRecord,
     AttemptStatus,
     ClaimedJob,
@@ -35,7 +34,7 @@ from raypipe.store.tables import (
     jobs,
     webhook_deliveries,
 )
-from raypipe.store.transitions import chunks, requeued, status_event
+from raypipe.store.transitions import chunks, status_event
 
 #: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
 CLAIM_LOCK_KEY = 0x7261797069706500
@@ -282,11 +281,14 @@ class JobStore:
         with self._read() as conn:
             return {JobStatus(status): count for status, count in conn.execute(query)}
 
-    def count_unfinished(self) -> int:
-        """How many jobs are queued or processing (served by the claim index)."""
+    def count_unfinished(self, queue: str | None = None) -> int:
+        """How many jobs are queued or processing (served by the claim index), in ``queue``
+        or in all (a bench waits for its own queue: a schedule may fire a job elsewhere)."""
         query = sa.select(sa.func.count()).where(
             jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING])
         )
+        if queue is not None:
+            query = query.where(jobs.c.queue == queue)
         with self._read() as conn:
             return conn.execute(query).scalar_one()
 
@@ -615,27 +617,11 @@ class JobStore:
                     f"job {job_id} is {job.status.value}: only queued or processing jobs"
                     " can be cancelled"
                 )
-            at_once = job.status is JobStatus.QUEUED and job.lease_owner is None
-            if at_once:
-                values: dict[str, Any] = {
-                    "status": JobStatus.CANCELLED,
-                    "finished_at": now,
-                    "cancel_requested": True,
-                }
-            else:
-                values = {"cancel_requested": True}
-            conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == job.status)
-                .values(updated_at=now, **values)
-            )
-            if at_once:
-                conn.execute(
-                    job_events.insert(),
-                    [status_event(job_id, JobStatus.CANCELLED, job.attempt, now, job.progress)],
-                )
-                completion.notify(conn, [job], JobStatus.CANCELLED, None, CANCELLED_ON_REQUEST, now)
+            where = jobs.c.id == job_id
+            if transitions.cancel_unheld(conn, where, now):
                 completion.settle(conn, [job.batch_id], now, self.add)
+            else:
+                transitions.ask_to_stop(conn, where, now)
         return self.get(job_id)
 
     def retry(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -648,15 +634,12 @@ class JobStore:
                     f"job {job_id} is {job.status.value}: only failed or cancelled jobs"
                     " can be retried"
                 )
-            conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == job.status)
-                .values(requeued(now, max(job.max_attempts, job.attempt + 1)))
+            transitions.requeue(
+                conn,
+                sa.and_(jobs.c.id == job_id, jobs.c.status == job.status),
+                now,
+                max(job.max_attempts, job.attempt + 1),
             )
-            conn.execute(
-                job_events.insert(), [status_event(job_id, JobStatus.QUEUED, job.attempt, now)]
-            )
-            completion.reopen(conn, [job.batch_id], now)
         return self.get(job_id)
 
     def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:

@@ -1,4 +1,6 @@
-"""The dispatcher's writes of one round: attempts that began and attempts that ended.
+"""Job state moves, each one function that writes its event row, used by every caller:
+the dispatcher's round (attempts that began and ended), cancelling queued jobs, asking
+held ones to stop, and queueing finished ones again.
 
 A round reads the current rows of every job it reports on (one query, locked on
 PostgreSQL), decides in Python which reports still apply, then writes each kind of row
@@ -23,9 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from raypipe.followups import follow_up_row
-from raypipe.jobs import AttemptStatus, ErrorInfo, JobStatus, Outcome
+from raypipe.jobs import CANCELLED_ON_REQUEST, AttemptStatus, ErrorInfo, JobStatus, Outcome
 from raypipe.store import completion
-from raypipe.store.tables import HELD, attempts, job_events, jobs
+from raypipe.store.tables import HELD, UNHELD_QUEUED, attempts, job_events, jobs
 
 #: Ids per statement that lists them: well under SQLite's limit on bound parameters.
 CHUNK = 400
@@ -294,6 +296,57 @@ def status_event(
         "stage": stage,
         "created_at": now,
     }
+
+
+def cancel_unheld(conn: Connection, where: sa.ColumnElement[bool], now: datetime) -> list[Row[Any]]:
+    """Cancel the queued jobs matching ``where`` that no dispatcher holds (their webhooks
+    queued; the caller settles their batches); returns their rows (``ENDED_COLUMNS``)."""
+    ended = conn.execute(
+        sa.update(jobs)
+        .where(where, UNHELD_QUEUED)
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            updated_at=now,
+            cancel_requested=True,
+            **error_values(CANCELLED_ON_REQUEST),
+        )
+        .returning(*ENDED_COLUMNS)
+    ).all()
+    if ended:
+        conn.execute(
+            job_events.insert(),
+            [status_event(r.id, JobStatus.CANCELLED, r.attempt, now, r.progress) for r in ended],
+        )
+        completion.notify(conn, ended, JobStatus.CANCELLED, None, CANCELLED_ON_REQUEST, now)
+    return ended
+
+
+def ask_to_stop(conn: Connection, where: sa.ColumnElement[bool], now: datetime) -> int:
+    """Flag the held jobs matching ``where`` for their dispatcher to stop (it records the
+    end); returns how many."""
+    flagged = sa.update(jobs).where(where, HELD).values(cancel_requested=True, updated_at=now)
+    return conn.execute(flagged).rowcount
+
+
+def requeue(
+    conn: Connection, where: sa.ColumnElement[bool], now: datetime, max_attempts: Any
+) -> list[Row[Any]]:
+    """Queue the finished jobs matching ``where`` again with ``max_attempts`` (a value or a
+    column expression), and reopen their batches; returns their (id, attempt) rows."""
+    rows = conn.execute(
+        sa.update(jobs)
+        .where(where)
+        .values(requeued(now, max_attempts))
+        .returning(jobs.c.id, jobs.c.attempt, jobs.c.batch_id)
+    ).all()
+    if rows:
+        conn.execute(
+            job_events.insert(),
+            [status_event(r.id, JobStatus.QUEUED, r.attempt, now) for r in rows],
+        )
+        completion.reopen(conn, [r.batch_id for r in rows], now)
+    return rows
 
 
 def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from raypipe.batches import BatchStatus
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import Conflict, InvalidInput
-from raypipe.jobs import JobStatus, Outcome
+from raypipe.jobs import CANCELLED_ON_REQUEST, JobStatus, Outcome
 from raypipe.store import JobStore, create_engine
 from raypipe.store.batches import BatchStore
 from raypipe.store.tables import jobs, webhook_deliveries
@@ -178,6 +178,10 @@ def test_cancel_and_retry_failed(settings: Settings) -> None:
     # Queued jobs end at once; the running one is asked to stop, so the batch runs on.
     assert cancelling.counts["cancelled"] == 3 and cancelling.status is BatchStatus.RUNNING
     assert store.get(claimed[1].id).cancel_requested
+    unclaimed = next(i for i in batch.job_ids if i not in {j.id for j in claimed})
+    cancelled = store.get(unclaimed)
+    assert (cancelled.status, cancelled.error) == (JobStatus.CANCELLED, CANCELLED_ON_REQUEST)
+    assert [e["status"] for e in store.events(unclaimed)] == ["queued", "cancelled"]
     store.record([Outcome(claimed[1].id, 1, JobStatus.CANCELLED)])
     done = batches.get(batch.id)
     assert done.status is BatchStatus.CANCELLED and done.completions == 1

@@ -25,7 +25,9 @@ def system(
     yield from module_system(
         request,
         tmp_path_factory.mktemp("embeddings"),
-        embedding_chunk_size=32,
+        # Small chunks, so a 320-text job is several; one batch of 128 holds ten 10-text
+        # requests, so merging is seen as one model call of one forward pass.
+        embedding_chunk_size=128,
         embedding_batch_size=128,
         embedding_max_wait_ms=300,
     )
@@ -97,7 +99,7 @@ def test_unnormalised_vectors_match_encode_without_normalising(
 
 def test_a_large_job_is_chunked_with_progress(system: DirectClient) -> None:
     before = served(system)
-    texts = [f"sentence number {i} about topic {i % 13}" for i in range(320)]  # 10 chunks
+    texts = [f"sentence number {i} about topic {i % 13}" for i in range(320)]  # 3 chunks
     handle = system.submit("embed.texts", {"texts": texts})
     assert handle.wait(timeout=180).status is JobStatus.COMPLETED
     assert served(system) - before == 320

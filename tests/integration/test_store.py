@@ -351,6 +351,12 @@ def test_cancelling_a_held_job_asks_its_dispatcher(client: DirectClient) -> None
     now = store.request_cancel(unheld.id)
     assert (now.status, now.finished_at is not None) == (JobStatus.CANCELLED, True)
     assert now.lease_owner is None
+    # The same end as a batch's cancel and the dispatcher's stop write: one state move.
+    assert (now.error.type, now.error.message) == (
+        CANCELLED_ON_REQUEST.type,
+        CANCELLED_ON_REQUEST.message,
+    )
+    assert [e["status"] for e in store.events(unheld.id)] == ["queued", "cancelled"]
     # The dispatcher stops the held one (before its start): it ends cancelled.
     store.record([Outcome(held.id, 1, JobStatus.CANCELLED, error=CANCELLED_ON_REQUEST)])
     assert store.get(held.id).status is JobStatus.CANCELLED

@@ -66,6 +66,20 @@ def test_a_full_batch_does_not_wait() -> None:
     assert calls == [["a", "b", "c", "d"]]
 
 
+def test_a_request_that_would_overfill_a_batch_starts_the_next() -> None:
+    calls: list[list[str]] = []
+
+    async def main() -> list[np.ndarray]:
+        batcher = Batcher(_fake_encode(calls), max_batch=5, max_wait_s=0.2, model_batch=5)
+        requests = [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h", "i", "j", "k", "l"]]
+        return await asyncio.gather(*(batcher.submit(texts) for texts in requests))
+
+    results = asyncio.run(main())
+    # ["e", "f"] would make six: it waits for the next call; a lone larger request goes alone.
+    assert calls == [["a", "b", "c", "d"], ["e", "f"], ["g", "h", "i", "j", "k", "l"]]
+    assert [r[:, 0].tolist() for r in results] == [[1, 1], [1, 1], [1, 1], [1] * 6]
+
+
 def test_an_encode_failure_reaches_every_request_of_the_batch_and_no_other() -> None:
     def encode(texts: list[str]) -> np.ndarray:
         if "boom" in texts:

@@ -30,7 +30,7 @@ def test_a_model_pool_takes_a_gpu_per_actor_where_there_are_any(
 def test_configuring_a_built_in_pool_changes_only_the_fields_named(tmp_path: Path) -> None:
     settings = get_settings(data_dir=tmp_path, pools={"embeddings": {"max_size": 4}})
     embeddings = settings.pools["embeddings"]
-    assert (embeddings.max_size, embeddings.concurrency, embeddings.idle_s) == (4, 8, 600.0)
+    assert (embeddings.max_size, embeddings.concurrency, embeddings.idle_s) == (4, 32, 600.0)
     assert settings.pools["workers"].bundle == 200
 
 
