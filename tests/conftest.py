@@ -143,12 +143,13 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
             "database_url": db_url,
             "data_dir": data_dir,
             "namespace": f"t-{uuid.uuid4().hex[:10]}",
-            "processor_modules": ["tests.processors"],
+            "processor_modules": ["tests.helpers.processors"],
             "queues": {
                 "solo": {"concurrency": 1},
                 "pair": {"concurrency": 2},
             },
-            # The tests' pool processors (tests/processors.py) run here; unused, it holds nothing.
+            # The tests' pool processors (tests/helpers/processors.py) run here; unused, it
+            # holds nothing.
             "pools": {"test": {"concurrency": 2, "max_size": 1}},
             "poll_interval_s": 0.5,
             "lease_ttl_s": 3.0,

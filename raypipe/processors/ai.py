@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from raypipe.chat import ChatClient, ChatReply, ModelUnavailable
+from raypipe.ai_client import ChatClient, ChatReply, ModelUnavailable
 from raypipe.context import JobContext
 from raypipe.exceptions import PermanentError
 from raypipe.registry import processor

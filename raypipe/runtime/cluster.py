@@ -13,7 +13,7 @@ from raypipe.runtime import head, pools
 from raypipe.runtime.dispatcher import Dispatcher
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
 from raypipe.runtime.progress import ProgressActor
-from raypipe.runtime.webhooks import WebhookSender
+from raypipe.runtime.webhook_sender import WebhookSender
 
 ActorHandle = Any
 

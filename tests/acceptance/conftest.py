@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import DB_KINDS
-from tests.serving import Api, loopback_api
+from tests.helpers.serving import Api, loopback_api
 
 
 @pytest.fixture(scope="module", params=DB_KINDS)
@@ -15,5 +15,5 @@ def api(
     request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     """The API deployed on Serve for one test module, per database kind (see
-    :func:`tests.serving.loopback_api`)."""
+    :func:`tests.helpers.serving.loopback_api`)."""
     yield from loopback_api(request, request.param, serve_port, tmp_path_factory)

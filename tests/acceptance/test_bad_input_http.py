@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.serving import Api
+from tests.helpers.serving import Api
 
 #: 300 levels in about 1.5 KB: deeper than a payload may nest (it used to be a 500).
 DEEP = json.loads('{"a":' * 300 + "1" + "}" * 300)

@@ -14,7 +14,7 @@ from raypipe.batches import BatchStatus
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.store import create_engine
 from raypipe.store.stats import StatsStore
-from tests.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
+from tests.helpers.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.commands import UP_TIMEOUT_S, Done, Raypipe
+from tests.helpers.commands import UP_TIMEOUT_S, Done, Raypipe
 
 FIRST_PORT = 6391  # 6379 is Redis here, 6380 raypipe's default
 

@@ -28,7 +28,7 @@ from raypipe.exceptions import (
 )
 from raypipe.jobs import AttemptStatus
 from tests.conftest import free_port
-from tests.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
+from tests.helpers.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
 
 WAIT_S = 60
 #: Keeps the retry tests fast: pauses of 10, 20, 40 ms.

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.serving import Api
+from tests.helpers.serving import Api
 
 
 def _tenant() -> str:

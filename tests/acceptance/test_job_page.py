@@ -22,7 +22,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, Request, expect, sync_playwright
 
 from tests.conftest import IN_CI, wait_for
-from tests.serving import Api, deploy_api
+from tests.helpers.serving import Api, deploy_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_S = 120

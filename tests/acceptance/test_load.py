@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving import Api, deploy_api
+from tests.helpers.serving import Api, deploy_api
 
 sys.path.insert(0, str(ROOT / "bench"))
 import load

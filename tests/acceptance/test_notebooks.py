@@ -18,7 +18,7 @@ from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
 from tests.conftest import ROOT
-from tests.serving import Api, deploy_api
+from tests.helpers.serving import Api, deploy_api
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "python3"

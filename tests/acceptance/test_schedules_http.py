@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
+from tests.helpers.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
 
 
 def test_a_schedule_is_managed_over_http(api: Api) -> None:

@@ -9,7 +9,7 @@ from ray import serve
 
 from raypipe.api.deployment import APP_NAME, build
 from tests.conftest import wait_for
-from tests.serving import Api, deploy_api
+from tests.helpers.serving import Api, deploy_api
 
 LIMIT = 6
 pytestmark = pytest.mark.postgres

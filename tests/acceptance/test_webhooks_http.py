@@ -14,8 +14,8 @@ import pytest
 import raypipe
 from raypipe.webhooks import WebhookVerificationError, verify
 from tests.conftest import wait_for
-from tests.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
-from tests.webhook_receiver import receiver
+from tests.helpers.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
+from tests.helpers.webhook_receiver import receiver
 
 
 @pytest.fixture

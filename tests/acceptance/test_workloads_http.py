@@ -11,7 +11,7 @@ import pytest
 
 from raypipe import Client, JobStatus
 from tests.conftest import POSTGRES_ONLY, wait_for
-from tests.serving import Api, deploy_api
+from tests.helpers.serving import Api, deploy_api
 
 WAIT_S = 120
 

@@ -33,7 +33,7 @@ def multinode(
     folder = tmp_path_factory.mktemp("multinode")
     with fresh_database(request, "postgres", folder) as url:
         settings = make_settings(
-            url, folder / "data", processor_modules=["tests.cluster_processors"]
+            url, folder / "data", processor_modules=["tests.helpers.cluster_processors"]
         )
         host = ClusterHost(settings)
         client = DirectClient(settings)

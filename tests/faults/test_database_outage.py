@@ -22,8 +22,8 @@ from raypipe.direct import DirectClient
 from raypipe.runtime.names import WEBHOOK_ACTOR
 from tests.conftest import make_settings, wait_for
 from tests.faults.conftest import PrivatePostgres, actor_pid, process_alive, rescued_then_completed
+from tests.helpers.serving import Api, serve_api
 from tests.integration.conftest import dispatcher
-from tests.serving import Api, serve_api
 
 OUTAGE_S = 30.0
 

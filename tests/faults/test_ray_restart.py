@@ -19,8 +19,8 @@ from raypipe.direct import DirectClient
 from raypipe.handle import JobHandle
 from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime import head
-from tests.commands import UP_TIMEOUT_S, Raypipe
 from tests.conftest import free_port, fresh_database, make_settings, process_alive, wait_for
+from tests.helpers.commands import UP_TIMEOUT_S, Raypipe
 
 #: What the `raypipe` subprocesses must share with this test's own client.
 SHARED_SETTINGS = {

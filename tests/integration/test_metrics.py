@@ -20,7 +20,7 @@ from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus, utcnow
 from tests.conftest import POSTGRES_ONLY, ROOT, make_settings, wait_for
-from tests.webhook_receiver import receiver
+from tests.helpers.webhook_receiver import receiver
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "raypipe.json"
 #: Ray exports every few seconds; a generous bound for a loaded machine.

@@ -30,7 +30,7 @@ from raypipe.webhooks import sender, verify
 from raypipe.webhooks.events import outbox_row
 from raypipe.webhooks.signing import WebhookVerificationError
 from tests.conftest import fresh_database, make_settings, wait_for
-from tests.webhook_receiver import Answer, receiver, tls_receiver
+from tests.helpers.webhook_receiver import Answer, receiver, tls_receiver
 
 #: The receivers listen on 127.0.0.1: loopback, which the outbound guard refuses by default.
 LOOPBACK = ["127.0.0.0/8"]

@@ -15,7 +15,7 @@ from PIL import Image
 from raypipe.direct import DirectClient
 from raypipe.jobs import AttemptStatus, JobStatus
 from tests.conftest import DB_KINDS, wait_for
-from tests.fake_ai import FakeAI, completion, error
+from tests.helpers.fake_ai import FakeAI, completion, error
 from tests.integration.conftest import module_system
 
 WAIT_S = 180

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
+from tests.helpers.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
 
 #: URLs a hostile tenant names: internal targets, numeric and mapped forms, bad IDNA.
 HOSTILE_URLS = [

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from raypipe import registry
-from raypipe.chat import Failure, ServiceError, classify
+from raypipe.ai_client import Failure, ServiceError, classify
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import PermanentError, RetryableError
@@ -18,7 +18,7 @@ from raypipe.jobs import ProgressState
 from raypipe.processors.ai import CompletePayload, complete
 from raypipe.retry import ErrorKind, RetryDecision, decide
 from raypipe.retry import classify as classify_error
-from tests.fake_ai import FakeAI, Reply, completion, error, model_not_found
+from tests.helpers.fake_ai import FakeAI, Reply, completion, error, model_not_found
 
 KEY = "sk-test"
 HELLO = [{"role": "user", "content": "Say hi"}]

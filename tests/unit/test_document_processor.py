@@ -25,7 +25,7 @@ from raypipe.embedding.models import EmbeddingModel, load_cached
 from raypipe.exceptions import PermanentError
 from raypipe.jobs import ProgressState
 from raypipe.processors.document import STAGES, DocumentPayload, process_document
-from tests.local_http import serving
+from tests.helpers.local_http import serving
 from tests.unit.test_documents import assert_valid_chunks, make_pdf
 
 PARAGRAPHS = (

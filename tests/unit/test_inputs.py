@@ -15,7 +15,7 @@ from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import NotFound, PermanentError, RetryableError
 from raypipe.processors.inputs import load_input
-from tests.local_http import serving
+from tests.helpers.local_http import serving
 
 BODY = b"x" * 5000
 

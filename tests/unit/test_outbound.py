@@ -28,7 +28,7 @@ from raypipe.exceptions import (
     RetryableError,
 )
 from raypipe.submission import prepare
-from tests.local_http import serving
+from tests.helpers.local_http import serving
 
 BODY = b"x" * 5000
 #: The test server listens on 127.0.0.1: tests that fetch from it must allow it, since

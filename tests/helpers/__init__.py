@@ -1,0 +1,1 @@
+"""What the test tiers share: processors for tests, a served API, local HTTP peers, the CLI."""
