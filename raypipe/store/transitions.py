@@ -333,7 +333,8 @@ def requeue(
     conn: Connection, where: sa.ColumnElement[bool], now: datetime, max_attempts: Any
 ) -> list[Row[Any]]:
     """Queue the finished jobs matching ``where`` again with ``max_attempts`` (a value or a
-    column expression), and reopen their batches; returns their (id, attempt) rows."""
+    column expression), and reopen their batches; returns their (id, attempt, batch_id)
+    rows."""
     rows = conn.execute(
         sa.update(jobs)
         .where(where)
