@@ -298,7 +298,9 @@ def status_event(
     }
 
 
-def cancel_unheld(conn: Connection, where: sa.ColumnElement[bool], now: datetime) -> list[Row[Any]]:
+def cancel_unheld(
+    conn: Connection, where: sa.ColumnElement[bool], now: datetime
+) -> Sequence[Row[Any]]:
     """Cancel the queued jobs matching ``where`` that no dispatcher holds (their webhooks
     queued; the caller settles their batches); returns their rows (``ENDED_COLUMNS``)."""
     ended = conn.execute(
@@ -331,7 +333,7 @@ def ask_to_stop(conn: Connection, where: sa.ColumnElement[bool], now: datetime) 
 
 def requeue(
     conn: Connection, where: sa.ColumnElement[bool], now: datetime, max_attempts: Any
-) -> list[Row[Any]]:
+) -> Sequence[Row[Any]]:
     """Queue the finished jobs matching ``where`` again with ``max_attempts`` (a value or a
     column expression), and reopen their batches; returns their (id, attempt, batch_id)
     rows."""
