@@ -56,10 +56,10 @@ class PoolConfig(BaseModel):
     )
     memory: int | None = Field(default=None, ge=1, description="bytes per actor")
     resources: dict[str, float] = Field(default_factory=dict)
-    concurrency: int = Field(default=1, ge=1, description="actor calls each actor runs at once")
-    bundle: int = Field(default=1, ge=1, description="jobs per actor call, run one by one")
+    concurrency: int = Field(default=1, ge=1, description="jobs each actor runs at once")
+    bundle: int = Field(default=1, ge=1, description="most jobs per actor call")
     prefetch: int = Field(
-        default=1, ge=0, description="calls queued at each actor beyond those running"
+        default=1, ge=0, description="bundles queued at each actor beyond those running"
     )
     min_size: int = Field(default=0, ge=0)
     max_size: int | None = Field(default=None, ge=1, description="unset: as many as fit")
@@ -73,12 +73,12 @@ class PoolConfig(BaseModel):
 
 
 #: The built-in pools: ``embeddings`` keeps sentence-transformers models loaded and merges
-#: the requests of its concurrent jobs into model calls (32 jobs at once per actor, so
-#: that small jobs fill a call of ``embedding_chunk_size`` texts while one runs; the
-#: ``embeddings`` queue's 64 is two such actors); ``workers`` runs tiny CPU jobs (``noop``)
-#: in bundles, so Ray's cost per call is shared by many jobs.
+#: the requests of its concurrent jobs into model calls (32 jobs at once per actor, sent in
+#: one actor call, so that small jobs fill a call of ``embedding_chunk_size`` texts while
+#: one runs; the ``embeddings`` queue's 64 keeps two such actors busy); ``workers`` runs
+#: tiny CPU jobs (``noop``) in bundles, so Ray's cost per call is shared by many jobs.
 BUILTIN_POOLS: dict[str, PoolConfig] = {
-    "embeddings": PoolConfig(num_cpus=1.0, concurrency=32, max_size=2, idle_s=600.0),
+    "embeddings": PoolConfig(num_cpus=1.0, concurrency=32, bundle=32, max_size=2, idle_s=600.0),
     "workers": PoolConfig(num_cpus=1.0, num_gpus=0.0, bundle=200, idle_s=60.0),
 }
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,16 @@ class _Call:
     job_ids: list[str]
     pool: Pool | None = None
     member: Member | None = None
+    #: Jobs of a pool call whose actor slot is still taken (freed as each one ends).
+    holding: set[str] = field(default_factory=set)
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """Free the actor slots of these jobs of the call (each once)."""
+        if self.pool is not None and self.member is not None:
+            ended = self.holding.intersection(job_ids)
+            if ended:
+                self.holding -= ended
+                self.pool.release(self.member, len(ended))
 
 
 @dataclass
@@ -492,7 +502,8 @@ class Dispatcher:
                 uses = {u for job in bundle for u in self.processors[job.type].uses}
                 handles = {u: self.pools[u].handles() for u in {name, *uses} if u in self.pools}
                 stream = member.handle.run.remote(bundle, handles)
-                call = _Call(stream, [j.id for j in bundle], pool, member)
+                ids = [j.id for j in bundle]
+                call = _Call(stream, ids, pool, member, holding=set(ids))
                 self._track(call, bundle, {}, tuple(uses))
 
     def _track(
@@ -536,10 +547,9 @@ class Dispatcher:
                 run.error = error or RuntimeError("the attempt ended without an outcome")
                 run.ended = now
                 self._finished.add(job_id)
-        if call.pool is not None and call.member is not None:
-            call.pool.release(call.member)
-            if isinstance(error, RayActorError):
-                call.pool.forget(call.member)
+        call.release(call.job_ids)
+        if call.pool is not None and call.member is not None and isinstance(error, RayActorError):
+            call.pool.forget(call.member)
         self._wake.set()
 
     def _on_events(self, events: list[Event]) -> None:
@@ -556,6 +566,7 @@ class Dispatcher:
                 run.result = event.result
                 run.ended = now
                 self._finished.add(event.job_id)
+                run.call.release([event.job_id])
         self._wake.set()
 
     # -- recording starts and outcomes ------------------------------------------------------

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,8 +34,8 @@ INTERRUPTED = AttemptResult(
 
 
 class PoolWorker:
-    """Runs the attempts the dispatcher sends, ``concurrency`` calls at once, each call a
-    bundle of jobs run one after another; every call streams its jobs' starts and ends.
+    """Runs the attempts the dispatcher sends, ``concurrency`` jobs at once across its calls
+    (each call a bundle of jobs); every call streams its jobs' starts and ends.
 
     An async actor: stop requests, embedding calls (of its own jobs, spread over the pool,
     and of other jobs) and new calls are taken while attempts run on worker threads.
@@ -47,6 +49,7 @@ class PoolWorker:
         self.host = ModelHost(settings)
         self._threads = ThreadPoolExecutor(config.concurrency, thread_name_prefix=f"pool-{pool}")
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._concurrency = config.concurrency
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}
@@ -54,32 +57,58 @@ class PoolWorker:
         self.attempts = 0
 
     async def run(self, jobs: list[ClaimedJob], pools: PoolHandles) -> AsyncIterator[list[Event]]:
-        """Run ``jobs`` in order; yields their events, a batch at most every ``FLUSH_S``.
+        """Run ``jobs`` in order, as many at once as the actor's free slots allow (the model
+        pool's merge their texts into model calls); yields their events, a batch at most
+        every ``FLUSH_S``.
 
         ``pools`` has the actors of this pool and of the pools its jobs use, as now.
         """
         loop = self._loop = asyncio.get_running_loop()
         local = self._embed_here if self.pool == EMBEDDINGS_POOL else None
         runner = RayRunner(self.settings, pools, local)
-        async with self._slots:
-            events: list[Event] = []
-            due = time.monotonic()
-            for job in jobs:
-                if job.id in self._stopped:
-                    self._stopped.discard(job.id)
-                    events.append(Finished(job.id, job.attempt, INTERRUPTED))
+        waiting = deque(jobs)
+        events: list[Event] = []
+        news = asyncio.Event()
+
+        async def lane() -> None:
+            """Takes the call's next job whenever the actor has a slot for it."""
+            while waiting:
+                job = waiting.popleft()
+                async with self._slots:
+                    if job.id in self._stopped:
+                        self._stopped.discard(job.id)
+                        events.append(Finished(job.id, job.attempt, INTERRUPTED))
+                        news.set()
+                        continue
+                    events.append(Started(job.id, job.attempt, utcnow()))
+                    news.set()
+                    result = await loop.run_in_executor(self._threads, self._attempt, job, runner)
+                    events.append(Finished(job.id, job.attempt, result))
+                    news.set()
+
+        lanes = [loop.create_task(lane()) for _ in range(min(self._concurrency, len(jobs)))]
+        for task in lanes:
+            task.add_done_callback(lambda _: news.set())
+        sent = 0.0
+        try:
+            while True:
+                done = all(task.done() for task in lanes)
+                now = time.monotonic()
+                if events and (done or now >= sent + FLUSH_S):
+                    batch, events[:] = events[:], []
+                    sent = now
+                    yield batch
                     continue
-                events.append(Started(job.id, job.attempt, utcnow()))
-                if time.monotonic() >= due:  # the last send is old: say so at once
-                    yield events
-                    events, due = [], time.monotonic() + FLUSH_S
-                result = await loop.run_in_executor(self._threads, self._attempt, job, runner)
-                events.append(Finished(job.id, job.attempt, result))
-                if time.monotonic() >= due:
-                    yield events
-                    events, due = [], time.monotonic() + FLUSH_S
-            if events:
-                yield events
+                if done:
+                    break
+                news.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(news.wait(), sent + FLUSH_S - now if events else None)
+            for task in lanes:
+                task.result()  # a lane that failed ends the call: its jobs' outcomes say so
+        finally:
+            for task in lanes:
+                task.cancel()
 
     def _attempt(self, job: ClaimedJob, runner: RayRunner) -> AttemptResult:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,23 +23,28 @@ CONTROL_CALLS = 1000
 
 @dataclass(eq=False)
 class Member:
-    """One actor of a pool, and the calls the dispatcher has in flight on it."""
+    """One actor of a pool, and the jobs the dispatcher has in flight on it."""
 
     name: str
     handle: ActorHandle
-    calls: int = 0
+    jobs: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
 
 class Pool:
     """A named pool: creates and removes its actors (owned by the dispatcher, so they end
-    with it) and packs jobs into calls of at most ``bundle`` jobs on the least busy actor."""
+    with it) and sends jobs in calls of at most ``bundle`` jobs to the least busy actor.
+
+    An actor holds up to ``slots_per_actor`` jobs: the bundles that keep its
+    ``concurrency`` busy, plus ``prefetch`` bundles waiting there, so the next job starts
+    without a dispatcher round trip. A job's slot is free again as soon as it ends."""
 
     def __init__(self, name: str, config: PoolConfig, settings: Settings, cluster_gpus: float):
         self.name = name
         self.config = config
         self.settings = settings
-        self.calls_per_actor = config.concurrency + config.prefetch
+        running_bundles = math.ceil(config.concurrency / config.bundle)
+        self.slots_per_actor = (running_bundles + config.prefetch) * config.bundle
         gpus = config.num_gpus
         if gpus is None:
             gpus = min(1.0, cluster_gpus) if cluster_gpus > 0 else 0.0
@@ -49,14 +55,16 @@ class Pool:
         self.members: dict[str, Member] = {}
 
     def room(self) -> PoolRoom:
-        free_calls = sum(self.calls_per_actor - m.calls for m in self.members.values())
         return PoolRoom(
             size=len(self.members),
             max_size=self.config.max_size,
-            free_slots=free_calls * self.config.bundle,
-            slots_per_actor=self.calls_per_actor * self.config.bundle,
+            free_slots=sum(self._free(m) for m in self.members.values()),
+            slots_per_actor=self.slots_per_actor,
             actor=self.actor,
         )
+
+    def _free(self, member: Member) -> int:
+        return max(0, self.slots_per_actor - member.jobs)
 
     def holds(self) -> dict[str, float]:
         return {key: amount * len(self.members) for key, amount in self.actor.items()}
@@ -69,7 +77,8 @@ class Pool:
             "num_cpus": self.config.num_cpus,
             "num_gpus": self.actor.get("GPU", 0.0),
             "max_restarts": 0,  # the dispatcher replaces a dead actor; Ray must not rerun jobs
-            "max_concurrency": self.config.concurrency + CONTROL_CALLS,
+            # A call per job at most, besides the control calls.
+            "max_concurrency": self.slots_per_actor + CONTROL_CALLS,
         }
         if self.config.memory:
             options["memory"] = self.config.memory
@@ -90,23 +99,26 @@ class Pool:
         self.members.pop(member.name, None)
 
     def place(self, jobs: list[ClaimedJob]) -> list[tuple[Member, list[ClaimedJob]]]:
-        """Bundles of ``jobs``, each on the actor with the fewest calls (admission has made
-        sure there are enough free call slots)."""
+        """Calls of at most ``bundle`` of ``jobs``, each to the actor with the most free
+        slots, as many as it has (admission has made sure the pool has enough)."""
         calls = []
-        size = self.config.bundle
-        for at in range(0, len(jobs), size):
-            member = min(self.members.values(), key=lambda m: m.calls)
-            member.calls += 1
+        at = 0
+        while at < len(jobs):
+            member = max(self.members.values(), key=self._free)
+            size = max(1, min(self.config.bundle, self._free(member)))
+            member.jobs += len(jobs[at : at + size])
             calls.append((member, jobs[at : at + size]))
+            at += size
         return calls
 
-    def release(self, member: Member) -> None:
-        member.calls -= 1
-        if member.calls == 0:
+    def release(self, member: Member, jobs: int = 1) -> None:
+        """``jobs`` of the member's ended (or their call did)."""
+        member.jobs -= jobs
+        if member.jobs == 0:
             member.idle_since = time.monotonic()
 
     def idle(self) -> list[Member]:
-        return [m for m in self.members.values() if m.calls == 0]
+        return [m for m in self.members.values() if m.jobs == 0]
 
     def expired(self, now: float) -> list[Member]:
         """Idle actors past ``idle_s``, as many as may go above ``min_size``."""
@@ -121,8 +133,8 @@ class Pool:
         members = list(self.members.values())  # one step: the dispatcher's loop may change it
         return {
             "size": len(members),
-            "busy": sum(1 for m in members if m.calls),
-            "calls": sum(m.calls for m in members),
+            "busy": sum(1 for m in members if m.jobs),
+            "jobs": sum(m.jobs for m in members),
             "per_actor": describe(self.actor) or "nothing",
             "actors": sorted(m.name for m in members),
         }
