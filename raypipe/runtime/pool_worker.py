@@ -57,8 +57,8 @@ class PoolWorker:
         self.attempts = 0
 
     async def run(self, jobs: list[ClaimedJob], pools: PoolHandles) -> AsyncIterator[list[Event]]:
-        """Run ``jobs`` in order, as many at once as the actor's free slots allow (the model
-        pool's merge their texts into model calls); yields their events, a batch at most
+        """Run ``jobs`` in order, as many at once as the actor has room for (on a model pool,
+        their texts are merged into model calls); yields their events, a batch at most
         every ``FLUSH_S``.
 
         ``pools`` has the actors of this pool and of the pools its jobs use, as now.
