@@ -105,10 +105,10 @@ class Pool:
         at = 0
         while at < len(jobs):
             member = max(self.members.values(), key=self._free)
-            size = max(1, min(self.config.bundle, self._free(member)))
-            member.jobs += len(jobs[at : at + size])
-            calls.append((member, jobs[at : at + size]))
-            at += size
+            bundle = jobs[at : at + max(1, min(self.config.bundle, self._free(member)))]
+            member.jobs += len(bundle)
+            calls.append((member, bundle))
+            at += len(bundle)
         return calls
 
     def release(self, member: Member, jobs: int = 1) -> None:
