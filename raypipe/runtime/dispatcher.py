@@ -65,7 +65,10 @@ class _Call:
     pool: Pool | None = None
     member: Member | None = None
     #: Jobs of a pool call whose actor slot is still taken (freed as each one ends).
-    holding: set[str] = field(default_factory=set)
+    holding: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.holding = set(self.job_ids) if self.member is not None else set()
 
     def release(self, job_ids: Sequence[str]) -> None:
         """Free the actor slots of these jobs of the call (each once)."""
@@ -502,8 +505,7 @@ class Dispatcher:
                 uses = {u for job in bundle for u in self.processors[job.type].uses}
                 handles = {u: self.pools[u].handles() for u in {name, *uses} if u in self.pools}
                 stream = member.handle.run.remote(bundle, handles)
-                ids = [j.id for j in bundle]
-                call = _Call(stream, ids, pool, member, holding=set(ids))
+                call = _Call(stream, [j.id for j in bundle], pool, member)
                 self._track(call, bundle, {}, tuple(uses))
 
     def _track(
