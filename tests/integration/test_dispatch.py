@@ -119,7 +119,10 @@ def test_cancelling_a_running_job_stops_its_task(raypipe: DirectClient, tmp_path
     job = raypipe.submit("test.gate", {"folder": str(tmp_path)})
     wait_for(lambda: (tmp_path / "pid-1").exists(), what="the gate to start")
     pid = int((tmp_path / "pid-1").read_text())
-    assert job.cancel().status is JobStatus.PROCESSING
+    # The task starts before the dispatcher's round records it: wait for the record.
+    wait_for(lambda: _processing(job), what="the gate's start to be recorded")
+    asked = job.cancel()
+    assert asked.status is JobStatus.PROCESSING and asked.cancel_requested
     final = job.wait(60)
     assert final.status is JobStatus.CANCELLED
     assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]
