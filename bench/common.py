@@ -12,8 +12,7 @@ from pathlib import Path
 import ray
 import sqlalchemy as sa
 
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
+from raypipe.store import create_engine, schema_version
 
 PG_ADMIN_URL = os.environ.get(
     "RAYPIPE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -33,7 +32,7 @@ def database(kind: str, folder: Path) -> Iterator[str]:
             conn.execute(sa.text(f"CREATE DATABASE {name}"))
         url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
     engine = create_engine(url)
-    store_schema.upgrade(engine)
+    schema_version.upgrade(engine)
     engine.dispose()
     try:
         yield url

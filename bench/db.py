@@ -27,7 +27,7 @@ from common import database
 from raypipe.config import get_settings
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus, Outcome, utcnow
-from raypipe.store import Candidate, JobStore
+from raypipe.store import Candidate, DispatchStore, JobStore
 from raypipe.store.tables import jobs
 
 OWNER = "bench-dispatcher"
@@ -54,19 +54,20 @@ def state_machine(url: str, batch: int, folded: bool = False) -> dict[str, float
     try:
         while True:
             t0 = time.perf_counter()
-            claimed = store.claim(OWNER, 60.0, {"default": batch}, take, batch)
+            dispatch = DispatchStore(store)
+            claimed = dispatch.claim(OWNER, 60.0, {"default": batch}, take, batch)
             t1 = time.perf_counter()
             if not claimed:
                 break
             starts = [(job.id, job.attempt, utcnow()) for job in claimed]
             ends = [Outcome(j.id, j.attempt, JobStatus.COMPLETED, {}) for j in claimed]
             if folded:
-                store.advance(OWNER, starts, ends)
+                dispatch.advance(OWNER, starts, ends)
                 t2 = t3 = time.perf_counter()
             else:
-                store.start(OWNER, starts)
+                dispatch.start(OWNER, starts)
                 t2 = time.perf_counter()
-                store.record(ends)
+                dispatch.record(ends)
                 t3 = time.perf_counter()
             spent["claim"] += t1 - t0
             spent["start"] += t2 - t1

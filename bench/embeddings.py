@@ -27,7 +27,7 @@ from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.embedding.models import EmbeddingModel, load
 from raypipe.jobs import JobStatus
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 from raypipe.runtime.names import DISPATCHER_ACTOR
 
 WORDS = "river market signal quiet engine harvest window silver planet garden orbit lantern"
@@ -78,7 +78,7 @@ def cold_start(url: str, folder: Path, texts: list[str]) -> tuple[float, float]:
     settings = get_settings(
         database_url=url, data_dir=folder / "data", namespace=f"bench-{uuid.uuid4().hex[:8]}"
     )
-    cluster.start_actors(settings)
+    actors.start_actors(settings)
     client = DirectClient(settings)
     try:
         times = []
@@ -88,7 +88,7 @@ def cold_start(url: str, folder: Path, texts: list[str]) -> tuple[float, float]:
             times.append(time.perf_counter() - started)
         return times[0], times[1]
     finally:
-        cluster.stop_actors(settings)
+        actors.stop_actors(settings)
         client.close()
 
 
@@ -113,7 +113,7 @@ def main() -> None:
             namespace=f"bench-{uuid.uuid4().hex[:8]}",
             pools={"embeddings": {"min_size": args.pool_size, "max_size": args.pool_size}},
         )
-        cluster.start_actors(settings)
+        actors.start_actors(settings)
         client = DirectClient(settings)
         try:
             warm_up(settings)
@@ -127,7 +127,7 @@ def main() -> None:
                 manys.append(run_jobs(client, small))
             reference, one, many = max(references), max(ones), max(manys)
         finally:
-            cluster.stop_actors(settings)
+            actors.stop_actors(settings)
             client.close()
         cold, warm = cold_start(url, Path(tmp), texts[:10])
 

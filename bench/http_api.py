@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from common import database, start_ray
 
 from raypipe.config import RateLimit, Settings, get_settings
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 from raypipe.store import create_engine
 from raypipe.store.access import AccessStore
 from raypipe.store.tables import jobs as jobs_table
@@ -253,14 +253,14 @@ def run_one(kind: str, server: str, folder: Path, port: int, args: argparse.Name
             max_bulk_jobs=max(10_000, args.bulk_size),
         )
         key = make_key(url)
-        cluster.start_actors(settings)
+        actors.start_actors(settings)
         try:
             serving = on_serve(settings, port) if server == "serve" else on_uvicorn(settings)
             with serving as api:
                 print(f"  {kind}/{server}: measuring at {api}", flush=True)
                 result = measure(api, key, args)
         finally:
-            cluster.stop_actors(settings)
+            actors.stop_actors(settings)
         result.committed = count_rows(url)
         if result.committed != result.accepted:
             raise SystemExit(

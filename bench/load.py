@@ -31,7 +31,7 @@ from http_api import free_port, make_key, on_serve
 import raypipe
 from raypipe.config import get_settings
 from raypipe.jobs import JobStatus
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 from raypipe.store import create_engine
 from raypipe.store.tables import attempts, job_events, jobs
 
@@ -173,12 +173,12 @@ def run(kind: str, n: int, clients: int, per_request: int, folder: Path, port: i
         )
         key = make_key(url)
         wanted = plan(n)
-        cluster.start_actors(settings)
+        actors.start_actors(settings)
         try:
             with on_serve(settings, port) as api:
                 submitted, drained = drive(api, url, key, wanted, clients, per_request)
         finally:
-            cluster.stop_actors(settings)
+            actors.stop_actors(settings)
         found = problems(url, Counter(wanted))
         if found:
             raise SystemExit("; ".join(found))

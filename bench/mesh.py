@@ -35,7 +35,7 @@ from raypipe.context import JobContext
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus
 from raypipe.processors.mesh import MeshPayload, mesh_from_image
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 
 JOB_TYPE = "mesh.from_image"
 
@@ -102,7 +102,7 @@ def compare(
                 data_dir=folder / f"data-{num_cpus}",
                 namespace=f"bench-{uuid.uuid4().hex[:8]}",
             )
-            cluster.start_actors(settings)
+            actors.start_actors(settings)
             client = DirectClient(settings)
             try:
                 wait_all(client, [(JOB_TYPE, payloads[0])] * num_cpus)  # warm the workers
@@ -114,7 +114,7 @@ def compare(
                     runs.append((len(payloads) / (time.perf_counter() - started), submit_s))
                 return (max(references), *max(runs))
             finally:
-                cluster.stop_actors(settings)
+                actors.stop_actors(settings)
                 client.close()
     finally:
         ray.shutdown()

@@ -24,7 +24,7 @@ from common import database, start_ray
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 
 
 @ray.remote(num_cpus=1, max_retries=0)
@@ -40,7 +40,7 @@ def raw_rate(n: int) -> float:
 
 def raypipe_rate(settings: Settings, n: int) -> tuple[float, float]:
     """(jobs/s end to end, seconds spent submitting), on raypipe's actors started for it."""
-    cluster.start_actors(settings)
+    actors.start_actors(settings)
     client = DirectClient(settings)
     try:
         # Start the workers pool's actor first, as Ray's workers are for the raw tasks.
@@ -58,7 +58,7 @@ def raypipe_rate(settings: Settings, n: int) -> tuple[float, float]:
         return n / elapsed, submitted
     finally:
         # Stopped between runs: the pool's actor would hold a CPU from the raw tasks.
-        cluster.stop_actors(settings)
+        actors.stop_actors(settings)
         client.close()
 
 

@@ -22,9 +22,16 @@ EPSILON = 1e-9
 
 
 class ClaimCandidate(Protocol):
-    id: str
-    type: str
-    queue: str
+    """What admission reads of a candidate (read-only: candidates are frozen)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
 
 
 C = TypeVar("C", bound=ClaimCandidate)

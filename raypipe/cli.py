@@ -11,21 +11,20 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from raypipe.commands import maintenance, schedules, stats, webhooks
+from raypipe.commands import database, maintenance, schedules, stats, webhooks
 from raypipe.config import Settings, get_settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
 from raypipe.jobs import JobRecord, JobStatus
-from raypipe.runtime import cluster, head
-from raypipe.runtime.names import DISPATCHER_ACTOR
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
+from raypipe.runtime import actors, head
+from raypipe.runtime.names import DISPATCHER_ACTOR, find_actor
+from raypipe.store import create_engine, schema_version
 from raypipe.store.access import AccessStore
 from raypipe.submission import DEFAULT_TENANT
 
@@ -57,7 +56,7 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 def _join_ray(settings: Settings) -> bool:
     """Join Ray if it runs; returns whether this process is connected now."""
     try:
-        cluster.init_ray(settings)
+        actors.init_ray(settings)
     except RaypipeError:
         return False
     return True
@@ -72,7 +71,7 @@ def _wake(settings: Settings, client: DirectClient) -> bool:
         return False
     import ray
 
-    dispatcher = cluster.find_actor(settings, DISPATCHER_ACTOR)
+    dispatcher = find_actor(settings, DISPATCHER_ACTOR)
     if dispatcher is not None:
         # Wait for delivery: a fire-and-forget call may die with this short-lived process.
         with contextlib.suppress(Exception):
@@ -116,8 +115,8 @@ def up(
     if not head.ray_running(settings):
         hint = f": `up` started one on port {settings.ray_port}" if started else ""
         raise NotRunning(f"no Ray answers at {settings.ray_address!r}{hint}")
-    cluster.init_ray(settings)
-    cluster.start_actors(settings)
+    actors.init_ray(settings)
+    actors.start_actors(settings)
     where = "started a local Ray head" if started else f"joined Ray at {settings.ray_address}"
     typer.echo(f"raypipe is up: {where}; database {_safe_url(settings)}")
     if api:
@@ -131,14 +130,11 @@ def up(
 def _first_key(settings: Settings) -> None:
     """On a database without keys, make an admin key for the default tenant and show it
     once (also kept, readable only by this user, in the data folder)."""
-    engine = create_engine(settings.database_url)
-    try:
+    with database(settings) as engine:
         access = AccessStore(engine)
         if access.count_keys():
             return
         secret, _key = access.create_key(DEFAULT_TENANT, name="first key", admin=True)
-    finally:
-        engine.dispose()
     path = settings.data_dir / "api-key"
     path.unlink(missing_ok=True)
     # Created readable by this user only: a chmod after writing leaves a window in which
@@ -159,7 +155,7 @@ def down() -> None:
 
         from raypipe.api.deployment import undeploy
 
-        stopped = cluster.stop_actors(settings)
+        stopped = actors.stop_actors(settings)
         if undeploy():
             stopped.append("the API")
         ray.shutdown()
@@ -183,8 +179,8 @@ def migrate() -> None:
 def migrate_database(settings: Settings) -> str:
     engine = create_engine(settings.database_url)
     try:
-        store_schema.upgrade(engine)
-        return store_schema.current_revision(engine) or "base"
+        schema_version.upgrade(engine)
+        return schema_version.current_revision(engine) or "base"
     finally:
         engine.dispose()
 
@@ -231,7 +227,7 @@ def submit(
     if not wait:
         _print_job(handle.refresh(), as_json) if as_json else typer.echo(handle.id)
         return
-    if not joined or cluster.find_actor(settings, DISPATCHER_ACTOR) is None:
+    if not joined or find_actor(settings, DISPATCHER_ACTOR) is None:
         _fail(f"job {handle.id} is queued, but no dispatcher runs: start one with `raypipe up`")
     try:
         job = handle.wait(wait_timeout, progress=not as_json and sys.stderr.isatty())
@@ -333,11 +329,10 @@ keys = typer.Typer(help="API keys: each belongs to a tenant; admin keys see ever
 app.add_typer(keys, name="keys")
 
 
-def _access() -> AccessStore:
-    settings = get_settings()
-    engine = create_engine(settings.database_url)
-    store_schema.check(engine)
-    return AccessStore(engine)
+@contextlib.contextmanager
+def _access() -> Iterator[AccessStore]:
+    with database(get_settings()) as engine:
+        yield AccessStore(engine)
 
 
 @keys.command("create")
@@ -347,7 +342,8 @@ def keys_create(
     admin: Annotated[bool, typer.Option("--admin", help="See every tenant.")] = False,
 ) -> None:
     """Create a key and print it; it is shown only this once."""
-    secret, key = _access().create_key(tenant, name=name, admin=admin)
+    with _access() as access:
+        secret, key = access.create_key(tenant, name=name, admin=admin)
     typer.echo(secret)
     typer.echo(
         f"key {key.prefix}… for tenant {key.tenant!r}" + (" (admin)" if admin else ""), err=True
@@ -359,7 +355,8 @@ def keys_list(
     tenant: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False
 ) -> None:
     """List keys (never their secrets)."""
-    found = _access().list_keys(tenant)
+    with _access() as access:
+        found = access.list_keys(tenant)
     rows = [
         {
             "id": k.id,
@@ -375,14 +372,15 @@ def keys_list(
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        flags = " admin" * row["admin"] + " revoked" * row["revoked"]
+        flags = " admin" * bool(row["admin"]) + " revoked" * bool(row["revoked"])
         typer.echo(f"{row['prefix']}…  {row['tenant']:<16} {row['name']}{flags}")
 
 
 @keys.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or prefix.")]) -> None:
     """Revoke a key: requests with it are refused from then on."""
-    revoked = _access().revoke_key(key)
+    with _access() as access:
+        revoked = access.revoke_key(key)
     typer.echo(f"revoked {revoked.prefix}… of tenant {revoked.tenant!r}")
 
 

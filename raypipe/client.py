@@ -1,7 +1,9 @@
 """The HTTP client: :class:`Client` and :class:`AsyncClient` for the raypipe API.
 
-Both build requests, decide retries and read answers with the same code (the ``_…_call``
-functions, :class:`_ClientBase`, :class:`_Pages`, :class:`_EventReader`); only sending differs.
+Both have the same methods (``tests/unit/test_client_parity.py`` checks it) and build
+requests, decide retries and read answers with the same code (the ``_…_call`` functions,
+:class:`_ClientBase`, :class:`_Pages`, :class:`_EventReader`); only sending differs. Their
+handles live in :mod:`raypipe.handle`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from raypipe.batches import BatchRecord
 from raypipe.exceptions import (
     Conflict,
     InvalidInput,
-    JobFailed,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -34,15 +35,7 @@ from raypipe.exceptions import (
     Unauthorized,
     Unreachable,
 )
-from raypipe.handle import (
-    BATCH_POLL_MAX_S,
-    POLL_START_S,
-    BatchHandle,
-    JobHandle,
-    batch_postfix,
-    decode_artifact,
-    progress_bar,
-)
+from raypipe.handle import AsyncBatchHandle, AsyncJobHandle, BatchHandle, JobHandle
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
 
 if TYPE_CHECKING:
@@ -237,6 +230,17 @@ class _Pages:
         return _jobs(body)
 
 
+def _list_pages(
+    status: JobStatus | str | None, type: str | None, queue: str | None, tag: str | None, limit: int
+) -> _Pages:
+    return _Pages(limit, {"status": status, "type": type, "queue": queue, "tag": tag})
+
+
+def _batch_pages(batch_id: str, status: JobStatus | str | None) -> _Pages:
+    # Pages as large as the API allows (1000 jobs): a batch is usually read whole.
+    return _Pages(1000, {"status": status}, _batch_path(batch_id, "jobs"))
+
+
 class _EventReader:
     """Reads one job's Server-Sent Events line by line; remembers the last event id, so that
     a dropped stream resumes where it stopped."""
@@ -286,14 +290,6 @@ class _EventReader:
         terminal = {s.value for s in JobStatus if s.is_terminal}
         self.done = event["event"] == "status" and event.get("status") in terminal
         return event
-
-
-def _outcome(job: JobRecord) -> Any:
-    """A terminal job's result, or :class:`JobFailed` (as :meth:`JobHandle.result` decides)."""
-    if job.status is JobStatus.COMPLETED:
-        return job.result
-    reason = f": {job.error.type}: {job.error.message}" if job.error else ""
-    raise JobFailed(f"job {job.id} {job.status.value}{reason}", job=job)
 
 
 class _ClientBase:
@@ -584,15 +580,22 @@ class Client(_ClientBase):
     def batch_record(self, batch_id: str) -> BatchRecord:
         return self._call(_batch_call(batch_id))
 
-    def batch_jobs(self, batch_id: str, status: JobStatus | None = None) -> Iterator[JobRecord]:
-        pages = _Pages(1000, {"status": status}, _batch_path(batch_id, "jobs"))
+    def batch_jobs(
+        self, batch_id: str, status: JobStatus | str | None = None
+    ) -> Iterator[JobRecord]:
+        """The batch's jobs in submission order (only those in ``status`` if given), fetched
+        a page at a time as they are iterated."""
+        pages = _batch_pages(batch_id, status)
         while (call := pages.next_call()) is not None:
             yield from self._call(call)
 
     def cancel_batch(self, batch_id: str) -> BatchRecord:
+        """Cancel the batch's queued jobs and ask its running ones to stop; its outcome is
+        ``cancelled`` once they have."""
         return self._call(_batch_action_call(batch_id, "cancel"))
 
     def retry_failed(self, batch_id: str) -> BatchRecord:
+        """Queue the batch's failed jobs again; the batch runs again."""
         return self._call(_batch_action_call(batch_id, "retry-failed"))
 
     def list(
@@ -604,7 +607,7 @@ class Client(_ClientBase):
         limit: int = 100,
     ) -> Iterator[JobRecord]:
         """Every matching job, newest first, fetched ``limit`` per request as it is iterated."""
-        pages = _Pages(limit, {"status": status, "type": type, "queue": queue, "tag": tag})
+        pages = _list_pages(status, type, queue, tag, limit)
         while (call := pages.next_call()) is not None:
             yield from self._call(call)
 
@@ -612,130 +615,11 @@ class Client(_ClientBase):
 # -- the asyncio client -------------------------------------------------------------------
 
 
-class AsyncJobHandle:
-    """:class:`JobHandle` for :class:`AsyncClient`: the same methods, awaited."""
-
-    def __init__(self, job_id: str, client: AsyncClient, job: JobRecord | None = None):
-        self.id = job_id
-        self._client = client
-        self._job = job
-
-    def __repr__(self) -> str:
-        status = self._job.status.value if self._job else "?"
-        return f"<AsyncJobHandle {self.id} {status}>"
-
-    async def refresh(self) -> JobRecord:
-        self._job = await self._client.get_job(self.id)
-        return self._job
-
-    async def status(self) -> JobStatus:
-        return (await self.refresh()).status
-
-    async def progress(self) -> float:
-        """Percent done (0–100)."""
-        return (await self.refresh()).progress
-
-    async def attempts(self) -> list[AttemptRecord]:
-        return await self._client.job_attempts(self.id)
-
-    async def wait(self, timeout: float | None = None, progress: bool = False) -> JobRecord:
-        """Until the job is terminal, following its event stream; :class:`TimeoutError` after
-        ``timeout`` s. ``progress=True`` shows a tqdm bar."""
-        bar = progress_bar(self.id) if progress else None
-        try:
-            return await asyncio.wait_for(self._settle(bar), timeout)
-        except asyncio.TimeoutError:
-            status = self._job.status.value if self._job else "unknown"
-            raise TimeoutError(f"job {self.id} still {status} after {timeout}s") from None
-        finally:
-            if bar is not None:
-                bar.close()
-
-    async def _settle(self, bar: Any) -> JobRecord:
-        last_event_id = None
-        # A stream read from the start may end at an earlier attempt's end (the job was
-        # retried since): then the job is read again and the stream resumed.
-        while not (job := await self.refresh()).status.is_terminal:
-            async for event in self._client.stream(self.id, last_event_id):
-                last_event_id = event["event_id"]
-                if bar is not None:
-                    bar.n = round(event["progress"], 1)
-                    bar.set_postfix_str(event["message"] or event["status"], refresh=True)
-        return job
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """The result once completed; :class:`JobFailed` if it failed or was cancelled."""
-        return _outcome(await self.wait(timeout))
-
-    async def cancel(self) -> JobRecord:
-        self._job = await self._client.cancel_job(self.id)
-        return self._job
-
-    async def retry(self) -> JobRecord:
-        self._job = await self._client.retry_job(self.id)
-        return self._job
-
-    async def artifact(self, name: str) -> Any:
-        """An artifact: a numpy array for ``.npy``, bytes otherwise."""
-        return decode_artifact(name, await self._client.job_artifact(self.id, name))
-
-
-class AsyncBatchHandle:
-    """:class:`~raypipe.handle.BatchHandle` for :class:`AsyncClient`: the same methods,
-    awaited; ``jobs`` is an async iterator."""
-
-    def __init__(self, batch_id: str, client: AsyncClient, batch: BatchRecord | None = None):
-        self.id = batch_id
-        self._client = client
-        self._batch = batch
-
-    async def refresh(self) -> BatchRecord:
-        self._batch = await self._client.batch_record(self.id)
-        return self._batch
-
-    async def wait(self, timeout: float | None = None, progress: bool = False) -> BatchRecord:
-        """See :meth:`raypipe.handle.BatchHandle.wait`."""
-        try:
-            return await asyncio.wait_for(self._settle(progress), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"batch {self.id} still running after {timeout}s") from None
-
-    async def _settle(self, progress: bool) -> BatchRecord:
-        bar = None
-        delay = POLL_START_S
-        try:
-            while True:
-                batch = await self.refresh()
-                if progress:
-                    bar = bar or progress_bar(self.id, batch.total, "job")
-                    bar.n = batch.done
-                    bar.set_postfix_str(batch_postfix(batch), refresh=True)
-                if batch.is_finished:
-                    return batch
-                await asyncio.sleep(delay)
-                delay = min(BATCH_POLL_MAX_S, delay * 1.5)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    async def jobs(self, status: JobStatus | str | None = None) -> AsyncIterator[JobRecord]:
-        pages = _Pages(1000, {"status": status}, _batch_path(self.id, "jobs"))
-        while (call := pages.next_call()) is not None:
-            for job in await self._client._call(call):
-                yield job
-
-    async def cancel(self) -> BatchRecord:
-        self._batch = await self._client._call(_batch_action_call(self.id, "cancel"))
-        return self._batch
-
-    async def retry_failed(self) -> BatchRecord:
-        self._batch = await self._client._call(_batch_action_call(self.id, "retry-failed"))
-        return self._batch
-
-
 class AsyncClient(_ClientBase):
-    """:class:`Client` for asyncio: the same methods, awaited; ``stream`` and ``list`` are
-    async iterators and ``submit`` returns an :class:`AsyncJobHandle`."""
+    """:class:`Client` for asyncio: the same methods, awaited; ``stream``, ``list`` and
+    ``batch_jobs`` are async iterators, ``submit`` returns an
+    :class:`~raypipe.handle.AsyncJobHandle` and ``submit_batch`` an
+    :class:`~raypipe.handle.AsyncBatchHandle`."""
 
     def __init__(
         self,
@@ -794,32 +678,10 @@ class AsyncClient(_ClientBase):
     async def get(self, job_id: str) -> AsyncJobHandle:
         return self._handle(await self._call(_job_call(job_id)))
 
-    async def submit_batch(
-        self,
-        specs: Iterable[SpecLike],
-        *,
-        webhook_url: str | None = None,
-        then: dict[str, Any] | None = None,
-        tags: Sequence[str] | None = None,
-    ) -> AsyncBatchHandle:
-        """See :meth:`Client.submit_batch`."""
-        batch = await self._call(_submit_batch_call(specs, webhook_url, then, tags))
-        return AsyncBatchHandle(batch.id, self, batch)
-
-    async def get_batch(self, batch_id: str) -> AsyncBatchHandle:
-        return AsyncBatchHandle(batch_id, self, await self.batch_record(batch_id))
-
-    async def wait_batch(
-        self, batch_id: str, timeout: float | None = None, progress: bool = False
-    ) -> BatchRecord:
-        return await AsyncBatchHandle(batch_id, self).wait(timeout, progress)
-
-    async def batch_record(self, batch_id: str) -> BatchRecord:
-        return await self._call(_batch_call(batch_id))
-
     async def wait(
         self, job_id: str, timeout: float | None = None, progress: bool = False
     ) -> JobRecord:
+        """See :meth:`Client.wait`."""
         return await (await self.get(job_id)).wait(timeout, progress)
 
     async def stream(
@@ -852,27 +714,76 @@ class AsyncClient(_ClientBase):
         finally:
             await response.aclose()
 
+    # -- AsyncJobBackend ----------------------------------------------------------------
+
     async def get_job(self, job_id: str) -> JobRecord:
         return await self._call(_job_call(job_id))
 
     async def cancel_job(self, job_id: str) -> JobRecord:
+        """See :meth:`Client.cancel_job`."""
         return await self._call(_action_call(job_id, "cancel"))
 
     async def retry_job(self, job_id: str) -> JobRecord:
+        """See :meth:`Client.retry_job`."""
         return await self._call(_action_call(job_id, "retry"))
-
-    async def job_artifact(self, job_id: str, name: str) -> bytes:
-        return await self._call(_artifact_call(job_id, name))
-
-    async def delete_job(self, job_id: str) -> None:
-        await self._call(_delete_call(job_id))
 
     async def job_attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
         return await self._call(_attempts_call(job_id))
 
+    async def job_artifact(self, job_id: str, name: str) -> bytes:
+        """See :meth:`Client.job_artifact`."""
+        return await self._call(_artifact_call(job_id, name))
+
+    async def delete_job(self, job_id: str) -> None:
+        """See :meth:`Client.delete_job`."""
+        await self._call(_delete_call(job_id))
+
     cancel = cancel_job
     retry = retry_job
     attempts = job_attempts
+
+    # -- batches ------------------------------------------------------------------------
+
+    async def submit_batch(
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> AsyncBatchHandle:
+        """See :meth:`Client.submit_batch`."""
+        batch = await self._call(_submit_batch_call(specs, webhook_url, then, tags))
+        return AsyncBatchHandle(batch.id, self, batch)
+
+    async def get_batch(self, batch_id: str) -> AsyncBatchHandle:
+        return AsyncBatchHandle(batch_id, self, await self.batch_record(batch_id))
+
+    async def wait_batch(
+        self, batch_id: str, timeout: float | None = None, progress: bool = False
+    ) -> BatchRecord:
+        """See :meth:`Client.wait_batch`."""
+        return await AsyncBatchHandle(batch_id, self).wait(timeout, progress)
+
+    async def batch_record(self, batch_id: str) -> BatchRecord:
+        return await self._call(_batch_call(batch_id))
+
+    async def batch_jobs(
+        self, batch_id: str, status: JobStatus | str | None = None
+    ) -> AsyncIterator[JobRecord]:
+        """See :meth:`Client.batch_jobs`."""
+        pages = _batch_pages(batch_id, status)
+        while (call := pages.next_call()) is not None:
+            for job in await self._call(call):
+                yield job
+
+    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+        """See :meth:`Client.cancel_batch`."""
+        return await self._call(_batch_action_call(batch_id, "cancel"))
+
+    async def retry_failed(self, batch_id: str) -> BatchRecord:
+        """See :meth:`Client.retry_failed`."""
+        return await self._call(_batch_action_call(batch_id, "retry-failed"))
 
     async def list(
         self,
@@ -883,7 +794,7 @@ class AsyncClient(_ClientBase):
         limit: int = 100,
     ) -> AsyncIterator[JobRecord]:
         """See :meth:`Client.list`."""
-        pages = _Pages(limit, {"status": status, "type": type, "queue": queue, "tag": tag})
+        pages = _list_pages(status, type, queue, tag, limit)
         while (call := pages.next_call()) is not None:
             for job in await self._call(call):
                 yield job

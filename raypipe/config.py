@@ -342,6 +342,6 @@ def config_file() -> Path:
     return Path(os.environ.get("RAYPIPE_CONFIG_FILE", "raypipe.toml")).expanduser()
 
 
-def get_settings(**overrides: object) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, with keyword overrides taking precedence."""
     return Settings(**overrides)

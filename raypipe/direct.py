@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from raypipe import artifacts, metrics, registry
+from raypipe import artifacts, registry
 from raypipe.batches import BatchRecord
 from raypipe.config import Settings, get_settings
 from raypipe.handle import BatchHandle, JobHandle
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
-from raypipe.runtime import cluster
-from raypipe.store import JobStore
-from raypipe.store import schema as store_schema
-from raypipe.store.batches import BatchStore
-from raypipe.submission import DEFAULT_TENANT, prepare, prepare_batch
+from raypipe.runtime import actors
+from raypipe.runtime.bells import DispatcherBell
+from raypipe.store import JobStore, schema_version
+from raypipe.submission import DEFAULT_TENANT
+from raypipe.submitter import Submitter
 
 SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
 
@@ -29,12 +29,12 @@ class DirectClient:
     def __init__(self, settings: Settings | None = None, tenant: str = DEFAULT_TENANT):
         self.settings = settings or get_settings()
         self.tenant = tenant
-        self.store = JobStore.from_url(self.settings.database_url)
-        self.batches = BatchStore(self.store)
+        self.store = JobStore(schema_version.open_current(self.settings.database_url))
+        self._submitter = Submitter(self.store, self.settings, self.wake)
+        self.batches = self._submitter.batches
         self.artifacts = artifacts.ArtifactStore(self.settings.artifacts_url)
-        store_schema.check(self.store.engine)
         registry.load(self.settings.processor_modules)
-        self._bell = cluster.DispatcherBell(self.settings)
+        self._bell = DispatcherBell(self.settings)
 
     def close(self) -> None:
         self.store.dispose()
@@ -45,11 +45,7 @@ class DirectClient:
 
     def submit_many(self, specs: Iterable[SpecLike]) -> list[JobHandle]:
         """Submit many jobs in one transaction: all are valid and written, or none is."""
-        items = [_as_spec(spec) for spec in specs]
-        rows = prepare(items, self.settings, self.store.clock(), self.tenant)
-        records = self.store.insert(rows)
-        metrics.record_submitted((job.type, job.queue) for job, created in records if created)
-        self.wake()
+        records = self._submitter.submit([_as_spec(spec) for spec in specs], self.tenant)
         return [JobHandle(job.id, self, job) for job, _created in records]
 
     def get(self, job_id: str) -> JobHandle:
@@ -71,10 +67,7 @@ class DirectClient:
             "then": then,
             "tags": list(tags or []),
         }
-        rows, fields = prepare_batch(body, self.settings, self.store.clock(), self.tenant)
-        batch = self.batches.create(self.tenant, rows, **fields)
-        metrics.record_submitted((row["type"], row["queue"]) for row in rows)
-        self.wake()
+        batch = self._submitter.submit_batch(body, self.tenant)
         return BatchHandle(batch.id, self, batch)
 
     def get_batch(self, batch_id: str) -> BatchHandle:
@@ -159,7 +152,7 @@ def connect(settings: Settings | None = None, *, tenant: str = DEFAULT_TENANT) -
     """Join the Ray cluster (or start one in this process), make sure raypipe's actors run,
     and return a client that submits without HTTP."""
     settings = settings or get_settings()
-    cluster.init_ray(settings, start_local=True)
+    actors.init_ray(settings, start_local=True)
     client = DirectClient(settings, tenant)
-    cluster.start_actors(settings)
+    actors.start_actors(settings)
     return client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import inspect
 import typing
@@ -33,7 +34,7 @@ class ProcessorSpec:
 
     type: str
     fn: ProcessorFn
-    payload_model: type[BaseModel]
+    payload_model: builtins.type[BaseModel]  # `type` alone is the field above
     queue: str | None = None
     num_cpus: float = 1.0
     num_gpus: float = 0.0

@@ -18,8 +18,7 @@ import ray
 import sqlalchemy as sa
 
 from raypipe.config import Settings, get_settings
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
+from raypipe.store import create_engine, schema_version
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -81,7 +80,7 @@ def pg_admin() -> Iterator[sa.Engine]:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEMPLATE} WITH (FORCE)"))
         conn.execute(sa.text(f"CREATE DATABASE {PG_TEMPLATE}"))
     template = create_engine(_pg_url(PG_TEMPLATE))
-    store_schema.upgrade(template)
+    schema_version.upgrade(template)
     template.dispose()
     yield engine
     with engine.connect() as conn:
@@ -101,7 +100,7 @@ def _pg_url(database: str) -> str:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "raypipe.db"
     engine = create_engine(f"sqlite:///{path}")
-    store_schema.upgrade(engine)
+    schema_version.upgrade(engine)
     engine.dispose()  # closing the last connection folds the WAL into the file
     return path
 

@@ -25,6 +25,10 @@ def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
+#: A route's parameter for the process's :class:`Services`.
+AppServices = Annotated[Services, Depends(services_of)]
+
+
 def _principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:

@@ -1,4 +1,5 @@
-"""What the API's routes share in one process: stores, settings, the dispatcher's handle.
+"""What the API's routes share in one process: settings, every store (on one engine), the
+bells that wake the dispatcher and the webhook sender. Routes get it as ``AppServices``.
 
 Built lazily on first use, because the FastAPI app is pickled into Serve replicas
 and database engines cannot be.
@@ -15,11 +16,15 @@ from raypipe.artifacts import ArtifactStore
 from raypipe.config import Settings
 from raypipe.exceptions import RateLimited, Unauthorized
 from raypipe.jobs import utcnow
-from raypipe.runtime import cluster
-from raypipe.store import JobStore
-from raypipe.store import schema as store_schema
+from raypipe.runtime.bells import ActorBell, DispatcherBell
+from raypipe.runtime.names import WEBHOOK_ACTOR
+from raypipe.store import JobStore, schema_version
 from raypipe.store.access import AccessStore, ApiKey
 from raypipe.store.batches import BatchStore
+from raypipe.store.schedules import ScheduleStore
+from raypipe.store.stats import StatsStore
+from raypipe.store.webhooks import WebhookStore
+from raypipe.submitter import Submitter
 
 #: Seconds a verified key is trusted before the database is asked again (revocations
 #: take effect within this).
@@ -43,18 +48,21 @@ class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._keys: dict[str, tuple[float, ApiKey]] = {}
-        self._bell = cluster.DispatcherBell(settings)
+        self._bell = DispatcherBell(settings)
+        self._webhook_bell = ActorBell(settings, WEBHOOK_ACTOR)
 
     @cached_property
     def jobs(self) -> JobStore:
-        store = JobStore.from_url(self.settings.database_url)
-        store_schema.check(store.engine)
         registry.load(self.settings.processor_modules)
-        return store
+        return JobStore(schema_version.open_current(self.settings.database_url))
+
+    @cached_property
+    def submitter(self) -> Submitter:
+        return Submitter(self.jobs, self.settings, self.wake_dispatcher)
 
     @cached_property
     def batches(self) -> BatchStore:
-        return BatchStore(self.jobs)
+        return self.submitter.batches
 
     @cached_property
     def artifacts(self) -> ArtifactStore:
@@ -63,6 +71,18 @@ class Services:
     @cached_property
     def access(self) -> AccessStore:
         return AccessStore(self.jobs.engine)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self.jobs.engine, self.jobs.clock)
+
+    @cached_property
+    def stats(self) -> StatsStore:
+        return StatsStore(self.jobs.engine, self.jobs.clock)
+
+    @cached_property
+    def webhooks(self) -> WebhookStore:
+        return WebhookStore(self.jobs.engine, self.jobs.clock)
 
     def authenticate(self, authorization: str | None) -> Principal:
         scheme, _, secret = (authorization or "").partition(" ")
@@ -98,3 +118,7 @@ class Services:
     def wake_dispatcher(self) -> None:
         """Fire-and-forget: the dispatcher looks for work now (it polls anyway)."""
         self._bell.ring()
+
+    def wake_webhook_sender(self) -> None:
+        """Fire-and-forget: the webhook sender looks for deliveries now (it polls anyway)."""
+        self._webhook_bell.ring()

@@ -4,29 +4,22 @@ they share: the ``--json`` flag, and a checked database connection without Ray."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Annotated, Any
 
 import typer
 from sqlalchemy.engine import Engine
 
 from raypipe.config import Settings
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
+from raypipe.store import schema_version
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-@contextmanager
-def database(settings: Settings) -> Iterator[Engine]:
-    """An engine on the configured database, whose schema is current (else a one-line error)."""
-    engine = create_engine(settings.database_url, pool_size=1)
-    try:
-        store_schema.check(engine)
-        yield engine
-    finally:
-        engine.dispose()
+def database(settings: Settings) -> AbstractContextManager[Engine]:
+    """The configured database for one command, whose schema is current (else a one-line
+    error naming the fix); every subcommand opens it this way."""
+    return schema_version.current_database(settings.database_url)
 
 
 def print_json(data: Any) -> None:

@@ -8,6 +8,8 @@ prints as one line.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from itertools import islice
 from typing import Annotated, Any
@@ -15,12 +17,10 @@ from typing import Annotated, Any
 import typer
 
 from raypipe import cron
-from raypipe.commands import JsonFlag, print_json
-from raypipe.config import Settings, get_settings
+from raypipe.commands import JsonFlag, database, print_json
+from raypipe.config import get_settings
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import iso, utcnow
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
 from raypipe.store.schedules import Schedule, ScheduleStore
 from raypipe.submission import DEFAULT_TENANT
 
@@ -37,11 +37,10 @@ TenantOption = Annotated[
 ]
 
 
-def _open() -> tuple[ScheduleStore, Settings]:
-    settings = get_settings()
-    engine = create_engine(settings.database_url)
-    store_schema.check(engine)
-    return ScheduleStore(engine), settings
+@contextmanager
+def _store() -> Iterator[ScheduleStore]:
+    with database(get_settings()) as engine:
+        yield ScheduleStore(engine)
 
 
 def _print(schedule: Schedule, as_json: bool) -> None:
@@ -66,13 +65,13 @@ def _when(instant: datetime, tz: str) -> str:
 @app.command("list")
 def list_(tenant: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False) -> None:
     """List schedules, by tenant and name."""
-    store, _settings = _open()
-    found = store.list(tenant)
-    if as_json:
-        print_json([s.to_dict() for s in found])
-        return
-    for schedule in found:
-        _print(schedule, False)
+    with _store() as store:
+        found = store.list(tenant)
+        if as_json:
+            print_json([s.to_dict() for s in found])
+            return
+        for schedule in found:
+            _print(schedule, False)
 
 
 @app.command()
@@ -96,46 +95,49 @@ def add(
         raise InvalidInput(
             f"--payload: {problem}", details=[{"loc": ["payload"], "msg": problem}]
         ) from None
-    store, settings = _open()
-    schedule = store.create(
-        settings,
-        tenant=tenant,
-        name=name,
-        cron=cron_,
-        timezone=timezone,
-        spec={"type": type, "payload": body},
-        missed=missed,
-        admin=True,  # the CLI is the operator's, on the database itself
-    )
-    _print(schedule, as_json)
+    settings = get_settings()
+    with _store() as store:
+        schedule = store.create(
+            settings,
+            tenant=tenant,
+            name=name,
+            cron=cron_,
+            timezone=timezone,
+            spec={"type": type, "payload": body},
+            missed=missed,
+            admin=True,  # the CLI is the operator's, on the database itself
+        )
+        _print(schedule, as_json)
 
 
 @app.command()
 def pause(which: Which, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
     """Stop firing until resumed."""
-    store, settings = _open()
-    _print(
-        store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=False),
-        as_json,
-    )
+    settings = get_settings()
+    with _store() as store:
+        _print(
+            store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=False),
+            as_json,
+        )
 
 
 @app.command()
 def resume(which: Which, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
     """Fire again, from the next instant after now."""
-    store, settings = _open()
-    _print(
-        store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=True),
-        as_json,
-    )
+    settings = get_settings()
+    with _store() as store:
+        _print(
+            store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=True),
+            as_json,
+        )
 
 
 @app.command()
 def delete(which: Which, tenant: TenantOption = None) -> None:
     """Delete a schedule (the jobs it submitted stay)."""
-    store, _settings = _open()
-    removed = store.delete(store.find(which, tenant).id)
-    typer.echo(f"deleted schedule {removed.name} of tenant {removed.tenant!r}")
+    with _store() as store:
+        removed = store.delete(store.find(which, tenant).id)
+        typer.echo(f"deleted schedule {removed.name} of tenant {removed.tenant!r}")
 
 
 @app.command("next")
@@ -153,7 +155,8 @@ def next_(
 ) -> None:
     """Show the next fire times of a schedule, or of an expression (handy to check one)."""
     if which is not None and cron_ is None:
-        schedule = _open()[0].find(which, tenant)
+        with _store() as store:
+            schedule = store.find(which, tenant)
         expression, zone = schedule.cron, schedule.timezone
     elif which is None and cron_ is not None:
         expression, zone = cron_, timezone

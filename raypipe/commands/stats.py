@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import typer
 
+from raypipe.commands import JsonFlag, database, print_json
 from raypipe.config import get_settings
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import parse_iso, utcnow
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
 from raypipe.store.stats import Distribution, Stats, StatsStore
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -47,15 +45,13 @@ def stats(
         str | None, typer.Option(help="Start: a span before now (90m, 24h, 7d) or an ISO time.")
     ] = None,
     until: Annotated[str | None, typer.Option(help="End, like --since; default now.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Success rate, durations, throughput, retries, errors and queues (default: the last
     24 hours)."""
     now = utcnow()
     settings = get_settings()
-    engine = create_engine(settings.database_url)
-    try:
-        store_schema.check(engine)
+    with database(settings) as engine:
         found = StatsStore(engine, clock=lambda: now).compute(
             tenant=tenant,
             type=type,
@@ -63,10 +59,8 @@ def stats(
             since=when("--since", since, now),
             until=when("--until", until, now),
         )
-    finally:
-        engine.dispose()
     if as_json:
-        typer.echo(json.dumps(found.to_dict(), indent=2))
+        print_json(found.to_dict())
     else:
         typer.echo(table(found))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from typing import cast
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d import Axes3D
 
 from raypipe.mesh.grid import triangulate
 from raypipe.mesh.heightmap import resample
@@ -35,7 +37,7 @@ def render_thumbnail(heights: np.ndarray, size: tuple[float, float]) -> bytes:
 
     figure = Figure(figsize=(THUMBNAIL_SIZE / DPI, THUMBNAIL_SIZE / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
-    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0), projection="3d")
+    axes = cast(Axes3D, figure.add_axes((0.0, 0.0, 1.0, 1.0), projection="3d"))
     low, high = float(vertices[:, 2].min()), float(vertices[:, 2].max())
     axes.plot_trisurf(
         vertices[:, 0],

@@ -6,17 +6,15 @@ should be allowed to submit them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
 
 from raypipe.context import JobContext
 from raypipe.jobs import utcnow
 from raypipe.registry import processor
-from raypipe.store import create_engine, maintenance
+from raypipe.store import maintenance
+from raypipe.store.schema_version import current_database
 
 QUEUE = "maintenance"
 #: Mostly waiting on the database and the artifact store.
@@ -46,7 +44,7 @@ class StuckPayload(BaseModel):
 def prune(payload: PrunePayload, ctx: JobContext) -> dict[str, Any]:
     """Deletes jobs finished longer ago than the retention, with their attempts, events,
     webhook deliveries and artifacts, then the emptied batches."""
-    with _engine(ctx) as engine:
+    with current_database(ctx.settings.database_url) as engine:
         report = maintenance.prune(
             engine,
             ctx.artifact_store,
@@ -61,7 +59,7 @@ def prune(payload: PrunePayload, ctx: JobContext) -> dict[str, Any]:
 @processor("maintenance.orphans", queue=QUEUE, num_cpus=NUM_CPUS, admin_only=True)
 def orphans(payload: OrphansPayload, ctx: JobContext) -> dict[str, Any]:
     """Removes artifact folders whose job no longer exists, after a grace period."""
-    with _engine(ctx) as engine:
+    with current_database(ctx.settings.database_url) as engine:
         report = maintenance.orphans(
             engine, ctx.artifact_store, ctx.settings, utcnow(), dry_run=payload.dry_run
         )
@@ -72,7 +70,7 @@ def orphans(payload: OrphansPayload, ctx: JobContext) -> dict[str, Any]:
 def stuck(payload: StuckPayload, ctx: JobContext) -> dict[str, Any]:
     """Reports jobs whose lease expired, that overran their timeout, or that wait to be
     claimed for too long; logs a warning when there are any."""
-    with _engine(ctx) as engine:
+    with current_database(ctx.settings.database_url) as engine:
         report = maintenance.stuck(engine, ctx.settings, utcnow())
     if report.total:
         ctx.logger.warning(
@@ -83,13 +81,3 @@ def stuck(payload: StuckPayload, ctx: JobContext) -> dict[str, Any]:
             report.waiting.count,
         )
     return report.to_dict()
-
-
-@contextmanager
-def _engine(ctx: JobContext) -> Iterator[Engine]:
-    """An engine for this attempt only: processors run in short-lived Ray workers."""
-    engine = create_engine(ctx.settings.database_url, pool_size=1)
-    try:
-        yield engine
-    finally:
-        engine.dispose()

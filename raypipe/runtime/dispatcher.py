@@ -35,8 +35,7 @@ from raypipe.retry import ErrorKind, failure_outcome
 from raypipe.runtime.executor import Event, Started, default_policy, run_task
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
 from raypipe.runtime.pools import Member, Pool
-from raypipe.store import Candidate, JobStore
-from raypipe.store import schema as store_schema
+from raypipe.store import Candidate, DispatchStore, schema_version
 from raypipe.store.schedules import ScheduleStore
 
 log = logging.getLogger(__name__)
@@ -127,9 +126,9 @@ class Dispatcher:
         actor_id = ray.get_runtime_context().get_actor_id() or "driver"
         self.owner_prefix = f"{settings.namespace[:100]}/{DISPATCHER_ACTOR}:{actor_id}:"
         self.owner = self.owner_prefix + uuid.uuid4().hex[:12]
-        self.store = JobStore.from_url(settings.database_url, wait_for_flush=False)
+        self.store = DispatchStore.from_url(settings.database_url, wait_for_flush=False)
         self.processors = registry.load(settings.processor_modules)
-        self.schedules = ScheduleStore(self.store.engine, self.store.clock)
+        self.schedules = ScheduleStore(self.store.engine, self.store.jobs.clock)
         self._schedules_synced = False
         self._next_schedule_check = 0.0
         self._settings_ref = ray.put(settings)
@@ -206,7 +205,7 @@ class Dispatcher:
                 if not schema_checked:
                     # Here, not in __init__: Ray does not restart an actor whose constructor
                     # raised, so a restart while the database is away would end it for good.
-                    store_schema.check(self.store.engine)
+                    schema_version.check(self.store.engine)
                     schema_checked = True
                 began = time.monotonic()
                 more = self._round()
@@ -351,7 +350,7 @@ class Dispatcher:
             plan = admission.plan(
                 candidates, queue_free, free, capacity, rooms, self._need, limit, prefetch
             )
-            wanted = set()
+            wanted: set[str] = set()
             for candidate in candidates:
                 need = self._need(candidate.type)
                 wanted.update((need.pool, *need.uses) if need.pool else need.uses)
@@ -782,7 +781,7 @@ class Dispatcher:
         """Refresh the gauges: what this dispatcher runs, and every queue's depth and wait."""
         queues = self.settings.queues.keys()
         metrics.observe_in_flight((run.job for run in self._running.values()), queues)
-        metrics.observe_queues(self.store.queue_stats(), queues)
+        metrics.observe_queues(self.store.jobs.queue_stats(), queues)
 
     def _cluster_resources(self) -> dict[str, float]:
         read_at, resources = self._cluster

@@ -103,7 +103,8 @@ def embed_on(
             on_chunk(len(unique), len(unique))
         return Embeddings(vectors[positions], used)
     start = random.randrange(len(actors))
-    refs = {
+    # Each chunk's call, to where the chunk starts (Ray types actor calls as Never).
+    refs: dict[ray.ObjectRef[tuple[np.ndarray, str]], int] = {
         actors[(start + i) % len(actors)].embed.remote(unique[at : at + size], name, normalize): at
         for i, at in enumerate(_starts(len(unique), size))
     }

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
@@ -84,8 +84,9 @@ class Pool:
             options["memory"] = self.config.memory
         if self.config.resources:
             options["resources"] = dict(self.config.resources)
-        handle = ray.remote(PoolWorker).options(**options).remote(settings_ref, self.name)
-        member = Member(name, handle)
+        actor = ray.remote(PoolWorker).options(**options).remote(settings_ref, self.name)
+        # Ray types a new actor as "handle or class" (for typed method calls): a handle.
+        member = Member(name, cast(ActorHandle, actor))
         self.members[name] = member
         return member
 

@@ -15,7 +15,7 @@ import ray
 from raypipe import metrics
 from raypipe.config import Settings
 from raypipe.jobs import JobStatus, ProgressState
-from raypipe.store import JobStore
+from raypipe.store import DispatchStore
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class ProgressActor:
 
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._store: JobStore | None = None
+        self._store: DispatchStore | None = None
         self._states: dict[str, ProgressState] = {}
         self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._dirty: set[str] = set()
@@ -198,7 +198,7 @@ class ProgressActor:
         if not batch:
             return 0
         if self._store is None:
-            self._store = JobStore.from_url(self._settings.database_url)
+            self._store = DispatchStore.from_url(self._settings.database_url)
         loop = asyncio.get_running_loop()
         try:
             written = await loop.run_in_executor(None, self._store.write_progress, batch)

@@ -15,8 +15,7 @@ import httpx
 
 from raypipe import metrics
 from raypipe.config import Settings
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
+from raypipe.store import create_engine, schema_version
 from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
 from raypipe.webhooks import sender
 
@@ -84,7 +83,7 @@ class WebhookSender:
             try:
                 if not schema_checked:
                     # Not in __init__: Ray does not restart an actor whose constructor raised.
-                    await asyncio.to_thread(store_schema.check, self.store.engine)
+                    await asyncio.to_thread(schema_version.check, self.store.engine)
                     schema_checked = True
                 if time.monotonic() >= next_release:
                     self.counters["released"] += await asyncio.to_thread(self.store.release_expired)

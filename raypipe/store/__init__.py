@@ -1,6 +1,7 @@
 """Persistence: tables, migrations and the queries that move jobs between statuses."""
 
+from raypipe.store.dispatch import Candidate, DispatchStore
 from raypipe.store.engine import create_engine
-from raypipe.store.repository import Candidate, JobStore
+from raypipe.store.jobs import JobStore
 
-__all__ = ["Candidate", "JobStore", "create_engine"]
+__all__ = ["Candidate", "DispatchStore", "JobStore", "create_engine"]

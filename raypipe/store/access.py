@@ -111,11 +111,11 @@ def hit(
     statement = insert(rate_limits).values(
         tenant=tenant, action=action, window_start=start, count=cost
     )
-    statement = statement.on_conflict_do_update(
+    upsert = statement.on_conflict_do_update(
         index_elements=["tenant", "action", "window_start"],
         set_={"count": rate_limits.c.count + statement.excluded.count},
     ).returning(rate_limits.c.count)
-    count = conn.execute(statement).scalar_one()
+    count = conn.execute(upsert).scalar_one()
     if count == cost:  # a new window began: drop the tenant's older ones
         conn.execute(
             sa.delete(rate_limits).where(

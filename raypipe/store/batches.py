@@ -15,9 +15,9 @@ from raypipe.batches import BatchRecord, BatchStatus, eta_s
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import JobRecord, JobStatus
 from raypipe.store import completion, transitions
-from raypipe.store.engine import READ_ONLY
-from raypipe.store.repository import JobStore, check_id, job_from_mapping, select_jobs
-from raypipe.store.tables import batches, jobs
+from raypipe.store.engine import read_only
+from raypipe.store.jobs import JobStore, check_id, job_from_mapping, select_jobs
+from raypipe.store.tables import UTCDateTime, batches, jobs
 
 #: Jobs read per query when a batch's jobs are listed in order.
 PAGE = 1000
@@ -66,7 +66,7 @@ class BatchStore:
 
     def get(self, batch_id: str, tenant: str | None = None) -> BatchRecord:
         """The batch with its live counts, or :class:`NotFound` (also for another tenant's)."""
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             return self._record(conn, self._row(conn, batch_id, tenant), self.store.clock())
 
     def list(self, tenant: str | None = None, limit: int = 50) -> list[BatchRecord]:
@@ -75,7 +75,7 @@ class BatchStore:
         if tenant is not None:
             query = query.where(batches.c.tenant == tenant)
         now = self.store.clock()
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             return [self._record(conn, row, now) for row in conn.execute(query).all()]
 
     def jobs(
@@ -99,7 +99,7 @@ class BatchStore:
             )
             if status is not None:
                 query = query.where(jobs.c.status == status)
-            with self._read() as conn:
+            with read_only(self.engine) as conn:
                 found = [job_from_mapping(row._mapping) for row in conn.execute(query)]
             yield from found
             if len(found) < page:
@@ -173,7 +173,7 @@ class BatchStore:
             round((100.0 * done + float(running_progress)) / row.total, 2) if row.total else 100.0
         )
         if first_started is not None:
-            first_started = jobs.c.started_at.type.process_result_value(first_started, conn.dialect)
+            first_started = UTCDateTime().process_result_value(first_started, conn.dialect)
         status = BatchStatus(row.status)
         return BatchRecord(
             id=row.id,
@@ -193,9 +193,6 @@ class BatchStore:
             finished_at=row.finished_at,
             completions=row.completions,
         )
-
-    def _read(self) -> Connection:
-        return self.engine.connect().execution_options(**READ_ONLY)
 
 
 def _greatest(conn: Connection, *values: Any) -> Any:

@@ -17,6 +17,11 @@ READ_ONLY = {"raypipe_read_only": True}
 CONNECT_TIMEOUT_S = 10
 
 
+def read_only(engine: Engine) -> Connection:
+    """A connection for reads only: on SQLite it takes no write lock."""
+    return engine.connect().execution_options(**READ_ONLY)
+
+
 def create_engine(url: str, pool_size: int = 5, wait_for_flush: bool = True) -> Engine:
     """An engine for ``url``; created per process because engines cannot be pickled into Ray.
 

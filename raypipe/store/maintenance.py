@@ -336,7 +336,9 @@ def stuck(engine: Engine, settings: Settings, now: datetime) -> StuckReport:
         )
 
 
-def _sample(conn: Connection, since: sa.Column[Any], *where: sa.ColumnElement[bool]) -> StuckJobs:
+def _sample(
+    conn: Connection, since: sa.Column[Any], *where: sa.ColumnElement[bool] | sa.TextClause
+) -> StuckJobs:
     """The count of jobs matching ``where`` and the longest stuck of them, in one query."""
     query = (
         sa.select(

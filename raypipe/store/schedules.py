@@ -9,6 +9,7 @@ restart, a second look at the same instant finds it no longer due.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import uuid
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ from raypipe.config import (
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import iso, utcnow
 from raypipe.store import access
-from raypipe.store.engine import READ_ONLY
-from raypipe.store.repository import Clock, JobStore
+from raypipe.store.engine import read_only
+from raypipe.store.jobs import Clock, JobStore
 from raypipe.store.tables import UTCDateTime, schedules
 from raypipe.submission import prepare
 from raypipe.tenants import check_tenant
@@ -170,16 +171,16 @@ class ScheduleStore:
                 " (RAYPIPE_MAX_SCHEDULES_PER_TENANT): delete one first"
             )
 
-    def list(self, tenant: str | None = None) -> list[Schedule]:
+    def list(self, tenant: str | None = None) -> builtins.list[Schedule]:
         query = sa.select(schedules).order_by(schedules.c.tenant, schedules.c.name)
         if tenant is not None:
             query = query.where(schedules.c.tenant == tenant)
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             return [_schedule(row._mapping) for row in conn.execute(query)]
 
     def get(self, schedule_id: str, tenant: str | None = None) -> Schedule:
         """The schedule, or :class:`NotFound` (also for another tenant's)."""
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             return self._one(conn, schedule_id, tenant)
 
     def find(self, name_or_id: str, tenant: str | None = None) -> Schedule:
@@ -189,7 +190,7 @@ class ScheduleStore:
         )
         if tenant is not None:
             query = query.where(schedules.c.tenant == tenant)
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             found = [_schedule(row._mapping) for row in conn.execute(query)]
         exact = [s for s in found if s.id == name_or_id]
         if exact:
@@ -226,7 +227,7 @@ class ScheduleStore:
         now = self.clock()
         with self.engine.begin() as conn:
             current = self._one(conn, schedule_id, tenant, lock=True)
-            edits = {
+            edits: dict[str, Any] = {
                 key: value
                 for key, value in (
                     ("cron", cron),
@@ -302,7 +303,7 @@ class ScheduleStore:
             stored = {
                 (row.tenant, row.name): _schedule(row._mapping) for row in conn.execute(query)
             }
-            inserts: list[dict[str, Any]] = []
+            inserts: builtins.list[dict[str, Any]] = []
             for name, config in configured.items():
                 current = stored.pop((config.tenant, name), None)
                 try:
@@ -335,7 +336,7 @@ class ScheduleStore:
 
     # -- firing -----------------------------------------------------------------------------
 
-    def fire_due(self, settings: Settings, limit: int = FIRE_BATCH) -> list[str]:
+    def fire_due(self, settings: Settings, limit: int = FIRE_BATCH) -> builtins.list[str]:
         """Submit the jobs of every schedule due now; returns their ids.
 
         One transaction inserts the jobs and moves each schedule past what it fired
@@ -358,9 +359,10 @@ class ScheduleStore:
             query = query.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             due = [_schedule(row._mapping) for row in conn.execute(query)]
-            moves: list[dict[str, Any]] = []
-            job_rows: list[dict[str, Any]] = []
+            moves: builtins.list[dict[str, Any]] = []
+            job_rows: builtins.list[dict[str, Any]] = []
             for schedule in due:
+                assert schedule.next_fire_at is not None  # the query reads due ones only
                 try:
                     instants, following = cron.due_fires(
                         schedule.cron,
@@ -393,7 +395,9 @@ class ScheduleStore:
                 self.jobs.add(conn, job_rows, now)
         return [row["id"] for row in job_rows]
 
-    def _advance(self, conn: Connection, moves: list[dict[str, Any]], now: datetime) -> None:
+    def _advance(
+        self, conn: Connection, moves: builtins.list[dict[str, Any]], now: datetime
+    ) -> None:
         """Move each schedule past what it fired, guarded on the due time it was read with:
         if any moved meanwhile, the whole transaction (jobs included) rolls back."""
         statement = (
@@ -422,7 +426,7 @@ class ScheduleStore:
         query = sa.select(sa.func.min(schedules.c.next_fire_at)).where(
             schedules.c.enabled.is_(True)
         )
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             return conn.execute(query).scalar()
 
     # -- helpers -----------------------------------------------------------------------------
@@ -442,9 +446,6 @@ class ScheduleStore:
         if row is None:
             raise missing
         return _schedule(row._mapping)
-
-    def _read(self) -> Connection:
-        return self.engine.connect().execution_options(**READ_ONLY)
 
 
 def _synced(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -20,8 +20,11 @@ from sqlalchemy.sql.operators import custom_op
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import AttemptStatus, JobStatus, iso, utcnow
 from raypipe.store.engine import READ_ONLY
-from raypipe.store.repository import Clock
+from raypipe.store.jobs import Clock
 from raypipe.store.tables import PROCESSING_ONLY, QUEUED_ONLY, attempts, jobs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: The window when none is given, and the longest one a request may ask for.
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -39,6 +42,10 @@ TERMINAL_JOBS = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 ERROR_ATTEMPTS = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT)
 #: Conditions on the jobs table that select the jobs counted.
 Conditions = Sequence[sa.ColumnElement[bool]]
+#: A SELECT of any columns.
+AnySelect: TypeAlias = "sa.Select[Unpack[tuple[Any, ...]]]"
+#: A SELECT that a helper adds conditions to, keeping its columns.
+SelectT = TypeVar("SelectT", bound=AnySelect)
 #: The error type counted for a failed attempt that recorded none.
 UNKNOWN_ERROR = "unknown"
 
@@ -160,7 +167,7 @@ def seconds_between(
     if dialect == "postgresql":
         return sa.cast(sa.extract("epoch", end - start), sa.Float)
     days = sa.func.julianday(end) - sa.func.julianday(start)
-    return sa.func.round(days * 86_400_000) / 1000.0
+    return sa.type_coerce(sa.func.round(days * 86_400_000) / 1000.0, sa.Float)
 
 
 class StatsStore:
@@ -348,12 +355,12 @@ class StatsStore:
 
 
 def _finished_attempts(
-    query: sa.Select[Any],
+    query: SelectT,
     since: datetime,
     until: datetime,
     selected: Conditions,
     *conditions: Any,
-) -> sa.Select[Any]:
+) -> SelectT:
     """``query`` over attempts that finished in ``[since, until)`` (the index on
     ``finished_at``) and meet ``conditions``, joined with their jobs only when the job
     filters ``selected`` need them."""
@@ -364,8 +371,8 @@ def _finished_attempts(
 
 
 def _distribution(
-    rows: sa.Select[Any], value: sa.ColumnElement[float], *keys: sa.Column[Any]
-) -> sa.Select[Any]:
+    rows: AnySelect, value: sa.ColumnElement[float], *keys: sa.Column[Any]
+) -> AnySelect:
     """Count, mean, percentiles and maximum of ``value`` over ``rows`` (per ``keys``).
 
     Percentiles by nearest rank, in integer arithmetic: the same definition, and the same

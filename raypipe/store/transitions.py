@@ -185,7 +185,7 @@ def advance(
     return len(started), len(ended)
 
 
-def _current(conn: Connection, ids: list[str]) -> dict[str, Row[Any]]:
+def _current(conn: Connection, ids: list[str]) -> dict[str, Row]:
     query = _CURRENT.with_for_update() if conn.dialect.name == "postgresql" else _CURRENT
     return {row.id: row for chunk in chunks(ids) for row in conn.execute(query, {"ids": chunk})}
 

@@ -8,7 +8,8 @@ too slow, or died and came back) can never overwrite the outcome of the one that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import builtins
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -25,6 +26,8 @@ from raypipe.store.tables import PENDING_ONLY, webhook_attempts, webhook_deliver
 from raypipe.webhooks.signing import new_secret
 
 Clock = Callable[[], datetime]
+#: Longest id a delivery row holds (``webhook_deliveries.id``): a longer one names none.
+MAX_ID_LENGTH = 40
 
 
 class DeliveryStatus(str, Enum):
@@ -330,7 +333,7 @@ class WebhookStore:
     def _row(
         self, conn: Connection, delivery_id: str, tenant: str | None, lock: bool = False
     ) -> Row[Any]:
-        if len(delivery_id) > webhook_deliveries.c.id.type.length or "\x00" in delivery_id:
+        if len(delivery_id) > MAX_ID_LENGTH or "\x00" in delivery_id:
             raise NotFound(f"webhook delivery {delivery_id[:50]!r} not found")
         query = sa.select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
         if tenant is not None:
@@ -343,7 +346,7 @@ class WebhookStore:
         return row
 
     @staticmethod
-    def _with_attempts(conn: Connection, rows: list[Row[Any]]) -> list[Delivery]:
+    def _with_attempts(conn: Connection, rows: Sequence[Row[Any]]) -> builtins.list[Delivery]:
         """Records of ``rows`` with their attempts, read in one query for all of them."""
         if not rows:
             return []

@@ -100,7 +100,7 @@ def test_up_twice_joins_the_running_head(raypipe: Raypipe) -> None:
 
 
 def test_migrate_prints_the_revision(raypipe: Raypipe) -> None:
-    from raypipe.store.schema import head_revision
+    from raypipe.store.schema_version import head_revision
 
     done = raypipe.ok("migrate")
     assert done.stdout.strip().endswith(f"is at revision {head_revision()}")

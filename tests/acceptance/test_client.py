@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from raypipe import AsyncClient, Client, JobStatus
+from raypipe.batches import BatchStatus
 from raypipe.client import API_KEY_ENV, SpecLike
 from raypipe.exceptions import (
     Conflict,
@@ -306,6 +307,42 @@ def test_async_client_submits_streams_and_waits(api: Api, key: str) -> None:
             assert (await client.wait(slow.id, timeout=WAIT_S)).status is JobStatus.CANCELLED
             with pytest.raises(NotFound):
                 await client.get(str(uuid.uuid4()))
+
+    asyncio.run(scenario())
+
+
+def test_async_client_follows_retries_and_cancels_batches(api: Api, key: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(api.url, api_key=key) as client:
+            specs: list[SpecLike] = [("noop", {}), ("fail", {"error": "PermanentError"})]
+            batch = await client.submit_batch(specs, tags=["async"])
+            final = await batch.wait(timeout=WAIT_S, progress=True)
+            assert final.status is BatchStatus.COMPLETED_WITH_FAILURES
+            assert (final.counts["completed"], final.counts["failed"]) == (1, 1)
+            assert final.tags == ["async"]
+            jobs = [job async for job in batch.jobs()]
+            assert [(job.batch_index, job.type) for job in jobs] == [(0, "noop"), (1, "fail")]
+            failed = [job.id async for job in client.batch_jobs(batch.id, status="failed")]
+            assert failed == [jobs[1].id]
+            assert [job.id async for job in batch.jobs(JobStatus.COMPLETED)] == [jobs[0].id]
+
+            again = await batch.retry_failed()
+            assert again.status is BatchStatus.RUNNING
+            assert (await client.wait_batch(batch.id, timeout=WAIT_S)).counts["failed"] == 1
+            assert len(await client.attempts(jobs[1].id)) == 2
+            assert (await client.retry_failed(batch.id)).status is BatchStatus.RUNNING
+            assert (await batch.wait(timeout=WAIT_S)).status is final.status
+
+            slow = await client.submit_batch([("sleep", {"seconds": 60, "steps": 600})] * 2)
+            with pytest.raises(TimeoutError, match=slow.id):
+                await slow.wait(timeout=0.2)
+            assert (await client.cancel_batch(slow.id)).cancel_requested
+            assert (await slow.wait(timeout=WAIT_S)).status is BatchStatus.CANCELLED
+            assert (await client.get_batch(slow.id)).id == slow.id
+            with pytest.raises(Conflict):
+                await slow.cancel()
+            with pytest.raises(NotFound):
+                await client.get_batch(str(uuid.uuid4()))
 
     asyncio.run(scenario())
 

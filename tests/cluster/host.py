@@ -75,7 +75,7 @@ def _serve(conn: Connection, settings: Settings) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from raypipe.runtime import cluster as runtime
+    from raypipe.runtime import actors as runtime
     from raypipe.runtime.head import use_local_ray_token
 
     nodes: dict[str, Any] = {}

@@ -19,8 +19,7 @@ import ray
 
 from raypipe.handle import JobHandle
 from raypipe.jobs import AttemptStatus, JobStatus
-from raypipe.store import create_engine
-from raypipe.store import schema as store_schema
+from raypipe.store import create_engine, schema_version
 from tests.conftest import IN_CI, free_port, process_alive
 from tests.integration.conftest import raypipe
 
@@ -154,7 +153,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server.init()
         server.start()
         engine = create_engine(server.url)
-        store_schema.upgrade(engine)
+        schema_version.upgrade(engine)
         engine.dispose()
         yield server
     finally:

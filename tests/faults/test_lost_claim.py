@@ -14,7 +14,7 @@ import ray
 
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus
-from raypipe.store import Candidate
+from raypipe.store import Candidate, DispatchStore
 from tests.conftest import wait_for
 from tests.faults.conftest import rescued_then_completed
 from tests.integration.conftest import dispatcher
@@ -31,7 +31,8 @@ def test_a_claim_whose_answer_was_lost_is_rescued(raypipe: DirectClient, tmp_pat
     def only_the_job(candidates: Sequence[Candidate], _free: dict[str, int]) -> list[Candidate]:
         return [c for c in candidates if c.id == job.id]
 
-    claimed = raypipe.store.claim(owner, raypipe.settings.lease_ttl_s, {"solo": 2}, only_the_job, 1)
+    dispatch = DispatchStore(raypipe.store)
+    claimed = dispatch.claim(owner, raypipe.settings.lease_ttl_s, {"solo": 2}, only_the_job, 1)
     assert [c.id for c in claimed] == [job.id]
     (tmp_path / "release").touch()
 

@@ -12,7 +12,7 @@ from ray import serve
 
 from raypipe.api.deployment import APP_NAME, build
 from raypipe.config import Settings
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 from raypipe.store import create_engine
 from raypipe.store.access import AccessStore
 from tests.conftest import POSTGRES_ONLY, fresh_database, make_settings
@@ -51,10 +51,10 @@ def serve_api(settings: Settings, folder: Path, port: int) -> Iterator[Api]:
     The app is left deployed afterwards: the next deployment replaces it in place, which
     takes ~4 s here where deleting it first and deploying again takes ~7 s.
     """
-    cluster.start_actors(settings)
+    actors.start_actors(settings)
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
     yield Api(f"http://127.0.0.1:{port}", settings, folder)
-    cluster.stop_actors(settings)
+    actors.stop_actors(settings)
 
 
 def loopback_api(

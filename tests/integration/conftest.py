@@ -11,19 +11,19 @@ import ray
 
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 from tests.conftest import fresh_database, make_settings
 
 
 @contextmanager
 def running(settings: Settings) -> Iterator[DirectClient]:
     """raypipe's actors on ``settings`` and a client, stopped when the block ends."""
-    cluster.start_actors(settings)
+    actors.start_actors(settings)
     client = DirectClient(settings)
     try:
         yield client
     finally:
-        cluster.stop_actors(settings)
+        actors.stop_actors(settings)
         client.close()
 
 

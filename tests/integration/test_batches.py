@@ -19,7 +19,7 @@ from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import Conflict, InvalidInput
 from raypipe.jobs import CANCELLED_ON_REQUEST, JobStatus, Outcome
-from raypipe.store import JobStore, create_engine
+from raypipe.store import DispatchStore, JobStore, create_engine
 from raypipe.store.batches import BatchStore
 from raypipe.store.tables import jobs, webhook_deliveries
 from raypipe.submission import prepare_batch
@@ -45,9 +45,10 @@ def _batch(settings: Settings, batches: BatchStore, n: int, **fields: Any) -> An
 def _claim_all(store: JobStore, n: int, start: bool = True) -> list[Any]:
     """Claim up to ``n`` jobs (the queue's only slots, so every candidate fits) and, unless
     told not to, start them: processing."""
-    claimed = store.claim("test-owner", 60, {"default": n}, lambda c, _free: list(c), n)
+    dispatch = DispatchStore(store)
+    claimed = dispatch.claim("test-owner", 60, {"default": n}, lambda c, _free: list(c), n)
     if start:
-        store.start("test-owner", [(c.id, c.attempt, T0) for c in claimed])
+        dispatch.start("test-owner", [(c.id, c.attempt, T0) for c in claimed])
     return claimed
 
 
@@ -104,8 +105,9 @@ def test_progress_weights_running_jobs_and_eta_follows_the_rate(settings: Settin
     store, batches = _stores(settings)
     batch = _batch(settings, batches, 4)
     claimed = _claim_all(store, 4)
-    store.record([Outcome(claimed[0].id, 1, JobStatus.COMPLETED, result={})])
-    store.write_progress(
+    dispatch = DispatchStore(store)
+    dispatch.record([Outcome(claimed[0].id, 1, JobStatus.COMPLETED, result={})])
+    dispatch.write_progress(
         [{"id": claimed[1].id, "attempt": 1, "progress": 50.0, "message": None, "stage": None}]
     )
     store.clock = lambda: T0 + timedelta(seconds=30)
@@ -134,12 +136,13 @@ def test_concurrent_completion_keeps_counts_exact_and_fires_callbacks_once(
             Outcome(job.id, 1, JobStatus.COMPLETED if i % 2 else JobStatus.FAILED, result={})
             for i, job in enumerate(claimed)
         ]
-        store.record(outcomes[:-threads])
+        dispatch = DispatchStore(store)
+        dispatch.record(outcomes[:-threads])
         barrier = threading.Barrier(threads)
 
         def finish(own: JobStore, outcome: Outcome, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
-            own.record([outcome])
+            DispatchStore(own).record([outcome])
 
         workers = [
             threading.Thread(target=finish, args=(own, outcome))
@@ -173,7 +176,8 @@ def test_cancel_and_retry_failed(settings: Settings) -> None:
     then = {"type": "test.echo", "queue": "solo", "payload": {}}  # not in the claims' way
     batch = _batch(settings, batches, 5, then=then)
     claimed = _claim_all(store, 2)
-    store.record([Outcome(claimed[0].id, 1, JobStatus.FAILED, result=None)])
+    dispatch = DispatchStore(store)
+    dispatch.record([Outcome(claimed[0].id, 1, JobStatus.FAILED, result=None)])
     cancelling = batches.cancel(batch.id, "acme")
     # Queued jobs end at once; the running one is asked to stop, so the batch runs on.
     assert cancelling.counts["cancelled"] == 3 and cancelling.status is BatchStatus.RUNNING
@@ -182,7 +186,7 @@ def test_cancel_and_retry_failed(settings: Settings) -> None:
     cancelled = store.get(unclaimed)
     assert (cancelled.status, cancelled.error) == (JobStatus.CANCELLED, CANCELLED_ON_REQUEST)
     assert [e["status"] for e in store.events(unclaimed)] == ["queued", "cancelled"]
-    store.record([Outcome(claimed[1].id, 1, JobStatus.CANCELLED)])
+    dispatch.record([Outcome(claimed[1].id, 1, JobStatus.CANCELLED)])
     done = batches.get(batch.id)
     assert done.status is BatchStatus.CANCELLED and done.completions == 1
     with pytest.raises(Conflict):
@@ -192,7 +196,7 @@ def test_cancel_and_retry_failed(settings: Settings) -> None:
     assert again.counts["queued"] == 1
     [job] = _claim_all(store, 1)
     assert job.id == claimed[0].id and job.attempt == 2
-    store.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={})])
+    dispatch.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={})])
     reopened = batches.get(batch.id)
     # Cancelled jobs stay cancelled: the batch completed with failures, a second time.
     assert reopened.status is BatchStatus.COMPLETED_WITH_FAILURES and reopened.completions == 2
@@ -207,8 +211,9 @@ def test_cancel_asks_held_jobs_to_stop_even_before_they_start(settings: Settings
     assert cancelling.counts["cancelled"] == 2 and cancelling.status is BatchStatus.RUNNING
     job = store.get(held.id)
     assert (job.status, job.cancel_requested) == (JobStatus.QUEUED, True)
-    assert store.cancel_requests("test-owner") == [(held.id, 1)]
-    store.record([Outcome(held.id, 1, JobStatus.CANCELLED)])
+    dispatch = DispatchStore(store)
+    assert dispatch.cancel_requests("test-owner") == [(held.id, 1)]
+    dispatch.record([Outcome(held.id, 1, JobStatus.CANCELLED)])
     assert batches.get(batch.id).status is BatchStatus.CANCELLED
 
 

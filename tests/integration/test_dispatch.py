@@ -13,6 +13,7 @@ import ray
 from raypipe.direct import DirectClient
 from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime.dispatcher import Dispatcher
+from raypipe.store import DispatchStore
 from tests.conftest import process_alive, wait_for
 from tests.integration.conftest import dispatcher
 
@@ -52,7 +53,8 @@ def test_a_queue_never_runs_more_than_its_limit(raypipe: DirectClient, tmp_path:
         folder.mkdir()
     handles = [raypipe.submit("test.gate", {"folder": str(f)}, queue="pair") for f in folders]
     wait_for(lambda: sum(_processing(h) for h in handles) == 2, what="two gates to run")
-    assert raypipe.store.running_by_queue() == {"pair": 2}
+    dispatch = DispatchStore(raypipe.store)
+    assert dispatch.running_by_queue() == {"pair": 2}
     for folder in folders:
         (folder / "release").touch()
     jobs = _terminal(raypipe, handles)
@@ -192,13 +194,13 @@ def test_progress_is_live_and_reaches_the_database(raypipe: DirectClient, tmp_pa
 def test_a_cancel_asked_while_no_dispatcher_runs_is_honoured_on_restart(
     raypipe: DirectClient, tmp_path: Path
 ) -> None:
-    from raypipe.runtime import cluster
+    from raypipe.runtime import actors
 
     job = raypipe.submit("test.gate", {"folder": str(tmp_path)})
     wait_for(lambda: _processing(job), what="the gate's start to be recorded")
     ray.kill(dispatcher(raypipe.settings), no_restart=True)
     assert job.cancel().status is JobStatus.PROCESSING  # only flagged: nobody runs it now
-    cluster.start_actors(raypipe.settings)
+    actors.start_actors(raypipe.settings)
     final = job.wait(60)
     assert final.status is JobStatus.CANCELLED
     assert [a.status for a in job.attempts()] == [AttemptStatus.CANCELLED]

@@ -26,7 +26,7 @@ from raypipe.config import Settings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import ErrorInfo, JobStatus, Outcome, utcnow
-from raypipe.store import JobStore, create_engine
+from raypipe.store import DispatchStore, JobStore, create_engine
 from raypipe.store.access import AccessStore
 from raypipe.store.maintenance import PruneReport, orphans, prune, stuck
 from raypipe.store.tables import (
@@ -82,7 +82,8 @@ def submit(store: JobStore, settings: Settings, tenant: str = "default", **spec:
 def hold(store: JobStore, settings: Settings, *ids: str, lease_s: float = 3600.0) -> list[Any]:
     """Claim exactly ``ids``: held, still queued until started."""
     wanted = set(ids)
-    claimed = store.claim(
+    dispatch = DispatchStore(store)
+    claimed = dispatch.claim(
         "test-owner",
         lease_s,
         {queue: 1000 for queue in settings.queues},
@@ -97,14 +98,16 @@ def claim(store: JobStore, settings: Settings, *ids: str, lease_s: float = 3600.
     """Claim exactly ``ids`` and start them now: processing."""
     claimed = hold(store, settings, *ids, lease_s=lease_s)
     now = store.clock()
-    assert store.start("test-owner", [(c.id, c.attempt, now) for c in claimed]) == len(ids)
+    dispatch = DispatchStore(store)
+    assert dispatch.start("test-owner", [(c.id, c.attempt, now) for c in claimed]) == len(ids)
     return claimed
 
 
 def finish(store: JobStore, settings: Settings, status: JobStatus, *ids: str, **kw: Any) -> None:
     claimed = claim(store, settings, *ids)
     outcomes = [Outcome(c.id, c.attempt, status, **kw) for c in claimed]
-    assert store.record(outcomes) == len(ids)
+    dispatch = DispatchStore(store)
+    assert dispatch.record(outcomes) == len(ids)
 
 
 def execute(store: JobStore, statement: sa.Executable, rows: Any = None) -> None:

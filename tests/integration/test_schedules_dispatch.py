@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from raypipe.config import ScheduleConfig
 from raypipe.direct import DirectClient
 from raypipe.jobs import JobStatus, utcnow
-from raypipe.runtime import cluster
+from raypipe.runtime import actors
 from raypipe.store.schedules import ScheduleStore
 from raypipe.store.tables import schedules
 from tests.conftest import wait_for
@@ -66,8 +66,8 @@ def test_configured_schedules_are_synced_when_the_dispatcher_starts(
             },
         }
     )
-    cluster.stop_actors(raypipe.settings)
-    cluster.start_actors(settings)
+    actors.stop_actors(raypipe.settings)
+    actors.start_actors(settings)
     store = ScheduleStore(raypipe.store.engine)
     names = wait_for(
         lambda: (

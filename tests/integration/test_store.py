@@ -21,9 +21,8 @@ from raypipe.jobs import (
     JobStatus,
     Outcome,
 )
-from raypipe.store import JobStore, create_engine
-from raypipe.store import schema as store_schema
-from raypipe.store.repository import Candidate
+from raypipe.store import DispatchStore, JobStore, create_engine, schema_version
+from raypipe.store.dispatch import Candidate
 from raypipe.store.tables import job_payloads, webhook_deliveries
 
 OWNER = "test-owner"
@@ -49,20 +48,25 @@ def _take_free(candidates: Sequence[Candidate], free: dict[str, int]) -> list[Ca
 
 
 def _claim_all(store: JobStore, owner: str = OWNER, lease_ttl_s: float = 30.0) -> list[ClaimedJob]:
-    return store.claim(owner, lease_ttl_s, QUEUES, _take_free, 1000)
+    dispatch = DispatchStore(store)
+    return dispatch.claim(owner, lease_ttl_s, QUEUES, _take_free, 1000)
 
 
 def _claim(store: JobStore, *ids: str) -> list[ClaimedJob]:
     """Claim exactly ``ids``, leaving every other job unheld."""
     wanted = set(ids)
-    claimed = store.claim(OWNER, 30.0, QUEUES, lambda c, _f: [x for x in c if x.id in wanted], 100)
+    dispatch = DispatchStore(store)
+    claimed = dispatch.claim(
+        OWNER, 30.0, QUEUES, lambda c, _f: [x for x in c if x.id in wanted], 100
+    )
     assert {c.id for c in claimed} == wanted
     return claimed
 
 
 def _start(store: JobStore, claimed: Sequence[ClaimedJob], at: datetime | None = None) -> int:
     when = at or store.clock()
-    return store.start(OWNER, [(c.id, c.attempt, when) for c in claimed])
+    dispatch = DispatchStore(store)
+    return dispatch.start(OWNER, [(c.id, c.attempt, when) for c in claimed])
 
 
 def test_a_stale_attempt_never_overwrites_a_newer_one(client: DirectClient) -> None:
@@ -72,16 +76,19 @@ def test_a_stale_attempt_never_overwrites_a_newer_one(client: DirectClient) -> N
     assert first.attempt == 1
     retry_at = store.clock() - timedelta(seconds=1)
     error = ErrorInfo("RuntimeError", "boom")
-    assert store.record([Outcome(job.id, 1, JobStatus.QUEUED, error=error, run_at=retry_at)]) == 1
+    dispatch = DispatchStore(store)
+    assert (
+        dispatch.record([Outcome(job.id, 1, JobStatus.QUEUED, error=error, run_at=retry_at)]) == 1
+    )
     [second] = _claim_all(store)
     assert second.attempt == 2
     # Attempt 1 reports again, late: nothing changes.
-    assert store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"late": True})]) == 0
+    assert dispatch.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"late": True})]) == 0
     current = store.get(job.id)
     assert (current.status, current.attempt, current.result) == (JobStatus.QUEUED, 2, None)
-    assert store.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={"ok": 1})]) == 1
+    assert dispatch.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={"ok": 1})]) == 1
     # A second outcome for the same attempt changes nothing either.
-    assert store.record([Outcome(job.id, 2, JobStatus.FAILED, error=error)]) == 0
+    assert dispatch.record([Outcome(job.id, 2, JobStatus.FAILED, error=error)]) == 0
     final = store.get(job.id)
     assert (final.status, final.result, final.progress) == (JobStatus.COMPLETED, {"ok": 1}, 100.0)
     assert [a.status.value for a in store.attempts(job.id)] == ["failed", "completed"]
@@ -93,7 +100,8 @@ def test_claims_respect_queue_limits_and_priority(client: DirectClient) -> None:
     claimed = _claim_all(client.store)
     assert [c.id for c in claimed] == [high.id]
     assert _claim_all(client.store) == []
-    client.store.record([Outcome(high.id, 1, JobStatus.COMPLETED, result={})])
+    dispatch = DispatchStore(client.store)
+    dispatch.record([Outcome(high.id, 1, JobStatus.COMPLETED, result={})])
     assert [c.id for c in _claim_all(client.store)] == [low.id]
 
 
@@ -106,17 +114,18 @@ def test_an_expired_lease_is_found(client: DirectClient) -> None:
     store = client.store
     held, started = client.submit("noop", {}), client.submit("noop", {})
     claimed = _claim_all(store, "gone", lease_ttl_s=-1.0)
-    assert store.start("gone", [(started.id, 1, store.clock())]) == 1
+    dispatch = DispatchStore(store)
+    assert dispatch.start("gone", [(started.id, 1, store.clock())]) == 1
     # Held jobs are lost whether their worker started them or not.
-    lost = store.lost_jobs(expired=True)
+    lost = dispatch.lost_jobs(expired=True)
     assert sorted(j.id for j in lost) == sorted([held.id, started.id])
     assert {j.status for j in lost} == {JobStatus.QUEUED, JobStatus.PROCESSING}
     assert store.count_stuck() == 2
-    assert store.renew_leases("gone", 60) == 2
-    assert store.lost_jobs(expired=True) == [] and store.count_stuck() == 0
-    store.record([Outcome(c.id, c.attempt, JobStatus.COMPLETED, result={}) for c in claimed])
-    assert store.renew_leases("gone", 60) == 0
-    assert store.lost_jobs(expired=False) == []
+    assert dispatch.renew_leases("gone", 60) == 2
+    assert dispatch.lost_jobs(expired=True) == [] and store.count_stuck() == 0
+    dispatch.record([Outcome(c.id, c.attempt, JobStatus.COMPLETED, result={}) for c in claimed])
+    assert dispatch.renew_leases("gone", 60) == 0
+    assert dispatch.lost_jobs(expired=False) == []
 
 
 def test_concurrent_duplicate_submissions_make_one_job(client: DirectClient) -> None:
@@ -192,11 +201,11 @@ def test_cancel_and_retry_guard_their_states(client: DirectClient) -> None:
 def test_a_schema_behind_the_code_is_refused_with_the_fix(settings: Settings) -> None:
     from alembic import command
 
-    command.downgrade(store_schema.alembic_config(settings.database_url), "base")
+    command.downgrade(schema_version.alembic_config(settings.database_url), "base")
     engine = create_engine(settings.database_url)
     with pytest.raises(SchemaOutOfDate, match="raypipe migrate"):
         DirectClient(settings)
-    store_schema.upgrade(engine)
+    schema_version.upgrade(engine)
     DirectClient(settings).close()
     engine.dispose()
 
@@ -226,20 +235,21 @@ def test_every_status_change_and_progress_step_is_an_event(client: DirectClient)
     claimed = _claim_all(store)
     assert [c.id for c in claimed] == [job.id]
     assert _start(store, claimed) == 1
+    dispatch = DispatchStore(store)
     assert (
-        store.write_progress(
+        dispatch.write_progress(
             [{"id": job.id, "attempt": 1, "progress": 40.0, "message": "half", "stage": "s"}]
         )
         == 1
     )
     # A report from an attempt that is not running writes neither row nor event.
     assert (
-        store.write_progress(
+        dispatch.write_progress(
             [{"id": job.id, "attempt": 7, "progress": 90.0, "message": "x", "stage": None}]
         )
         == 0
     )
-    store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={})])
+    dispatch.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={})])
     events = store.events(job.id)
     assert [(e["kind"], e["status"], e["progress"]) for e in events] == [
         ("status", "queued", 0.0),
@@ -269,7 +279,8 @@ def test_a_claim_holds_the_job_queued_and_takes_its_queue_slot(client: DirectCli
     assert [e["status"] for e in store.events(first.id)] == ["queued"]
     # Neither claimable again, nor leaving room in its queue for the next.
     assert _claim_all(store) == []
-    assert store.running_by_queue() == {"solo": 1, "default": 1}
+    dispatch = DispatchStore(store)
+    assert dispatch.running_by_queue() == {"solo": 1, "default": 1}
     assert store.get(second.id).lease_owner is None
     stats = store.queue_stats()
     assert (stats["solo"]["depth"], stats["solo"]["running"]) == (2, 0)
@@ -303,12 +314,15 @@ def test_a_stale_start_changes_nothing(client: DirectClient) -> None:
     job = client.submit("noop", {})
     [claimed] = _claim_all(store)
     now = store.clock()
-    assert store.start(OWNER, [(job.id, 2, now)]) == 0
-    assert store.start("someone-else", [(job.id, 1, now)]) == 0
+    dispatch = DispatchStore(store)
+    assert dispatch.start(OWNER, [(job.id, 2, now)]) == 0
+    assert dispatch.start("someone-else", [(job.id, 1, now)]) == 0
     retry_at = now - timedelta(seconds=1)
-    store.record([Outcome(job.id, 1, JobStatus.QUEUED, error=ErrorInfo("E", "x"), run_at=retry_at)])
+    dispatch.record(
+        [Outcome(job.id, 1, JobStatus.QUEUED, error=ErrorInfo("E", "x"), run_at=retry_at)]
+    )
     # Attempt 1 was requeued before its start report was written.
-    assert store.start(OWNER, [(job.id, 1, now)]) == 0
+    assert dispatch.start(OWNER, [(job.id, 1, now)]) == 0
     requeued = store.get(job.id)
     assert (requeued.status, requeued.lease_owner, requeued.started_at) == (
         JobStatus.QUEUED,
@@ -317,10 +331,10 @@ def test_a_stale_start_changes_nothing(client: DirectClient) -> None:
     )
     [second] = _claim_all(store)
     # Of one job's reports, the stale attempt's never wins over the current one's.
-    assert store.start(OWNER, [(job.id, 2, now), (job.id, 1, retry_at)]) == 1
+    assert dispatch.start(OWNER, [(job.id, 2, now), (job.id, 1, retry_at)]) == 1
     assert store.get(job.id).started_at == now
-    store.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={})])
-    assert store.start(OWNER, [(job.id, 2, now)]) == 0
+    dispatch.record([Outcome(job.id, 2, JobStatus.COMPLETED, result={})])
+    assert dispatch.start(OWNER, [(job.id, 2, now)]) == 0
     assert store.get(job.id).status is JobStatus.COMPLETED
     assert (claimed.attempt, second.attempt) == (1, 2)
 
@@ -329,13 +343,14 @@ def test_an_attempt_that_ends_before_its_start_report_is_recorded(client: Direct
     store = client.store
     job = client.submit("noop", {})
     assert [c.id for c in _claim_all(store)] == [job.id]
-    assert store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"ok": 1})]) == 1
+    dispatch = DispatchStore(store)
+    assert dispatch.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"ok": 1})]) == 1
     done = store.get(job.id)
     assert (done.status, done.result, done.lease_owner) == (JobStatus.COMPLETED, {"ok": 1}, None)
     [attempt] = store.attempts(job.id)
     assert (attempt.status, attempt.started_at) == (AttemptStatus.COMPLETED, None)
     assert attempt.finished_at is not None
-    assert store.record([Outcome(job.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))]) == 0
+    assert dispatch.record([Outcome(job.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))]) == 0
     assert [e["status"] for e in store.events(job.id)] == ["queued", "completed"]
 
 
@@ -346,8 +361,9 @@ def test_cancelling_a_held_job_asks_its_dispatcher(client: DirectClient) -> None
     _claim_all(store)
     asked = store.request_cancel(held.id)
     assert (asked.status, asked.cancel_requested) == (JobStatus.QUEUED, True)
-    assert store.cancel_requests(OWNER) == [(held.id, 1)]
-    assert store.cancel_requests("someone-else") == []
+    dispatch = DispatchStore(store)
+    assert dispatch.cancel_requests(OWNER) == [(held.id, 1)]
+    assert dispatch.cancel_requests("someone-else") == []
     now = store.request_cancel(unheld.id)
     assert (now.status, now.finished_at is not None) == (JobStatus.CANCELLED, True)
     assert now.lease_owner is None
@@ -358,9 +374,9 @@ def test_cancelling_a_held_job_asks_its_dispatcher(client: DirectClient) -> None
     )
     assert [e["status"] for e in store.events(unheld.id)] == ["queued", "cancelled"]
     # The dispatcher stops the held one (before its start): it ends cancelled.
-    store.record([Outcome(held.id, 1, JobStatus.CANCELLED, error=CANCELLED_ON_REQUEST)])
+    dispatch.record([Outcome(held.id, 1, JobStatus.CANCELLED, error=CANCELLED_ON_REQUEST)])
     assert store.get(held.id).status is JobStatus.CANCELLED
-    assert store.cancel_requests(OWNER) == []
+    assert dispatch.cancel_requests(OWNER) == []
 
 
 def test_set_waiting_touches_only_unheld_queued_jobs(client: DirectClient) -> None:
@@ -368,26 +384,28 @@ def test_set_waiting_touches_only_unheld_queued_jobs(client: DirectClient) -> No
     held, started, done, waiting = (client.submit("noop", {}) for _ in range(4))
     claimed = _claim(store, held.id, started.id, done.id)
     _start(store, [c for c in claimed if c.id == started.id])
-    store.record([Outcome(done.id, 1, JobStatus.COMPLETED, result={})])
+    dispatch = DispatchStore(store)
+    dispatch.record([Outcome(done.id, 1, JobStatus.COMPLETED, result={})])
     everyone = [held.id, started.id, done.id, waiting.id, "no-such-job"]
-    assert store.set_waiting({job_id: "waiting for 1 CPU" for job_id in everyone}) == 1
+    assert dispatch.set_waiting({job_id: "waiting for 1 CPU" for job_id in everyone}) == 1
     assert {job_id: store.get(job_id).message for job_id in everyone[:4]} == {
         held.id: None,
         started.id: None,
         done.id: None,
         waiting.id: "waiting for 1 CPU",
     }
-    assert store.set_waiting({waiting.id: "waiting for 1 CPU"}) == 0  # already so
-    assert store.set_waiting({waiting.id: None}) == 1
+    assert dispatch.set_waiting({waiting.id: "waiting for 1 CPU"}) == 0  # already so
+    assert dispatch.set_waiting({waiting.id: None}) == 1
     assert store.get(waiting.id).message is None
-    assert store.set_waiting({}) == 0
+    assert dispatch.set_waiting({}) == 0
 
 
 def test_queue_stats_count_what_queued_jobs_wait_for(client: DirectClient) -> None:
     store = client.store
     cpu, cpu_too, gpu, retried, held, started = (client.submit("noop", {}) for _ in range(6))
     _start(store, [c for c in _claim(store, held.id, started.id) if c.id == started.id])
-    store.set_waiting(
+    dispatch = DispatchStore(store)
+    dispatch.set_waiting(
         {
             cpu.id: "waiting for 1 CPU",
             cpu_too.id: "waiting for 1 CPU",
@@ -407,7 +425,11 @@ def test_a_start_and_an_end_in_one_round_are_written_once(client: DirectClient) 
     claimed = _claim_all(store)
     at = store.clock() - timedelta(seconds=2)
     ended = [Outcome(job.id, 1, JobStatus.COMPLETED, result={"n": 1})]
-    assert store.advance(OWNER, [(c.id, c.attempt, at) for c in claimed], ended) == (2, 1)
+    dispatch = DispatchStore(store)
+    assert dispatch.advance(OWNER, [(c.id, c.attempt, at) for c in claimed], ended) == (
+        2,
+        1,
+    )
     done = store.get(job.id)
     assert (done.status, done.started_at, done.result) == (JobStatus.COMPLETED, at, {"n": 1})
     [attempt] = store.attempts(job.id)
@@ -415,7 +437,7 @@ def test_a_start_and_an_end_in_one_round_are_written_once(client: DirectClient) 
     assert attempt.finished_at is not None and attempt.finished_at >= at
     assert [e["status"] for e in store.events(job.id)] == ["queued", "processing", "completed"]
     assert [a.status for a in store.attempts(other.id)] == [AttemptStatus.RUNNING]
-    assert store.record([Outcome(other.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))]) == 1
+    assert dispatch.record([Outcome(other.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))]) == 1
     [attempt] = store.attempts(other.id)
     assert (attempt.status, attempt.started_at, attempt.error and attempt.error.type) == (
         AttemptStatus.FAILED,
@@ -431,14 +453,15 @@ def test_the_migration_down_keeps_attempts_not_started(settings: Settings) -> No
     client = DirectClient(settings)
     job = client.submit("noop", {})
     _claim_all(client.store)
-    client.store.record([Outcome(job.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))])
+    dispatch = DispatchStore(client.store)
+    dispatch.record([Outcome(job.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))])
     client.close()
     engine = create_engine(settings.database_url)
-    command.downgrade(store_schema.alembic_config(settings.database_url), "0004")
+    command.downgrade(schema_version.alembic_config(settings.database_url), "0004")
     with engine.connect() as conn:
         started = conn.execute(sa.text("SELECT started_at FROM attempts")).scalar_one()
     assert started is not None
-    store_schema.upgrade(engine)
+    schema_version.upgrade(engine)
     assert JobStore(engine).get(job.id).status is JobStatus.FAILED
     engine.dispose()
 
@@ -452,10 +475,11 @@ def test_the_migration_to_0006_drops_rows_of_attempts_claimed_not_begun(
     client = DirectClient(settings)
     held, ended = client.submit("noop", {}), client.submit("noop", {})
     claimed = {c.id: c for c in _claim_all(client.store)}
-    client.store.record([Outcome(ended.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))])
+    dispatch = DispatchStore(client.store)
+    dispatch.record([Outcome(ended.id, 1, JobStatus.FAILED, error=ErrorInfo("E", "x"))])
     client.close()
     engine = create_engine(settings.database_url)
-    command.downgrade(store_schema.alembic_config(settings.database_url), "0005")
+    command.downgrade(schema_version.alembic_config(settings.database_url), "0005")
     with engine.begin() as conn:  # what a claim of 0.5.0 left
         conn.execute(
             sa.text(
@@ -464,7 +488,7 @@ def test_the_migration_to_0006_drops_rows_of_attempts_claimed_not_begun(
             ),
             {"id": held.id, "owner": OWNER},
         )
-    store_schema.upgrade(engine)
+    schema_version.upgrade(engine)
     store = JobStore(engine)
     assert store.attempts(held.id) == []
     assert [a.status for a in store.attempts(ended.id)] == [AttemptStatus.FAILED]
@@ -483,16 +507,17 @@ def test_the_migration_to_0007_moves_payloads_out_of_job_rows_and_back(
     job = client.submit("sleep", {"seconds": 0.5, "steps": 2})
     client.close()
     engine = create_engine(settings.database_url)
-    config = store_schema.alembic_config(settings.database_url)
+    config = schema_version.alembic_config(settings.database_url)
     command.downgrade(config, "0006")
     with engine.connect() as conn:
         kept = conn.execute(sa.text("SELECT payload FROM jobs")).scalar_one()
     assert (kept if isinstance(kept, dict) else json.loads(kept)) == {"seconds": 0.5, "steps": 2}
-    store_schema.upgrade(engine)
+    schema_version.upgrade(engine)
     store = JobStore(engine)
     assert store.get(job.id).payload == {"seconds": 0.5, "steps": 2}
     assert [c.payload for c in _claim_all(store)] == [{"seconds": 0.5, "steps": 2}]
-    store.record([Outcome(job.id, 1, JobStatus.COMPLETED)])
+    dispatch = DispatchStore(store)
+    dispatch.record([Outcome(job.id, 1, JobStatus.COMPLETED)])
     store.delete(job.id)
     with engine.connect() as conn:  # a job's payload goes with it
         assert conn.execute(sa.select(sa.func.count()).select_from(job_payloads)).scalar() == 0
@@ -504,7 +529,8 @@ def test_deleting_a_job_deletes_its_webhook_deliveries(client: DirectClient) -> 
     store = client.store
     job = client.submit("noop", {}, webhook_url="https://hooks.example.com/raypipe")
     _claim(store, job.id)
-    store.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"secret": 1})])
+    dispatch = DispatchStore(store)
+    dispatch.record([Outcome(job.id, 1, JobStatus.COMPLETED, result={"secret": 1})])
     deliveries = sa.select(sa.func.count()).where(webhook_deliveries.c.job_id == job.id)
     with store.engine.connect() as conn:
         assert conn.execute(deliveries).scalar_one() == 1

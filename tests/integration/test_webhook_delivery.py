@@ -20,8 +20,8 @@ from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.retry import ErrorKind
-from raypipe.runtime import cluster
-from raypipe.runtime.cluster import ActorBell
+from raypipe.runtime import actors
+from raypipe.runtime.bells import ActorBell
 from raypipe.runtime.names import WEBHOOK_ACTOR
 from raypipe.store import create_engine
 from raypipe.store.tables import webhook_deliveries
@@ -573,7 +573,7 @@ def test_the_sender_actor_outlives_a_database_outage(
             url, tmp_path / "data", outbound_allow_networks=LOOPBACK, webhook_poll_interval_s=0.05
         )
         database = sa.engine.make_url(url).database
-        cluster.start_actors(settings)
+        actors.start_actors(settings)
         actor = ray.get_actor(WEBHOOK_ACTOR, namespace=settings.namespace)
         engine = create_engine(url)
         try:
@@ -597,4 +597,4 @@ def test_the_sender_actor_outlives_a_database_outage(
             assert stats["alive"] and stats["last_error"] is None
         finally:
             engine.dispose()
-            cluster.stop_actors(settings)
+            actors.stop_actors(settings)

@@ -9,7 +9,7 @@ from raypipe import cli
 from raypipe.config import get_settings
 from raypipe.store import create_engine
 from raypipe.store.access import AccessStore
-from raypipe.store.schema import upgrade
+from raypipe.store.schema_version import upgrade
 
 
 def test_the_first_key_file_is_created_readable_by_its_user_only(tmp_path: Path) -> None:

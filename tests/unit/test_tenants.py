@@ -11,7 +11,7 @@ from raypipe.artifacts import ArtifactStore
 from raypipe.exceptions import InvalidInput
 from raypipe.store import create_engine
 from raypipe.store.access import AccessStore
-from raypipe.store.schema import upgrade
+from raypipe.store.schema_version import upgrade
 from raypipe.tenants import check_tenant
 
 BAD = ["..", ".", "", "a/b", "a b", "../x", "x\n", "-x", "a..b", "x" * 101]

@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from raypipe.api.deps import ERRORS, Caller, services_of, utc_param
+from raypipe.api.deps import ERRORS, AppServices, Caller, utc_param
 from raypipe.exceptions import InvalidInput
-from raypipe.store.stats import StatsStore
 from raypipe.submission import check_text
 
 
@@ -88,7 +87,7 @@ def router() -> APIRouter:
 
     @routes.get("/stats", response_model=StatsView)
     def stats(
-        request: Request,
+        services: AppServices,
         caller: Caller,
         type: Name = None,
         queue: Name = None,
@@ -103,8 +102,7 @@ def router() -> APIRouter:
         if caller.scope is not None and tenant not in (None, caller.scope):
             problem = "only admin keys may read other tenants"
             raise InvalidInput(f"tenant: {problem}", details=[{"loc": ["tenant"], "msg": problem}])
-        jobs = services_of(request).jobs
-        found = StatsStore(jobs.engine, jobs.clock).compute(
+        found = services.stats.compute(
             tenant=caller.scope or tenant,
             type=type,
             queue=queue,

@@ -1,8 +1,17 @@
-"""Schema versions: upgrade with Alembic, and refuse to run on a schema that is behind."""
+"""Schema versions: upgrade with Alembic, and refuse to run on a schema that is behind.
+
+Every process that uses the database opens it here: :func:`open_current` for the life of
+a process (the API, the in-cluster client), :func:`current_database` for one command or
+job. Long-running actors (the dispatcher, the webhook sender) instead wait, checking with
+:func:`check` each round, until someone migrates.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -11,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from raypipe.exceptions import SchemaOutOfDate
+from raypipe.store.engine import create_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -50,3 +60,25 @@ def check(engine: Engine) -> None:
             f"database schema is {where}, raypipe needs {head}: run `raypipe migrate`"
             " (with the same RAYPIPE_DATABASE_URL)"
         )
+
+
+def open_current(url: str, **options: Any) -> Engine:
+    """An engine on ``url`` (``options`` as :func:`create_engine` takes them), or
+    :class:`SchemaOutOfDate` when its schema is not current."""
+    engine = create_engine(url, **options)
+    try:
+        check(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+@contextmanager
+def current_database(url: str) -> Iterator[Engine]:
+    """:func:`open_current` with one connection, disposed on exit: for a command or a job."""
+    engine = open_current(url, pool_size=1)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -3,18 +3,16 @@ tenant. Schedules from the configuration file can be paused and resumed here, no
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from raypipe.api.deps import ERRORS, Caller, services_of
-from raypipe.api.services import Principal
+from raypipe.api.deps import ERRORS, AppServices, Caller
+from raypipe.api.services import Principal, Services
 from raypipe.config import MissedFires
 from raypipe.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH, NAME_PATTERN
-from raypipe.store import JobStore
-from raypipe.store.schedules import Schedule, ScheduleStore
+from raypipe.store.schedules import Schedule
 
 JOB_DESCRIPTION = (
     "The job each fire submits, as POST /v1/jobs takes it, without run_at and"
@@ -89,27 +87,16 @@ class ScheduleList(BaseModel):
     schedules: list[ScheduleView]
 
 
-@cache
-def _store(jobs: JobStore) -> ScheduleStore:
-    """One per process and database, sharing the job store's engine and clock."""
-    return ScheduleStore(jobs.engine, jobs.clock)
-
-
-def _schedules(request: Request) -> ScheduleStore:
-    return _store(services_of(request).jobs)
-
-
 def router() -> APIRouter:
     """The schedule routes, to mount under ``/v1``."""
     routes = APIRouter(tags=["schedules"], responses=ERRORS)
 
     @routes.post("/schedules", status_code=201, response_model=ScheduleView)
     def create_schedule(
-        body: ScheduleCreate, caller: Caller, request: Request, response: Response
+        body: ScheduleCreate, caller: Caller, services: AppServices, response: Response
     ) -> ScheduleView:
         """Create a cron schedule; its job spec is validated now, as a submission would be."""
-        services = services_of(request)
-        schedule = _schedules(request).create(
+        schedule = services.schedules.create(
             services.settings,
             tenant=caller.tenant,
             name=body.name,
@@ -125,46 +112,47 @@ def router() -> APIRouter:
         return ScheduleView.of(schedule)
 
     @routes.get("/schedules", response_model=ScheduleList)
-    def list_schedules(caller: Caller, request: Request) -> ScheduleList:
+    def list_schedules(caller: Caller, services: AppServices) -> ScheduleList:
         """The tenant's schedules (every tenant's for an admin key), by name."""
-        found = _schedules(request).list(caller.scope)
+        found = services.schedules.list(caller.scope)
         return ScheduleList(schedules=[ScheduleView.of(s) for s in found])
 
     @routes.get("/schedules/{schedule_id}", response_model=ScheduleView)
-    def get_schedule(schedule_id: str, caller: Caller, request: Request) -> ScheduleView:
-        return ScheduleView.of(_schedules(request).get(schedule_id, caller.scope))
+    def get_schedule(schedule_id: str, caller: Caller, services: AppServices) -> ScheduleView:
+        return ScheduleView.of(services.schedules.get(schedule_id, caller.scope))
 
     @routes.patch("/schedules/{schedule_id}", response_model=ScheduleView)
     def update_schedule(
-        schedule_id: str, body: ScheduleUpdate, caller: Caller, request: Request
+        schedule_id: str, body: ScheduleUpdate, caller: Caller, services: AppServices
     ) -> ScheduleView:
         """Change a schedule. A new cron or time zone, or enabling it again, counts from now."""
-        return _update(request, schedule_id, caller, **body.model_dump(exclude_unset=True))
+        return _update(services, schedule_id, caller, **body.model_dump(exclude_unset=True))
 
     @routes.delete("/schedules/{schedule_id}", status_code=204, response_class=Response)
-    def delete_schedule(schedule_id: str, caller: Caller, request: Request) -> Response:
+    def delete_schedule(schedule_id: str, caller: Caller, services: AppServices) -> Response:
         """Delete a schedule; the jobs it submitted stay."""
-        _schedules(request).delete(schedule_id, caller.scope)
+        services.schedules.delete(schedule_id, caller.scope)
         return Response(status_code=204)
 
     @routes.post("/schedules/{schedule_id}/pause", response_model=ScheduleView)
-    def pause_schedule(schedule_id: str, caller: Caller, request: Request) -> ScheduleView:
+    def pause_schedule(schedule_id: str, caller: Caller, services: AppServices) -> ScheduleView:
         """Stop firing until resumed."""
-        return _update(request, schedule_id, caller, enabled=False)
+        return _update(services, schedule_id, caller, enabled=False)
 
     @routes.post("/schedules/{schedule_id}/resume", response_model=ScheduleView)
-    def resume_schedule(schedule_id: str, caller: Caller, request: Request) -> ScheduleView:
+    def resume_schedule(schedule_id: str, caller: Caller, services: AppServices) -> ScheduleView:
         """Fire again from the next instant after now (what was missed while paused is not)."""
-        return _update(request, schedule_id, caller, enabled=True)
+        return _update(services, schedule_id, caller, enabled=True)
 
     return routes
 
 
-def _update(request: Request, schedule_id: str, caller: Principal, **changes: Any) -> ScheduleView:
-    services = services_of(request)
+def _update(
+    services: Services, schedule_id: str, caller: Principal, **changes: Any
+) -> ScheduleView:
     if "job" in changes:
         changes["spec"] = changes.pop("job")
-    schedule = _schedules(request).update(
+    schedule = services.schedules.update(
         schedule_id, caller.scope, services.settings, admin=caller.admin, **changes
     )
     services.wake_dispatcher()

@@ -7,19 +7,17 @@ import asyncio
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from raypipe import metrics
-from raypipe.api.deps import ERRORS, KEEPALIVE_S, Caller, services_of
+from raypipe.api.deps import ERRORS, KEEPALIVE_S, AppServices, Caller
 from raypipe.api.schemas import JobView
 from raypipe.api.services import Services
 from raypipe.batches import BatchRecord, BatchSpec
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import JobStatus, follow_ups, jobs_made
-from raypipe.submission import prepare_batch
 
 
 class BatchView(BaseModel):
@@ -65,38 +63,34 @@ def router() -> APIRouter:
     routes = APIRouter(responses=ERRORS, tags=["batches"])
 
     @routes.post("/batches", status_code=202, response_model=BatchAccepted)
-    def create_batch(body: BatchSpec, caller: Caller, request: Request, response: Response) -> Any:
+    def create_batch(
+        body: BatchSpec, caller: Caller, services: AppServices, response: Response
+    ) -> Any:
         """Submit a batch: every job valid and written in one transaction, or none."""
-        services = services_of(request)
         services.charge(caller, "submit", jobs_made(body.jobs) + follow_ups(body.then))
-        rows, fields = prepare_batch(
-            body, services.settings, services.jobs.clock(), caller.tenant, caller.admin
-        )
-        batch = services.batches.create(caller.tenant, rows, **fields)
-        metrics.record_submitted((row["type"], row["queue"]) for row in rows)
-        services.wake_dispatcher()
+        batch = services.submitter.submit_batch(body, caller.tenant, admin=caller.admin)
         response.headers["Location"] = f"/v1/batches/{batch.id}"
         return BatchAccepted(**batch.to_dict(), job_ids=batch.job_ids)
 
     @routes.get("/batches", response_model=BatchList)
     def list_batches(
-        caller: Caller, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
+        caller: Caller, services: AppServices, limit: Annotated[int, Query(ge=1, le=500)] = 50
     ) -> BatchList:
         """The newest batches first, with their counts."""
-        found = services_of(request).batches.list(caller.scope, limit)
+        found = services.batches.list(caller.scope, limit)
         return BatchList(batches=[BatchView.of(batch) for batch in found])
 
     @routes.get("/batches/{batch_id}", response_model=BatchView)
-    def get_batch(batch_id: str, caller: Caller, request: Request) -> BatchView:
+    def get_batch(batch_id: str, caller: Caller, services: AppServices) -> BatchView:
         """Counts by status, progress (terminal jobs weighted with running jobs' progress),
         ETA from the rate so far, and the outcome once every job is terminal."""
-        return BatchView.of(services_of(request).batches.get(batch_id, caller.scope))
+        return BatchView.of(services.batches.get(batch_id, caller.scope))
 
     @routes.get("/batches/{batch_id}/jobs", response_model=BatchJobs)
     def batch_jobs(
         batch_id: str,
         caller: Caller,
-        request: Request,
+        services: AppServices,
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: str | None = None,
@@ -108,25 +102,21 @@ def router() -> APIRouter:
                 details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
             )
         after = int(cursor) if cursor is not None else -1
-        found = list(
-            services_of(request).batches.jobs(batch_id, caller.scope, status, after, limit)
-        )
+        found = list(services.batches.jobs(batch_id, caller.scope, status, after, limit))
         next_cursor = str(found[-1].batch_index) if len(found) == limit else None
         return BatchJobs(jobs=[JobView.of(job) for job in found], next_cursor=next_cursor)
 
     @routes.post("/batches/{batch_id}/cancel", response_model=BatchView)
-    def cancel_batch(batch_id: str, caller: Caller, request: Request) -> BatchView:
+    def cancel_batch(batch_id: str, caller: Caller, services: AppServices) -> BatchView:
         """Cancel its queued jobs now and stop its running ones; 409 once it has ended."""
-        services = services_of(request)
         batch = services.batches.cancel(batch_id, caller.scope)
         services.wake_dispatcher()
         return BatchView.of(batch)
 
     @routes.post("/batches/{batch_id}/retry-failed", response_model=BatchRetried)
-    def retry_failed(batch_id: str, caller: Caller, request: Request) -> BatchRetried:
+    def retry_failed(batch_id: str, caller: Caller, services: AppServices) -> BatchRetried:
         """Queue its failed jobs again; the batch runs again and its callbacks fire again
         when it ends."""
-        services = services_of(request)
         batch, retried = services.batches.retry_failed(batch_id, caller.scope)
         services.wake_dispatcher()
         return BatchRetried(**batch.to_dict(), retried=retried)
@@ -136,11 +126,12 @@ def router() -> APIRouter:
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def batch_events(batch_id: str, caller: Caller, request: Request) -> StreamingResponse:
+    async def batch_events(
+        batch_id: str, caller: Caller, services: AppServices
+    ) -> StreamingResponse:
         """Server-Sent Events: a `progress` event whenever counts or progress change, then
         one `status` event with the outcome, after which the stream ends. Each event is
         the whole batch state, so a reconnect needs no `Last-Event-ID`."""
-        services = services_of(request)
         await run_in_threadpool(services.batches.get, batch_id, caller.scope)
         return StreamingResponse(
             _stream(services, batch_id, caller.scope),

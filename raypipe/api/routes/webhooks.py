@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from raypipe.api.deps import ERRORS, Caller, decode_cursor, encode_cursor, services_of
-from raypipe.api.services import Services
-from raypipe.runtime.cluster import ActorBell
-from raypipe.runtime.names import WEBHOOK_ACTOR
-from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
+from raypipe.api.deps import ERRORS, AppServices, Caller, decode_cursor, encode_cursor
+from raypipe.store.webhooks import Delivery, DeliveryStatus
 from raypipe.submission import check_text
 
 
@@ -56,29 +52,6 @@ class SecretView(BaseModel):
     secret: str
 
 
-class _Webhooks:
-    """What the routes need in one process, built on first use (engines cannot be pickled
-    into Serve replicas): the store, on the jobs' engine, and the sender's bell."""
-
-    def __init__(self, services: Services):
-        self.store = WebhookStore(services.jobs.engine, services.jobs.clock)
-        self.bell = ActorBell(services.settings, WEBHOOK_ACTOR)
-
-
-_per_services: weakref.WeakKeyDictionary[Services, _Webhooks] = weakref.WeakKeyDictionary()
-
-
-def _webhooks(request: Request) -> _Webhooks:
-    services = services_of(request)
-    found = _per_services.get(services)
-    if found is None:
-        found = _per_services[services] = _Webhooks(services)
-    return found
-
-
-Webhooks = Annotated[_Webhooks, Depends(_webhooks)]
-
-
 def router() -> APIRouter:
     """The webhook routes, to mount under ``/v1``."""
     api = APIRouter(tags=["webhooks"], responses=ERRORS)
@@ -86,7 +59,7 @@ def router() -> APIRouter:
     @api.get("/webhooks/deliveries", response_model=DeliveryList)
     def list_deliveries(
         caller: Caller,
-        webhooks: Webhooks,
+        services: AppServices,
         status: DeliveryStatus | None = None,
         job_id: str | None = None,
         batch_id: str | None = None,
@@ -95,7 +68,7 @@ def router() -> APIRouter:
     ) -> DeliveryList:
         """Webhook deliveries with their attempts, newest first; follow `next_cursor`."""
         check_text({"job_id": job_id, "batch_id": batch_id, "cursor": cursor})
-        found = webhooks.store.list(
+        found = services.webhooks.list(
             tenant=caller.scope,
             status=status,
             job_id=job_id,
@@ -110,27 +83,27 @@ def router() -> APIRouter:
         )
 
     @api.get("/webhooks/deliveries/{delivery_id}", response_model=DeliveryView)
-    def get_delivery(delivery_id: str, caller: Caller, webhooks: Webhooks) -> DeliveryView:
+    def get_delivery(delivery_id: str, caller: Caller, services: AppServices) -> DeliveryView:
         """One delivery with every attempt: status code, error, duration."""
-        return DeliveryView.of(webhooks.store.get(delivery_id, caller.scope))
+        return DeliveryView.of(services.webhooks.get(delivery_id, caller.scope))
 
     @api.post(
         "/webhooks/deliveries/{delivery_id}/replay", status_code=202, response_model=DeliveryView
     )
-    def replay_delivery(delivery_id: str, caller: Caller, webhooks: Webhooks) -> DeliveryView:
+    def replay_delivery(delivery_id: str, caller: Caller, services: AppServices) -> DeliveryView:
         """Send a delivery again now, with the same `webhook-id` (409 while it is being sent)."""
-        delivery = webhooks.store.replay(delivery_id, caller.scope)
-        webhooks.bell.ring()
+        delivery = services.webhooks.replay(delivery_id, caller.scope)
+        services.wake_webhook_sender()
         return DeliveryView.of(delivery)
 
     @api.get("/webhooks/secret", response_model=SecretView)
-    def get_secret(caller: Caller, webhooks: Webhooks) -> SecretView:
+    def get_secret(caller: Caller, services: AppServices) -> SecretView:
         """The secret the tenant's webhooks are signed with (created on first use)."""
-        return SecretView(secret=webhooks.store.secret(caller.tenant))
+        return SecretView(secret=services.webhooks.secret(caller.tenant))
 
     @api.post("/webhooks/secret/rotate", response_model=SecretView)
-    def rotate_secret(caller: Caller, webhooks: Webhooks) -> SecretView:
+    def rotate_secret(caller: Caller, services: AppServices) -> SecretView:
         """Replace the tenant's secret: attempts from now on are signed with the new one."""
-        return SecretView(secret=webhooks.store.rotate_secret(caller.tenant))
+        return SecretView(secret=services.webhooks.rotate_secret(caller.tenant))
 
     return api

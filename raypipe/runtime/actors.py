@@ -1,4 +1,4 @@
-"""Connecting to Ray and starting raypipe's detached actors."""
+"""Connecting to Ray, and starting and stopping raypipe's detached actors."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import logging
 from typing import Any
 
 import ray
+from ray.actor import ActorHandle
 
 from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput, NotRunning
 from raypipe.runtime import head, pools
 from raypipe.runtime.dispatcher import Dispatcher
-from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR
+from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR, find_actor
 from raypipe.runtime.progress import ProgressActor
 from raypipe.runtime.webhook_sender import WebhookSender
-
-ActorHandle = Any
 
 
 def init_ray(settings: Settings, *, start_local: bool = False) -> None:
@@ -60,39 +59,31 @@ def start_actors(settings: Settings) -> tuple[ActorHandle, ActorHandle]:
     problems = pools.unsatisfiable(settings, ray.cluster_resources())
     if problems:
         raise InvalidInput("; ".join(problems))
-    common = {
-        "namespace": settings.namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "num_cpus": 0,
-    }
-    progress = (
-        ray.remote(ProgressActor)
-        .options(name=PROGRESS_ACTOR, max_task_retries=-1, **common)
-        .remote(settings)
-    )
-    dispatcher = (
-        ray.remote(Dispatcher)
-        .options(name=DISPATCHER_ACTOR, max_task_retries=-1, **common)
-        .remote(settings)
-    )
-    webhooks = (
-        ray.remote(WebhookSender)
-        .options(name=WEBHOOK_ACTOR, max_task_retries=-1, **common)
-        .remote(settings)
-    )
+    progress = _detached(ProgressActor, PROGRESS_ACTOR, settings)
+    dispatcher = _detached(Dispatcher, DISPATCHER_ACTOR, settings)
+    webhooks = _detached(WebhookSender, WEBHOOK_ACTOR, settings)
     ray.get(
         [progress.stats.remote(), dispatcher.info.remote(), webhooks.stats.remote()], timeout=120
     )
     return dispatcher, progress
 
 
-def find_actor(settings: Settings, name: str) -> ActorHandle | None:
-    try:
-        return ray.get_actor(name, namespace=settings.namespace)
-    except ValueError:
-        return None
+def _detached(actor: type, name: str, settings: Settings) -> Any:
+    """Start the named actor, or find it running: it outlives its starter, is restarted
+    whenever it dies (its calls retried), and holds no CPU."""
+    return (
+        ray.remote(actor)
+        .options(
+            name=name,
+            namespace=settings.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            num_cpus=0,
+        )
+        .remote(settings)
+    )
 
 
 def stop_actors(settings: Settings) -> list[str]:
@@ -105,31 +96,3 @@ def stop_actors(settings: Settings) -> list[str]:
             ray.kill(actor, no_restart=True)
             stopped.append(name)
     return stopped
-
-
-class ActorBell:
-    """Wakes one of raypipe's polling actors, fire-and-forget; a no-op without Ray (the
-    actor polls anyway). Keeps the actor's handle, and looks it up again after a failed call."""
-
-    def __init__(self, settings: Settings, name: str):
-        self._settings = settings
-        self._name = name
-        self._actor: ActorHandle | None = None
-
-    def ring(self) -> None:
-        if not ray.is_initialized():
-            return
-        if self._actor is None:
-            self._actor = find_actor(self._settings, self._name)
-        if self._actor is not None:
-            try:
-                self._actor.wake.remote()
-            except ray.exceptions.RayError:
-                self._actor = None
-
-
-class DispatcherBell(ActorBell):
-    """Wakes the dispatcher (on every submission and cancel)."""
-
-    def __init__(self, settings: Settings):
-        super().__init__(settings, DISPATCHER_ACTOR)

@@ -1,0 +1,337 @@
+"""The dispatcher's side of the jobs table: claims, starts and outcomes, leases, cancel
+requests and waiting messages; and the progress actor's writes. Each status change is a
+guarded UPDATE (:mod:`raypipe.store.transitions`), so a stale or repeated report changes
+nothing.
+
+The users' side of the same rows is :class:`raypipe.store.jobs.JobStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from raypipe.jobs import ClaimedJob, JobRecord, JobStatus, Outcome
+from raypipe.store import transitions
+from raypipe.store.engine import read_only
+from raypipe.store.jobs import JobStore, job_from_mapping, select_jobs
+from raypipe.store.tables import HELD, UNHELD_QUEUED, UTCDateTime, job_events, job_payloads, jobs
+from raypipe.store.transitions import chunks
+
+#: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
+CLAIM_LOCK_KEY = 0x7261797069706500
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A runnable job offered to the dispatcher's claim policy."""
+
+    id: str
+    type: str
+    queue: str
+    priority: int
+    created_at: datetime
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+    tenant: str
+    run_at: datetime
+
+
+ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
+
+
+class DispatchStore:
+    """What the dispatcher and the progress actor read and write, on a job store's engine
+    and clock."""
+
+    def __init__(self, jobs: JobStore):
+        self.jobs = jobs
+
+    @property
+    def engine(self) -> Engine:
+        return self.jobs.engine
+
+    @property
+    def dialect(self) -> str:
+        return self.jobs.dialect
+
+    def clock(self) -> datetime:
+        """Now, by the job store's clock (tests set theirs)."""
+        return self.jobs.clock()
+
+    @classmethod
+    def from_url(cls, url: str, wait_for_flush: bool = True) -> DispatchStore:
+        return cls(JobStore.from_url(url, wait_for_flush=wait_for_flush))
+
+    def running_by_queue(self) -> dict[str, int]:
+        with read_only(self.engine) as conn:
+            return self._running_by_queue(conn)
+
+    @staticmethod
+    def _running_by_queue(conn: Connection) -> dict[str, int]:
+        """Held jobs per queue: a claimed job takes its queue's slot before it starts."""
+        query = sa.select(jobs.c.queue, sa.func.count()).where(HELD).group_by(jobs.c.queue)
+        return {queue: count for queue, count in conn.execute(query)}
+
+    def claim(
+        self,
+        owner: str,
+        lease_ttl_s: float,
+        queue_limits: dict[str, int],
+        choose: ChooseClaims,
+        limit: int,
+    ) -> list[ClaimedJob]:
+        """Hold runnable jobs under ``owner``'s lease, each with a new attempt; they stay
+        ``queued`` until :meth:`start` hears that their worker began.
+
+        Candidates come highest priority first, then oldest, from queues with free
+        slots (held jobs take slots); ``choose`` picks among them (resources, free slots).
+        """
+        now = self.clock()
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            running = self._running_by_queue(conn)
+            free = {q: n - running.get(q, 0) for q, n in queue_limits.items()}
+            candidates = sorted(
+                (
+                    candidate
+                    for queue, slots in free.items()
+                    if slots > 0
+                    for candidate in self._candidates(conn, queue, now, min(slots, limit))
+                ),
+                key=lambda c: (-c.priority, c.created_at, c.id),
+            )
+            chosen = choose(candidates, free)
+            if not chosen:
+                return []
+            expires = now + timedelta(seconds=lease_ttl_s)
+            # Payloads are read for the chosen rows only (a candidate's may be megabytes).
+            taken: set[str] = set()
+            payloads: dict[str, Any] = {}
+            for chunk in chunks([c.id for c in chosen]):
+                ids = (
+                    conn.execute(
+                        sa.update(jobs)
+                        .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
+                        .values(
+                            attempt=jobs.c.attempt + 1,
+                            started_at=None,
+                            updated_at=now,
+                            lease_owner=owner,
+                            lease_expires_at=expires,
+                            progress=0.0,
+                            message=None,
+                            stage=None,
+                        )
+                        .returning(jobs.c.id)
+                    )
+                    .scalars()
+                    .all()
+                )
+                taken.update(ids)
+                query = sa.select(job_payloads.c.job_id, job_payloads.c.payload).where(
+                    job_payloads.c.job_id.in_(ids)
+                )
+                payloads.update((row.job_id, row.payload) for row in conn.execute(query))
+        return [
+            ClaimedJob(
+                id=c.id,
+                type=c.type,
+                queue=c.queue,
+                payload=payloads.get(c.id, {}),
+                attempt=c.attempt + 1,
+                max_attempts=c.max_attempts,
+                timeout_s=c.timeout_s,
+                tenant=c.tenant,
+            )
+            for c in chosen
+            if c.id in taken
+        ]
+
+    def _candidates(
+        self, conn: Connection, queue: str, now: datetime, limit: int
+    ) -> list[Candidate]:
+        """Runnable jobs of one queue in claim order; one query per queue so that the
+        claim index serves the ORDER BY instead of a sort of every queued row."""
+        query = (
+            sa.select(*(jobs.c[name] for name in Candidate.__dataclass_fields__))
+            .where(UNHELD_QUEUED, jobs.c.queue == queue, jobs.c.run_at <= now)
+            .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [Candidate(*row) for row in conn.execute(query)]
+
+    def start(self, owner: str, starts: Sequence[transitions.Start]) -> int:
+        """Move held jobs whose worker reported (id, attempt, when) it began to ``processing``.
+
+        Only ``owner``'s still-queued hold of that attempt moves, so a late or repeated
+        report (the attempt ended, was rescued or retried) changes nothing; one status
+        event per job that moved. Returns how many moved.
+        """
+        return self.advance(owner, starts, ())[0]
+
+    def record(self, outcomes: Sequence[Outcome]) -> int:
+        """Record how attempts ended; stale outcomes (wrong attempt, or the job no longer
+        held: requeued or ended) change nothing. An attempt that ends before its start
+        was reported is recorded all the same.
+
+        In the same transaction: follow-up jobs, webhook deliveries, and the end of
+        batches whose last job this was. Returns how many jobs changed.
+        """
+        return self.advance("", (), outcomes)[1]
+
+    def advance(
+        self, owner: str, starts: Sequence[transitions.Start], outcomes: Sequence[Outcome]
+    ) -> tuple[int, int]:
+        """:meth:`start`, then :meth:`record`, in one transaction: what readers see moves
+        from one round's state to the next (never a started job beside the one it
+        replaced still running). Returns (jobs started, jobs ended)."""
+        if not starts and not outcomes:
+            return 0, 0
+        with self.engine.begin() as conn:
+            return transitions.advance(conn, owner, starts, outcomes, self.clock(), self.jobs.add)
+
+    def renew_leases(
+        self, owner: str, lease_ttl_s: float, job_ids: Iterable[str] | None = None
+    ) -> int:
+        """Extend ``owner``'s leases; with ``job_ids``, only those jobs' leases.
+
+        A dispatcher names the jobs it runs: a row it holds without knowing (a claim whose
+        answer was lost with its connection) then expires and is rescued, not kept forever.
+        """
+        now = self.clock()
+        renew = (
+            sa.update(jobs)
+            .where(HELD, jobs.c.lease_owner == owner)
+            .values(lease_expires_at=now + timedelta(seconds=lease_ttl_s))
+        )
+        with self.engine.begin() as conn:
+            if job_ids is None:
+                return conn.execute(renew).rowcount
+            return sum(
+                conn.execute(renew.where(jobs.c.id.in_(chunk))).rowcount
+                for chunk in chunks(list(job_ids))
+            )
+
+    def lost_jobs(
+        self,
+        *,
+        expired: bool = True,
+        owner_prefix: str | None = None,
+        exclude_owner: str | None = None,
+        limit: int = 500,
+    ) -> list[JobRecord]:
+        """Held jobs (started or not) whose lease expired, or held by an earlier dispatcher
+        incarnation."""
+        query = select_jobs().where(HELD).limit(limit)
+        if expired:
+            query = query.where(jobs.c.lease_expires_at < self.clock())
+        if owner_prefix is not None:
+            query = query.where(jobs.c.lease_owner.startswith(owner_prefix, autoescape=True))
+        if exclude_owner is not None:
+            query = query.where(jobs.c.lease_owner != exclude_owner)
+        with read_only(self.engine) as conn:
+            return [job_from_mapping(row._mapping) for row in conn.execute(query)]
+
+    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
+        """(job id, attempt) of jobs ``owner`` holds whose cancellation was asked for."""
+        query = sa.select(jobs.c.id, jobs.c.attempt).where(
+            HELD,
+            jobs.c.cancel_requested.is_(True),
+            jobs.c.lease_owner == owner,
+        )
+        with read_only(self.engine) as conn:
+            return [(row.id, row.attempt) for row in conn.execute(query)]
+
+    def write_progress(self, updates: Sequence[dict[str, Any]]) -> int:
+        """Write running attempts' latest progress (id, attempt, progress, message, stage),
+        each with a progress event; reports for attempts no longer running change nothing."""
+        if not updates:
+            return 0
+        now = self.clock()
+        params = [
+            {
+                "b_id": u["id"],
+                "b_attempt": u["attempt"],
+                "b_progress": u["progress"],
+                "b_message": u["message"],
+                "b_stage": u["stage"],
+            }
+            for u in updates
+        ]
+        guard = (
+            jobs.c.id == sa.bindparam("b_id"),
+            jobs.c.attempt == sa.bindparam("b_attempt"),
+            jobs.c.status == JobStatus.PROCESSING,
+        )
+        with self.engine.begin() as conn:
+            written = conn.execute(
+                sa.update(jobs)
+                .where(*guard)
+                .values(
+                    progress=sa.bindparam("b_progress"),
+                    message=sa.bindparam("b_message"),
+                    stage=sa.bindparam("b_stage"),
+                ),
+                params,
+            ).rowcount
+            conn.execute(
+                job_events.insert().from_select(
+                    [
+                        "job_id",
+                        "kind",
+                        "status",
+                        "attempt",
+                        "progress",
+                        "message",
+                        "stage",
+                        "created_at",
+                    ],
+                    sa.select(
+                        jobs.c.id,
+                        sa.literal("progress"),
+                        sa.literal(JobStatus.PROCESSING.value),
+                        jobs.c.attempt,
+                        jobs.c.progress,
+                        jobs.c.message,
+                        jobs.c.stage,
+                        sa.literal(now, UTCDateTime),
+                    ).where(*guard),
+                ),
+                params,
+            )
+        return written
+
+    def set_waiting(self, messages: Mapping[str, str | None]) -> int:
+        """Say why unclaimed queued jobs wait (id to message, None clears): the dispatcher
+        cannot admit them yet. Held or started jobs keep theirs. Returns rows changed."""
+        if not messages:
+            return 0
+        # Nearly all say the same ("waiting for 1 CPU"): one IN-list UPDATE per message.
+        by_message: dict[str | None, list[str]] = {}
+        for job_id, text in messages.items():
+            by_message.setdefault(text, []).append(job_id)
+        changed = 0
+        with self.engine.begin() as conn:
+            for text, ids in by_message.items():
+                for chunk in chunks(ids):
+                    statement = (
+                        sa.update(jobs)
+                        .where(
+                            jobs.c.id.in_(chunk),
+                            UNHELD_QUEUED,
+                            jobs.c.message.is_distinct_from(text),
+                        )
+                        .values(message=text)
+                    )
+                    changed += conn.execute(statement).rowcount
+        return changed

@@ -1,0 +1,468 @@
+"""Jobs as their users see them: submit, read, list, count, cancel, retry, delete.
+
+The dispatcher's side of the same rows (claims, starts, outcomes, leases) is
+:mod:`raypipe.store.dispatch`; the state moves both use are :mod:`raypipe.store.transitions`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, Row
+
+from raypipe.exceptions import Conflict, NotFound
+from raypipe.jobs import (
+    AttemptRecord,
+    AttemptStatus,
+    ErrorInfo,
+    JobRecord,
+    JobStatus,
+    utcnow,
+)
+from raypipe.store import completion, transitions
+from raypipe.store.engine import create_engine, read_only
+from raypipe.store.tables import (
+    HELD,
+    UTCDateTime,
+    attempts,
+    job_events,
+    job_payloads,
+    jobs,
+    webhook_deliveries,
+)
+from raypipe.store.transitions import status_event
+
+#: How :meth:`DispatchStore.set_waiting` messages begin, so :meth:`JobStore.queue_stats` can
+#: count them apart from a job's own messages.
+WAITING_PREFIX = "waiting for"
+
+Clock = Callable[[], datetime]
+
+
+class JobStore:
+    """Reads and writes jobs and attempts (SQL lives in `raypipe.store` only)."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow):
+        self.engine = engine
+        self.clock = clock
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def from_url(cls, url: str, clock: Clock = utcnow, wait_for_flush: bool = True) -> JobStore:
+        return cls(create_engine(url, wait_for_flush=wait_for_flush), clock)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- submission ---------------------------------------------------------------
+
+    def insert(self, rows: list[dict[str, Any]]) -> list[tuple[JobRecord, bool]]:
+        """Insert job rows (one transaction); returns each job and whether it is new.
+
+        A row whose (tenant, idempotency key) exists already returns the existing job
+        when its request hash matches, and raises :class:`Conflict` (writing nothing)
+        when it does not, including under concurrent duplicate submissions.
+        """
+        now = self.clock()
+        _queued(rows, now)
+        keyed = [row for row in rows if row.get("idempotency_key")]
+        job_rows = [_without_payload(row) for row in rows]
+        with self.engine.begin() as conn:
+            if keyed:
+                conn.execute(self._insert_ignoring_duplicates(), job_rows)
+                existing = self._by_idempotency_key(conn, keyed)
+            else:
+                conn.execute(jobs.insert(), job_rows)
+                existing = {}
+            out: list[tuple[JobRecord, bool]] = []
+            for row in rows:
+                found = existing.get((row["tenant"], row.get("idempotency_key") or ""))
+                if found is None or found.id == row["id"]:
+                    out.append((job_from_mapping({**_JOB_DEFAULTS, **row}), True))
+                elif found.request_hash != row["request_hash"]:
+                    raise Conflict(
+                        f"idempotency key {row['idempotency_key']!r} was used for a different"
+                        f" request (job {found.id})"
+                    )
+                else:
+                    out.append((job_from_mapping(found._mapping), False))
+            created = {job.id for job, new in out if new}
+            _write_submitted(conn, [row for row in rows if row["id"] in created], now)
+        return out
+
+    def _insert_ignoring_duplicates(self) -> sa.Insert:
+        if self.dialect == "postgresql":
+            return postgresql.insert(jobs).on_conflict_do_nothing(
+                index_elements=["tenant", "idempotency_key"]
+            )
+        return sqlite.insert(jobs).on_conflict_do_nothing(
+            index_elements=["tenant", "idempotency_key"]
+        )
+
+    @staticmethod
+    def _by_idempotency_key(
+        conn: Connection, rows: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], Row[Any]]:
+        found: dict[tuple[str, str], Row[Any]] = {}
+        by_tenant: dict[str, set[str]] = {}
+        for row in rows:
+            by_tenant.setdefault(row["tenant"], set()).add(row["idempotency_key"])
+        for tenant, keys in by_tenant.items():
+            query = select_jobs().where(
+                jobs.c.tenant == tenant, jobs.c.idempotency_key.in_(sorted(keys))
+            )
+            for existing in conn.execute(query):
+                found[(existing.tenant, existing.idempotency_key)] = existing
+        return found
+
+    @staticmethod
+    def add(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+        """Insert prepared job rows, queued, with their payloads and first events, inside
+        ``conn``'s transaction (for writes that submit jobs as part of something larger:
+        batches, schedules' fires, follow-ups). :meth:`insert` writes them the same way."""
+        _queued(rows, now)
+        conn.execute(jobs.insert(), [_without_payload(row) for row in rows])
+        _write_submitted(conn, rows, now)
+
+    # -- reads --------------------------------------------------------------------
+
+    def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job, or :class:`NotFound` (also for another tenant's job)."""
+        check_id(job_id)
+        query = select_jobs().where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        with read_only(self.engine) as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return job_from_mapping(row._mapping)
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        tag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        ids: Iterable[str] | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> builtins.list[JobRecord]:
+        """Jobs matching every filter given, newest first; ``before`` is the (created_at, id)
+        of the last job of the previous page (keyset pagination)."""
+        query = select_jobs().order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        for column, value in (
+            (jobs.c.tenant, tenant),
+            (jobs.c.status, status),
+            (jobs.c.type, type),
+            (jobs.c.queue, queue),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if tag is not None:
+            query = query.where(self._has_tag(tag))
+        if created_after is not None:
+            query = query.where(jobs.c.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(jobs.c.created_at < created_before)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        if before is not None:
+            at, last_id = before
+            query = query.where(
+                sa.or_(
+                    jobs.c.created_at < at,
+                    sa.and_(jobs.c.created_at == at, jobs.c.id < last_id),
+                )
+            )
+        with read_only(self.engine) as conn:
+            return [job_from_mapping(row._mapping) for row in conn.execute(query)]
+
+    def _has_tag(self, tag: str) -> sa.ColumnElement[bool]:
+        if self.dialect == "postgresql":
+            return sa.type_coerce(jobs.c.tags, postgresql.JSONB).contains([tag])
+        each = sa.func.json_each(jobs.c.tags).table_valued("value")
+        return sa.exists(sa.select(1).select_from(each).where(each.c.value == tag))
+
+    def queue_stats(self, tenant: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per queue: queued depth (held jobs not started yet included), running count, the
+        oldest runnable job's wait, and how many queued jobs wait for what (``waiting``);
+        of ``tenant``'s jobs only, when given."""
+        now = self.clock()
+        waiting = sa.case(
+            (
+                sa.and_(
+                    jobs.c.status == JobStatus.QUEUED,
+                    jobs.c.message.startswith(WAITING_PREFIX),
+                ),
+                jobs.c.message,
+            )
+        ).label("waiting")
+        query = (
+            sa.select(
+                jobs.c.queue,
+                jobs.c.status,
+                waiting,
+                sa.func.count(),
+                sa.func.min(sa.case((jobs.c.run_at <= now, jobs.c.run_at))),
+            )
+            .where(jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
+            .group_by(jobs.c.queue, jobs.c.status, waiting)
+        )
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        stats: dict[str, dict[str, Any]] = {}
+        with read_only(self.engine) as conn:
+            for queue, status, why, count, oldest in conn.execute(query):
+                entry = stats.setdefault(
+                    queue, {"depth": 0, "running": 0, "oldest_waiting_s": None, "waiting": {}}
+                )
+                if JobStatus(status) is JobStatus.PROCESSING:
+                    entry["running"] += count
+                    continue
+                entry["depth"] += count
+                if why is not None:
+                    entry["waiting"][why] = count
+                if oldest is not None:
+                    oldest = UTCDateTime().process_result_value(oldest, self.engine.dialect)
+                    assert oldest is not None
+                    waited = round((now - oldest).total_seconds(), 3)
+                    entry["oldest_waiting_s"] = max(entry["oldest_waiting_s"] or 0.0, waited)
+        return stats
+
+    def count_stuck(self) -> int:
+        """Held jobs whose lease expired: their dispatcher is gone, no one rescued them yet."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(HELD, jobs.c.lease_expires_at < self.clock())
+        )
+        with read_only(self.engine) as conn:
+            return conn.execute(query).scalar_one()
+
+    def attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
+        query = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
+        with read_only(self.engine) as conn:
+            return [_attempt_from_row(row) for row in conn.execute(query)]
+
+    def count_by_status(self, ids: Iterable[str] | None = None) -> dict[JobStatus, int]:
+        query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        if ids is not None:
+            query = query.where(jobs.c.id.in_(list(ids)))
+        with read_only(self.engine) as conn:
+            return {JobStatus(status): count for status, count in conn.execute(query)}
+
+    def count_unfinished(self, queue: str | None = None) -> int:
+        """How many jobs are queued or processing (served by the claim index), in ``queue``
+        or in all (a bench waits for its own queue: a schedule may fire a job elsewhere)."""
+        query = sa.select(sa.func.count()).where(
+            jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING])
+        )
+        if queue is not None:
+            query = query.where(jobs.c.queue == queue)
+        with read_only(self.engine) as conn:
+            return conn.execute(query).scalar_one()
+
+    def events(
+        self, job_id: str, after: int = 0, limit: int = 500
+    ) -> builtins.list[dict[str, Any]]:
+        """A job's events after event id ``after``, oldest first."""
+        query = (
+            sa.select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.id > after)
+            .order_by(job_events.c.id)
+            .limit(limit)
+        )
+        with read_only(self.engine) as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # -- the user's writes -----------------------------------------------------------
+
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """Cancel a queued job no dispatcher holds now; flag a held or running one for its
+        dispatcher to stop (it may be starting already)."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, job_id, tenant)
+            if job.status.is_terminal:
+                raise Conflict(
+                    f"job {job_id} is {job.status.value}: only queued or processing jobs"
+                    " can be cancelled"
+                )
+            where = jobs.c.id == job_id
+            if transitions.cancel_unheld(conn, where, now):
+                completion.settle(conn, [job.batch_id], now, self.add)
+            else:
+                transitions.ask_to_stop(conn, where, now)
+        return self.get(job_id)
+
+    def retry(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """Queue a failed or cancelled job again, allowing it one more attempt."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, job_id, tenant)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise Conflict(
+                    f"job {job_id} is {job.status.value}: only failed or cancelled jobs"
+                    " can be retried"
+                )
+            transitions.requeue(
+                conn,
+                sa.and_(jobs.c.id == job_id, jobs.c.status == job.status),
+                now,
+                max(job.max_attempts, job.attempt + 1),
+            )
+        return self.get(job_id)
+
+    def delete(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """Remove a finished job with its attempts and events; returns what was removed.
+
+        A job still queued or running is a :class:`Conflict` (cancel it first).
+        """
+        with self.engine.begin() as conn:
+            job = self._locked(conn, job_id, tenant)
+            if not job.status.is_terminal:
+                raise Conflict(f"job {job_id} is {job.status.value}: cancel it before deleting it")
+            # Its deliveries carry its result in their bodies: they go with it (the sender's
+            # writes to a delivery deleted under it match no row).
+            conn.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.job_id == job_id))
+            conn.execute(sa.delete(jobs).where(jobs.c.id == job_id))
+        return job
+
+    def _locked(self, conn: Connection, job_id: str, tenant: str | None) -> JobRecord:
+        check_id(job_id)
+        query = select_jobs().where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        if self.dialect == "postgresql":
+            query = query.with_for_update(of=jobs)
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return job_from_mapping(row._mapping)
+
+
+def select_jobs() -> sa.Select[Any]:
+    """Whole job rows, each with its payload (read with :func:`job_from_mapping`)."""
+    return sa.select(jobs, job_payloads.c.payload).join_from(
+        jobs, job_payloads, job_payloads.c.job_id == jobs.c.id, isouter=True
+    )
+
+
+def _without_payload(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in row.items() if name != "payload"}
+
+
+def _queued(rows: list[dict[str, Any]], now: datetime) -> None:
+    """Fill in what a submitted row starts with: queued, runnable from now unless it says."""
+    for row in rows:
+        row.setdefault("created_at", now)
+        row.setdefault("run_at", now)
+        row.update(status=JobStatus.QUEUED, updated_at=now)
+
+
+def _write_submitted(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+    """The payloads and first status events of job rows just inserted."""
+    if not rows:
+        return
+    conn.execute(
+        job_payloads.insert(), [{"job_id": row["id"], "payload": row["payload"]} for row in rows]
+    )
+    conn.execute(
+        job_events.insert(), [status_event(row["id"], JobStatus.QUEUED, 0, now) for row in rows]
+    )
+
+
+def check_id(job_id: str) -> None:
+    """Ids are UUID strings: anything a database could choke on (NUL, oversize) is unknown."""
+    if len(job_id) > 36 or "\x00" in job_id:
+        raise NotFound(f"job {job_id[:40]!r} not found")
+
+
+_JOB_DEFAULTS: dict[str, Any] = {
+    "progress": 0.0,
+    "message": None,
+    "stage": None,
+    "result": None,
+    "error_type": None,
+    "error_message": None,
+    "error_traceback": None,
+    "attempt": 0,
+    "cancel_requested": False,
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "started_at": None,
+    "finished_at": None,
+    "artifacts": None,
+    "then": None,
+    "parent_id": None,
+    "batch_id": None,
+    "batch_index": None,
+    "webhook_url": None,
+}
+
+
+def job_from_mapping(row: Any) -> JobRecord:
+    error = (
+        ErrorInfo(row["error_type"], row["error_message"] or "", row["error_traceback"])
+        if row["error_type"]
+        else None
+    )
+    return JobRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        type=row["type"],
+        queue=row["queue"],
+        priority=row["priority"],
+        status=JobStatus(row["status"]),
+        payload=row["payload"],
+        progress=float(row["progress"]),
+        message=row["message"],
+        stage=row["stage"],
+        result=row["result"],
+        error=error,
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"],
+        tags=list(row["tags"] or []),
+        idempotency_key=row["idempotency_key"],
+        cancel_requested=bool(row["cancel_requested"]),
+        created_at=row["created_at"],
+        run_at=row["run_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        artifacts=list(row["artifacts"] or []),
+        parent_id=row["parent_id"],
+        then=row["then"],
+        batch_id=row["batch_id"],
+        batch_index=row["batch_index"],
+        webhook_url=row["webhook_url"],
+    )
+
+
+def _attempt_from_row(row: Row[Any]) -> AttemptRecord:
+    error = (
+        ErrorInfo(row.error_type, row.error_message or "", row.error_traceback)
+        if row.error_type
+        else None
+    )
+    return AttemptRecord(
+        job_id=row.job_id,
+        attempt=row.attempt,
+        status=AttemptStatus(row.status),
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=error,
+        lease_owner=row.lease_owner,
+    )

@@ -1,0 +1,57 @@
+"""The one path a submission takes from specs to committed rows, for the API, batches and
+the in-cluster client: check and prepare (:mod:`raypipe.submission`), write in one
+transaction, count, then wake the dispatcher.
+
+Schedules' fires and follow-up jobs are written inside the dispatcher's own transactions,
+from the same prepared rows by the same :meth:`JobStore.add`; the dispatcher needs no bell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from raypipe import metrics
+from raypipe.batches import BatchRecord, BatchSpec
+from raypipe.config import Settings
+from raypipe.jobs import JobRecord, JobSpec
+from raypipe.store import JobStore
+from raypipe.store.batches import BatchStore
+from raypipe.submission import prepare, prepare_batch
+
+
+class Submitter:
+    """Submits for any tenant; the caller says which, and whether it may use admin-only
+    job types (the API's keys decide; the CLI and in-cluster clients may)."""
+
+    def __init__(self, jobs: JobStore, settings: Settings, wake: Callable[[], None]):
+        self.jobs = jobs
+        self.batches = BatchStore(jobs)
+        self.settings = settings
+        self._wake = wake
+
+    def submit(
+        self,
+        specs: Sequence[JobSpec | dict[str, Any]],
+        tenant: str,
+        *,
+        admin: bool = True,
+        loc_prefix: tuple[str | int, ...] = (),
+    ) -> list[tuple[JobRecord, bool]]:
+        """Write every spec as a queued job, all or none; returns each job and whether it
+        is new (False: an idempotent replay). ``loc_prefix`` locates errors in a body."""
+        rows = prepare(specs, self.settings, self.jobs.clock(), tenant, loc_prefix, admin)
+        records = self.jobs.insert(rows)
+        metrics.record_submitted((job.type, job.queue) for job, created in records if created)
+        self._wake()
+        return records
+
+    def submit_batch(
+        self, spec: BatchSpec | dict[str, Any], tenant: str, *, admin: bool = True
+    ) -> BatchRecord:
+        """Write a batch and its jobs, all or none."""
+        rows, fields = prepare_batch(spec, self.settings, self.jobs.clock(), tenant, admin)
+        batch = self.batches.create(tenant, rows, **fields)
+        metrics.record_submitted((row["type"], row["queue"]) for row in rows)
+        self._wake()
+        return batch
