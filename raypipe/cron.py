@@ -1,6 +1,8 @@
-"""Cron schedules as pure functions: parsing, fire times in a time zone, missed-fire policy.
+"""Cron schedules as pure functions: parsing, fire times in a time zone, missed-fire
+policy, what a valid schedule is, and what a configured one should be.
 
-No SQL and no clock: the store passes ``now`` in, so every decision is testable alone.
+No SQL and no clock: the store (``store/schedules.py``) passes ``now`` and the rows in,
+so every decision is testable alone.
 
 Daylight saving time follows cronie (Vixie cron): a local time that does not exist
 (spring forward) fires once, at the first instant after the gap (croniter's behaviour);
@@ -12,7 +14,9 @@ every real instant through the repeated hour.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from itertools import islice
@@ -21,10 +25,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from raypipe.config import MAX_CATCH_UP, MissedFires
-from raypipe.exceptions import InvalidInput
+from raypipe import registry
+from raypipe.config import (
+    MAINTENANCE_SCHEDULES,
+    MAX_CATCH_UP,
+    MissedFires,
+    ScheduleConfig,
+    Settings,
+    config_file,
+)
+from raypipe.exceptions import Conflict, InvalidInput
 from raypipe.jobs import iso
-from raypipe.submission import summary
+from raypipe.submission import prepare, summary
 
 #: The shorthands raypipe accepts, as their five fields (``@reboot`` has no meaning here).
 ALIASES = {
@@ -167,6 +179,152 @@ def due_fires(
 
 
 # -- iteration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule as the store keeps it."""
+
+    id: str
+    tenant: str
+    name: str
+    cron: str
+    timezone: str
+    spec: dict[str, Any]
+    missed: MissedFires
+    enabled: bool
+    source: str
+    next_fire_at: datetime | None
+    last_fire_at: datetime | None
+    last_job_id: str | None
+    fires: int
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schedule as the API and the CLI show it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "tenant": self.tenant,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "job": self.spec,
+            "missed": self.missed,
+            "enabled": self.enabled,
+            "source": self.source,
+            "next_fire_at": iso(self.next_fire_at),
+            "last_fire_at": iso(self.last_fire_at),
+            "last_job_id": self.last_job_id,
+            "fires": self.fires,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass
+class SyncReport:
+    """What a sync of the configured schedules did, by name, and what it could not do."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    #: Enabled in the configuration but paused with the API or CLI (a pause outlives restarts).
+    paused: list[str] = field(default_factory=list)
+    #: Invalid entries, as ``schedules.<name>: <problem>``; nothing was written for them.
+    problems: list[str] = field(default_factory=list)
+
+
+def configured_row(
+    current: Schedule | None,
+    name: str,
+    config: ScheduleConfig,
+    settings: Settings,
+    now: datetime,
+    report: SyncReport,
+) -> dict[str, Any] | None:
+    """The row to write for one configured schedule (``current``: its row now, if any);
+    None when it is up to date. Pauses it keeps are added to ``report``."""
+    if current is not None and current.source != "config":
+        problem = f"tenant {config.tenant!r} has a schedule of this name made with the API"
+        raise InvalidInput(problem, details=[{"loc": ["name"], "msg": problem}])
+    wanted = {
+        "tenant": config.tenant,
+        "name": name,
+        "cron": config.cron,
+        "timezone": config.timezone,
+        "spec": config.job,
+        "missed": config.missed,
+    }
+    if current is None:
+        row = {
+            **wanted,
+            "id": str(uuid.uuid4()),
+            "enabled": config.enabled,
+            "source": "config",
+            "last_fire_at": None,
+            "last_job_id": None,
+            "fires": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        check_schedule(row, settings, now)
+        return {**row, "next_fire_at": next_fire_of(row, now)}
+    enabled = current.enabled and config.enabled
+    if enabled != config.enabled:
+        report.paused.append(name)
+    if all(getattr(current, key) == value for key, value in wanted.items()) and (
+        enabled == current.enabled
+    ):
+        return None
+    row = {**vars(current), **wanted, "enabled": enabled, "updated_at": now}
+    check_schedule(row, settings, now)
+    if not enabled:
+        row["next_fire_at"] = None
+    elif (current.cron, current.timezone) != (config.cron, config.timezone):
+        row["next_fire_at"] = next_fire_of(row, now)
+    return row
+
+
+def next_fire_of(row: dict[str, Any], now: datetime) -> datetime | None:
+    """The first fire time after ``now`` of an enabled schedule; None while disabled."""
+    return next_fire(row["cron"], row["timezone"], now) if row["enabled"] else None
+
+
+def check_schedule(
+    row: dict[str, Any], settings: Settings, now: datetime, admin: bool = True
+) -> None:
+    """Validate every field of a schedule, reporting each problem (``loc`` as the API's
+    fields: name, cron, timezone, missed, job…) in one :class:`InvalidInput`."""
+    every(
+        lambda: check_name(row["name"]),
+        lambda: check_cron(row["cron"]),
+        lambda: check_timezone(row["timezone"]),
+        lambda: check_missed(row["missed"]),
+        lambda: check_spec_fields(row["spec"]),
+        lambda: _check_spec(row, settings, now, admin),
+    )
+
+
+def _check_spec(row: dict[str, Any], settings: Settings, now: datetime, admin: bool) -> None:
+    """The spec must make a job now, exactly as a fire will (tag and key included)."""
+    registry.load(settings.processor_modules)
+    spec = fire_spec(row["spec"], row["id"], row["name"], now)
+    try:
+        prepare([spec], settings, now, row["tenant"], admin=admin)
+    except InvalidInput as exc:
+        details = [{**d, "loc": ["job", *d.get("loc", [])]} for d in exc.details]
+        raise InvalidInput(exc.message, details=details) from None
+
+
+def configured_conflict(schedule: Schedule, verb: str) -> Conflict:
+    where = f"the configuration file ({config_file()})"
+    if schedule.name in MAINTENANCE_SCHEDULES:
+        where = f"raypipe's built-in maintenance (maintenance_schedules) or {where}"
+    return Conflict(
+        f"schedule {schedule.name!r} comes from {where} and cannot be {verb} here:"
+        " change it there (pausing and resuming it here is fine)"
+    )
 
 
 def _backward(cron: str, tz: str, until: datetime) -> Iterator[datetime]:

@@ -19,9 +19,10 @@ import typer
 from raypipe import cron
 from raypipe.commands import JsonFlag, database, print_json
 from raypipe.config import get_settings
+from raypipe.cron import Schedule
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import iso, utcnow
-from raypipe.store.schedules import Schedule, ScheduleStore
+from raypipe.store.schedules import ScheduleStore
 from raypipe.submission import DEFAULT_TENANT
 
 app = typer.Typer(

@@ -13,23 +13,30 @@ import builtins
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from raypipe import cron, registry
+from raypipe import registry
 from raypipe.config import (
     MAINTENANCE_SCHEDULES,
-    MissedFires,
-    ScheduleConfig,
     Settings,
-    config_file,
+)
+from raypipe.cron import (
+    Schedule,
+    SyncReport,
+    check_schedule,
+    configured_conflict,
+    configured_row,
+    due_fires,
+    fire_spec,
+    next_fire_of,
 )
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
-from raypipe.jobs import iso, utcnow
+from raypipe.jobs import utcnow
 from raypipe.store import access
 from raypipe.store.engine import read_only
 from raypipe.store.jobs import Clock, JobStore
@@ -43,60 +50,6 @@ log = logging.getLogger(__name__)
 SYNC_LOCK_KEY = 0x7261797069706501
 #: Due schedules handled per transaction; the rest are due still, found right after.
 FIRE_BATCH = 200
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A schedule row as read from the store."""
-
-    id: str
-    tenant: str
-    name: str
-    cron: str
-    timezone: str
-    spec: dict[str, Any]
-    missed: MissedFires
-    enabled: bool
-    source: str
-    next_fire_at: datetime | None
-    last_fire_at: datetime | None
-    last_job_id: str | None
-    fires: int
-    created_at: datetime
-    updated_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        """The schedule as the API and the CLI show it."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "tenant": self.tenant,
-            "cron": self.cron,
-            "timezone": self.timezone,
-            "job": self.spec,
-            "missed": self.missed,
-            "enabled": self.enabled,
-            "source": self.source,
-            "next_fire_at": iso(self.next_fire_at),
-            "last_fire_at": iso(self.last_fire_at),
-            "last_job_id": self.last_job_id,
-            "fires": self.fires,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-        }
-
-
-@dataclass
-class SyncReport:
-    """What :meth:`ScheduleStore.sync` did, by schedule name, and what it could not do."""
-
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    #: Enabled in the configuration but paused with the API or CLI (a pause outlives restarts).
-    paused: list[str] = field(default_factory=list)
-    #: Invalid entries, as ``schedules.<name>: <problem>``; nothing was written for them.
-    problems: list[str] = field(default_factory=list)
 
 
 class ScheduleStore:
@@ -146,8 +99,8 @@ class ScheduleStore:
             "created_at": now,
             "updated_at": now,
         }
-        _check(row, settings, now, admin)
-        row["next_fire_at"] = _next_fire(row, now)
+        check_schedule(row, settings, now, admin)
+        row["next_fire_at"] = next_fire_of(row, now)
         try:
             with self.engine.begin() as conn:
                 self._check_quota(conn, tenant, settings.max_schedules_per_tenant)
@@ -238,18 +191,18 @@ class ScheduleStore:
                 if value is not None and value != getattr(current, key)
             }
             if edits and current.source == "config":
-                raise _configured(current, "edited")
+                raise configured_conflict(current, "edited")
             changed = replace(
                 current, **edits, enabled=current.enabled if enabled is None else enabled
             )
             # Resuming validates again (a processor may be gone); without admin rights,
             # no change at all to a schedule of a job type only admins may submit.
             if edits or (changed.enabled and not current.enabled) or not admin:
-                _check(vars(changed), settings, now, admin)
+                check_schedule(vars(changed), settings, now, admin)
             if not changed.enabled:
                 next_fire_at = None
             elif not current.enabled or {"cron", "timezone"} & edits.keys():
-                next_fire_at = _next_fire(vars(changed), now)
+                next_fire_at = next_fire_of(vars(changed), now)
             else:
                 next_fire_at = current.next_fire_at
             changed = replace(changed, next_fire_at=next_fire_at, updated_at=now)
@@ -273,7 +226,7 @@ class ScheduleStore:
         with self.engine.begin() as conn:
             current = self._one(conn, schedule_id, tenant, lock=True)
             if current.source == "config":
-                raise _configured(current, "deleted")
+                raise configured_conflict(current, "deleted")
             conn.execute(sa.delete(schedules).where(schedules.c.id == current.id))
         return current
 
@@ -307,7 +260,7 @@ class ScheduleStore:
             for name, config in configured.items():
                 current = stored.pop((config.tenant, name), None)
                 try:
-                    row = _synced(current, name, config, settings, now, report)
+                    row = configured_row(current, name, config, settings, now, report)
                 except InvalidInput as exc:
                     report.problems.extend(
                         f"{'.'.join(map(str, ['schedules', name, *d['loc']]))}: {d['msg']}"
@@ -364,7 +317,7 @@ class ScheduleStore:
             for schedule in due:
                 assert schedule.next_fire_at is not None  # the query reads due ones only
                 try:
-                    instants, following = cron.due_fires(
+                    instants, following = due_fires(
                         schedule.cron,
                         schedule.timezone,
                         schedule.next_fire_at,
@@ -372,7 +325,7 @@ class ScheduleStore:
                         schedule.missed,
                     )
                     specs = [
-                        cron.fire_spec(schedule.spec, schedule.id, schedule.name, instant)
+                        fire_spec(schedule.spec, schedule.id, schedule.name, instant)
                         for instant in instants
                     ]
                     rows = prepare(specs, settings, now, schedule.tenant) if specs else []
@@ -446,95 +399,6 @@ class ScheduleStore:
         if row is None:
             raise missing
         return _schedule(row._mapping)
-
-
-def _synced(
-    current: Schedule | None,
-    name: str,
-    config: ScheduleConfig,
-    settings: Settings,
-    now: datetime,
-    report: SyncReport,
-) -> dict[str, Any] | None:
-    """The row to write for one configured schedule; None when it is up to date."""
-    if current is not None and current.source != "config":
-        problem = f"tenant {config.tenant!r} has a schedule of this name made with the API"
-        raise InvalidInput(problem, details=[{"loc": ["name"], "msg": problem}])
-    wanted = {
-        "tenant": config.tenant,
-        "name": name,
-        "cron": config.cron,
-        "timezone": config.timezone,
-        "spec": config.job,
-        "missed": config.missed,
-    }
-    if current is None:
-        row = {
-            **wanted,
-            "id": str(uuid.uuid4()),
-            "enabled": config.enabled,
-            "source": "config",
-            "last_fire_at": None,
-            "last_job_id": None,
-            "fires": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-        _check(row, settings, now)
-        return {**row, "next_fire_at": _next_fire(row, now)}
-    enabled = current.enabled and config.enabled
-    if enabled != config.enabled:
-        report.paused.append(name)
-    if all(getattr(current, key) == value for key, value in wanted.items()) and (
-        enabled == current.enabled
-    ):
-        return None
-    row = {**vars(current), **wanted, "enabled": enabled, "updated_at": now}
-    _check(row, settings, now)
-    if not enabled:
-        row["next_fire_at"] = None
-    elif (current.cron, current.timezone) != (config.cron, config.timezone):
-        row["next_fire_at"] = _next_fire(row, now)
-    return row
-
-
-def _next_fire(row: dict[str, Any], now: datetime) -> datetime | None:
-    """The first fire time after ``now`` of an enabled schedule; None while disabled."""
-    return cron.next_fire(row["cron"], row["timezone"], now) if row["enabled"] else None
-
-
-def _check(row: dict[str, Any], settings: Settings, now: datetime, admin: bool = True) -> None:
-    """Validate every field of a schedule, reporting each problem (``loc`` as the API's
-    fields: name, cron, timezone, missed, job…) in one :class:`InvalidInput`."""
-    cron.every(
-        lambda: cron.check_name(row["name"]),
-        lambda: cron.check_cron(row["cron"]),
-        lambda: cron.check_timezone(row["timezone"]),
-        lambda: cron.check_missed(row["missed"]),
-        lambda: cron.check_spec_fields(row["spec"]),
-        lambda: _check_spec(row, settings, now, admin),
-    )
-
-
-def _check_spec(row: dict[str, Any], settings: Settings, now: datetime, admin: bool) -> None:
-    """The spec must make a job now, exactly as a fire will (tag and key included)."""
-    registry.load(settings.processor_modules)
-    spec = cron.fire_spec(row["spec"], row["id"], row["name"], now)
-    try:
-        prepare([spec], settings, now, row["tenant"], admin=admin)
-    except InvalidInput as exc:
-        details = [{**d, "loc": ["job", *d.get("loc", [])]} for d in exc.details]
-        raise InvalidInput(exc.message, details=details) from None
-
-
-def _configured(schedule: Schedule, verb: str) -> Conflict:
-    where = f"the configuration file ({config_file()})"
-    if schedule.name in MAINTENANCE_SCHEDULES:
-        where = f"raypipe's built-in maintenance (maintenance_schedules) or {where}"
-    return Conflict(
-        f"schedule {schedule.name!r} comes from {where} and cannot be {verb} here:"
-        " change it there (pausing and resuming it here is fine)"
-    )
 
 
 def _within_limit(

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from raypipe.config import RateLimit, ScheduleConfig, Settings
+from raypipe.cron import Schedule
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import JobRecord, JobStatus
 from raypipe.store import create_engine
-from raypipe.store.schedules import Schedule, ScheduleStore
+from raypipe.store.schedules import ScheduleStore
 
 START = datetime(2025, 1, 1, 10, 0, 30, tzinfo=timezone.utc)
 EVERY_5 = "*/5 * * * *"

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from raypipe.api.deps import ERRORS, AppServices, Caller
 from raypipe.api.services import Principal, Services
 from raypipe.config import MissedFires
-from raypipe.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH, NAME_PATTERN
-from raypipe.store.schedules import Schedule
+from raypipe.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH, NAME_PATTERN, Schedule
 
 JOB_DESCRIPTION = (
     "The job each fire submits, as POST /v1/jobs takes it, without run_at and"
