@@ -5,6 +5,8 @@
 - ``raypipe.store`` imports nothing from the layers above it (API, runtime, commands).
 - Ray, for running work, is imported by ``raypipe.runtime`` only; the API also imports Ray
   Serve (``ray.serve``) to deploy itself and reads actors' health, the CLI connects.
+- A concept keeps one name in every layer: route and command modules are named after
+  the store module of their record.
 """
 
 from __future__ import annotations
@@ -80,3 +82,17 @@ def test_only_the_runtime_imports_ray(name: str) -> None:
         return
     uses = sorted(m for m in imported(MODULES[name]) if within(m, "ray"))
     assert uses == [], f"{name} imports {uses}"
+
+
+#: Route modules that serve no record of the store, and why.
+ROUTES_WITHOUT_A_RECORD = {"health": "the operator's /health and the job page"}
+
+
+@pytest.mark.parametrize("layer", ["raypipe.api.routes", "raypipe.commands"])
+def test_each_concept_keeps_its_name_in_every_layer(layer: str) -> None:
+    """``schedules`` is ``store/schedules.py``, ``api/routes/schedules.py`` and
+    ``commands/schedules.py``: a route or command module is named after its record."""
+    names = {n.rsplit(".", 1)[1] for n in MODULES if n.startswith(layer + ".")}
+    stored = {n.rsplit(".", 1)[1] for n in MODULES if n.startswith("raypipe.store.")}
+    assert names, f"no modules under {layer}"
+    assert sorted(names - stored - ROUTES_WITHOUT_A_RECORD.keys()) == []
