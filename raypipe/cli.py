@@ -12,18 +12,26 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from raypipe.commands import database, maintenance, schedules, stats, webhooks
+from raypipe.commands import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    JsonFlag,
+    database,
+    jobs,
+    join_ray,
+    maintenance,
+    queues,
+    schedules,
+    stats,
+    webhooks,
+)
 from raypipe.config import Settings, get_settings
-from raypipe.direct import DirectClient
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
-from raypipe.jobs import JobRecord, JobStatus
 from raypipe.runtime import actors, head
-from raypipe.runtime.names import DISPATCHER_ACTOR, find_actor
 from raypipe.store import create_engine, schema_version
 from raypipe.store.access import AccessStore
 from raypipe.submission import DEFAULT_TENANT
@@ -32,70 +40,14 @@ app = typer.Typer(
     help="Durable background jobs on Ray.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 
 #: Click's exceptions, wherever this typer keeps click (typer >= 0.2x vendors it).
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-#: Exit codes: 1 for failures (a failed job, raypipe not running), 2 for bad input.
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
 #: Seconds `down` gives each group of Ray processes to exit after SIGTERM.
 STOP_GRACE_S = 10.0
-
-
-def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    typer.echo(f"raypipe: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _join_ray(settings: Settings) -> bool:
-    """Join Ray if it runs; returns whether this process is connected now."""
-    try:
-        actors.init_ray(settings)
-    except RaypipeError:
-        return False
-    return True
-
-
-def _wake(settings: Settings, client: DirectClient) -> bool:
-    """Tell the dispatcher there is news, if Ray runs (it polls the database anyway).
-
-    Returns whether this process joined Ray.
-    """
-    if not _join_ray(settings):
-        return False
-    import ray
-
-    dispatcher = find_actor(settings, DISPATCHER_ACTOR)
-    if dispatcher is not None:
-        # Wait for delivery: a fire-and-forget call may die with this short-lived process.
-        with contextlib.suppress(Exception):
-            ray.get(dispatcher.wake.remote(), timeout=5)
-    return True
-
-
-def _print_job(job: JobRecord, as_json: bool, attempts: list[dict[str, Any]] | None = None) -> None:
-    data = job.to_dict()
-    if attempts is not None:
-        data["attempts"] = attempts
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    for key, value in data.items():
-        if key == "attempts":
-            for attempt in value:
-                error = attempt["error"]
-                why = f" {error['type']}: {error['message']}" if error else ""
-                typer.echo(f"  attempt {attempt['attempt']}: {attempt['status']}{why}")
-        elif value not in (None, [], {}):
-            typer.echo(
-                f"{key:>12}: {json.dumps(value) if isinstance(value, dict | list) else value}"
-            )
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -146,16 +98,31 @@ def _first_key(settings: Settings) -> None:
 
 
 @app.command()
-def down() -> None:
-    """Stop the dispatcher and progress actor, and the local Ray head if `up` started it."""
+def down(
+    now: Annotated[
+        bool,
+        typer.Option(
+            "--now", help="Do not drain: running attempts die and run again after their lease."
+        ),
+    ] = False,
+    grace: Annotated[
+        float | None,
+        typer.Option(min=0, help="Seconds running attempts may take (default: drain_grace_s)."),
+    ] = None,
+) -> None:
+    """Stop the dispatcher and progress actor, and the local Ray head if `up` started it.
+
+    First a drain: nothing new starts, running attempts may finish within the grace, and
+    the rest are queued again without counting against their max_attempts."""
     settings = get_settings()
     stopped: list[str] = []
-    if _join_ray(settings):
+    if join_ray(settings):
         import ray
 
         from raypipe.api.deployment import undeploy
 
-        stopped = actors.stop_actors(settings)
+        drain = None if now else (settings.drain_grace_s if grace is None else grace)
+        stopped = actors.stop_actors(settings, drain_grace_s=drain)
         if undeploy():
             stopped.append("the API")
         ray.shutdown()
@@ -185,143 +152,16 @@ def migrate_database(settings: Settings) -> str:
         engine.dispose()
 
 
-@app.command()
-def submit(
-    type: Annotated[str, typer.Argument(help="Job type, e.g. sleep.")],
-    payload: Annotated[str, typer.Option(help="The payload as JSON.")] = "{}",
-    queue: Annotated[str | None, typer.Option()] = None,
-    priority: Annotated[int | None, typer.Option()] = None,
-    delay: Annotated[float, typer.Option(help="Seconds before it may run.")] = 0.0,
-    max_attempts: Annotated[int | None, typer.Option()] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
-    idempotency_key: Annotated[str | None, typer.Option()] = None,
-    webhook_url: Annotated[
-        str | None, typer.Option(help="POSTed a signed event when the job ends.")
-    ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
-    wait_timeout: Annotated[float | None, typer.Option(help="Give up waiting after s.")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Submit a job; with --wait, follow it and exit non-zero unless it completes."""
-    try:
-        body = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        _fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)
-    settings = get_settings()
-    client = DirectClient(settings)
-    options: dict[str, Any] = {
-        "queue": queue,
-        "priority": priority,
-        "delay_s": delay,
-        "max_attempts": max_attempts,
-        "timeout_s": timeout,
-        "tags": tag or [],
-        "idempotency_key": idempotency_key,
-        "webhook_url": webhook_url,
-    }
-    # Validated and written before joining Ray: bad input fails fast and writes nothing.
-    handle = client.submit_many([{"type": type, "payload": body, **options}])[0]
-    # A delayed job needs no wake-up (joining Ray takes seconds): it is found when due.
-    joined = _wake(settings, client) if wait or delay <= 0 else False
-    if not wait:
-        _print_job(handle.refresh(), as_json) if as_json else typer.echo(handle.id)
-        return
-    if not joined or find_actor(settings, DISPATCHER_ACTOR) is None:
-        _fail(f"job {handle.id} is queued, but no dispatcher runs: start one with `raypipe up`")
-    try:
-        job = handle.wait(wait_timeout, progress=not as_json and sys.stderr.isatty())
-    except TimeoutError as exc:
-        _fail(f"{exc}; follow it with `raypipe show {handle.id}`")
-    _print_job(job, as_json)
-    if job.status is not JobStatus.COMPLETED:
-        reason = f": {job.error.type}: {job.error.message}" if job.error else ""
-        _fail(f"job {job.id} {job.status.value}{reason}")
-
-
-@app.command()
-def jobs(
-    status: Annotated[JobStatus | None, typer.Option()] = None,
-    type: Annotated[str | None, typer.Option()] = None,
-    queue: Annotated[str | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    as_json: JsonFlag = False,
-) -> None:
-    """List jobs, newest first."""
-    found = DirectClient(get_settings()).jobs(status=status, type=type, queue=queue, limit=limit)
-    if as_json:
-        typer.echo(json.dumps([job.to_dict() for job in found], indent=2))
-        return
-    for job in found:
-        typer.echo(
-            f"{job.id}  {job.status.value:<10} {job.type:<16} {job.queue:<10}"
-            f" p{job.priority:<3} {job.progress:5.1f}%  {job.created_at:%Y-%m-%d %H:%M:%S}"
-            + (f"  {job.message}" if job.status is JobStatus.QUEUED and job.message else "")
-        )
-
-
-@app.command()
-def show(job_id: str, as_json: JsonFlag = False) -> None:
-    """Show one job with its attempts."""
-    client = DirectClient(get_settings())
-    job = client.get_job(job_id)
-    _print_job(job, as_json, [a.to_dict() for a in client.job_attempts(job_id)])
-
-
-@app.command()
-def cancel(job_id: str, as_json: JsonFlag = False) -> None:
-    """Cancel a queued or running job."""
-    settings = get_settings()
-    client = DirectClient(settings)
-    job = client.cancel_job(job_id)
-    if not job.status.is_terminal:  # running: the dispatcher stops it
-        _wake(settings, client)
-    _print_job(job, as_json) if as_json else typer.echo(f"{job.id} {_cancel_word(job)}")
-
-
-def _cancel_word(job: JobRecord) -> str:
-    return "cancelled" if job.status is JobStatus.CANCELLED else "cancelling"
-
-
-@app.command()
-def retry(job_id: str, as_json: JsonFlag = False) -> None:
-    """Queue a failed or cancelled job again."""
-    settings = get_settings()
-    client = DirectClient(settings)
-    job = client.retry_job(job_id)
-    _wake(settings, client)
-    _print_job(job, as_json) if as_json else typer.echo(f"{job.id} queued again")
-
-
-@app.command()
-def artifact(
-    job_id: str,
-    name: str,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File to write; '-' for stdout.")
-    ] = None,
-) -> None:
-    """Save one of a job's artifacts (to NAME in this folder unless --output says otherwise)."""
-    data = DirectClient(get_settings()).job_artifact(job_id, name)
-    if output is not None and str(output) == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    target = output or Path(name)
-    target.write_bytes(data)
-    typer.echo(f"{target} ({len(data)} bytes)")
-
-
-@app.command()
-def delete(job_id: str) -> None:
-    """Delete a finished job with its attempts, events and artifacts."""
-    DirectClient(get_settings()).delete_job(job_id)
-    typer.echo(f"{job_id} deleted")
-
-
-for command in (stats.stats, maintenance.prune, maintenance.orphans, maintenance.stuck):
+for command in (
+    *jobs.COMMANDS,
+    stats.stats,
+    maintenance.prune,
+    maintenance.orphans,
+    maintenance.stuck,
+):
     app.command()(command)
 
+app.add_typer(queues.app, name="queues")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(schedules.app, name="schedules")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import json
 import os
 import time
@@ -26,6 +27,7 @@ import httpx
 from raypipe.batches import BatchRecord
 from raypipe.exceptions import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -36,7 +38,15 @@ from raypipe.exceptions import (
     Unreachable,
 )
 from raypipe.handle import AsyncBatchHandle, AsyncJobHandle, BatchHandle, JobHandle
-from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
+from raypipe.jobs import (
+    AttemptRecord,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    PayloadLike,
+    SpecLike,
+    payload_of,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -62,6 +72,7 @@ _RETRY_STATUS = frozenset({502, 503, 504})
 _ERRORS: dict[int, type[RaypipeError]] = {
     400: InvalidInput,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,
@@ -83,9 +94,6 @@ class SubmitOptions(TypedDict, total=False):
     idempotency_key: str | None
     then: dict[str, Any] | None
     webhook_url: str | None
-
-
-SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -122,17 +130,16 @@ def _spec_body(spec: SpecLike) -> dict[str, Any]:
     if isinstance(spec, tuple):
         type_, payload = spec
         spec = {"type": type_, "payload": payload}
+    spec = {**spec, "payload": payload_of(spec.get("payload"))}
     body = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in spec.items()}
     return {k: v for k, v in body.items() if v is not None}
 
 
-def _submit_call(
-    type: str, payload: dict[str, Any] | None, options: SubmitOptions
-) -> _Call[JobRecord]:
+def _submit_call(type: str, payload: PayloadLike, options: SubmitOptions) -> _Call[JobRecord]:
     unknown = set(options) - SubmitOptions.__optional_keys__
     if unknown:
         raise TypeError(f"submit() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    body = _spec_body({"type": type, "payload": payload or {}, **options})
+    body = _spec_body({"type": type, "payload": payload, **options})
     # The key makes a retried submission return the job the first try made, if it made one.
     key = body.pop("idempotency_key", None) or str(uuid.uuid4())
     return _Call(
@@ -165,6 +172,18 @@ def _artifact_call(job_id: str, name: str) -> _Call[bytes]:
 
 def _delete_call(job_id: str) -> _Call[Any]:
     return _Call("DELETE", _job_path(job_id), raw=True)
+
+
+def _stats_call(
+    type: str | None,
+    queue: str | None,
+    tenant: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> _Call[dict[str, Any]]:
+    filters = {"type": type, "queue": queue, "tenant": tenant, "since": since, "until": until}
+    params = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in filters.items()}
+    return _Call("GET", "/v1/stats", params={k: v for k, v in params.items() if v is not None})
 
 
 def _batch_path(batch_id: str, *rest: str) -> str:
@@ -463,7 +482,7 @@ class Client(_ClientBase):
         return JobHandle(job.id, self, job)
 
     def submit(
-        self, type: str, payload: dict[str, Any] | None = None, **options: Unpack[SubmitOptions]
+        self, type: str, payload: PayloadLike = None, **options: Unpack[SubmitOptions]
     ) -> JobHandle:
         """Submit a job (``POST /v1/jobs``); ``options`` are :class:`SubmitOptions`.
 
@@ -545,6 +564,18 @@ class Client(_ClientBase):
     def delete_job(self, job_id: str) -> None:
         """Delete a finished job, its history and its artifacts."""
         self._call(_delete_call(job_id))
+
+    def stats(
+        self,
+        type: str | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Processing statistics of the key's jobs (``GET /v1/stats``; default: the last
+        24 hours; ``tenant`` for admin keys)."""
+        return self._call(_stats_call(type, queue, tenant, since, until))
 
     cancel = cancel_job
     retry = retry_job
@@ -666,7 +697,7 @@ class AsyncClient(_ClientBase):
         return AsyncJobHandle(job.id, self, job)
 
     async def submit(
-        self, type: str, payload: dict[str, Any] | None = None, **options: Unpack[SubmitOptions]
+        self, type: str, payload: PayloadLike = None, **options: Unpack[SubmitOptions]
     ) -> AsyncJobHandle:
         """See :meth:`Client.submit`."""
         return self._handle(await self._call(_submit_call(type, payload, options)))
@@ -738,6 +769,17 @@ class AsyncClient(_ClientBase):
         """See :meth:`Client.delete_job`."""
         await self._call(_delete_call(job_id))
 
+    async def stats(
+        self,
+        type: str | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`Client.stats`."""
+        return await self._call(_stats_call(type, queue, tenant, since, until))
+
     cancel = cancel_job
     retry = retry_job
     attempts = job_attempts
@@ -798,3 +840,10 @@ class AsyncClient(_ClientBase):
         while (call := pages.next_call()) is not None:
             for job in await self._call(call):
                 yield job
+
+
+@functools.cache
+def default_client() -> Client:
+    """The process's :class:`Client` for ``RAYPIPE_URL`` and ``RAYPIPE_API_KEY``, made on
+    first use (typed submission uses it when given no client)."""
+    return Client()

@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         " queue beyond what is free, so the next one starts without a round trip",
     )
     cancel_grace_s: float = Field(default=3.0, ge=0)
+    drain_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="how long `raypipe down` lets running attempts finish before it stops"
+        " them and queues them again (not counted against max_attempts)",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

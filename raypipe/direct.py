@@ -9,14 +9,20 @@ from raypipe import artifacts, registry
 from raypipe.batches import BatchRecord
 from raypipe.config import Settings, get_settings
 from raypipe.handle import BatchHandle, JobHandle
-from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus
+from raypipe.jobs import (
+    AttemptRecord,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    PayloadLike,
+    SpecLike,
+    payload_of,
+)
 from raypipe.runtime import actors
 from raypipe.runtime.bells import DispatcherBell
 from raypipe.store import JobStore, schema_version
 from raypipe.submission import DEFAULT_TENANT
 from raypipe.submitter import Submitter
-
-SpecLike = JobSpec | dict[str, Any] | tuple[str, dict[str, Any]]
 
 
 class DirectClient:
@@ -39,9 +45,9 @@ class DirectClient:
     def close(self) -> None:
         self.store.dispose()
 
-    def submit(self, type: str, payload: dict[str, Any] | None = None, **options: Any) -> JobHandle:
+    def submit(self, type: str, payload: PayloadLike = None, **options: Any) -> JobHandle:
         """Submit one job; ``options`` are the other :class:`JobSpec` fields."""
-        return self.submit_many([{"type": type, "payload": payload or {}, **options}])[0]
+        return self.submit_many([{"type": type, "payload": payload_of(payload), **options}])[0]
 
     def submit_many(self, specs: Iterable[SpecLike]) -> list[JobHandle]:
         """Submit many jobs in one transaction: all are valid and written, or none is."""
@@ -144,7 +150,7 @@ class DirectClient:
 def _as_spec(spec: SpecLike) -> JobSpec | dict[str, Any]:
     if isinstance(spec, tuple):
         type_, payload = spec
-        return {"type": type_, "payload": payload}
+        return {"type": type_, "payload": payload_of(payload)}
     return spec
 
 

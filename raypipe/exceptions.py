@@ -40,6 +40,12 @@ class Unauthorized(RaypipeError):
     code = "unauthorized"
 
 
+class Forbidden(RaypipeError):
+    """This API key may not do that: it needs an admin key."""
+
+    code = "forbidden"
+
+
 class RateLimited(RaypipeError):
     """Too many requests: slow down and retry after the given delay."""
 

@@ -14,7 +14,9 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+
+from pydantic import BaseModel
 
 from raypipe.batches import BatchRecord
 from raypipe.exceptions import JobFailed
@@ -29,6 +31,8 @@ POLL_MAX_S = 0.5
 BATCH_POLL_MAX_S = 1.0
 
 B = TypeVar("B")
+#: What a job's result is read as: a pydantic model is rebuilt from the stored JSON.
+R = TypeVar("R")
 
 
 class JobBackend(Protocol):
@@ -180,20 +184,29 @@ class _BatchWait(_Wait):
 # -- jobs ---------------------------------------------------------------------------------
 
 
-class _JobHandleBase(Generic[B]):
-    """What both job handles hold: the job's id, its backend, and its last read."""
+class _JobHandleBase(Generic[B, R]):
+    """What both job handles hold: the job's id, its backend, its last read, and what its
+    result is read as (``result_type``: a pydantic model is rebuilt; None: the JSON)."""
 
-    def __init__(self, job_id: str, backend: B, job: JobRecord | None = None):
+    def __init__(
+        self,
+        job_id: str,
+        backend: B,
+        job: JobRecord | None = None,
+        *,
+        result_type: type[R] | None = None,
+    ):
         self.id = job_id
         self._backend = backend
         self._job = job
+        self._result_type = result_type
 
     def __repr__(self) -> str:
         status = self._job.status.value if self._job else "?"
         return f"<{type(self).__name__} {self.id} {status}>"
 
 
-class JobHandle(_JobHandleBase[JobBackend]):
+class JobHandle(_JobHandleBase[JobBackend, R]):
     """``status()``, ``progress()``, ``wait()``, ``result()``, ``cancel()`` for one job."""
 
     def refresh(self) -> JobRecord:
@@ -221,9 +234,9 @@ class JobHandle(_JobHandleBase[JobBackend]):
                 time.sleep(waiting.pause())
         return job
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """The job's result once it completed; :class:`JobFailed` if it failed or was cancelled."""
-        return _outcome(self.wait(timeout))
+        return _outcome(self.wait(timeout), self._result_type)
 
     def cancel(self) -> JobRecord:
         self._job = self._backend.cancel_job(self.id)
@@ -238,7 +251,7 @@ class JobHandle(_JobHandleBase[JobBackend]):
         return decode_artifact(name, self._backend.job_artifact(self.id, name))
 
 
-class AsyncJobHandle(_JobHandleBase[AsyncJobBackend]):
+class AsyncJobHandle(_JobHandleBase[AsyncJobBackend, R]):
     """:class:`JobHandle` for :class:`~raypipe.AsyncClient`: the same methods, awaited."""
 
     async def refresh(self) -> JobRecord:
@@ -275,9 +288,9 @@ class AsyncJobHandle(_JobHandleBase[AsyncJobBackend]):
                 waiting.show(event["status"], event["progress"], event["message"])
         return job
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None) -> R:
         """The job's result once it completed; :class:`JobFailed` if it failed or was cancelled."""
-        return _outcome(await self.wait(timeout))
+        return _outcome(await self.wait(timeout), self._result_type)
 
     async def cancel(self) -> JobRecord:
         self._job = await self._backend.cancel_job(self.id)
@@ -292,10 +305,13 @@ class AsyncJobHandle(_JobHandleBase[AsyncJobBackend]):
         return decode_artifact(name, await self._backend.job_artifact(self.id, name))
 
 
-def _outcome(job: JobRecord) -> Any:
-    """A terminal job's result, or :class:`JobFailed` if it failed or was cancelled."""
+def _outcome(job: JobRecord, result_type: type[R] | None) -> R:
+    """A terminal job's result (a ``result_type`` model rebuilt from its JSON), or
+    :class:`JobFailed` if it failed or was cancelled."""
     if job.status is JobStatus.COMPLETED:
-        return job.result
+        if isinstance(result_type, type) and issubclass(result_type, BaseModel):
+            return cast(R, result_type.model_validate(job.result))
+        return cast(R, job.result)
     reason = f": {job.error.type}: {job.error.message}" if job.error else ""
     raise JobFailed(f"job {job.id} {job.status.value}{reason}", job=job)
 
@@ -303,13 +319,22 @@ def _outcome(job: JobRecord) -> Any:
 # -- batches ------------------------------------------------------------------------------
 
 
-class _BatchHandleBase(Generic[B]):
-    """What both batch handles hold: the batch's id, its backend, and its last read."""
+class _BatchHandleBase(Generic[B, R]):
+    """What both batch handles hold: the batch's id, its backend, its last read, and what
+    its jobs' results are read as (as :class:`JobHandle`'s)."""
 
-    def __init__(self, batch_id: str, backend: B, batch: BatchRecord | None = None):
+    def __init__(
+        self,
+        batch_id: str,
+        backend: B,
+        batch: BatchRecord | None = None,
+        *,
+        result_type: type[R] | None = None,
+    ):
         self.id = batch_id
         self._backend = backend
         self._batch = batch
+        self._result_type = result_type
 
     def __repr__(self) -> str:
         batch = self._batch
@@ -318,7 +343,7 @@ class _BatchHandleBase(Generic[B]):
         return f"<{type(self).__name__} {self.id} {batch.status.value} {batch.done}/{batch.total}>"
 
 
-class BatchHandle(_BatchHandleBase[BatchBackend]):
+class BatchHandle(_BatchHandleBase[BatchBackend, R]):
     """``refresh()``, ``wait()``, ``jobs()``, ``cancel()``, ``retry_failed()`` for one batch."""
 
     def refresh(self) -> BatchRecord:
@@ -338,6 +363,12 @@ class BatchHandle(_BatchHandleBase[BatchBackend]):
         """The batch's jobs in submission order (optionally only those in ``status``)."""
         return self._backend.batch_jobs(self.id, JobStatus(status) if status else None)
 
+    def results(self, timeout: float | None = None) -> list[R]:
+        """Once the batch ended, each job's result in submission order; :class:`JobFailed`
+        for the first job that did not complete."""
+        self.wait(timeout)
+        return [_outcome(job, self._result_type) for job in self.jobs()]
+
     def cancel(self) -> BatchRecord:
         self._batch = self._backend.cancel_batch(self.id)
         return self._batch
@@ -348,7 +379,7 @@ class BatchHandle(_BatchHandleBase[BatchBackend]):
         return self._batch
 
 
-class AsyncBatchHandle(_BatchHandleBase[AsyncBatchBackend]):
+class AsyncBatchHandle(_BatchHandleBase[AsyncBatchBackend, R]):
     """:class:`BatchHandle` for :class:`~raypipe.AsyncClient`: the same methods, awaited;
     ``jobs`` is an async iterator."""
 
@@ -369,6 +400,12 @@ class AsyncBatchHandle(_BatchHandleBase[AsyncBatchBackend]):
         """The batch's jobs in submission order (optionally only those in ``status``)."""
         return self._backend.batch_jobs(self.id, JobStatus(status) if status else None)
 
+    async def results(self, timeout: float | None = None) -> list[R]:
+        """Once the batch ended, each job's result in submission order; :class:`JobFailed`
+        for the first job that did not complete."""
+        await self.wait(timeout)
+        return [_outcome(job, self._result_type) async for job in self.jobs()]
+
     async def cancel(self) -> BatchRecord:
         self._batch = await self._backend.cancel_batch(self.id)
         return self._batch
@@ -377,6 +414,16 @@ class AsyncBatchHandle(_BatchHandleBase[AsyncBatchBackend]):
         """Queue the failed jobs again; the batch runs again."""
         self._batch = await self._backend.retry_failed(self.id)
         return self._batch
+
+
+def typed_job(handle: JobHandle[Any], result_type: type[R] | None) -> JobHandle[R]:
+    """The same job, its result read as ``result_type`` (typed submission's handles)."""
+    return JobHandle(handle.id, handle._backend, handle._job, result_type=result_type)
+
+
+def typed_batch(handle: BatchHandle[Any], result_type: type[R] | None) -> BatchHandle[R]:
+    """The same batch, its jobs' results read as ``result_type``."""
+    return BatchHandle(handle.id, handle._backend, handle._batch, result_type=result_type)
 
 
 # -- shown and read -----------------------------------------------------------------------

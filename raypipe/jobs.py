@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -54,6 +54,18 @@ MAX_TIMEOUT_S = 30 * 86_400
 MAX_PAYLOAD_DEPTH = 64
 
 
+#: A payload as a caller may give it: a pydantic model of the job type's payload, or its JSON.
+PayloadLike = BaseModel | Mapping[str, Any] | None
+
+
+def payload_of(payload: PayloadLike) -> dict[str, Any]:
+    """A payload as JSON-ready data: a pydantic model is dumped as JSON would carry it
+    (dates as ISO text), None is ``{}``."""
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    return dict(payload or {})
+
+
 class _JobFields(BaseModel):
     """What a submitted job and a follow-up job have in common."""
 
@@ -72,6 +84,12 @@ class _JobFields(BaseModel):
         max_length=2048,
         description="POSTed a signed event when the job ends (Standard Webhooks)",
     )
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _dumped(cls, payload: Any) -> Any:
+        """A pydantic model instance is taken as its JSON data."""
+        return payload_of(payload) if isinstance(payload, BaseModel) else payload
 
     @field_validator("payload")
     @classmethod
@@ -162,6 +180,10 @@ class JobSpec(_JobFields):
         body = self.model_dump(mode="json", include=fields, exclude_unset=False)
         encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+#: A job as a client takes it: a :class:`JobSpec`, its JSON, or ``(type, payload)``.
+SpecLike = JobSpec | dict[str, Any] | tuple[str, PayloadLike]
 
 
 @dataclass(frozen=True)
@@ -354,7 +376,8 @@ class Outcome:
 
     ``status`` is the job's next status: ``queued`` (a retry at ``run_at``),
     ``completed``, ``failed`` or ``cancelled``; ``attempt_status`` overrides the
-    attempt's own (``timed_out``), which otherwise follows from ``status``.
+    attempt's own (``timed_out``), which otherwise follows from ``status``. ``refund``:
+    the attempt does not count against ``max_attempts`` (a drain stopped it).
     """
 
     job_id: str
@@ -367,6 +390,7 @@ class Outcome:
     message: str | None = None
     stage: str | None = None
     artifacts: tuple[dict[str, Any], ...] = ()
+    refund: bool = False
 
     @property
     def final_attempt_status(self) -> AttemptStatus:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import inspect
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
+import pydantic
 from pydantic import BaseModel
 
+from raypipe.client import default_client
 from raypipe.exceptions import InvalidInput
+from raypipe.handle import BatchHandle, JobHandle, typed_batch, typed_job
+from raypipe.jobs import SpecLike, payload_of
 from raypipe.retry import RetryPolicy
 
 #: Modules of the built-in processors, always loaded.
@@ -69,6 +75,128 @@ class ProcessorSpec:
 
 _registry: dict[str, ProcessorSpec] = {}
 
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R")
+
+
+class JobClient(Protocol):
+    """What typed submission needs of a client: :class:`~raypipe.Client` (HTTP) and the
+    in-cluster client from :func:`raypipe.connect` both are one."""
+
+    def submit_many(self, specs: Iterable[SpecLike]) -> builtins.list[JobHandle[Any]]: ...
+
+    def submit_batch(
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> BatchHandle[Any]: ...
+
+
+class Processor(Generic[P, R]):
+    """What :func:`processor` makes of ``fn(payload: P, ctx) -> R``: still callable as the
+    function, and it submits its own jobs, checked here before any request is sent.
+
+    ``client``: a :class:`~raypipe.Client`, or :func:`raypipe.connect`'s; by default a
+    Client from ``RAYPIPE_URL`` and ``RAYPIPE_API_KEY``. A result annotated as a pydantic
+    model comes back as that model from ``result()``.
+    """
+
+    def __init__(self, spec: ProcessorSpec, fn: Callable[[P, Any], R]):
+        self.spec = spec
+        self.fn = fn
+        hint = typing.get_type_hints(fn).get("return")
+        #: What results are read as: a pydantic model is rebuilt from the stored JSON.
+        self.result_type: builtins.type[R] | None = hint if isinstance(hint, type) else None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def type(self) -> str:
+        return self.spec.type
+
+    def __call__(self, payload: P, ctx: Any) -> R:
+        return self.fn(payload, ctx)
+
+    def __repr__(self) -> str:
+        return f"<processor {self.spec.type!r} {_qualname(self.fn)}>"
+
+    def submit(
+        self,
+        payload: P | Mapping[str, Any] | None = None,
+        /,
+        *,
+        client: JobClient | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        tags: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+        then: dict[str, Any] | None = None,
+        webhook_url: str | None = None,
+        **fields: Any,
+    ) -> JobHandle[R]:
+        """Submit one job of this type: ``payload`` (a ``P`` or its fields as a dict), or
+        its fields as keywords (a field named like an option must go in ``payload``)."""
+        options = {
+            "queue": queue,
+            "priority": priority,
+            "delay_s": delay_s,
+            "run_at": run_at,
+            "max_attempts": max_attempts,
+            "timeout_s": timeout_s,
+            "tags": list(tags) if tags is not None else None,
+            "idempotency_key": idempotency_key,
+            "then": then,
+            "webhook_url": webhook_url,
+        }
+        body = {k: v for k, v in options.items() if v is not None}
+        checked = self._checked(payload, fields, ("payload",))
+        spec = {"type": self.spec.type, "payload": checked, **body}
+        [handle] = (client or default_client()).submit_many([spec])
+        return typed_job(handle, self.result_type)
+
+    def map(
+        self,
+        payloads: Iterable[P | Mapping[str, Any]],
+        *,
+        client: JobClient | None = None,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> BatchHandle[R]:
+        """Submit a batch of this type's jobs, one per payload, in order."""
+        specs: builtins.list[SpecLike] = [
+            (self.spec.type, self._checked(payload, {}, ("jobs", index, "payload")))
+            for index, payload in enumerate(payloads)
+        ]
+        handle = (client or default_client()).submit_batch(
+            specs, webhook_url=webhook_url, then=then, tags=tags
+        )
+        return typed_batch(handle, self.result_type)
+
+    def _checked(
+        self, payload: P | Mapping[str, Any] | None, fields: dict[str, Any], loc: tuple[Any, ...]
+    ) -> dict[str, Any]:
+        """The payload as JSON, validated by the type's model: an :class:`InvalidInput`
+        naming the field before anything is sent."""
+        model = self.spec.payload_model
+        if isinstance(payload, model) and not fields:
+            return payload.model_dump(mode="json")
+        data = {**payload_of(payload), **fields}
+        try:
+            return model.model_validate(data).model_dump(mode="json")
+        except pydantic.ValidationError as exc:
+            details = [
+                {"loc": [*loc, *error["loc"]], "msg": error["msg"]} for error in exc.errors()
+            ]
+            where = ".".join(map(str, details[0]["loc"])) or "payload"
+            raise InvalidInput(f"{where}: {details[0]['msg']}", details=details) from None
+
 
 def processor(
     type: str,
@@ -84,8 +212,9 @@ def processor(
     admin_only: bool = False,
     pool: str | None = None,
     uses: Iterable[str] = (),
-) -> Callable[[ProcessorFn], ProcessorFn]:
-    """Register ``fn(payload, ctx)`` as the processor of job ``type``.
+) -> Callable[[Callable[[P, Any], R]], Processor[P, R]]:
+    """Register ``fn(payload, ctx)`` as the processor of job ``type``; returns it as a
+    :class:`Processor`, still callable as ``fn``, with ``.submit()`` and ``.map()``.
 
     The payload model comes from ``payload=`` or from the annotation of the first
     parameter. ``queue``, ``retry`` and ``timeout_s`` default to the settings'.
@@ -95,7 +224,7 @@ def processor(
     into, so that they have an actor while it runs.
     """
 
-    def register(fn: ProcessorFn) -> ProcessorFn:
+    def register(fn: Callable[[P, Any], R]) -> Processor[P, R]:
         model = payload or _payload_annotation(fn)
         spec = ProcessorSpec(
             type=type,
@@ -117,7 +246,7 @@ def processor(
         if known is not None and _qualname(known.fn) != _qualname(fn):
             raise ValueError(f"job type {type!r} is already registered by {_qualname(known.fn)}")
         _registry[type] = spec
-        return fn
+        return Processor(spec, fn)
 
     return register
 

@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe.api import errors
-from raypipe.api.routes import batches, health, jobs, schedules, stats, webhooks
+from raypipe.api.routes import batches, health, jobs, queues, schedules, stats, webhooks
 from raypipe.api.services import Services
 from raypipe.config import Settings
 from raypipe.exceptions import PayloadTooLarge
@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.services = services
-    for routes in (jobs, batches, stats, webhooks, schedules):
+    for routes in (jobs, queues, batches, stats, webhooks, schedules):
         app.include_router(routes.router(), prefix="/v1")
     app.mount("/ui", StaticFiles(packages=[("raypipe", "web")]), name="ui")
     app.include_router(health.router())

@@ -17,7 +17,7 @@ from raypipe.submission import check_text
 KEEPALIVE_S = 15.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 
 

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raypipe.exceptions import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     NotRunning,
@@ -33,6 +34,7 @@ STATUS = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    Forbidden: 403,
     RateLimited: 429,
     PayloadTooLarge: 413,
     SchemaOutOfDate: 503,

@@ -102,6 +102,10 @@ class QueueView(BaseModel):
     oldest_waiting_s: float | None
     #: What its queued jobs wait for ("waiting for 1 CPU") and how many wait for it.
     waiting: dict[str, int] = {}
+    paused: bool = Field(
+        default=False, description="a paused queue accepts submissions and starts nothing"
+    )
+    paused_at: str | None = None
 
 
 class JobTypeView(BaseModel):

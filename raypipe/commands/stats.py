@@ -1,18 +1,20 @@
-"""``raypipe stats``: processing statistics, read straight from the database."""
+"""``raypipe stats``: processing statistics, read straight from the database, or from a
+deployment's API with ``--url`` (its key's tenant, or any for an admin key)."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from raypipe.commands import JsonFlag, database, print_json
+from raypipe.client import Client
+from raypipe.commands import JsonFlag, KeyOption, UrlOption, database, print_json
 from raypipe.config import get_settings
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import parse_iso, utcnow
-from raypipe.store.stats import Distribution, Stats, StatsStore
+from raypipe.store.stats import StatsStore
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -46,54 +48,62 @@ def stats(
     ] = None,
     until: Annotated[str | None, typer.Option(help="End, like --since; default now.")] = None,
     as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Success rate, durations, throughput, retries, errors and queues (default: the last
     24 hours)."""
     now = utcnow()
-    settings = get_settings()
-    with database(settings) as engine:
-        found = StatsStore(engine, clock=lambda: now).compute(
-            tenant=tenant,
-            type=type,
-            queue=queue,
-            since=when("--since", since, now),
-            until=when("--until", until, now),
-        )
+    start, end = when("--since", since, now), when("--until", until, now)
+    if url:
+        with Client(url, api_key=key) as client:
+            found = client.stats(type, queue, tenant, start, end)
+    else:
+        with database(get_settings()) as engine:
+            found = (
+                StatsStore(engine, clock=lambda: now)
+                .compute(tenant=tenant, type=type, queue=queue, since=start, until=end)
+                .to_dict()
+            )
     if as_json:
-        print_json(found.to_dict())
+        print_json(found)
     else:
         typer.echo(table(found))
 
 
-def table(found: Stats) -> str:
-    """The statistics as a few aligned lines for a terminal."""
-    data = found.to_dict()
+def table(data: dict[str, Any]) -> str:
+    """The statistics (as ``Stats.to_dict`` and the API give them) as a few aligned lines
+    for a terminal."""
     window, jobs, attempts = data["window"], data["jobs"], data["attempts"]
-    rate = "-" if found.success_rate is None else f"{100 * found.success_rate:.1f}%"
+    rate = "-" if data["success_rate"] is None else f"{100 * data['success_rate']:.1f}%"
     filters = ", ".join(f"{k}={v}" for k, v in data["filters"].items() if v is not None)
-    errors = ", ".join(f"{e.type} {e.count}" for e in found.errors) or "none"
+    errors = ", ".join(f"{e['type']} {e['count']}" for e in data["errors"]) or "none"
+    duration = data["duration_s"]
     lines = [
-        f"window     {window['since']} .. {window['until']} ({found.hours:g} h)"
+        f"window     {window['since']} .. {window['until']} ({window['hours']:g} h)"
         + (f"; {filters}" if filters else ""),
         f"jobs       {jobs['total']} ended: {_counts(jobs)}",
         f"success    {rate} (completed / completed + failed)",
-        f"throughput {found.throughput_per_hour:.2f} jobs/h",
+        f"throughput {data['throughput_per_hour']:.2f} jobs/h",
         f"attempts   {attempts['total']} finished: {_counts(attempts)}",
-        f"retries    {found.retries} attempts of {found.retried_jobs} jobs",
-        f"duration   {_spread(found.duration_s)} ({found.duration_s.count} completed attempts)",
+        f"retries    {data['retries']} attempts of {data['retried_jobs']} jobs",
+        f"duration   {_spread(duration)} ({duration['count']} completed attempts)",
         f"errors     {errors}",
     ]
-    if found.queues:
+    if data["queues"]:
         lines += ["", QUEUE_ROW.format(*QUEUE_COLUMNS)]
         lines += [
             QUEUE_ROW.format(
-                q.queue,
-                q.depth,
-                q.runnable,
-                q.running,
-                *map(_seconds, (q.oldest_waiting_s, q.wait_s.mean, q.wait_s.p50, q.wait_s.p95)),
+                q["queue"],
+                q["depth"],
+                q["runnable"],
+                q["running"],
+                *map(
+                    _seconds,
+                    (q["oldest_waiting_s"], *(q["wait_s"][k] for k in ("mean", "p50", "p95"))),
+                ),
             )
-            for q in found.queues
+            for q in data["queues"]
         ]
     return "\n".join(lines)
 
@@ -102,10 +112,8 @@ def _counts(by_status: dict[str, int]) -> str:
     return ", ".join(f"{n} {status}" for status, n in by_status.items() if status != "total")
 
 
-def _spread(figures: Distribution) -> str:
-    return "  ".join(
-        f"{name} {_seconds(getattr(figures, name))}" for name in ("mean", "p50", "p95", "max")
-    )
+def _spread(figures: dict[str, Any]) -> str:
+    return "  ".join(f"{name} {_seconds(figures[name])}" for name in ("mean", "p50", "p95", "max"))
 
 
 def _seconds(value: float | None) -> str:

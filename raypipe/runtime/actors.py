@@ -16,6 +16,8 @@ from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTO
 from raypipe.runtime.progress import ProgressActor
 from raypipe.runtime.webhook_sender import WebhookSender
 
+log = logging.getLogger(__name__)
+
 
 def init_ray(settings: Settings, *, start_local: bool = False) -> None:
     """Connect this process to the running Ray cluster, or start one in-process if allowed."""
@@ -86,9 +88,17 @@ def _detached(actor: type, name: str, settings: Settings) -> Any:
     )
 
 
-def stop_actors(settings: Settings) -> list[str]:
+def stop_actors(settings: Settings, drain_grace_s: float | None = None) -> list[str]:
     """Kill raypipe's actors for good (the pools' actors end with the dispatcher that owns
-    them); running attempts are rescued when it comes back."""
+    them). With ``drain_grace_s``, the dispatcher drains first: it claims nothing more,
+    lets what runs end within the grace, and queues the rest again (their attempts not
+    counted); without, running attempts die and are rescued when it comes back."""
+    dispatcher = find_actor(settings, DISPATCHER_ACTOR)
+    if dispatcher is not None and drain_grace_s is not None:
+        try:
+            log.info("drained: %s", ray.get(dispatcher.drain.remote(drain_grace_s)))
+        except ray.exceptions.RayError as exc:  # dead or restarting: its leases rescue the jobs
+            log.warning("the dispatcher could not drain: %s", exc)
     stopped = []
     for name in (DISPATCHER_ACTOR, PROGRESS_ACTOR, WEBHOOK_ACTOR):
         actor = find_actor(settings, name)

@@ -36,3 +36,19 @@ class DispatcherBell(ActorBell):
 
     def __init__(self, settings: Settings):
         super().__init__(settings, DISPATCHER_ACTOR)
+
+
+def wake_and_wait(settings: Settings, timeout_s: float = 5.0) -> bool:
+    """Wake the dispatcher and wait until it heard: a short-lived process (a CLI command)
+    may end before a fire-and-forget call leaves it. Whether a dispatcher runs (a busy one
+    that has not answered within ``timeout_s`` runs, and polls anyway)."""
+    dispatcher = find_actor(settings, DISPATCHER_ACTOR)
+    if dispatcher is None:
+        return False
+    try:
+        ray.get(dispatcher.wake.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        return True
+    except ray.exceptions.RayError:
+        return False
+    return True

@@ -53,6 +53,8 @@ YIELD_AFTER_S = 1.0
 MAX_REQUESTED = 100
 #: Waiting messages remembered (so each is written once); forgotten all at once beyond.
 WAITING_KEPT = 100_000
+#: How long a drain waits beyond its grace and the cancel grace for the last outcomes.
+DRAIN_MARGIN_S = 30.0
 
 
 @dataclass(eq=False)
@@ -158,6 +160,9 @@ class Dispatcher:
         self._next_metrics = 0.0
         self._last_round = time.monotonic()
         self._last_error: str | None = None
+        #: While draining: when the attempts still running are stopped and queued again.
+        self._drain_until: float | None = None
+        self._drained = threading.Event()
         self.counters: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
@@ -170,6 +175,17 @@ class Dispatcher:
     def wake(self) -> None:
         """Look for new work and cancellations now (called on every submission and cancel)."""
         self._loop.call_soon_threadsafe(self._poke)
+
+    def drain(self, grace_s: float) -> dict[str, int]:
+        """Stop claiming; let running attempts end within ``grace_s``, then stop the rest
+        and queue them again, not counted against their ``max_attempts``. Returns once
+        every outcome is recorded (or the wait gives up): how many ran when it began, and
+        how many are still running. For a planned stop: ``raypipe down`` then ends the
+        actor; one that is not stopped keeps draining (claiming nothing)."""
+        running = len(self._running)
+        self._loop.call_soon_threadsafe(self._begin_drain, grace_s)
+        self._drained.wait(grace_s + self.settings.cancel_grace_s + DRAIN_MARGIN_S)
+        return {"running_at_start": running, "still_running": len(self._running)}
 
     def info(self) -> dict[str, Any]:
         # Called on the actor's thread while the loop's thread changes what it reads: every
@@ -184,6 +200,7 @@ class Dispatcher:
             "unrunnable": dict(self._unrunnable),
             "seconds_since_round": round(time.monotonic() - self._last_round, 3),
             "last_error": self._last_error,
+            "draining": self._drain_until is not None,
             "counters": dict(self.counters),
         }
 
@@ -192,6 +209,12 @@ class Dispatcher:
     def _poke(self) -> None:
         self._poked = True
         self._wake.set()
+
+    def _begin_drain(self, grace_s: float) -> None:
+        if self._drain_until is None:
+            self._drain_until = time.monotonic() + grace_s
+            log.info("draining: claiming nothing, stopping what still runs in %gs", grace_s)
+        self._poke()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -238,9 +261,12 @@ class Dispatcher:
         if poked:
             self._blocked = None  # new submissions, cancellations, or the polling fallback
             self._handle_cancel_requests()
-        if poked or now >= self._next_schedule_check:
+        if (poked or now >= self._next_schedule_check) and self._drain_until is None:
             self._fire_schedules()
         self._enforce_deadlines(now)
+        if self._drain_until is not None:
+            self._drain(now)
+            return False
         self._size_pools(now)
         more = self._claim()
         if now >= self._next_metrics:
@@ -251,6 +277,8 @@ class Dispatcher:
     async def _sleep(self) -> None:
         timeout = self.settings.poll_interval_s
         now = time.monotonic()
+        if self._drain_until is not None and self._drain_until > now:
+            timeout = min(timeout, self._drain_until - now)
         for run in self._running.values():
             if run.stop is None and run.deadline is not None:
                 timeout = min(timeout, run.deadline - now)
@@ -681,6 +709,32 @@ class Dispatcher:
             progress.finished.remote([(o.job_id, o.attempt, o.status.value) for o in outcomes])
 
     # -- stopping attempts -------------------------------------------------------------------
+
+    def _drain(self, now: float) -> None:
+        """Past the drain's grace, stop what still runs and queue it again (its attempt
+        refunded); once every outcome is recorded, say the drain is done."""
+        assert self._drain_until is not None
+        if now >= self._drain_until:
+            for run in self._running.values():
+                if run.stop is None and run.job.id not in self._finished:
+                    job = run.job
+                    run.stop = Outcome(
+                        job.id,
+                        job.attempt,
+                        JobStatus.QUEUED,
+                        error=ErrorInfo(
+                            "Drained",
+                            f"attempt {job.attempt} was stopped by a drain (raypipe down)"
+                            " and queued again; it does not count against max_attempts",
+                        ),
+                        run_at=self.store.clock(),
+                        attempt_status=AttemptStatus.CANCELLED,
+                        refund=True,
+                    )
+                    self._stop(run)
+                    self.counters["drained"] += 1
+        if not self._running and not self._starts and not self._finished:
+            self._drained.set()
 
     def _handle_cancel_requests(self) -> None:
         requests = self.store.cancel_requests(self.owner)

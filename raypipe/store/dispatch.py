@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from raypipe.jobs import ClaimedJob, JobRecord, JobStatus, Outcome
-from raypipe.store import transitions
+from raypipe.store import queues, transitions
 from raypipe.store.engine import read_only
 from raypipe.store.jobs import JobStore, job_from_mapping, select_jobs
 from raypipe.store.tables import HELD, UNHELD_QUEUED, UTCDateTime, job_events, job_payloads, jobs
@@ -90,15 +90,17 @@ class DispatchStore:
         """Hold runnable jobs under ``owner``'s lease, each with a new attempt; they stay
         ``queued`` until :meth:`start` hears that their worker began.
 
-        Candidates come highest priority first, then oldest, from queues with free
-        slots (held jobs take slots); ``choose`` picks among them (resources, free slots).
+        Candidates come highest priority first, then oldest, from queues that are not
+        paused and have free slots (held jobs take slots); ``choose`` picks among them
+        (resources, free slots).
         """
         now = self.clock()
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             running = self._running_by_queue(conn)
-            free = {q: n - running.get(q, 0) for q, n in queue_limits.items()}
+            stopped = queues.paused(conn)
+            free = {q: n - running.get(q, 0) for q, n in queue_limits.items() if q not in stopped}
             candidates = sorted(
                 (
                     candidate

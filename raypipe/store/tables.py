@@ -201,6 +201,15 @@ rate_limits = sa.Table(
     sa.PrimaryKeyConstraint("tenant", "action", "window_start", name="pk_rate_limits"),
 )
 
+# A queue paused by an operator (its row) claims nothing until resumed; it still accepts
+# submissions. Kept here so a pause outlives restarts of the dispatcher and of Ray.
+queue_pauses = sa.Table(
+    "queue_pauses",
+    metadata,
+    sa.Column("queue", sa.String(200), primary_key=True),
+    sa.Column("paused_at", UTCDateTime, nullable=False),
+)
+
 # A set of jobs submitted together. Counts are read from the jobs themselves (exact
 # whatever finishes concurrently); ``status`` leaves ``running`` in the transaction that
 # records the last job's end, which is also where the completion callback is written.

@@ -213,6 +213,7 @@ def _alike(outcomes: list[Outcome]) -> dict[tuple[Any, ...], list[Outcome]]:
             o.message,
             o.stage,
             json.dumps(o.artifacts, sort_keys=True),
+            o.refund,
         )
         groups.setdefault(key, []).append(o)
     return groups
@@ -388,6 +389,8 @@ def finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
     }
     if outcome.status is JobStatus.QUEUED:
         values["run_at"] = outcome.run_at
+        if outcome.refund:
+            values["max_attempts"] = jobs.c.max_attempts + 1
     else:
         values["finished_at"] = now
     if outcome.status is JobStatus.COMPLETED:

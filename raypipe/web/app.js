@@ -87,16 +87,36 @@ const percent = (value) => `${Math.round(value)}%`;
 
 function renderQueues(queues) {
   $("queues").replaceChildren(
-    ...queues.map((q) =>
-      row({ queue: q.name }, [
+    ...queues.map((q) => {
+      // Pausing and resuming take an admin key; another key is told so by the API.
+      const verb = q.paused ? "resume" : "pause";
+      const toggle = element("button", { type: "button" }, q.paused ? "Resume" : "Pause");
+      toggle.dataset.action = verb;
+      toggle.addEventListener("click", () => toggleQueue(q.name, verb, toggle));
+      return row({ queue: q.name, paused: String(q.paused) }, [
         q.name,
+        q.paused ? "paused" : "active",
         String(q.depth),
         String(q.running),
         String(q.concurrency),
         q.oldest_waiting_s == null ? "–" : `${Math.round(q.oldest_waiting_s)} s`,
-      ]),
-    ),
+        toggle,
+      ]);
+    }),
   );
+}
+
+async function toggleQueue(name, verb, button) {
+  button.disabled = true;
+  try {
+    await call(`/v1/queues/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
+    notice(`Queue ${name} ${verb === "pause" ? "paused" : "resumed"}.`);
+    refresh();
+  } catch (error) {
+    report(error);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function renderBatches(batches) {

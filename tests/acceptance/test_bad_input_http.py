@@ -29,6 +29,8 @@ AUTHENTICATED = [
     ("POST", "/v1/jobs/00000000-0000-0000-0000-000000000000/retry"),
     ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/events"),
     ("GET", "/v1/queues"),
+    ("POST", "/v1/queues/default/pause"),
+    ("POST", "/v1/queues/default/resume"),
     ("GET", "/v1/job-types"),
     ("POST", "/v1/batches"),
     ("GET", "/v1/batches"),
@@ -458,3 +460,12 @@ def test_a_lone_surrogate_cannot_poison_a_tenants_jobs(tenant: httpx.Client) -> 
     listed = tenant.get("/v1/jobs")
     assert listed.status_code == 200, listed.text
     assert len(listed.json()["jobs"]) == (1 if response.status_code == 202 else 0)
+
+
+@pytest.mark.parametrize("name", ["nope", "q" * 5000, "x%00y", "..%2F..%2Fdefault"])
+@pytest.mark.parametrize("action", ["pause", "resume"])
+def test_pausing_a_queue_that_is_not_configured_is_a_404(
+    admin: httpx.Client, name: str, action: str
+) -> None:
+    assert_error(admin.post(f"/v1/queues/{name}/{action}"), 404, "not_found")
+    assert not any(q["paused"] for q in admin.get("/v1/queues").json())

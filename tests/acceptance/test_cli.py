@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import wait_for
 from tests.helpers.commands import UP_TIMEOUT_S, Done, Raypipe
 
 FIRST_PORT = 6391  # 6379 is Redis here, 6380 raypipe's default
@@ -220,6 +221,28 @@ def test_cancel_a_delayed_job(raypipe: Raypipe) -> None:
     assert again.stderr_lines[0].startswith(f"raypipe: job {job_id} is cancelled")
 
 
+def test_a_paused_queue_keeps_its_jobs_until_resumed(raypipe: Raypipe) -> None:
+    assert raypipe.ok("queues", "pause", "default").stdout.startswith("queue default paused since ")
+    try:
+        job_id = raypipe.ok("submit", "noop").stdout.strip()
+        queues = raypipe.ok("queues", "list", "--json").json()
+        assert isinstance(queues, list)
+        default = next(q for q in queues if q["name"] == "default")
+        assert default["paused"] and default["depth"] >= 1 and default["paused_at"]
+        unknown = raypipe("queues", "pause", "nope")
+        assert unknown.returncode != 0 and len(unknown.stderr_lines) == 1, unknown.describe()
+        assert unknown.stderr_lines[0].startswith("raypipe: no queue 'nope'")
+    finally:
+        assert raypipe.ok("queues", "resume", "default").stdout.strip() == "queue default resumed"
+
+    def completed() -> object:
+        job = raypipe.ok("show", job_id, "--json").json()
+        return isinstance(job, dict) and job["status"] == "completed" and job
+
+    shown = wait_for(completed, what="the resumed queue's job to complete")
+    assert isinstance(shown, dict) and shown["attempt"] == 1
+
+
 def test_embeddings_artifact_and_delete(raypipe: Raypipe) -> None:
     payload = json.dumps({"texts": ["hello world", "a cat on a mat"]})
     done = raypipe("submit", "embed.texts", "--payload", payload, "--wait", "--json", timeout=300)
@@ -353,8 +376,20 @@ def test_down_stops_only_its_own_head(raypipe: Raypipe) -> None:
     ]
     try:
         assert _gcs_processes(raypipe.port)
+        # A job running when `down` is called finishes first: the dispatcher drains.
+        running = raypipe.ok("submit", "sleep", "--payload", '{"seconds": 2, "steps": 2}')
+        job_id = running.stdout.strip()
+
+        def started() -> bool:
+            job = raypipe.ok("show", job_id, "--json").json()
+            return isinstance(job, dict) and job["status"] != "queued"
+
+        wait_for(started, what="the sleep job to start")
         done = raypipe.ok("down")
         assert "stopped Ray" in done.stdout, done.describe()
+        finished = raypipe.ok("show", job_id, "--json").json()
+        assert isinstance(finished, dict), finished
+        assert (finished["status"], finished["attempt"]) == ("completed", 1)
         assert "raypipe-dispatcher" in done.stdout
         assert not _port_open(raypipe.port)
         assert _gcs_processes(raypipe.port) == []

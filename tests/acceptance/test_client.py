@@ -15,7 +15,7 @@ import pytest
 
 from raypipe import AsyncClient, Client, JobStatus
 from raypipe.batches import BatchStatus
-from raypipe.client import API_KEY_ENV, SpecLike
+from raypipe.client import API_KEY_ENV, URL_ENV, SpecLike, default_client
 from raypipe.exceptions import (
     Conflict,
     InvalidInput,
@@ -29,6 +29,7 @@ from raypipe.exceptions import (
 )
 from raypipe.jobs import AttemptStatus
 from tests.conftest import free_port
+from tests.helpers.processors import Repeated, Word, repeat
 from tests.helpers.serving import Api, postgres_api  # noqa: F401  (`api` on PostgreSQL only)
 
 WAIT_S = 60
@@ -395,3 +396,48 @@ def test_bad_arguments_fail_before_sending() -> None:
         Client("localhost:8000")
     with Client(transport=Scripted()) as client, pytest.raises(TypeError, match="prio"):
         client.submit("noop", prio=1)  # type: ignore[call-arg]
+
+
+# -- typed submission ---------------------------------------------------------------------
+
+
+def test_a_typed_processor_submits_over_http_and_rebuilds_its_result(
+    api: Api, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripted = Scripted(real=httpx.HTTPTransport())
+    with Client(api.url, api_key=key, transport=scripted) as client:
+        job = repeat.submit(Word(text="ab", times=3), client=client, priority=3)
+        assert job.result(timeout=WAIT_S) == Repeated(text="ababab", length=6)
+        assert job.refresh().priority == 3
+        by_fields = repeat.submit(text="xyz", client=client).result(timeout=WAIT_S)
+        assert isinstance(by_fields, Repeated) and by_fields.length == 3
+        batch = repeat.map([Word(text="a"), {"text": "b", "times": 2}], client=client)
+        assert batch.results(timeout=WAIT_S) == [
+            Repeated(text="a", length=1),
+            Repeated(text="bb", length=2),
+        ]
+        sent = len(scripted.sent)
+        with pytest.raises(InvalidInput, match="times") as caught:
+            repeat.submit(text="a", times=11, client=client)
+        assert caught.value.details[0]["loc"] == ["payload", "times"]
+        with pytest.raises(InvalidInput, match=r"jobs\.1\.payload\.text"):
+            repeat.map([Word(text="a"), {"text": ""}], client=client)
+        assert len(scripted.sent) == sent  # refused here: nothing was sent
+    # Without a client: the one from RAYPIPE_URL and RAYPIPE_API_KEY.
+    monkeypatch.setenv(URL_ENV, api.url)
+    monkeypatch.setenv(API_KEY_ENV, key)
+    default_client.cache_clear()
+    try:
+        assert repeat.submit(text="q").result(timeout=WAIT_S).text == "q"
+    finally:
+        default_client().close()
+        default_client.cache_clear()
+
+
+def test_clients_take_pydantic_payloads(client: Client) -> None:
+    assert client.submit("test.repeat", Word(text="p", times=2)).result(timeout=WAIT_S) == {
+        "text": "pp",
+        "length": 2,
+    }
+    [handle] = client.submit_many([("test.repeat", Word(text="m"))])
+    assert handle.result(timeout=WAIT_S)["text"] == "m"

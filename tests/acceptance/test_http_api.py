@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 
+from raypipe.runtime.names import DISPATCHER_ACTOR
 from tests.conftest import wait_for
 from tests.helpers.serving import Api
 
@@ -229,6 +231,49 @@ def test_queues_job_types_and_health(api: Api) -> None:
         "capacity": "ok",
     }
     assert httpx.get(f"{api.url}/docs").status_code == 200
+
+
+def test_a_paused_queue_accepts_jobs_starts_none_across_a_restart_and_resumes(
+    api: Api,
+) -> None:
+    admin = api.client(api.key("ops", admin=True))
+    tenant = api.client(api.key(_tenant()))
+    refused = tenant.post("/v1/queues/solo/pause")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert admin.post("/v1/queues/nope/pause").status_code == 404
+    paused = admin.post("/v1/queues/solo/pause")
+    try:
+        assert paused.status_code == 200 and paused.json()["paused"] is True
+        held = tenant.post("/v1/jobs", json={"type": "noop", "queue": "solo"})
+        assert held.status_code == 202
+        queues = {q["name"]: q for q in tenant.get("/v1/queues").json()}
+        assert queues["solo"]["paused"] and queues["solo"]["depth"] == 1
+        assert not queues["default"]["paused"]
+
+        def runs_elsewhere() -> None:
+            """A job of another queue, submitted after, completes: the dispatcher claimed
+            since, and passed the paused queue by."""
+            other = tenant.post("/v1/jobs", json={"type": "noop", "payload": {}}).json()
+            wait_for(
+                lambda: tenant.get(f"/v1/jobs/{other['id']}").json()["status"] == "completed",
+                what="a job of an unpaused queue to complete",
+            )
+            job = tenant.get(f"/v1/jobs/{held.json()['id']}").json()
+            assert (job["status"], job["attempt"]) == ("queued", 0)
+
+        runs_elsewhere()
+        # The pause is a row: a dispatcher that restarts keeps it.
+        dispatcher = ray.get_actor(DISPATCHER_ACTOR, namespace=api.settings.namespace)
+        ray.kill(dispatcher, no_restart=False)
+        runs_elsewhere()
+        resumed = admin.post("/v1/queues/solo/resume")
+        assert resumed.status_code == 200 and resumed.json()["paused"] is False
+        wait_for(
+            lambda: tenant.get(f"/v1/jobs/{held.json()['id']}").json()["status"] == "completed",
+            what="the resumed queue's job to complete",
+        )
+    finally:
+        admin.post("/v1/queues/solo/resume")
 
 
 def test_a_job_type_that_can_never_fit_is_named_by_health_and_waits_queued(api: Api) -> None:

@@ -217,3 +217,28 @@ def test_the_key_is_remembered_until_forgotten(visit: Visit) -> None:
     expect(visit.page.get_by_label("API key")).to_have_value("")
     expect(visit.page.locator("#jobs tr")).to_have_count(0)
     visit.check()
+
+
+def test_an_admin_pauses_and_resumes_a_queue_and_a_tenant_key_is_told_it_may_not(
+    browser: Browser, api: Api, visit: Visit
+) -> None:
+    # ``visit`` holds a tenant's key: the API refuses it, and the page says why.
+    solo = visit.page.locator('#queues tr[data-queue="solo"]')
+    solo.get_by_role("button", name="Pause").click()
+    expect(visit.page.get_by_role("status")).to_contain_text("only an admin key may pause")
+    expect(solo).to_have_attribute("data-paused", "false")
+
+    admin = Visit.open(browser, api, api.key("ops", admin=True))
+    row = admin.page.locator('#queues tr[data-queue="solo"]')
+    try:
+        row.get_by_role("button", name="Pause").click()
+        expect(admin.page.get_by_role("status")).to_contain_text("Queue solo paused.")
+        expect(row).to_have_attribute("data-paused", "true")
+        assert {q["name"]: q["paused"] for q in admin.call("GET", "/v1/queues")}["solo"]
+        row.get_by_role("button", name="Resume").click()
+        expect(admin.page.get_by_role("status")).to_contain_text("Queue solo resumed.")
+        expect(row).to_have_attribute("data-paused", "false")
+        admin.check()
+    finally:
+        admin.call("POST", "/v1/queues/solo/resume")
+        admin.page.context.close()

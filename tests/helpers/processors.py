@@ -123,3 +123,20 @@ def huge(payload: NothingPayload, ctx: JobContext) -> dict[str, int]:
 def tpu(payload: NothingPayload, ctx: JobContext) -> dict[str, int]:
     """Declares a resource no test node has."""
     return {}
+
+
+class Word(BaseModel):
+    text: str = Field(min_length=1, max_length=100)
+    times: int = Field(default=1, ge=1, le=10)
+
+
+class Repeated(BaseModel):
+    text: str
+    length: int
+
+
+@processor("test.repeat", num_cpus=0.5)
+def repeat(payload: Word, ctx: JobContext) -> Repeated:
+    """Repeats a word: a typed processor whose result is a pydantic model."""
+    text = payload.text * payload.times
+    return Repeated(text=text, length=len(text))

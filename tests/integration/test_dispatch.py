@@ -11,10 +11,12 @@ import pytest
 import ray
 
 from raypipe.direct import DirectClient
+from raypipe.exceptions import InvalidInput
 from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime.dispatcher import Dispatcher
 from raypipe.store import DispatchStore
 from tests.conftest import process_alive, wait_for
+from tests.helpers.processors import Repeated, Word, repeat
 from tests.integration.conftest import dispatcher
 
 
@@ -229,3 +231,56 @@ def test_a_second_dispatcher_on_the_database_leaves_the_first_ones_live_leases(
     job = gate.wait(timeout=60)
     assert (job.status, job.attempt) == (JobStatus.COMPLETED, 1)
     assert [a.status for a in gate.attempts()] == [AttemptStatus.COMPLETED]
+
+
+def test_a_typed_processor_submits_in_the_cluster_and_is_still_its_function(
+    raypipe: DirectClient,
+) -> None:
+    job = repeat.submit(Word(text="ab", times=2), client=raypipe, tags=["typed"])
+    assert job.result(60) == Repeated(text="abab", length=4)
+    assert job.refresh().tags == ["typed"]
+    batch = repeat.map([{"text": "x"}, Word(text="y", times=3)], client=raypipe)
+    assert batch.results(60) == [Repeated(text="x", length=1), Repeated(text="yyy", length=3)]
+    with pytest.raises(InvalidInput, match=r"payload\.text"):
+        repeat.submit(client=raypipe)
+    assert repeat(Word(text="z"), None) == Repeated(text="z", length=1)
+
+
+def test_a_drain_lets_attempts_end_within_its_grace_and_queues_the_rest_uncounted(
+    raypipe: DirectClient, tmp_path: Path
+) -> None:
+    quick, slow = tmp_path / "quick", tmp_path / "slow"
+    for folder in (quick, slow):
+        folder.mkdir()
+    finishing = raypipe.submit("test.gate", {"folder": str(quick)})
+    stopped = raypipe.submit(
+        "test.gate", {"folder": str(slow), "release_on_attempt": 2}, max_attempts=1
+    )
+    wait_for(lambda: _processing(finishing) and _processing(stopped), what="both gates to run")
+    actor = dispatcher(raypipe.settings)
+    # A grace far longer than the released gate needs to end; the other one outlives it.
+    drain = actor.drain.remote(10.0)
+    (quick / "release").touch()
+    assert ray.get(drain, timeout=120) == {"running_at_start": 2, "still_running": 0}
+    assert finishing.refresh().status is JobStatus.COMPLETED
+    again = stopped.refresh()
+    assert (again.status, again.attempt, again.max_attempts) == (JobStatus.QUEUED, 1, 2)
+    [attempt] = stopped.attempts()
+    assert attempt.status is AttemptStatus.CANCELLED
+    assert attempt.error is not None and attempt.error.type == "Drained"
+    # Draining, it claims nothing: rounds go by and a new job stays queued.
+    late = raypipe.submit("noop", {})
+    rounds = ray.get(actor.info.remote())["counters"]["rounds"]
+    wait_for(
+        lambda: ray.get(actor.info.remote())["counters"]["rounds"] >= rounds + 3,
+        what="three rounds of the draining dispatcher",
+    )
+    assert late.status() is JobStatus.QUEUED and ray.get(actor.info.remote())["draining"]
+    # A dispatcher that starts again runs both; the stopped job's next attempt is its 2nd.
+    ray.kill(actor, no_restart=False)
+    assert stopped.wait(60).status is JobStatus.COMPLETED
+    assert late.wait(60).status is JobStatus.COMPLETED
+    assert [a.status for a in stopped.attempts()] == [
+        AttemptStatus.CANCELLED,
+        AttemptStatus.COMPLETED,
+    ]

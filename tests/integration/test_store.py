@@ -23,6 +23,7 @@ from raypipe.jobs import (
 )
 from raypipe.store import DispatchStore, JobStore, create_engine, schema_version
 from raypipe.store.dispatch import Candidate
+from raypipe.store.queues import QueueStore
 from raypipe.store.tables import job_payloads, webhook_deliveries
 
 OWNER = "test-owner"
@@ -103,6 +104,23 @@ def test_claims_respect_queue_limits_and_priority(client: DirectClient) -> None:
     dispatch = DispatchStore(client.store)
     dispatch.record([Outcome(high.id, 1, JobStatus.COMPLETED, result={})])
     assert [c.id for c in _claim_all(client.store)] == [low.id]
+
+
+def test_a_paused_queue_claims_nothing_until_resumed(client: DirectClient) -> None:
+    queues = QueueStore(client.store.engine, client.store.clock)
+    held = client.submit("noop", {}, queue="solo")
+    since = queues.pause(client.settings, "solo")
+    assert queues.pause(client.settings, "solo") == since  # pausing again changes nothing
+    waiting = client.submit("noop", {}, queue="solo")
+    other = client.submit("noop", {})
+    assert [c.id for c in _claim_all(client.store)] == [other.id]
+    assert queues.paused() == {"solo": since}
+    queues.resume(client.settings, "solo")
+    queues.resume(client.settings, "solo")  # resuming a running queue changes nothing
+    assert [c.id for c in _claim_all(client.store)] == [held.id]
+    assert waiting.status() is JobStatus.QUEUED  # solo runs one at a time
+    with pytest.raises(NotFound, match="no queue 'nope': the configured queues are"):
+        queues.pause(client.settings, "nope")
 
 
 def test_delayed_jobs_wait_for_their_time(client: DirectClient) -> None:

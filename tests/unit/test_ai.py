@@ -302,7 +302,7 @@ def test_classify(status: int, error: ServiceError, expected: Failure) -> None:
 
 def test_registered_on_the_ai_queue_with_little_cpu() -> None:
     spec = registry.get("ai.complete")
-    assert spec.fn is complete
+    assert complete.spec is spec and spec.fn is complete.fn
     assert spec.queue == "ai"
     assert spec.num_cpus == 0.1
     assert spec.retry is not None and spec.retry.max_attempts == 5

@@ -470,5 +470,6 @@ def test_payload_defaults() -> None:
 
 def test_registered_for_the_mesh_queue() -> None:
     spec = registry.get("mesh.from_image")
-    assert (spec.fn, spec.payload_model, spec.queue) == (mesh_from_image, MeshPayload, "mesh")
+    assert mesh_from_image.spec is spec
+    assert (spec.fn, spec.payload_model, spec.queue) == (mesh_from_image.fn, MeshPayload, "mesh")
     assert spec.ray_options() == {"num_cpus": 1, "num_gpus": 0.0, "memory": MEMORY_BYTES}

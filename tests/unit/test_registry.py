@@ -72,8 +72,9 @@ def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_decorator_infers_payload_model_from_annotation() -> None:
     returned = processor("unit-upper")(annotated)
-    assert returned is annotated
     spec = registry.get("unit-upper")
+    assert returned.spec is spec and returned.fn is annotated
+    assert returned.__doc__ == annotated.__doc__ and returned.__name__ == "annotated"
     assert spec.type == "unit-upper"
     assert spec.fn is annotated
     assert spec.payload_model is TextPayload

@@ -1,5 +1,5 @@
 """Job routes: submit, read, list, cancel, retry, delete, artifacts, events (SSE), and the
-queues and job types that jobs run under."""
+job types there are."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from raypipe.api.schemas import (
     JobList,
     JobTypeView,
     JobView,
-    QueueView,
 )
 from raypipe.api.services import Principal, Services
 from raypipe.exceptions import InvalidInput
@@ -195,21 +194,6 @@ def router() -> APIRouter:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-
-    @api.get("/queues", response_model=list[QueueView])
-    def queues(caller: Caller, services: AppServices) -> list[QueueView]:
-        """Per queue: depth, running jobs, the oldest runnable job's wait, and its limit;
-        counting the caller's tenant's jobs only (every tenant's for an admin key)."""
-        stats = services.jobs.queue_stats(caller.scope)
-        return [
-            QueueView(
-                name=name,
-                concurrency=q.concurrency,
-                priority=q.priority,
-                **stats.get(name, {"depth": 0, "running": 0, "oldest_waiting_s": None}),
-            )
-            for name, q in sorted(services.settings.queues.items())
-        ]
 
     @api.get("/job-types", response_model=list[JobTypeView])
     def job_types(caller: Caller, services: AppServices) -> list[JobTypeView]:

@@ -1,0 +1,30 @@
+"""queue pauses: a paused queue claims nothing until resumed, across restarts
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from raypipe.store.tables import UTCDateTime
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "queue_pauses",
+        sa.Column("queue", sa.String(200), primary_key=True),
+        sa.Column("paused_at", UTCDateTime, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("queue_pauses")

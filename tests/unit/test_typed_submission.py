@@ -1,0 +1,79 @@
+"""Typed submission as a type checker sees it: ``@processor`` keeps the payload and result
+types, so ``submit``/``map``/``result`` are checked (mypy runs on a small example), and
+what a processor returns is what its handles read back."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from mypy import api as mypy
+
+from raypipe import registry
+from tests.helpers.processors import Repeated, gate, repeat
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The cache of the checks of raypipe itself (test_static_checks): the example reuses it.
+CACHE = ROOT / ".mypy_cache"
+
+EXAMPLE = """
+from pydantic import BaseModel
+
+from raypipe import Client, JobContext, processor
+from raypipe.handle import BatchHandle, JobHandle
+
+
+class Resize(BaseModel):
+    path: str
+    width: int
+
+
+class Resized(BaseModel):
+    path: str
+    width: int
+
+
+@processor("images.resize")
+def resize(payload: Resize, ctx: JobContext) -> Resized:
+    return Resized(path=payload.path, width=payload.width)
+
+
+client = Client("http://127.0.0.1:8000", api_key="rp_x")
+job: JobHandle[Resized] = resize.submit(Resize(path="a.png", width=64), client=client)
+done: Resized = job.result(timeout=60)
+batch: BatchHandle[Resized] = resize.map([Resize(path="b.png", width=8)], client=client)
+every: list[Resized] = batch.results()
+called: Resized = resize(Resize(path="c.png", width=1), None)
+"""
+
+MISTAKES = """
+wrong: int = resize.submit(Resize(path="a.png", width=64), client=client).result()
+resize.submit(42, client=client)
+"""
+
+
+def _check(code: str, tmp_path: Path) -> tuple[str, int]:
+    example = tmp_path / "example.py"
+    example.write_text(textwrap.dedent(code))
+    out, err, status = mypy.run(
+        [str(example), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(CACHE)]
+    )
+    return out + err, status
+
+
+def test_a_type_checker_sees_the_payload_and_result_types(tmp_path: Path) -> None:
+    report, status = _check(EXAMPLE, tmp_path)
+    assert status == 0, report
+
+
+def test_a_type_checker_refuses_a_wrong_payload_or_result(tmp_path: Path) -> None:
+    report, status = _check(EXAMPLE + MISTAKES, tmp_path)
+    assert status == 1, report
+    assert 'expression has type "Resized", variable has type "int"' in report
+    assert 'Argument 1 to "submit" of "Processor" has incompatible type "int"' in report
+
+
+def test_the_result_type_comes_from_the_return_annotation() -> None:
+    assert repeat.result_type is Repeated
+    assert gate.result_type is None  # dict[str, int]: read back as JSON
+    assert repeat.spec is registry.get("test.repeat")
