@@ -107,7 +107,10 @@ class Processor(Generic[P, R]):
     def __init__(self, spec: ProcessorSpec, fn: Callable[[P, Any], R]):
         self.spec = spec
         self.fn = fn
-        hint = typing.get_type_hints(fn).get("return")
+        try:
+            hint = typing.get_type_hints(fn).get("return")
+        except (NameError, TypeError):  # names imported for type checkers only: read as JSON
+            hint = None
         #: What results are read as: a pydantic model is rebuilt from the stored JSON.
         self.result_type: builtins.type[R] | None = hint if isinstance(hint, type) else None
         functools.update_wrapper(self, fn)

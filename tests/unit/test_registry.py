@@ -267,3 +267,11 @@ def test_demand_lists_every_resource_held() -> None:
 def test_demand_drops_zero_amounts() -> None:
     assert spec(num_cpus=0, num_gpus=0, resources={"accel": 0.0}).demand() == {}
     assert spec(num_cpus=0, num_gpus=2).demand() == {"GPU": 2}
+
+
+def test_a_result_annotation_that_cannot_be_resolved_is_read_as_json() -> None:
+    def hidden(payload: TextPayload, ctx: object) -> NotImportedHere:  # noqa: F821
+        return payload
+
+    registered = processor("unit-hidden-result", payload=TextPayload)(hidden)
+    assert registered.result_type is None and registry.get("unit-hidden-result").fn is hidden
