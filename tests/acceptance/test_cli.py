@@ -98,6 +98,11 @@ def raypipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raypipe]:
 def test_up_twice_joins_the_running_head(raypipe: Raypipe) -> None:
     done = raypipe.ok("up")
     assert f"joined Ray at 127.0.0.1:{raypipe.port}" in done.stdout
+    # Every extra is installed here: every built-in runs, none is missing.
+    [types] = [line for line in done.stdout.splitlines() if line.startswith("job types: ")]
+    assert {"noop", "embed.texts", "mesh.from_image", "document.process"} <= set(
+        types.removeprefix("job types: ").split(", ")
+    )
 
 
 def test_migrate_prints_the_revision(raypipe: Raypipe) -> None:

@@ -37,7 +37,7 @@ SERVE_CONFIG = REPO / "serve_config.yaml"
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
 
 #: Where the launcher's setup installs raypipe from (a file mount of this checkout).
-INSTALL = re.compile(r"pip install -e (\S+)")
+INSTALL = re.compile(r"pip install -e ([~\w./-]+)")
 
 
 def _load(path: Path) -> dict[str, Any]:

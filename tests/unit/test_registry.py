@@ -61,7 +61,7 @@ def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     builtins = {
         name: spec
         for name, spec in registry._registry.items()
-        if spec.fn.__module__ in registry.BUILTIN_MODULES
+        if spec.fn.__module__ in {b.module for b in registry.BUILTINS}
     }
     monkeypatch.setattr(registry, "_registry", builtins)
     yield
@@ -275,3 +275,12 @@ def test_a_result_annotation_that_cannot_be_resolved_is_read_as_json() -> None:
 
     registered = processor("unit-hidden-result", payload=TextPayload)(hidden)
     assert registered.result_type is None and registry.get("unit-hidden-result").fn is hidden
+
+
+def test_each_builtin_names_the_job_types_its_extra_brings() -> None:
+    for builtin in registry.BUILTINS:
+        assert builtin.installed(), builtin  # the tests install raypipe[all]
+        made = {t for t, s in registry._registry.items() if s.fn.__module__ == builtin.module}
+        if builtin.packages:
+            assert set(builtin.types) == made, builtin.module
+    assert registry.not_installed() == {}
