@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from raypipe.exceptions import NotFound
 from raypipe.jobs import utcnow
-from raypipe.store.engine import READ_ONLY
+from raypipe.store.engine import read_only
 from raypipe.store.tables import api_keys, rate_limits
 from raypipe.tenants import check_tenant
 
@@ -62,7 +62,7 @@ class AccessStore:
         query = sa.select(api_keys).where(
             api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
         )
-        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+        with read_only(self.engine) as conn:
             row = conn.execute(query).first()
         return _key(row._mapping) if row else None
 
@@ -70,11 +70,11 @@ class AccessStore:
         query = sa.select(api_keys).order_by(api_keys.c.created_at)
         if tenant is not None:
             query = query.where(api_keys.c.tenant == tenant)
-        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+        with read_only(self.engine) as conn:
             return [_key(row._mapping) for row in conn.execute(query)]
 
     def count_keys(self) -> int:
-        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+        with read_only(self.engine) as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(api_keys)).scalar_one()
 
     def revoke_key(self, key_id_or_prefix: str) -> ApiKey:

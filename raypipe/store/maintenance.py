@@ -22,7 +22,7 @@ from raypipe.artifact_folders import job_folder, job_folders, measure, remove
 from raypipe.artifacts import ArtifactStore
 from raypipe.config import Settings
 from raypipe.jobs import TERMINAL_STATUSES, iso
-from raypipe.store.engine import READ_ONLY
+from raypipe.store.engine import read_only
 from raypipe.store.tables import (
     HELD,
     PROCESSING_ONLY,
@@ -262,10 +262,11 @@ def _delete(conn: Connection, table: sa.Table, where: sa.ColumnElement[bool], dr
 
 
 @contextmanager
-def _transaction(engine: Engine, read_only: bool) -> Iterator[Connection]:
-    """A write transaction, or a read-only one (SQLite then takes no write lock)."""
-    if read_only:
-        with engine.connect().execution_options(**READ_ONLY) as conn:
+def _transaction(engine: Engine, dry_run: bool) -> Iterator[Connection]:
+    """A write transaction, or for a dry run a read-only one (SQLite then takes no write
+    lock)."""
+    if dry_run:
+        with read_only(engine) as conn:
             yield conn
     else:
         with engine.begin() as conn:
@@ -292,7 +293,7 @@ def orphans(
         query = sa.select(jobs.c.tenant, jobs.c.id).where(
             jobs.c.id.in_([job_id for _, job_id, _ in chunk])
         )
-        with _transaction(engine, read_only=True) as conn:
+        with read_only(engine) as conn:
             known = set(conn.execute(query).tuples())
         found = [measure(artifacts, *where) for where in chunk if where[:2] not in known]
         old = [f for f in found if f.modified is not None and f.modified < modified_before]
@@ -319,7 +320,7 @@ def stuck(engine: Engine, settings: Settings, now: datetime) -> StuckReport:
     the queued, the held or the processing jobs only (the claim and lease partial indexes)."""
     lease_alive = sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at >= now)
     waited = now - timedelta(seconds=settings.stuck_after_s)
-    with _transaction(engine, read_only=True) as conn:
+    with read_only(engine) as conn:
         return StuckReport(
             checked_at=now,
             lease_expired=_sample(

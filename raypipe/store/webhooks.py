@@ -9,7 +9,7 @@ too slow, or died and came back) can never overwrite the outcome of the one that
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -21,11 +21,11 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import iso, utcnow
-from raypipe.store.engine import READ_ONLY
+from raypipe.store.engine import read_only
+from raypipe.store.jobs import Clock
 from raypipe.store.tables import PENDING_ONLY, webhook_attempts, webhook_deliveries, webhook_secrets
 from raypipe.webhooks.signing import new_secret
 
-Clock = Callable[[], datetime]
 #: Longest id a delivery row holds (``webhook_deliveries.id``): a longer one names none.
 MAX_ID_LENGTH = 40
 
@@ -136,7 +136,7 @@ class WebhookStore:
         and both callers then read its secret)."""
         wanted = sorted(set(tenants))
         query = sa.select(webhook_secrets.c.tenant, webhook_secrets.c.secret)
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             found = dict(conn.execute(query.where(webhook_secrets.c.tenant.in_(wanted))).all())
         missing = [tenant for tenant in wanted if tenant not in found]
         if missing:
@@ -298,13 +298,13 @@ class WebhookStore:
                     table.c.created_at < at, sa.and_(table.c.created_at == at, table.c.id < last_id)
                 )
             )
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             rows = conn.execute(query.limit(limit)).all()
             return self._with_attempts(conn, rows)
 
     def get(self, delivery_id: str, tenant: str | None = None) -> Delivery:
         """The delivery with its attempts, or :class:`NotFound` (also another tenant's)."""
-        with self._read() as conn:
+        with read_only(self.engine) as conn:
             row = self._row(conn, delivery_id, tenant)
             return self._with_attempts(conn, [row])[0]
 
@@ -363,9 +363,6 @@ class WebhookStore:
                 )
             )
         return [_delivery(row._mapping, tuple(log.get(row.id, ()))) for row in rows]
-
-    def _read(self) -> Connection:
-        return self.engine.connect().execution_options(**READ_ONLY)
 
 
 def _delivery(row: Any, attempt_log: tuple[DeliveryAttempt, ...] = ()) -> Delivery:
