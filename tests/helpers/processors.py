@@ -101,12 +101,13 @@ def stubborn(payload: GatePayload, ctx: JobContext) -> dict[str, int]:
     stops it."""
     folder = Path(payload.folder)
     (folder / f"pid-{ctx.attempt}").write_text(str(os.getpid()))
-    while not (folder / "release").exists():
-        try:
-            time.sleep(0.02)
+    while True:
+        try:  # the interruption may land on any line of the wait, not only in sleep
+            while not (folder / "release").exists():
+                time.sleep(0.02)
+            return {"attempt": ctx.attempt}
         except KeyboardInterrupt:
             (folder / f"ignored-{ctx.attempt}").write_text("1")
-    return {"attempt": ctx.attempt}
 
 
 class NothingPayload(BaseModel):
