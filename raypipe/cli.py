@@ -68,7 +68,7 @@ def up(
     if not head.ray_running(settings):
         hint = f": `up` started one on port {settings.ray_port}" if started else ""
         raise NotRunning(f"no Ray answers at {settings.ray_address!r}{hint}")
-    actors.init_ray(settings)
+    actors.init_ray(settings, owner=True)
     actors.start_actors(settings)
     where = "started a local Ray head" if started else f"joined Ray at {settings.ray_address}"
     typer.echo(f"raypipe is up: {where}; database {_safe_url(settings)}")

@@ -170,6 +170,11 @@ def _artifact_call(job_id: str, name: str) -> _Call[bytes]:
     return _Call("GET", _job_path(job_id, "artifacts", quote(name, safe="")), raw=True)
 
 
+def _logs_call(job_id: str, attempt: int | None, after: int) -> _Call[dict[str, Any]]:
+    params = {"after": after} | ({"attempt": attempt} if attempt is not None else {})
+    return _Call("GET", _job_path(job_id, "logs"), params=params)
+
+
 def _delete_call(job_id: str) -> _Call[Any]:
     return _Call("DELETE", _job_path(job_id), raw=True)
 
@@ -219,45 +224,100 @@ def _attempts(body: dict[str, Any]) -> list[AttemptRecord]:
     return [AttemptRecord.from_dict(a, body["id"]) for a in body.get("attempts") or []]
 
 
-class _Pages:
-    """A list of jobs (``GET /v1/jobs``, a batch's jobs) page after page, following
-    ``next_cursor``."""
+class _Pages(Generic[T]):
+    """A list (``GET /v1/jobs``, a batch's jobs, webhook deliveries) page after page,
+    following ``next_cursor``; ``items`` reads one page's entries."""
 
     def __init__(
         self,
         limit: int,
-        filters: dict[str, str | JobStatus | None],
-        path: str = "/v1/jobs",
+        filters: dict[str, Any],
+        path: str,
+        items: Callable[[dict[str, Any]], list[T]],
     ):
-        status = filters.get("status")
-        if status is not None:
-            filters["status"] = JobStatus(status).value
         self.params = {k: v for k, v in filters.items() if v is not None} | {"limit": limit}
         self.path = path
+        self.items = items
         self.cursor: str | None = None
         self.done = False
 
-    def next_call(self) -> _Call[list[JobRecord]] | None:
+    def next_call(self) -> _Call[list[T]] | None:
         if self.done:
             return None
         cursor = {"cursor": self.cursor} if self.cursor else {}
         return _Call("GET", self.path, self._read, params=self.params | cursor)
 
-    def _read(self, body: dict[str, Any]) -> list[JobRecord]:
+    def _read(self, body: dict[str, Any]) -> list[T]:
         self.cursor = body.get("next_cursor")
         self.done = not self.cursor
-        return _jobs(body)
+        return self.items(body)
+
+
+def _status(status: JobStatus | str | None) -> str | None:
+    return None if status is None else JobStatus(status).value
 
 
 def _list_pages(
     status: JobStatus | str | None, type: str | None, queue: str | None, tag: str | None, limit: int
-) -> _Pages:
-    return _Pages(limit, {"status": status, "type": type, "queue": queue, "tag": tag})
+) -> _Pages[JobRecord]:
+    filters = {"status": _status(status), "type": type, "queue": queue, "tag": tag}
+    return _Pages(limit, filters, "/v1/jobs", _jobs)
 
 
-def _batch_pages(batch_id: str, status: JobStatus | str | None) -> _Pages:
+def _batch_pages(batch_id: str, status: JobStatus | str | None) -> _Pages[JobRecord]:
     # Pages as large as the API allows (1000 jobs): a batch is usually read whole.
-    return _Pages(1000, {"status": status}, _batch_path(batch_id, "jobs"))
+    return _Pages(1000, {"status": _status(status)}, _batch_path(batch_id, "jobs"), _jobs)
+
+
+# -- operating: queues, schedules, webhooks (their answers are the API's JSON) -------------
+
+
+def _queue_action_call(name: str, action: str) -> _Call[dict[str, Any]]:
+    # Pausing or resuming twice leaves the queue as once: safe to send again.
+    return _Call("POST", f"/v1/queues/{quote(name, safe='')}/{action}")
+
+
+def _schedule_path(schedule_id: str, *rest: str) -> str:
+    return "/".join(("/v1/schedules", quote(schedule_id, safe=""), *rest))
+
+
+def _create_schedule_call(
+    name: str, cron: str, job: SpecLike, options: dict[str, Any]
+) -> _Call[dict[str, Any]]:
+    # A second try answers 409 (the name is taken): tried again only when surely never sent.
+    body = {"name": name, "cron": cron, "job": _spec_body(job), **options}
+    return _Call("POST", "/v1/schedules", json=body, idempotent=False)
+
+
+def _update_schedule_call(schedule_id: str, changes: dict[str, Any]) -> _Call[dict[str, Any]]:
+    if changes.get("job") is not None:
+        changes = {**changes, "job": _spec_body(changes["job"])}
+    return _Call("PATCH", _schedule_path(schedule_id), json=changes)
+
+
+def _schedules(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(body["schedules"])
+
+
+def _delivery_pages(
+    status: str | None, job_id: str | None, batch_id: str | None, limit: int
+) -> _Pages[dict[str, Any]]:
+    filters = {"status": status, "job_id": job_id, "batch_id": batch_id}
+    return _Pages(limit, filters, "/v1/webhooks/deliveries", lambda body: body["deliveries"])
+
+
+def _replay_call(delivery_id: str) -> _Call[dict[str, Any]]:
+    path = f"/v1/webhooks/deliveries/{quote(delivery_id, safe='')}/replay"
+    return _Call("POST", path, idempotent=False)
+
+
+def _secret_call(rotate: bool) -> _Call[str]:
+    def read(body: dict[str, Any]) -> str:
+        return str(body["secret"])
+
+    if rotate:  # a second rotation would replace the secret the first one made
+        return _Call("POST", "/v1/webhooks/secret/rotate", read, idempotent=False)
+    return _Call("GET", "/v1/webhooks/secret", read)
 
 
 class _EventReader:
@@ -309,6 +369,36 @@ class _EventReader:
         terminal = {s.value for s in JobStatus if s.is_terminal}
         self.done = event["event"] == "status" and event.get("status") in terminal
         return event
+
+    def closed(self) -> None:
+        """The server ended the stream: a job's events end with its terminal status, so
+        an end before it is a drop."""
+
+
+class _LogReader(_EventReader):
+    """Follows one attempt's log lines (``GET /v1/jobs/{id}/logs?follow=true``); the
+    server ends the stream once the attempt is over, and a dropped one resumes after the
+    last line read, in the same attempt."""
+
+    def __init__(self, job_id: str, attempt: int | None):
+        super().__init__(job_id, None)
+        self.attempt = attempt
+
+    def call(self) -> _Call[Any]:
+        self._fields, self._data = {}, []
+        call = _logs_call(self.job_id, self.attempt, int(self.last_id or 0))
+        params = {**(call.params or {}), "follow": "true"}
+        headers = {"Accept": "text/event-stream"}
+        return _Call("GET", call.path, params=params, headers=headers, stream=True)
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        event = super().feed(line)
+        if event is not None:
+            self.attempt = event["attempt"]  # a retry must not switch a resumed stream
+        return event
+
+    def closed(self) -> None:
+        self.done = True
 
 
 class _ClientBase:
@@ -515,7 +605,19 @@ class Client(_ClientBase):
         ``progress``) and ``event_id``, which ``last_event_id`` takes to resume after it.
         A dropped connection is reopened where it stopped.
         """
-        reader = _EventReader(job_id, last_event_id)
+        return self._follow(_EventReader(job_id, last_event_id))
+
+    def logs(self, job_id: str, attempt: int | None = None, after: int = 0) -> dict[str, Any]:
+        """What the job's processor logged in one attempt (default: the latest), as
+        ``GET /v1/jobs/{id}/logs`` answers: ``lines`` after seq ``after``, and ``dropped``."""
+        return self._call(_logs_call(job_id, attempt, after))
+
+    def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[dict[str, Any]]:
+        """An attempt's log lines (default: the latest) as they are logged, ending once
+        the attempt is over; a dropped connection resumes after the last line."""
+        return self._follow(_LogReader(job_id, attempt))
+
+    def _follow(self, reader: _EventReader) -> Iterator[dict[str, Any]]:
         while not reader.done:
             error: httpx.TransportError | None = None
             try:
@@ -526,9 +628,11 @@ class Client(_ClientBase):
                             yield event
                             if reader.done:
                                 return
+                reader.closed()
             except httpx.TransportError as exc:
                 error = exc
-            time.sleep(self._after_drop(reader, error))
+            if not reader.done:
+                time.sleep(self._after_drop(reader, error))
 
     @contextmanager
     def _open(self, call: _Call[Any]) -> Iterator[httpx.Response]:
@@ -642,6 +746,78 @@ class Client(_ClientBase):
         while (call := pages.next_call()) is not None:
             yield from self._call(call)
 
+    # -- operating ----------------------------------------------------------------------
+
+    def queues(self) -> builtins.list[dict[str, Any]]:
+        """Each configured queue: depth, running jobs and whether it is paused, counting the
+        key's tenant's jobs (every tenant's for an admin key)."""
+        return self._call(_Call("GET", "/v1/queues"))
+
+    def pause_queue(self, name: str) -> dict[str, Any]:
+        """Start none of the queue's jobs until it is resumed (admin keys)."""
+        return self._call(_queue_action_call(name, "pause"))
+
+    def resume_queue(self, name: str) -> dict[str, Any]:
+        """Start the queue's jobs again (admin keys)."""
+        return self._call(_queue_action_call(name, "resume"))
+
+    def schedules(self) -> builtins.list[dict[str, Any]]:
+        """The key's tenant's cron schedules (every tenant's for an admin key), by name."""
+        return self._call(_Call("GET", "/v1/schedules", _schedules))
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call(_Call("GET", _schedule_path(schedule_id)))
+
+    def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        job: SpecLike,
+        *,
+        timezone: str = "UTC",
+        missed: str = "run_once",
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """A schedule that submits ``job`` (a spec, as ``submit_many`` takes one) on each
+        instant of ``cron`` in ``timezone``."""
+        options = {"timezone": timezone, "missed": missed, "enabled": enabled}
+        return self._call(_create_schedule_call(name, cron, job, options))
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> dict[str, Any]:
+        """Change ``cron``, ``timezone``, ``job``, ``missed`` or ``enabled``."""
+        return self._call(_update_schedule_call(schedule_id, changes))
+
+    def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call(_Call("POST", _schedule_path(schedule_id, "pause")))
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """Fire again from the next instant after now."""
+        return self._call(_Call("POST", _schedule_path(schedule_id, "resume")))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it submitted stay."""
+        self._call(_Call("DELETE", _schedule_path(schedule_id), raw=True))
+
+    def deliveries(
+        self,
+        status: str | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        limit: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """The key's tenant's webhook deliveries with their attempts, newest first."""
+        pages = _delivery_pages(status, job_id, batch_id, limit)
+        while (call := pages.next_call()) is not None:
+            yield from self._call(call)
+
+    def replay_delivery(self, delivery_id: str) -> dict[str, Any]:
+        """Send a delivery again, with the same ``webhook-id``."""
+        return self._call(_replay_call(delivery_id))
+
+    def webhook_secret(self, rotate: bool = False) -> str:
+        """The key's tenant's webhook signing secret; ``rotate`` replaces it first."""
+        return self._call(_secret_call(rotate))
+
 
 # -- the asyncio client -------------------------------------------------------------------
 
@@ -719,7 +895,21 @@ class AsyncClient(_ClientBase):
         self, job_id: str, last_event_id: int | str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """See :meth:`Client.stream`."""
-        reader = _EventReader(job_id, last_event_id)
+        async for event in self._follow(_EventReader(job_id, last_event_id)):
+            yield event
+
+    async def logs(self, job_id: str, attempt: int | None = None, after: int = 0) -> dict[str, Any]:
+        """See :meth:`Client.logs`."""
+        return await self._call(_logs_call(job_id, attempt, after))
+
+    async def follow_logs(
+        self, job_id: str, attempt: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """See :meth:`Client.follow_logs`."""
+        async for event in self._follow(_LogReader(job_id, attempt)):
+            yield event
+
+    async def _follow(self, reader: _EventReader) -> AsyncIterator[dict[str, Any]]:
         while not reader.done:
             error: httpx.TransportError | None = None
             try:
@@ -730,9 +920,11 @@ class AsyncClient(_ClientBase):
                             yield event
                             if reader.done:
                                 return
+                reader.closed()
             except httpx.TransportError as exc:
                 error = exc
-            await asyncio.sleep(self._after_drop(reader, error))
+            if not reader.done:
+                await asyncio.sleep(self._after_drop(reader, error))
 
     @asynccontextmanager
     async def _open(self, call: _Call[Any]) -> AsyncIterator[httpx.Response]:
@@ -840,6 +1032,77 @@ class AsyncClient(_ClientBase):
         while (call := pages.next_call()) is not None:
             for job in await self._call(call):
                 yield job
+
+    # -- operating ----------------------------------------------------------------------
+
+    async def queues(self) -> builtins.list[dict[str, Any]]:
+        """See :meth:`Client.queues`."""
+        return await self._call(_Call("GET", "/v1/queues"))
+
+    async def pause_queue(self, name: str) -> dict[str, Any]:
+        """See :meth:`Client.pause_queue`."""
+        return await self._call(_queue_action_call(name, "pause"))
+
+    async def resume_queue(self, name: str) -> dict[str, Any]:
+        """See :meth:`Client.resume_queue`."""
+        return await self._call(_queue_action_call(name, "resume"))
+
+    async def schedules(self) -> builtins.list[dict[str, Any]]:
+        """See :meth:`Client.schedules`."""
+        return await self._call(_Call("GET", "/v1/schedules", _schedules))
+
+    async def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return await self._call(_Call("GET", _schedule_path(schedule_id)))
+
+    async def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        job: SpecLike,
+        *,
+        timezone: str = "UTC",
+        missed: str = "run_once",
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """See :meth:`Client.create_schedule`."""
+        options = {"timezone": timezone, "missed": missed, "enabled": enabled}
+        return await self._call(_create_schedule_call(name, cron, job, options))
+
+    async def update_schedule(self, schedule_id: str, **changes: Any) -> dict[str, Any]:
+        """See :meth:`Client.update_schedule`."""
+        return await self._call(_update_schedule_call(schedule_id, changes))
+
+    async def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return await self._call(_Call("POST", _schedule_path(schedule_id, "pause")))
+
+    async def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """See :meth:`Client.resume_schedule`."""
+        return await self._call(_Call("POST", _schedule_path(schedule_id, "resume")))
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """See :meth:`Client.delete_schedule`."""
+        await self._call(_Call("DELETE", _schedule_path(schedule_id), raw=True))
+
+    async def deliveries(
+        self,
+        status: str | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        limit: int = 100,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """See :meth:`Client.deliveries`."""
+        pages = _delivery_pages(status, job_id, batch_id, limit)
+        while (call := pages.next_call()) is not None:
+            for delivery in await self._call(call):
+                yield delivery
+
+    async def replay_delivery(self, delivery_id: str) -> dict[str, Any]:
+        """See :meth:`Client.replay_delivery`."""
+        return await self._call(_replay_call(delivery_id))
+
+    async def webhook_secret(self, rotate: bool = False) -> str:
+        """See :meth:`Client.webhook_secret`."""
+        return await self._call(_secret_call(rotate))
 
 
 @functools.cache

@@ -192,6 +192,20 @@ class Settings(BaseSettings):
 
     progress_report_interval_s: float = Field(default=0.2, gt=0)
     progress_flush_interval_s: float = Field(default=0.5, gt=0)
+    log_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="what each attempt's log keeps: its newest lines within this many bytes",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="the least level of ctx.logger lines kept in job logs"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="how raypipe's Ray processes (dispatcher, workers, pools, the API on"
+        " Serve and its access log) write their logs: json is one object per line, with the"
+        " job's fields on lines about a job",
+    )
 
     artifacts_url: str = Field(
         default="", description="where artifacts live: a folder or any fsspec URL (s3://…)"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from raypipe.artifacts import ArtifactInfo, ArtifactStore, split_ref
 from raypipe.config import Settings
 from raypipe.exceptions import NotFound, PermanentError
+from raypipe.job_logs import JOB_LOGGER, job_fields
 from raypipe.jobs import ProgressState
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ class JobContext:
     ``progress()`` never waits on anything: it stores the latest value, and the
     process ships the newest state of each job at a fixed interval, so calling it in
     a tight loop costs next to nothing. Artifacts written here are listed on the job
-    once the attempt completes.
+    once the attempt completes. ``logger`` is the job's logger: in a worker, its lines
+    are kept with the attempt (``GET /v1/jobs/{id}/logs``); each record carries the
+    job's :func:`~raypipe.job_logs.job_fields`.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class JobContext:
         attempt: int = 1,
         max_attempts: int = 1,
         tenant: str = "default",
+        queue: str = "default",
         report: Report | None = None,
         cancelled: Callable[[], bool] | None = None,
         runner: Runner | None = None,
@@ -71,7 +75,10 @@ class JobContext:
         self.max_attempts = max_attempts
         self.tenant = tenant
         self.settings = settings
-        self.logger = logging.getLogger(f"raypipe.job.{job_type}")
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"{JOB_LOGGER}.{job_type}"),
+            job_fields(job_id, attempt, job_type, queue, tenant),
+        )
         self.artifacts: dict[str, ArtifactInfo] = {}
         self._report = report
         self._cancelled = cancelled

@@ -34,7 +34,7 @@ from raypipe.config import (
     Settings,
     config_file,
 )
-from raypipe.exceptions import Conflict, InvalidInput
+from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import iso
 from raypipe.submission import prepare, summary
 
@@ -201,6 +201,23 @@ class Schedule:
     created_at: datetime
     updated_at: datetime
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        """A schedule as the API shows it (``to_dict``), read back (by the CLI over HTTP)."""
+
+        def instant(key: str) -> datetime | None:
+            return datetime.fromisoformat(data[key]) if data.get(key) else None
+
+        return cls(
+            **{k: data[k] for k in ("id", "tenant", "name", "cron", "timezone", "missed")},
+            **{k: data[k] for k in ("enabled", "source", "last_job_id", "fires")},
+            spec=data["job"],
+            next_fire_at=instant("next_fire_at"),
+            last_fire_at=instant("last_fire_at"),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The schedule as the API and the CLI show it."""
         return {
@@ -220,6 +237,24 @@ class Schedule:
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }
+
+
+def pick(found: list[Schedule], name_or_id: str) -> Schedule:
+    """The schedule ``name_or_id`` means among those with that id or name: the id wins; a
+    name that several tenants use is refused."""
+    exact = [s for s in found if s.id == name_or_id]
+    if exact:
+        return exact[0]
+    named = [s for s in found if s.name == name_or_id]
+    if not named:
+        raise NotFound(f"no schedule {name_or_id!r}")
+    if len(named) > 1:
+        tenants = ", ".join(sorted(s.tenant for s in named))
+        raise Conflict(
+            f"tenants {tenants} each have a schedule named {name_or_id!r}:"
+            " name the tenant or use the id"
+        )
+    return named[0]
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ from raypipe import artifacts, registry
 from raypipe.batches import BatchRecord
 from raypipe.config import Settings, get_settings
 from raypipe.handle import BatchHandle, JobHandle
+from raypipe.job_logs import LogFollower
 from raypipe.jobs import (
     AttemptRecord,
     JobRecord,
@@ -21,6 +23,7 @@ from raypipe.jobs import (
 from raypipe.runtime import actors
 from raypipe.runtime.bells import DispatcherBell
 from raypipe.store import JobStore, schema_version
+from raypipe.store.logs import LogStore, attempt_of
 from raypipe.submission import DEFAULT_TENANT
 from raypipe.submitter import Submitter
 
@@ -39,6 +42,7 @@ class DirectClient:
         self._submitter = Submitter(self.store, self.settings, self.wake)
         self.batches = self._submitter.batches
         self.artifacts = artifacts.ArtifactStore(self.settings.artifacts_url)
+        self.logs_store = LogStore(self.store.engine)
         registry.load(self.settings.processor_modules)
         self._bell = DispatcherBell(self.settings)
 
@@ -124,6 +128,31 @@ class DirectClient:
         job = self.store.delete(job_id, self.tenant)
         self.artifacts.delete(job.tenant, job_id)
 
+    def logs(self, job_id: str, attempt: int | None = None, after: int = 0) -> dict[str, Any]:
+        """What the job's processor logged in one attempt (default: the latest), as
+        ``GET /v1/jobs/{id}/logs`` answers."""
+        job = self.store.get(job_id, self.tenant)
+        return self.logs_store.read(job_id, attempt_of(job, attempt), after).to_dict()
+
+    def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[dict[str, Any]]:
+        """An attempt's log lines (default: the latest) as they are written, ending once
+        the attempt is over (read from the database every ``events_poll_interval_s``)."""
+        job = self.store.get(job_id, self.tenant)
+        follower = LogFollower(
+            attempt_of(job, attempt),
+            0,
+            self.settings.events_poll_interval_s,
+            self.settings.progress_flush_interval_s,
+        )
+        while True:
+            job = self.store.get(job_id)
+            lines = self.logs_store.read(job_id, follower.attempt, follower.after).lines
+            yield from (line.to_dict() for line in lines)
+            pause = follower.step(job.attempt, job.status.is_terminal, lines)
+            if pause is None:
+                return
+            time.sleep(pause)
+
     # -- BatchBackend ---------------------------------------------------------------
 
     def batch_record(self, batch_id: str) -> BatchRecord:
@@ -158,7 +187,7 @@ def connect(settings: Settings | None = None, *, tenant: str = DEFAULT_TENANT) -
     """Join the Ray cluster (or start one in this process), make sure raypipe's actors run,
     and return a client that submits without HTTP."""
     settings = settings or get_settings()
-    actors.init_ray(settings, start_local=True)
+    actors.init_ray(settings, start_local=True, owner=True)
     client = DirectClient(settings, tenant)
     actors.start_actors(settings)
     return client

@@ -14,7 +14,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
 
 from pydantic import BaseModel
 
@@ -416,13 +416,31 @@ class AsyncBatchHandle(_BatchHandleBase[AsyncBatchBackend, R]):
         return self._batch
 
 
-def typed_job(handle: JobHandle[Any], result_type: type[R] | None) -> JobHandle[R]:
+@overload
+def typed_job(handle: JobHandle[Any], result_type: type[R] | None) -> JobHandle[R]: ...
+@overload
+def typed_job(handle: AsyncJobHandle[Any], result_type: type[R] | None) -> AsyncJobHandle[R]: ...
+def typed_job(
+    handle: JobHandle[Any] | AsyncJobHandle[Any], result_type: type[R] | None
+) -> JobHandle[R] | AsyncJobHandle[R]:
     """The same job, its result read as ``result_type`` (typed submission's handles)."""
+    if isinstance(handle, AsyncJobHandle):
+        return AsyncJobHandle(handle.id, handle._backend, handle._job, result_type=result_type)
     return JobHandle(handle.id, handle._backend, handle._job, result_type=result_type)
 
 
-def typed_batch(handle: BatchHandle[Any], result_type: type[R] | None) -> BatchHandle[R]:
+@overload
+def typed_batch(handle: BatchHandle[Any], result_type: type[R] | None) -> BatchHandle[R]: ...
+@overload
+def typed_batch(
+    handle: AsyncBatchHandle[Any], result_type: type[R] | None
+) -> AsyncBatchHandle[R]: ...
+def typed_batch(
+    handle: BatchHandle[Any] | AsyncBatchHandle[Any], result_type: type[R] | None
+) -> BatchHandle[R] | AsyncBatchHandle[R]:
     """The same batch, its jobs' results read as ``result_type``."""
+    if isinstance(handle, AsyncBatchHandle):
+        return AsyncBatchHandle(handle.id, handle._backend, handle._batch, result_type=result_type)
     return BatchHandle(handle.id, handle._backend, handle._batch, result_type=result_type)
 
 

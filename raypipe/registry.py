@@ -18,7 +18,14 @@ from pydantic import BaseModel
 
 from raypipe.client import default_client
 from raypipe.exceptions import InvalidInput
-from raypipe.handle import BatchHandle, JobHandle, typed_batch, typed_job
+from raypipe.handle import (
+    AsyncBatchHandle,
+    AsyncJobHandle,
+    BatchHandle,
+    JobHandle,
+    typed_batch,
+    typed_job,
+)
 from raypipe.jobs import SpecLike, payload_of
 from raypipe.retry import RetryPolicy
 
@@ -106,6 +113,21 @@ P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R")
 
 
+#: The options ``Processor.submit`` passes on to the client (its other keywords are fields).
+SUBMIT_OPTIONS = (
+    "queue",
+    "priority",
+    "delay_s",
+    "run_at",
+    "max_attempts",
+    "timeout_s",
+    "tags",
+    "idempotency_key",
+    "then",
+    "webhook_url",
+)
+
+
 class JobClient(Protocol):
     """What typed submission needs of a client: :class:`~raypipe.Client` (HTTP) and the
     in-cluster client from :func:`raypipe.connect` both are one."""
@@ -120,6 +142,23 @@ class JobClient(Protocol):
         then: dict[str, Any] | None = None,
         tags: Sequence[str] | None = None,
     ) -> BatchHandle[Any]: ...
+
+
+class AsyncJobClient(Protocol):
+    """What typed submission needs of an asyncio client: :class:`~raypipe.AsyncClient`."""
+
+    async def submit_many(
+        self, specs: Iterable[SpecLike]
+    ) -> builtins.list[AsyncJobHandle[Any]]: ...
+
+    async def submit_batch(
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> AsyncBatchHandle[Any]: ...
 
 
 class Processor(Generic[P, R]):
@@ -172,22 +211,31 @@ class Processor(Generic[P, R]):
     ) -> JobHandle[R]:
         """Submit one job of this type: ``payload`` (a ``P`` or its fields as a dict), or
         its fields as keywords (a field named like an option must go in ``payload``)."""
-        options = {
-            "queue": queue,
-            "priority": priority,
-            "delay_s": delay_s,
-            "run_at": run_at,
-            "max_attempts": max_attempts,
-            "timeout_s": timeout_s,
-            "tags": list(tags) if tags is not None else None,
-            "idempotency_key": idempotency_key,
-            "then": then,
-            "webhook_url": webhook_url,
-        }
-        body = {k: v for k, v in options.items() if v is not None}
-        checked = self._checked(payload, fields, ("payload",))
-        spec = {"type": self.spec.type, "payload": checked, **body}
+        spec = self._spec(payload, fields, locals())
         [handle] = (client or default_client()).submit_many([spec])
+        return typed_job(handle, self.result_type)
+
+    async def asubmit(
+        self,
+        payload: P | Mapping[str, Any] | None = None,
+        /,
+        *,
+        client: AsyncJobClient,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay_s: float | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        tags: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+        then: dict[str, Any] | None = None,
+        webhook_url: str | None = None,
+        **fields: Any,
+    ) -> AsyncJobHandle[R]:
+        """:meth:`submit` through an :class:`~raypipe.AsyncClient`, awaited."""
+        spec = self._spec(payload, fields, locals())
+        [handle] = await client.submit_many([spec])
         return typed_job(handle, self.result_type)
 
     def map(
@@ -200,14 +248,42 @@ class Processor(Generic[P, R]):
         tags: Sequence[str] | None = None,
     ) -> BatchHandle[R]:
         """Submit a batch of this type's jobs, one per payload, in order."""
-        specs: builtins.list[SpecLike] = [
+        handle = (client or default_client()).submit_batch(
+            self._specs(payloads), webhook_url=webhook_url, then=then, tags=tags
+        )
+        return typed_batch(handle, self.result_type)
+
+    async def amap(
+        self,
+        payloads: Iterable[P | Mapping[str, Any]],
+        *,
+        client: AsyncJobClient,
+        webhook_url: str | None = None,
+        then: dict[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> AsyncBatchHandle[R]:
+        """:meth:`map` through an :class:`~raypipe.AsyncClient`, awaited."""
+        handle = await client.submit_batch(
+            self._specs(payloads), webhook_url=webhook_url, then=then, tags=tags
+        )
+        return typed_batch(handle, self.result_type)
+
+    def _spec(
+        self, payload: P | Mapping[str, Any] | None, fields: dict[str, Any], given: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One job of this type as ``submit_many`` takes it: the checked payload and the
+        options ``given`` (a submit method's arguments) that are set."""
+        options = {name: given[name] for name in SUBMIT_OPTIONS if given[name] is not None}
+        if "tags" in options:
+            options["tags"] = list(options["tags"])
+        checked = self._checked(payload, fields, ("payload",))
+        return {"type": self.spec.type, "payload": checked, **options}
+
+    def _specs(self, payloads: Iterable[P | Mapping[str, Any]]) -> builtins.list[SpecLike]:
+        return [
             (self.spec.type, self._checked(payload, {}, ("jobs", index, "payload")))
             for index, payload in enumerate(payloads)
         ]
-        handle = (client or default_client()).submit_batch(
-            specs, webhook_url=webhook_url, then=then, tags=tags
-        )
-        return typed_batch(handle, self.result_type)
 
     def _checked(
         self, payload: P | Mapping[str, Any] | None, fields: dict[str, Any], loc: tuple[Any, ...]

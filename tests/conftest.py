@@ -28,6 +28,9 @@ PG_ADMIN_URL = os.environ.get(
 #: each other's.
 PG_TEMPLATE = f"raypipe_test_template_{os.getpid()}"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: mypy's cache, outside the checkout: a fresh clone on the same machine reuses what an
+#: earlier run checked (mypy trusts an entry only while its file's hash is unchanged).
+MYPY_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raypipe-mypy"
 
 # Ray workers import the tests' own processors from the repository root.
 os.environ["PYTHONPATH"] = os.pathsep.join(

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.schema import LoggingConfig
 
 from raypipe.api.app import create_app
 from raypipe.config import Settings
@@ -26,19 +27,33 @@ def build(settings: Settings) -> serve.Application:
         return create_app(settings)
 
     ingress: Any = serve.ingress(build_asgi_app)()
+    # Serve's default logging unless JSON is asked for: `serve build` then writes the
+    # config it always wrote.
+    json_logs = _json_logging(settings)
+    logging: dict[str, Any] = {"logging_config": json_logs} if json_logs else {}
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
         num_replicas=settings.api_replicas,
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": 0},
+        **logging,
     )(ingress)
     return deployment.bind()
 
 
 def deploy(settings: Settings) -> None:
     """Start Serve's HTTP proxy on the configured address and run the API there."""
-    serve.start(http_options={"host": settings.api_host, "port": settings.api_port})
+    serve.start(
+        http_options={"host": settings.api_host, "port": settings.api_port},
+        # The proxy's and the controller's logs.
+        logging_config=_json_logging(settings),
+    )
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
+
+
+def _json_logging(settings: Settings) -> LoggingConfig | None:
+    """The API's logs and Serve's access log as JSON lines, when ``log_format`` says so."""
+    return LoggingConfig(encoding="JSON") if settings.log_format == "json" else None
 
 
 def undeploy() -> bool:

@@ -108,6 +108,23 @@ class QueueView(BaseModel):
     paused_at: str | None = None
 
 
+class LogLineView(BaseModel):
+    seq: int = Field(description="the line's number in its attempt, from 1")
+    ts: str
+    level: str
+    message: str
+    attempt: int
+
+
+class LogsView(BaseModel):
+    """What one attempt's processor logged through `ctx.logger`, oldest first."""
+
+    job_id: str
+    attempt: int = Field(description="the latest by default (1 before the job is claimed)")
+    lines: list[LogLineView]
+    dropped: int = Field(description="older lines that fell out of the log's bound")
+
+
 class JobTypeView(BaseModel):
     type: str
     description: str

@@ -21,6 +21,7 @@ from raypipe.runtime.names import WEBHOOK_ACTOR
 from raypipe.store import JobStore, schema_version
 from raypipe.store.access import AccessStore, ApiKey
 from raypipe.store.batches import BatchStore
+from raypipe.store.logs import LogStore
 from raypipe.store.queues import QueueStore
 from raypipe.store.schedules import ScheduleStore
 from raypipe.store.stats import StatsStore
@@ -72,6 +73,10 @@ class Services:
     @cached_property
     def access(self) -> AccessStore:
         return AccessStore(self.jobs.engine)
+
+    @cached_property
+    def logs(self) -> LogStore:
+        return LogStore(self.jobs.engine)
 
     @cached_property
     def queues(self) -> QueueStore:

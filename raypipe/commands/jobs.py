@@ -1,4 +1,4 @@
-"""``raypipe submit | jobs | show | cancel | retry | artifact | delete``: jobs, over HTTP or
+"""``raypipe submit | jobs | show | cancel | retry | logs | artifact | delete``: jobs, over HTTP or
 straight on the database.
 
 With ``--url`` (or ``RAYPIPE_URL``) a command talks to a deployment's API with ``--key``
@@ -13,6 +13,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
@@ -186,6 +187,43 @@ def retry(
     _print_job(job, as_json) if as_json else typer.echo(f"{job.id} queued again")
 
 
+def _print_line(line: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(line))
+        return
+    ts = datetime.fromisoformat(line["ts"])
+    typer.echo(f"{ts:%H:%M:%S.%f}"[:-3] + f" {line['level']:<8} {line['message']}")
+
+
+def logs(
+    job_id: str,
+    attempt: Annotated[
+        int | None, typer.Option(min=1, help="Which attempt (default: the latest).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print lines as they come, until it ends.")
+    ] = False,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Print what the job's processor logged through ctx.logger in one attempt (with
+    --json: the API's answer, or with --follow one JSON line per log line)."""
+    with _client(url, key) as client:
+        if follow:
+            for line in client.follow_logs(job_id, attempt):
+                _print_line(line, as_json)
+            return
+        found = client.logs(job_id, attempt)
+    if as_json:
+        print_json(found)
+        return
+    if found["dropped"]:
+        typer.echo(f"[{found['dropped']} older lines dropped: over log_max_bytes]")
+    for line in found["lines"]:
+        _print_line(line, False)
+
+
 def artifact(
     job_id: str,
     name: str,
@@ -214,4 +252,4 @@ def delete(job_id: str, url: UrlOption = None, key: KeyOption = None) -> None:
     typer.echo(f"{job_id} deleted")
 
 
-COMMANDS = (submit, jobs, show, cancel, retry, artifact, delete)
+COMMANDS = (submit, jobs, show, cancel, retry, logs, artifact, delete)

@@ -1,15 +1,16 @@
-"""``raypipe queues …``: each queue's depth and state, and pausing and resuming one,
-straight on the database (the operator's, so every tenant's jobs count)."""
+"""``raypipe queues …``: each queue's depth and state, and pausing and resuming one, through
+a deployment's API (``--url``, as ``--key``'s tenant; pausing takes an admin key) or straight
+on the database (the operator's, so every tenant's jobs count)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from raypipe.commands import JsonFlag, database, print_json
+from raypipe.client import Client
+from raypipe.commands import JsonFlag, KeyOption, UrlOption, database, print_json
 from raypipe.config import get_settings
-from raypipe.jobs import iso
 from raypipe.store import JobStore
 from raypipe.store.queues import QueueStore
 
@@ -21,24 +22,29 @@ app = typer.Typer(
 Name = Annotated[str, typer.Argument(help="A configured queue's name.")]
 
 
-@app.command("list")
-def list_(as_json: JsonFlag = False) -> None:
-    """Each configured queue: paused or not, jobs waiting and running, and its limit."""
+def _change(name: str, pause: bool, url: str | None, key: str | None) -> dict[str, Any]:
+    """Pause or resume ``name``; the queue as ``GET /v1/queues`` shows it afterwards."""
+    if url:
+        with Client(url, api_key=key) as client:
+            return client.pause_queue(name) if pause else client.resume_queue(name)
     settings = get_settings()
     with database(settings) as engine:
-        stats = JobStore(engine).queue_stats()
-        paused = QueueStore(engine).paused()
-    rows = [
-        {
-            "name": name,
-            "paused": name in paused,
-            "paused_at": iso(paused.get(name)),
-            "depth": stats.get(name, {}).get("depth", 0),
-            "running": stats.get(name, {}).get("running", 0),
-            "concurrency": queue.concurrency,
-        }
-        for name, queue in sorted(settings.queues.items())
-    ]
+        store = QueueStore(engine)
+        store.pause(settings, name) if pause else store.resume(settings, name)
+        return store.overview(settings, JobStore(engine).queue_stats(), [name])[0]
+
+
+@app.command("list")
+def list_(as_json: JsonFlag = False, url: UrlOption = None, key: KeyOption = None) -> None:
+    """Each configured queue: paused or not, jobs waiting and running, and its limit."""
+    if url:
+        with Client(url, api_key=key) as client:
+            rows = client.queues()
+    else:
+        settings = get_settings()
+        with database(settings) as engine:
+            stats = JobStore(engine).queue_stats()
+            rows = QueueStore(engine).overview(settings, stats, settings.queues)
     if as_json:
         print_json(rows)
         return
@@ -51,19 +57,19 @@ def list_(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def pause(name: Name) -> None:
+def pause(
+    name: Name, as_json: JsonFlag = False, url: UrlOption = None, key: KeyOption = None
+) -> None:
     """Start none of the queue's jobs until it is resumed (running ones finish); it still
     accepts submissions, and stays paused across restarts."""
-    settings = get_settings()
-    with database(settings) as engine:
-        since = QueueStore(engine).pause(settings, name)
-    typer.echo(f"queue {name} paused since {iso(since)}")
+    queue = _change(name, True, url, key)
+    print_json(queue) if as_json else typer.echo(f"queue {name} paused since {queue['paused_at']}")
 
 
 @app.command()
-def resume(name: Name) -> None:
+def resume(
+    name: Name, as_json: JsonFlag = False, url: UrlOption = None, key: KeyOption = None
+) -> None:
     """Start the queue's jobs again (at the dispatcher's next poll)."""
-    settings = get_settings()
-    with database(settings) as engine:
-        QueueStore(engine).resume(settings, name)
-    typer.echo(f"queue {name} resumed")
+    queue = _change(name, False, url, key)
+    print_json(queue) if as_json else typer.echo(f"queue {name} resumed")

@@ -1,4 +1,5 @@
-"""``raypipe schedules …``: cron schedules, straight on the database.
+"""``raypipe schedules …``: cron schedules, through a deployment's API (``--url``, as
+``--key``'s tenant) or straight on the database.
 
 The dispatcher looks for due schedules at least every ``poll_interval_s``, so changes
 made here need no wake-up. Errors are raypipe exceptions, which ``raypipe``'s entry point
@@ -15,9 +16,19 @@ from itertools import islice
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.engine import Engine
 
 from raypipe import cron
-from raypipe.commands import JsonFlag, database, print_json
+from raypipe.client import Client
+from raypipe.commands import (
+    EXIT_USAGE,
+    JsonFlag,
+    KeyOption,
+    UrlOption,
+    database,
+    fail,
+    print_json,
+)
 from raypipe.config import get_settings
 from raypipe.cron import Schedule
 from raypipe.exceptions import InvalidInput
@@ -38,10 +49,69 @@ TenantOption = Annotated[
 ]
 
 
+class _Database:
+    """Schedules straight on the database, as the operator (every tenant)."""
+
+    def __init__(self, engine: Engine):
+        self.settings = get_settings()
+        self.store = ScheduleStore(engine)
+
+    def list(self, tenant: str | None) -> list[Schedule]:
+        return self.store.list(tenant)
+
+    def find(self, which: str, tenant: str | None) -> Schedule:
+        return self.store.find(which, tenant)
+
+    def create(self, tenant: str | None, **fields: Any) -> Schedule:
+        # The CLI is the operator's, on the database itself: admin.
+        return self.store.create(
+            self.settings, tenant=tenant or DEFAULT_TENANT, admin=True, **fields
+        )
+
+    def enable(self, schedule: Schedule, enabled: bool) -> Schedule:
+        return self.store.update(schedule.id, None, self.settings, admin=True, enabled=enabled)
+
+    def delete(self, schedule: Schedule) -> None:
+        self.store.delete(schedule.id)
+
+
+class _Api:
+    """Schedules through a deployment's API, as the key's tenant (every tenant's for an
+    admin key)."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def list(self, tenant: str | None) -> list[Schedule]:
+        found = [Schedule.from_dict(s) for s in self.client.schedules()]
+        return [s for s in found if tenant in (None, s.tenant)]
+
+    def find(self, which: str, tenant: str | None) -> Schedule:
+        return cron.pick(self.list(tenant), which)
+
+    def create(self, tenant: str | None, **fields: Any) -> Schedule:
+        if tenant is not None:
+            fail("--tenant: over --url a schedule is the key's tenant's", EXIT_USAGE)
+        job = fields.pop("spec")
+        return Schedule.from_dict(self.client.create_schedule(job=job, **fields))
+
+    def enable(self, schedule: Schedule, enabled: bool) -> Schedule:
+        change = self.client.resume_schedule if enabled else self.client.pause_schedule
+        return Schedule.from_dict(change(schedule.id))
+
+    def delete(self, schedule: Schedule) -> None:
+        self.client.delete_schedule(schedule.id)
+
+
 @contextmanager
-def _store() -> Iterator[ScheduleStore]:
+def _schedules(url: str | None, key: str | None) -> Iterator[_Database | _Api]:
+    """The schedules at ``url`` as ``key``'s tenant, or else on the database itself."""
+    if url:
+        with Client(url, api_key=key) as client:
+            yield _Api(client)
+        return
     with database(get_settings()) as engine:
-        yield ScheduleStore(engine)
+        yield _Database(engine)
 
 
 def _print(schedule: Schedule, as_json: bool) -> None:
@@ -64,15 +134,20 @@ def _when(instant: datetime, tz: str) -> str:
 
 
 @app.command("list")
-def list_(tenant: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False) -> None:
+def list_(
+    tenant: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
     """List schedules, by tenant and name."""
-    with _store() as store:
-        found = store.list(tenant)
-        if as_json:
-            print_json([s.to_dict() for s in found])
-            return
-        for schedule in found:
-            _print(schedule, False)
+    with _schedules(url, key) as schedules:
+        found = schedules.list(tenant)
+    if as_json:
+        print_json([s.to_dict() for s in found])
+        return
+    for schedule in found:
+        _print(schedule, False)
 
 
 @app.command()
@@ -85,8 +160,10 @@ def add(
     missed: Annotated[
         str, typer.Option(help="Missed fires: skip, run_once (the latest) or run_all.")
     ] = "run_once",
-    tenant: Annotated[str, typer.Option()] = DEFAULT_TENANT,
+    tenant: Annotated[str | None, typer.Option(help="Default: 'default'.")] = None,
     as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Create a schedule that submits a job of TYPE with PAYLOAD on each fire."""
     try:
@@ -96,49 +173,53 @@ def add(
         raise InvalidInput(
             f"--payload: {problem}", details=[{"loc": ["payload"], "msg": problem}]
         ) from None
-    settings = get_settings()
-    with _store() as store:
-        schedule = store.create(
-            settings,
-            tenant=tenant,
+    with _schedules(url, key) as schedules:
+        schedule = schedules.create(
+            tenant,
             name=name,
             cron=cron_,
             timezone=timezone,
             spec={"type": type, "payload": body},
             missed=missed,
-            admin=True,  # the CLI is the operator's, on the database itself
         )
-        _print(schedule, as_json)
+    _print(schedule, as_json)
 
 
 @app.command()
-def pause(which: Which, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+def pause(
+    which: Which,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
     """Stop firing until resumed."""
-    settings = get_settings()
-    with _store() as store:
-        _print(
-            store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=False),
-            as_json,
-        )
+    with _schedules(url, key) as schedules:
+        _print(schedules.enable(schedules.find(which, tenant), False), as_json)
 
 
 @app.command()
-def resume(which: Which, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+def resume(
+    which: Which,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
     """Fire again, from the next instant after now."""
-    settings = get_settings()
-    with _store() as store:
-        _print(
-            store.update(store.find(which, tenant).id, None, settings, admin=True, enabled=True),
-            as_json,
-        )
+    with _schedules(url, key) as schedules:
+        _print(schedules.enable(schedules.find(which, tenant), True), as_json)
 
 
 @app.command()
-def delete(which: Which, tenant: TenantOption = None) -> None:
+def delete(
+    which: Which, tenant: TenantOption = None, url: UrlOption = None, key: KeyOption = None
+) -> None:
     """Delete a schedule (the jobs it submitted stay)."""
-    with _store() as store:
-        removed = store.delete(store.find(which, tenant).id)
-        typer.echo(f"deleted schedule {removed.name} of tenant {removed.tenant!r}")
+    with _schedules(url, key) as schedules:
+        removed = schedules.find(which, tenant)
+        schedules.delete(removed)
+    typer.echo(f"deleted schedule {removed.name} of tenant {removed.tenant!r}")
 
 
 @app.command("next")
@@ -153,11 +234,13 @@ def next_(
     count: Annotated[int, typer.Option(min=1, max=1000)] = 5,
     tenant: TenantOption = None,
     as_json: JsonFlag = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Show the next fire times of a schedule, or of an expression (handy to check one)."""
     if which is not None and cron_ is None:
-        with _store() as store:
-            schedule = store.find(which, tenant)
+        with _schedules(url, key) as schedules:
+            schedule = schedules.find(which, tenant)
         expression, zone = schedule.cron, schedule.timezone
     elif which is None and cron_ is not None:
         expression, zone = cron_, timezone

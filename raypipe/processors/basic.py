@@ -66,4 +66,5 @@ def fail(payload: FailPayload, ctx: JobContext) -> dict[str, int]:
     """Raises the named error class, to exercise retries and permanent failures."""
     if payload.succeed_on_attempt is not None and ctx.attempt >= payload.succeed_on_attempt:
         return {"attempt": ctx.attempt}
+    ctx.logger.warning("attempt %d raises %s on purpose", ctx.attempt, payload.error)
     raise ERRORS[payload.error](payload.message)

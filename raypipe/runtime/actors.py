@@ -19,8 +19,12 @@ from raypipe.runtime.webhook_sender import WebhookSender
 log = logging.getLogger(__name__)
 
 
-def init_ray(settings: Settings, *, start_local: bool = False) -> None:
-    """Connect this process to the running Ray cluster, or start one in-process if allowed."""
+def init_ray(settings: Settings, *, start_local: bool = False, owner: bool = False) -> None:
+    """Connect this process to the running Ray cluster, or start one in-process if allowed.
+
+    ``owner``: this process starts raypipe's actors, whose processes (and their workers)
+    log as its Ray job is configured (:func:`logging_config`); other processes (the CLI's
+    wake-ups) keep their terminal's plain logging."""
     if ray.is_initialized():
         return
     if not head.ray_running(settings):
@@ -37,13 +41,15 @@ def init_ray(settings: Settings, *, start_local: bool = False) -> None:
             namespace=settings.namespace,
             logging_level=logging.WARNING,
             configure_logging=False,
+            logging_config=logging_config(settings) if owner else None,
         )
     except ConnectionError as exc:
         raise NotRunning(f"could not join Ray at {settings.ray_address!r}: {exc}") from exc
 
 
 def _start_in_process(settings: Settings) -> None:
-    """A Ray of this process's own, which ends with it (notebooks without `raypipe up`)."""
+    """A Ray of this process's own, which ends with it (notebooks without `raypipe up`); this
+    process starts raypipe's actors in it."""
     ray.init(
         address="local",
         namespace=settings.namespace,
@@ -51,7 +57,17 @@ def _start_in_process(settings: Settings) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         configure_logging=False,
+        logging_config=logging_config(settings),
     )
+
+
+def logging_config(settings: Settings) -> ray.LoggingConfig | None:
+    """Ray's logging configuration for the processes of the jobs this process starts
+    (the dispatcher, its workers and pools): JSON lines when ``log_format`` says so, with
+    Ray's context and each record's own fields (:func:`raypipe.job_logs.job_fields`)."""
+    if settings.log_format != "json":
+        return None
+    return ray.LoggingConfig(encoding="JSON", log_level="INFO")
 
 
 def start_actors(settings: Settings) -> tuple[ActorHandle, ActorHandle]:

@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError, RayError, TaskCancelledError
 
 from raypipe import admission, metrics, registry
 from raypipe.config import Settings
+from raypipe.job_logs import job_fields
 from raypipe.jobs import (
     CANCELLED_ON_REQUEST,
     AttemptStatus,
@@ -39,6 +40,27 @@ from raypipe.store import Candidate, DispatchStore, schema_version
 from raypipe.store.schedules import ScheduleStore
 
 log = logging.getLogger(__name__)
+
+
+def _log_failure(end: metrics.Ended) -> None:
+    """One line per failed attempt, with the job's fields (the JSON logs' filters)."""
+    outcome, error = end.outcome, end.outcome.error
+    assert error is not None
+    then = "retried" if outcome.status is JobStatus.QUEUED else outcome.status.value
+    log.log(
+        logging.WARNING if outcome.status is JobStatus.FAILED else logging.INFO,
+        "job %s attempt %d %s, %s: %s: %s",
+        outcome.job_id,
+        outcome.attempt,
+        outcome.final_attempt_status.value,
+        then,
+        error.type,
+        error.message,
+        extra=job_fields(
+            outcome.job_id, outcome.attempt, end.job.type, end.job.queue, end.job.tenant
+        ),
+    )
+
 
 #: How long a read of the cluster's resources is reused.
 CLUSTER_RESOURCES_TTL_S = 5.0
@@ -696,6 +718,9 @@ class Dispatcher:
         ):
             self._blocked = None  # a retry is a new candidate; a full queue has a slot again
         metrics.record_outcomes(ends)
+        for end in ends:
+            if end.outcome.error is not None:
+                _log_failure(end)
         for outcome in outcomes:
             self.counters[
                 outcome.status.value if outcome.status is not JobStatus.QUEUED else "retried"

@@ -15,7 +15,7 @@ from typing import Any
 import pydantic
 import ray
 
-from raypipe import registry
+from raypipe import job_logs, registry
 from raypipe.config import Settings
 from raypipe.context import JobContext, Runner
 from raypipe.exceptions import InvalidInput, PermanentError
@@ -81,7 +81,10 @@ def _progress_reporter(settings: Settings) -> ProgressReporter:
     reporter = _reporters.get(settings.namespace)
     if reporter is None:
         actor = ray.get_actor(PROGRESS_ACTOR, namespace=settings.namespace)
-        reporter = ProgressReporter(actor, settings.progress_report_interval_s)
+        reporter = ProgressReporter(
+            actor, settings.progress_report_interval_s, settings.log_max_bytes
+        )
+        job_logs.capture(reporter.logs, settings.log_level)
         _reporters[settings.namespace] = reporter
     return reporter
 
@@ -135,6 +138,7 @@ def run_attempt(
         attempt=job.attempt,
         max_attempts=job.max_attempts,
         tenant=job.tenant,
+        queue=job.queue,
         report=reporter.report,
         cancelled=lambda: reporter.is_cancelled(job.id) or bool(stopped and stopped(job.id)),
         runner=runner,
@@ -149,7 +153,7 @@ def run_attempt(
     except Exception as exc:
         return _failure(exc, classify(exc, spec.retry or default_policy(settings)))
     finally:
-        last = reporter.end(job.id, completed)
+        last = reporter.end(job.id, job.attempt, completed)
         _settle()
     return AttemptResult(
         ok=True,

@@ -1,4 +1,5 @@
-"""Live progress: a per-process reporter that coalesces, and the actor that keeps and flushes it."""
+"""Live progress and job logs: a per-process reporter that coalesces progress and ships log
+lines, and the actor that keeps both and flushes them to the database."""
 
 from __future__ import annotations
 
@@ -14,26 +15,37 @@ import ray
 
 from raypipe import metrics
 from raypipe.config import Settings
+from raypipe.job_logs import LogBuffer, LogLine, Trim
 from raypipe.jobs import JobStatus, ProgressState
 from raypipe.store import DispatchStore
+from raypipe.store.logs import LogStore
 
 log = logging.getLogger(__name__)
 
 #: How many finished jobs' last states the actor keeps for late readers.
 FINISHED_KEPT = 10_000
+#: Least time between two sends of a reporter: a job logging in a tight loop is shipped in
+#: batches, not one actor call per line.
+SEND_GAP_S = 0.05
+#: Log lines the actor holds while the database is away; beyond, the oldest are dropped.
+LOG_BACKLOG_MAX = 200_000
 
 
 class ProgressReporter:
-    """Ships the newest progress of each job in this process once per interval.
+    """Ships the newest progress of each job in this process once per interval, and the
+    lines its jobs log as soon as they are logged.
 
     A processor's ``ctx.progress()`` only replaces an entry in a dict; a daemon
     thread sends whatever changed in one fire-and-forget actor call, and learns
-    from the previous call's answer which of its jobs were cancelled.
+    from the previous call's answer which of its jobs were cancelled. A logged line wakes
+    the thread at once, so what a worker logged is with the actor before it could crash.
     """
 
-    def __init__(self, actor: ray.actor.ActorHandle, interval_s: float):
+    def __init__(self, actor: ray.actor.ActorHandle, interval_s: float, log_max_bytes: int):
         self._actor = actor
         self._interval_s = interval_s
+        self._wake = threading.Event()
+        self.logs = LogBuffer(log_max_bytes, self._logged)
         self._pending: dict[str, ProgressState] = {}
         self._last: dict[str, ProgressState] = {}
         self._lock = threading.Lock()
@@ -45,26 +57,35 @@ class ProgressReporter:
         with self._lock:
             self._pending[state.job_id] = state
             self._last[state.job_id] = state
+        self._start()
+
+    def _logged(self) -> None:
+        self._wake.set()
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, daemon=True, name="raypipe-progress"
                 )
                 self._thread.start()
 
-    def end(self, job_id: str, completed: bool) -> ProgressState | None:
+    def end(self, job_id: str, attempt: int, completed: bool) -> ProgressState | None:
         """The attempt ended: its last report, handed back with a completed attempt's result
         (a report sent as the attempt ends would reach the database after its outcome).
 
         A completed attempt's unsent report is that last one, which its outcome carries,
         so it is not sent as well (for jobs shorter than the report interval, one actor
         message and one write per job saved); a failed attempt's is sent now, as its
-        outcome carries no progress."""
+        outcome carries no progress. Its log lines not shipped yet go now."""
         with self._lock:
             last = self._last.pop(job_id, None)
             if completed:
                 self._pending.pop(job_id, None)
-        if not completed:
+        if not completed or self.logs.has_pending():
             self.flush()
+        self.logs.end(job_id, attempt)
         return last
 
     def is_cancelled(self, job_id: str) -> bool:
@@ -77,6 +98,9 @@ class ProgressReporter:
             batch, self._pending = list(self._pending.values()), {}
         if batch:
             self._last_ref = self._actor.report.remote([s.to_dict() for s in batch])
+        lines, trims = self.logs.take()
+        if lines or trims:
+            self._actor.log.remote(lines, trims)
 
     def _collect_cancellations(self) -> None:
         ref = self._last_ref
@@ -92,11 +116,13 @@ class ProgressReporter:
 
     def _run(self) -> None:
         while True:
-            time.sleep(self._interval_s)
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
             try:
                 self.flush()
             except Exception:  # keep reporting alive whatever one send did
                 log.exception("progress flush failed")
+            time.sleep(SEND_GAP_S)
 
 
 class ProgressActor:
@@ -116,6 +142,13 @@ class ProgressActor:
         self._changed: asyncio.Condition | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._flush_failing = False
+        self._logs: LogStore | None = None
+        self._log_flush_failing = False
+        self._log_lines: list[LogLine] = []
+        self._log_trims: dict[tuple[str, int], Trim] = {}
+        #: Each recent attempt's newest trim: what its late lines are filtered by.
+        self._trimmed: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._log_lock = asyncio.Lock()
         self.messages = 0
         self.updates = 0
         self.flushes = 0
@@ -149,6 +182,27 @@ class ProgressActor:
         async with changed:
             changed.notify_all()
         return [s["id"] for s in states if s["id"] in self._cancelled]
+
+    async def log(self, lines: list[LogLine], trims: list[Trim]) -> None:
+        """Take log lines and trims from a worker; written at the next flush.
+
+        Calls from one worker may run out of order: a batch that arrives after a trim
+        that covers its lines (sent later) has them dropped here, as the trim would have."""
+        self._start()
+        for trim in trims:
+            key = (trim.job_id, trim.attempt)
+            if trim.seq > self._trimmed.get(key, 0):
+                self._trimmed[key] = trim.seq
+                self._log_trims[key] = trim
+            self._trimmed.move_to_end(key)
+        while len(self._trimmed) > FINISHED_KEPT:
+            self._trimmed.popitem(last=False)
+        self._log_lines.extend(
+            line for line in lines if line.seq > self._trimmed.get((line.job_id, line.attempt), 0)
+        )
+        if len(self._log_lines) > LOG_BACKLOG_MAX:
+            log.warning("log backlog over %d lines: dropping the oldest", LOG_BACKLOG_MAX)
+            del self._log_lines[: len(self._log_lines) - LOG_BACKLOG_MAX]
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         """The latest live state of a job, or its last state if it finished recently."""
@@ -189,6 +243,34 @@ class ProgressActor:
                 self._finished.popitem(last=False)
         async with changed:
             changed.notify_all()
+        await self.flush_logs()  # an ended job's last lines reach readers with its status
+
+    async def flush_logs(self) -> None:
+        """Write the log lines and trims held now (one flush at a time, in order)."""
+        async with self._log_lock:
+            lines, self._log_lines = self._log_lines, []
+            trims, self._log_trims = list(self._log_trims.values()), {}
+            if not lines and not trims:
+                return
+            if self._logs is None:
+                self._logs = LogStore(self._dispatch_store().engine)
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, self._logs.append, lines, trims)
+            except Exception:
+                if not self._log_flush_failing:
+                    log.exception("log flush failed; retrying quietly until it succeeds")
+                self._log_flush_failing = True
+                self._log_lines[:0] = lines
+                for trim in trims:
+                    self._log_trims.setdefault((trim.job_id, trim.attempt), trim)
+                return
+            self._log_flush_failing = False
+
+    def _dispatch_store(self) -> DispatchStore:
+        if self._store is None:
+            self._store = DispatchStore.from_url(self._settings.database_url)
+        return self._store
 
     async def flush(self) -> int:
         """Write dirty states to the database now; returns how many rows changed."""
@@ -197,11 +279,10 @@ class ProgressActor:
         self._dirty.clear()
         if not batch:
             return 0
-        if self._store is None:
-            self._store = DispatchStore.from_url(self._settings.database_url)
+        store = self._dispatch_store()
         loop = asyncio.get_running_loop()
         try:
-            written = await loop.run_in_executor(None, self._store.write_progress, batch)
+            written = await loop.run_in_executor(None, store.write_progress, batch)
         except Exception:
             # One traceback per outage, not one per flush interval.
             if not self._flush_failing:
@@ -229,3 +310,4 @@ class ProgressActor:
             await asyncio.sleep(self._settings.progress_flush_interval_s)
             metrics.observe_progress_backlog(len(self._dirty))
             await self.flush()
+            await self.flush_logs()

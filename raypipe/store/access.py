@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from raypipe.exceptions import NotFound
 from raypipe.jobs import utcnow
-from raypipe.store.engine import read_only
+from raypipe.store.engine import read_only, upsert
 from raypipe.store.tables import api_keys, rate_limits
 from raypipe.tenants import check_tenant
 
@@ -105,17 +104,16 @@ def hit(
 ) -> tuple[int, datetime]:
     """:meth:`AccessStore.hit` inside ``conn``'s transaction (a schedule's fire is charged
     in the transaction that writes its jobs)."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     epoch = int(now.timestamp())
     start = datetime.fromtimestamp(epoch - epoch % window_s, tz=now.tzinfo)
-    statement = insert(rate_limits).values(
+    statement = upsert(conn, rate_limits).values(
         tenant=tenant, action=action, window_start=start, count=cost
     )
-    upsert = statement.on_conflict_do_update(
+    adding = statement.on_conflict_do_update(
         index_elements=["tenant", "action", "window_start"],
         set_={"count": rate_limits.c.count + statement.excluded.count},
     ).returning(rate_limits.c.count)
-    count = conn.execute(upsert).scalar_one()
+    count = conn.execute(adding).scalar_one()
     if count == cost:  # a new window began: drop the tenant's older ones
         conn.execute(
             sa.delete(rate_limits).where(

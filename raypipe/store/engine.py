@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -20,6 +21,14 @@ CONNECT_TIMEOUT_S = 10
 def read_only(engine: Engine) -> Connection:
     """A connection for reads only: on SQLite it takes no write lock."""
     return engine.connect().execution_options(**READ_ONLY)
+
+
+def upsert(bind: Engine | Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` in the dialect of ``bind``, which takes ``ON CONFLICT``
+    clauses (both dialects spell them alike)."""
+    if bind.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def create_engine(url: str, pool_size: int = 5, wait_for_flush: bool = True) -> Engine:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, Row
 
 from raypipe.exceptions import Conflict, NotFound
@@ -25,7 +25,7 @@ from raypipe.jobs import (
     utcnow,
 )
 from raypipe.store import completion, transitions
-from raypipe.store.engine import create_engine, read_only
+from raypipe.store.engine import create_engine, read_only, upsert
 from raypipe.store.tables import (
     HELD,
     UTCDateTime,
@@ -42,6 +42,10 @@ from raypipe.store.transitions import status_event
 WAITING_PREFIX = "waiting for"
 
 Clock = Callable[[], datetime]
+
+
+#: The figures of a queue with no queued or running job.
+QUIET: dict[str, Any] = {"depth": 0, "running": 0, "oldest_waiting_s": None}
 
 
 class JobStore:
@@ -96,11 +100,7 @@ class JobStore:
         return out
 
     def _insert_ignoring_duplicates(self) -> sa.Insert:
-        if self.dialect == "postgresql":
-            return postgresql.insert(jobs).on_conflict_do_nothing(
-                index_elements=["tenant", "idempotency_key"]
-            )
-        return sqlite.insert(jobs).on_conflict_do_nothing(
+        return upsert(self.engine, jobs).on_conflict_do_nothing(
             index_elements=["tenant", "idempotency_key"]
         )
 
@@ -223,9 +223,7 @@ class JobStore:
         stats: dict[str, dict[str, Any]] = {}
         with read_only(self.engine) as conn:
             for queue, status, why, count, oldest in conn.execute(query):
-                entry = stats.setdefault(
-                    queue, {"depth": 0, "running": 0, "oldest_waiting_s": None, "waiting": {}}
-                )
+                entry = stats.setdefault(queue, {**QUIET, "waiting": {}})
                 if JobStatus(status) is JobStatus.PROCESSING:
                     entry["running"] += count
                     continue

@@ -3,16 +3,18 @@ finish. A pause is a row, so it outlives restarts of the dispatcher, Ray and the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from raypipe.config import Settings
 from raypipe.exceptions import NotFound
-from raypipe.jobs import utcnow
+from raypipe.jobs import iso, utcnow
 from raypipe.store.engine import read_only
-from raypipe.store.jobs import Clock
+from raypipe.store.jobs import QUIET, Clock
 from raypipe.store.tables import queue_pauses
 
 
@@ -43,6 +45,25 @@ class QueueStore:
         """Each paused queue, with when it was paused."""
         with read_only(self.engine) as conn:
             return paused(conn)
+
+    def overview(
+        self, settings: Settings, stats: dict[str, dict[str, Any]], names: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """Each named queue as ``GET /v1/queues`` shows it, by name: its settings, whether it
+        is paused, and its figures from ``stats`` (``JobStore.queue_stats``)."""
+        pauses = self.paused()
+        return [
+            {
+                "name": name,
+                "concurrency": settings.queues[name].concurrency,
+                "priority": settings.queues[name].priority,
+                "paused": name in pauses,
+                "paused_at": iso(pauses.get(name)),
+                **QUIET,
+                **stats.get(name, {}),
+            }
+            for name in sorted(names)
+        ]
 
 
 def paused(conn: Connection) -> dict[str, datetime]:

@@ -34,6 +34,7 @@ from raypipe.cron import (
     due_fires,
     fire_spec,
     next_fire_of,
+    pick,
 )
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import utcnow
@@ -144,19 +145,7 @@ class ScheduleStore:
         if tenant is not None:
             query = query.where(schedules.c.tenant == tenant)
         with read_only(self.engine) as conn:
-            found = [_schedule(row._mapping) for row in conn.execute(query)]
-        exact = [s for s in found if s.id == name_or_id]
-        if exact:
-            return exact[0]
-        if not found:
-            raise NotFound(f"no schedule {name_or_id!r}")
-        if len(found) > 1:
-            tenants = ", ".join(sorted(s.tenant for s in found))
-            raise Conflict(
-                f"tenants {tenants} each have a schedule named {name_or_id!r}:"
-                " name the tenant or use the id"
-            )
-        return found[0]
+            return pick([_schedule(row._mapping) for row in conn.execute(query)], name_or_id)
 
     def update(
         self,

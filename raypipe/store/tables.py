@@ -177,6 +177,23 @@ job_events = sa.Table(
 )
 sa.Index("ix_job_events_job", job_events.c.job_id, job_events.c.id)
 
+# What each attempt's processor logged through ctx.logger, numbered per attempt by its
+# worker; an attempt keeps its newest lines within `log_max_bytes` (the worker says which
+# older ones to delete), so `min(seq) - 1` lines were dropped.
+job_logs = sa.Table(
+    "job_logs",
+    metadata,
+    sa.Column(
+        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("ts", UTCDateTime, nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("job_id", "attempt", "seq", name="pk_job_logs"),
+)
+
 api_keys = sa.Table(
     "api_keys",
     metadata,

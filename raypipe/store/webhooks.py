@@ -16,12 +16,11 @@ from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import iso, utcnow
-from raypipe.store.engine import read_only
+from raypipe.store.engine import read_only, upsert
 from raypipe.store.jobs import Clock
 from raypipe.store.tables import PENDING_ONLY, webhook_attempts, webhook_deliveries, webhook_secrets
 from raypipe.webhooks.signing import new_secret
@@ -122,7 +121,6 @@ class WebhookStore:
     def __init__(self, engine: Engine, clock: Clock = utcnow):
         self.engine = engine
         self.clock = clock
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._postgres = engine.dialect.name == "postgresql"
 
     # -- secrets ---------------------------------------------------------------------
@@ -143,14 +141,14 @@ class WebhookStore:
             now = self.clock()
             rows = [{"tenant": t, "secret": new_secret(), "created_at": now} for t in missing]
             with self.engine.begin() as conn:
-                conn.execute(self._insert(webhook_secrets).on_conflict_do_nothing(), rows)
+                conn.execute(upsert(self.engine, webhook_secrets).on_conflict_do_nothing(), rows)
                 found.update(conn.execute(query.where(webhook_secrets.c.tenant.in_(missing))).all())
         return found
 
     def rotate_secret(self, tenant: str) -> str:
         """Replace the tenant's secret; deliveries signed from now on use the new one."""
         secret = new_secret()
-        statement = self._insert(webhook_secrets).values(
+        statement = upsert(self.engine, webhook_secrets).values(
             tenant=tenant, secret=secret, created_at=self.clock()
         )
         statement = statement.on_conflict_do_update(

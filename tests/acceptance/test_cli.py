@@ -8,6 +8,7 @@ keep the module short.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -79,6 +81,9 @@ def raypipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raypipe]:
         RAYPIPE_NAMESPACE=f"cli-{uuid.uuid4().hex[:10]}",
         RAYPIPE_API_PORT=str(_free_port(port + 1)),
         RAY_USAGE_STATS_ENABLED="0",
+        # JSON logs, for test_the_heads_processes_log_json_with_the_jobs_fields: a head of
+        # its own would cost that test ~20 s; the commands' own output is the same.
+        RAYPIPE_LOG_FORMAT="json",
     )
     cli = Raypipe(env, cwd=root, port=port, data_dir=data_dir)  # cwd: no stray .env file
     try:
@@ -365,6 +370,64 @@ def test_usage_errors_are_one_line(case: str, capsys: pytest.CaptureFixture[str]
     assert lines[0].endswith("--help`)")
     for fragment in fragments:
         assert fragment in lines[0], err
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def _session_logs(port: int) -> Path:
+    """The log folder of the Ray head on ``port`` (from its GCS server's command line)."""
+    [pid] = _gcs_processes(port)
+    args = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+    [session] = [arg.split("=", 1)[1] for arg in args if arg.startswith("--session-dir=")]
+    return Path(session) / "logs"
+
+
+def _json_records(paths: Iterator[Path]) -> Iterator[dict[str, object]]:
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    yield json.loads(line)
+
+
+def test_the_heads_processes_log_json_with_the_jobs_fields(
+    raypipe: Raypipe, waited: dict[str, Done]
+) -> None:
+    failed = _job_id(waited["fail"])
+    logs = _session_logs(raypipe.port)
+
+    def about_the_job() -> list[dict[str, object]] | None:
+        records = [
+            r for r in _json_records(logs.glob("worker-*")) if r.get("raypipe_job_id") == failed
+        ]
+        return records if len(records) >= 2 else None
+
+    records = wait_for(about_the_job, what="the failed job's JSON log lines")
+    assert isinstance(records, list)
+    by_message = {str(r["message"]): r for r in records}
+    # The processor's own line (ctx.logger, in the worker) and the dispatcher's.
+    mine = by_message["attempt 1 raises PermanentError on purpose"]
+    ended = next(r for m, r in by_message.items() if m.startswith(f"job {failed} attempt 1"))
+    for record in (mine, ended):
+        assert record["levelname"] == "WARNING", record
+        assert (record["attempt"], record["job_type"], record["queue"], record["tenant"]) == (
+            1,
+            "fail",
+            "default",
+            "default",
+        ), record
+        assert record["job_id"] != failed  # Ray's own job id, beside raypipe's
+    assert "failed: PermanentError: failed on purpose" in str(ended["message"])
+    # The API on Serve writes its access log in the same format.
+    health = f"http://127.0.0.1:{raypipe.env['RAYPIPE_API_PORT']}/health"
+    assert httpx.get(health, timeout=30).status_code == 200
+
+    def access_logged() -> bool:
+        records = _json_records((logs / "serve").glob("*.log"))
+        return any("/health" in str(r.get("message", "")) for r in records)
+
+    wait_for(access_logged, what="the API's JSON access log line")
 
 
 # -- down (last: it ends the module's Ray) -----------------------------------------------

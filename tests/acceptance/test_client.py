@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -398,6 +399,38 @@ def test_bad_arguments_fail_before_sending() -> None:
         client.submit("noop", prio=1)  # type: ignore[call-arg]
 
 
+# -- logs -------------------------------------------------------------------------------
+
+
+def test_logs_are_followed_while_the_job_runs_and_read_afterwards(
+    client: Client, api: Api, tmp_path: Path
+) -> None:
+    job = client.submit("test.chatty", {"lines": 2, "folder": str(tmp_path)})
+    following = client.follow_logs(job.id)
+    first_two = [next(following)["message"], next(following)["message"]]
+    assert first_two == ["attempt 1 line 0 ", "attempt 1 line 1 "]
+    assert job.refresh().status is JobStatus.PROCESSING  # streamed while it runs
+    (tmp_path / "release").write_text("1")
+    rest = list(following)  # ends once the job has ended and its last lines are read
+    assert [(line["message"], line["level"], line["seq"]) for line in rest] == [
+        ("attempt 1 released", "WARNING", 3)
+    ]
+    assert job.wait(timeout=WAIT_S).status is JobStatus.COMPLETED
+    logs = client.logs(job.id)
+    assert (logs["attempt"], logs["dropped"], len(logs["lines"])) == (1, 0, 3)
+    assert [line["seq"] for line in client.logs(job.id, after=2)["lines"]] == [3]
+
+    async def through_asyncio() -> list[str]:
+        async with AsyncClient(api.url, api_key=client.api_key) as aclient:
+            return [line["message"] async for line in aclient.follow_logs(job.id, attempt=1)]
+
+    assert asyncio.run(through_asyncio()) == [line["message"] for line in logs["lines"]]
+    with pytest.raises(NotFound, match="has no attempt 2"):
+        client.logs(job.id, attempt=2)
+    with Client(api.url, api_key=api.key("someone-else")) as other, pytest.raises(NotFound):
+        other.logs(job.id)
+
+
 # -- typed submission ---------------------------------------------------------------------
 
 
@@ -432,6 +465,23 @@ def test_a_typed_processor_submits_over_http_and_rebuilds_its_result(
     finally:
         default_client().close()
         default_client.cache_clear()
+
+
+def test_a_typed_processor_submits_through_the_asyncio_client(api: Api, key: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(api.url, api_key=key) as client:
+            job = await repeat.asubmit(text="cd", times=2, client=client, tags=["typed"])
+            assert await job.result(timeout=WAIT_S) == Repeated(text="cdcd", length=4)
+            assert (await job.refresh()).tags == ["typed"]
+            batch = await repeat.amap([Word(text="e"), {"text": "f", "times": 3}], client=client)
+            assert await batch.results(timeout=WAIT_S) == [
+                Repeated(text="e", length=1),
+                Repeated(text="fff", length=3),
+            ]
+            with pytest.raises(InvalidInput, match=r"payload\.times"):
+                await repeat.asubmit(Word(text="a"), times=0, client=client)
+
+    asyncio.run(scenario())
 
 
 def test_clients_take_pydantic_payloads(client: Client) -> None:

@@ -1,11 +1,10 @@
-"""Bundled tiny jobs: 10,000 no-ops on the workers pool end exactly once each, also when
-the dispatcher (and with it the pool it owns) is killed in the middle of the run."""
+"""Bundled tiny jobs: 10,000 no-ops on the workers pool end exactly once each, though the
+dispatcher (and with it the pool it owns) is killed in the middle of the run."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 import ray
 import sqlalchemy as sa
 
@@ -37,17 +36,19 @@ def _ended_once_each(client: DirectClient, ids: set[str]) -> None:
     assert not any(s == AttemptStatus.RUNNING for _, s in outcomes)
 
 
-@pytest.mark.parametrize("kill", [False, True], ids=["undisturbed", "dispatcher-killed"])
-def test_ten_thousand_noops_end_exactly_once(raypipe: DirectClient, kill: bool) -> None:
+def test_ten_thousand_noops_end_exactly_once_though_the_dispatcher_is_killed(
+    raypipe: DirectClient,
+) -> None:
+    # The jobs ended before the kill are the undisturbed case: the checks below hold for
+    # them too (a separate undisturbed run of 10,000 added 70 s to CI and no check).
     handles = raypipe.submit_many([("noop", {})] * JOBS)
     ids = {h.id for h in handles}
-    if kill:
-        wait_for(
-            lambda: raypipe.store.count_by_status(ids).get(JobStatus.COMPLETED, 0) >= JOBS // 10,
-            timeout=120,
-            what="a tenth of the jobs to end",
-        )
-        ray.kill(dispatcher(raypipe.settings), no_restart=False)  # Ray restarts it
+    wait_for(
+        lambda: raypipe.store.count_by_status(ids).get(JobStatus.COMPLETED, 0) >= JOBS // 10,
+        timeout=120,
+        what="a tenth of the jobs to end",
+    )
+    ray.kill(dispatcher(raypipe.settings), no_restart=False)  # Ray restarts it
     wait_for(
         lambda: raypipe.store.count_by_status(ids).get(JobStatus.COMPLETED, 0) == JOBS,
         timeout=600,

@@ -141,3 +141,36 @@ def repeat(payload: Word, ctx: JobContext) -> Repeated:
     """Repeats a word: a typed processor whose result is a pydantic model."""
     text = payload.text * payload.times
     return Repeated(text=text, length=len(text))
+
+
+class ChattyPayload(BaseModel):
+    lines: int = Field(default=3, ge=0, le=10_000)
+    pad: int = Field(default=0, ge=0, le=100_000)
+    folder: str | None = None
+    release_on_attempt: int | None = Field(default=None, ge=1)
+    fail: bool = False
+
+
+@processor("test.chatty", payload=ChattyPayload)
+def chatty(payload: ChattyPayload, ctx: JobContext) -> dict[str, int]:
+    """Logs ``lines`` lines through ``ctx.logger`` (each padded with ``pad`` x's); given a
+    folder, then writes its pid and waits like test.gate for a release file (logging once
+    released); fails permanently if asked."""
+    for i in range(payload.lines):
+        ctx.logger.info("attempt %d line %d %s", ctx.attempt, i, "x" * payload.pad)
+    if payload.folder is not None:
+        folder = Path(payload.folder)
+        (folder / f"pid-{ctx.attempt}").write_text(str(os.getpid()))
+        after = payload.release_on_attempt
+        released = after is not None and ctx.attempt >= after
+        while not released and not (folder / "release").exists():
+            time.sleep(0.02)
+        ctx.logger.warning("attempt %d released", ctx.attempt)
+    if payload.fail:
+        ctx.logger.error("attempt %d gives up", ctx.attempt)
+        raise PermanentError("asked to fail")
+    return {"lines": payload.lines}
+
+
+# The same on the tests' pool: its lines come from a pool actor's thread.
+pool_chatty = processor("test.pool_chatty", payload=ChattyPayload, pool="test")(chatty)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MYPY_CACHE
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = {
     "ruff lint": ["ruff", "check", "raypipe", "tests", "bench", "serve_app.py"],
     "ruff format": ["ruff", "format", "--check", "raypipe", "tests", "bench", "serve_app.py"],
-    "mypy": ["mypy"],
+    "mypy": ["mypy", "--cache-dir", str(MYPY_CACHE)],
 }
 
 

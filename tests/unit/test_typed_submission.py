@@ -10,17 +10,14 @@ from pathlib import Path
 from mypy import api as mypy
 
 from raypipe import registry
+from tests.conftest import MYPY_CACHE, ROOT
 from tests.helpers.processors import Repeated, gate, repeat
-
-ROOT = Path(__file__).resolve().parents[2]
-#: The cache of the checks of raypipe itself (test_static_checks): the example reuses it.
-CACHE = ROOT / ".mypy_cache"
 
 EXAMPLE = """
 from pydantic import BaseModel
 
-from raypipe import Client, JobContext, processor
-from raypipe.handle import BatchHandle, JobHandle
+from raypipe import AsyncClient, Client, JobContext, processor
+from raypipe.handle import AsyncBatchHandle, AsyncJobHandle, BatchHandle, JobHandle
 
 
 class Resize(BaseModel):
@@ -44,6 +41,14 @@ done: Resized = job.result(timeout=60)
 batch: BatchHandle[Resized] = resize.map([Resize(path="b.png", width=8)], client=client)
 every: list[Resized] = batch.results()
 called: Resized = resize(Resize(path="c.png", width=1), None)
+
+
+async def through_asyncio(aclient: AsyncClient) -> list[Resized]:
+    ajob: AsyncJobHandle[Resized] = await resize.asubmit(width=8, path="d.png", client=aclient)
+    first: Resized = await ajob.result(timeout=60)
+    again = Resize(path=first.path, width=first.width)
+    abatch: AsyncBatchHandle[Resized] = await resize.amap([again], client=aclient)
+    return await abatch.results()
 """
 
 MISTAKES = """
@@ -56,7 +61,13 @@ def _check(code: str, tmp_path: Path) -> tuple[str, int]:
     example = tmp_path / "example.py"
     example.write_text(textwrap.dedent(code))
     out, err, status = mypy.run(
-        [str(example), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(CACHE)]
+        [
+            str(example),
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            f"{MYPY_CACHE}",
+        ]
     )
     return out + err, status
 

@@ -29,10 +29,13 @@ from raypipe.api.schemas import (
     JobList,
     JobTypeView,
     JobView,
+    LogsView,
 )
 from raypipe.api.services import Principal, Services
-from raypipe.exceptions import InvalidInput
+from raypipe.exceptions import InvalidInput, NotFound
+from raypipe.job_logs import LogFollower
 from raypipe.jobs import JobRecord, JobStatus, jobs_made
+from raypipe.store.logs import attempt_of
 from raypipe.submission import check_text
 
 #: Events read per query while streaming.
@@ -195,6 +198,36 @@ def router() -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    @api.get(
+        "/jobs/{job_id}/logs",
+        response_model=LogsView,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def job_logs(
+        job_id: str,
+        caller: Caller,
+        services: AppServices,
+        attempt: Annotated[
+            int | None, Query(ge=1, le=2**31 - 1, description="default: the latest")
+        ] = None,
+        after: Annotated[int, Query(ge=0, le=2**31 - 1, description="lines after this seq")] = 0,
+        follow: Annotated[
+            bool, Query(description="stream lines as Server-Sent Events until it ends")
+        ] = False,
+    ) -> Any:
+        """What the processor logged through `ctx.logger` in one attempt (within
+        `log_max_bytes`; `dropped` older lines fell out); `follow=true` streams them."""
+        job = await run_in_threadpool(services.jobs.get, job_id, caller.scope)
+        number = attempt_of(job, attempt)
+        if follow:
+            return StreamingResponse(
+                _follow_logs(services, job_id, number, after),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        logs = await run_in_threadpool(services.logs.read, job_id, number, after)
+        return logs.to_dict()
+
     @api.get("/job-types", response_model=list[JobTypeView])
     def job_types(caller: Caller, services: AppServices) -> list[JobTypeView]:
         """Registered processors, with the JSON schema of each one's payload."""
@@ -277,3 +310,30 @@ async def _stream(services: Services, job_id: str, after: int) -> Any:
 
 def _finished(services: Services, job_id: str) -> bool:
     return services.jobs.get(job_id).status.is_terminal
+
+
+async def _follow_logs(services: Services, job_id: str, attempt: int, after: int) -> Any:
+    """Each new line as an event (``id`` is its seq) until the attempt is over."""
+    settings = services.settings
+    follower = LogFollower(
+        attempt, after, settings.events_poll_interval_s, settings.progress_flush_interval_s
+    )
+    idle = 0.0
+    while True:
+        # The job before its lines: an attempt seen over here has its last lines written
+        # by the next read after the settle pause.
+        try:
+            job = await run_in_threadpool(services.jobs.get, job_id)
+        except NotFound:  # deleted while followed: its lines went with it
+            return
+        logs = await run_in_threadpool(services.logs.read, job_id, attempt, follower.after)
+        for line in logs.lines:
+            yield f"id: {line.seq}\nevent: log\ndata: {json.dumps(line.to_dict())}\n\n"
+        pause = follower.step(job.attempt, job.status.is_terminal, logs.lines)
+        if pause is None:
+            return
+        idle = 0.0 if logs.lines else idle + pause
+        if idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(pause)

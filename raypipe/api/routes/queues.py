@@ -9,9 +9,6 @@ from raypipe.api.deps import ERRORS, AppServices, Caller
 from raypipe.api.schemas import QueueView
 from raypipe.api.services import Principal, Services
 from raypipe.exceptions import Forbidden
-from raypipe.jobs import iso
-
-QUIET = {"depth": 0, "running": 0, "oldest_waiting_s": None}
 
 
 def router() -> APIRouter:
@@ -51,15 +48,4 @@ def _admin(caller: Principal, verb: str) -> None:
 
 def _views(services: Services, tenant: str | None, names: list[str]) -> list[QueueView]:
     stats = services.jobs.queue_stats(tenant)
-    paused = services.queues.paused()
-    return [
-        QueueView(
-            name=name,
-            concurrency=services.settings.queues[name].concurrency,
-            priority=services.settings.queues[name].priority,
-            paused=name in paused,
-            paused_at=iso(paused.get(name)),
-            **stats.get(name, QUIET),
-        )
-        for name in sorted(names)
-    ]
+    return [QueueView(**view) for view in services.queues.overview(services.settings, stats, names)]
