@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from raypipe import tracing
 from raypipe.exceptions import PermanentError, RetryableError
 from raypipe.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
 
@@ -134,7 +135,8 @@ class ChatClient:
         """
         body = {"model": model, "messages": list(messages), **options}
         try:
-            response = self._http.post(self.url, json=body)
+            with tracing.outgoing("POST", self.url) as traced:
+                response = self._http.post(self.url, json=body, headers=traced)
         except httpx.TimeoutException as exc:
             raise RetryableError(f"the AI service did not answer within {self.timeout_s}s") from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:

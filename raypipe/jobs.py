@@ -243,6 +243,8 @@ class JobRecord:
     batch_id: str | None = None
     batch_index: int | None = None
     webhook_url: str | None = None
+    #: The trace its submission began (traces on), which its attempts continue.
+    trace_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The job as the API and the CLI show it."""
@@ -277,6 +279,7 @@ class JobRecord:
             ],
             "parent_id": self.parent_id,
             "then": self.then,
+            "trace_id": self.trace_id,
         }
 
     @classmethod
@@ -317,6 +320,7 @@ class JobRecord:
             batch_id=data.get("batch_id"),
             batch_index=data.get("batch_index"),
             webhook_url=data.get("webhook_url"),
+            trace_id=data.get("trace_id"),
         )
 
 
@@ -368,6 +372,8 @@ class ClaimedJob:
     max_attempts: int
     timeout_s: float
     tenant: str = "default"
+    #: The trace to continue (a W3C traceparent), when traces are on.
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True)

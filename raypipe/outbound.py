@@ -26,6 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import httpx
 import idna
 
+from raypipe import tracing
 from raypipe.config import Settings
 from raypipe.exceptions import OutboundRefused, OutboundUnresolved, PermanentError, RetryableError
 from raypipe.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
@@ -210,7 +211,10 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
             where = f"{label}: {target}"
             for _ in range(settings.fetch_max_redirects + 1):
                 addresses = _resolve_by(target, settings, deadline)
-                with contextlib.closing(_get(http, target, addresses, deadline)) as response:
+                with (
+                    tracing.outgoing("GET", str(target)) as traced,
+                    contextlib.closing(_get(http, target, addresses, deadline, traced)) as response,
+                ):
                     if not response.is_redirect:
                         _check_status(response, where)
                         return _body(response, settings.max_input_bytes, deadline, where)
@@ -234,16 +238,20 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
 
 
 def _get(
-    http: httpx.Client, target: httpx.URL, addresses: list[Address], deadline: float
+    http: httpx.Client,
+    target: httpx.URL,
+    addresses: list[Address],
+    deadline: float,
+    headers: dict[str, str],
 ) -> httpx.Response:
     """A streamed GET of ``target`` from the first of ``addresses`` that accepts a
     connection, each phase limited to what is left of the deadline."""
     timeout = httpx.Timeout(_left(deadline))
     for address in addresses[:-1]:
         with contextlib.suppress(httpx.ConnectError):
-            request = pinned_request(http, "GET", target, address, timeout=timeout)
+            request = pinned_request(http, "GET", target, address, headers=headers, timeout=timeout)
             return http.send(request, stream=True)
-    last = pinned_request(http, "GET", target, addresses[-1], timeout=timeout)
+    last = pinned_request(http, "GET", target, addresses[-1], headers=headers, timeout=timeout)
     return http.send(last, stream=True)
 
 

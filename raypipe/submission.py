@@ -9,7 +9,7 @@ from typing import Any
 
 import pydantic
 
-from raypipe import outbound, registry
+from raypipe import outbound, registry, tracing
 from raypipe.batches import BatchSpec
 from raypipe.config import DEFAULT_QUEUE, Settings
 from raypipe.exceptions import InvalidInput, OutboundRefused
@@ -125,6 +125,8 @@ def _row(
         "run_at": _run_at(spec, now),
         "then": _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None,
         "parent_id": None,
+        # The submitter's span (the API's request), which the job's attempts continue.
+        "trace_parent": tracing.current_parent(),
     }
 
 

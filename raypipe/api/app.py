@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from raypipe import tracing
 from raypipe.api import errors
 from raypipe.api.routes import batches, health, jobs, queues, schedules, stats, webhooks
 from raypipe.api.services import Services
@@ -55,6 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # FastAPI traces each request on the global tracer provider (continuing a caller's
+    # `traceparent`); with traces asked for, that provider exports them.
+    tracing.configured()
     app.state.services = services
     for routes in (jobs, queues, batches, stats, webhooks, schedules):
         app.include_router(routes.router(), prefix="/v1")

@@ -24,16 +24,25 @@ class ErrorInfoView(BaseModel):
     message: str
 
 
+class AttemptErrorView(ErrorInfoView):
+    traceback: str | None = Field(
+        default=None, description="the end of the attempt's traceback, where one was kept"
+    )
+
+
 class AttemptView(BaseModel):
     attempt: int
     status: str
     started_at: str | None  # None: claimed, not begun yet
     finished_at: str | None
-    error: ErrorInfoView | None
+    error: AttemptErrorView | None
 
     @classmethod
     def of(cls, attempt: AttemptRecord) -> AttemptView:
-        return cls(**attempt.to_dict())
+        data = attempt.to_dict()
+        if attempt.error is not None:
+            data["error"]["traceback"] = attempt.error.traceback
+        return cls(**data)
 
 
 class ArtifactView(BaseModel):
@@ -71,6 +80,9 @@ class JobView(BaseModel):
     artifacts: list[ArtifactView] = Field(default_factory=list)
     parent_id: str | None = None
     then: dict[str, Any] | None = None
+    trace_id: str | None = Field(
+        default=None, description="the trace its submission began, when traces are on"
+    )
     links: dict[str, str]
     attempts: list[AttemptView] | None = None
 

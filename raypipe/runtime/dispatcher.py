@@ -4,6 +4,7 @@ actors, and records how they start and end."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -19,7 +20,7 @@ import ray
 from ray.autoscaler.sdk import request_resources
 from ray.exceptions import RayActorError, RayError, TaskCancelledError
 
-from raypipe import admission, metrics, registry
+from raypipe import admission, metrics, registry, tracing
 from raypipe.config import Settings
 from raypipe.job_logs import job_fields
 from raypipe.jobs import (
@@ -40,6 +41,18 @@ from raypipe.store import Candidate, DispatchStore, schema_version
 from raypipe.store.schedules import ScheduleStore
 
 log = logging.getLogger(__name__)
+
+
+def _claim_span(job: ClaimedJob) -> ClaimedJob:
+    """The claim as a span of the job's trace (when it has one); the attempt continues
+    from it."""
+    if job.trace_parent is None:
+        return job
+    fields = job_fields(job.id, job.attempt, job.type, job.queue, job.tenant)
+    with tracing.span(
+        f"claim {job.type}", parent=job.trace_parent, attributes=tracing.attributes(fields)
+    ):
+        return dataclasses.replace(job, trace_parent=tracing.current_parent())
 
 
 def _log_failure(end: metrics.Ended) -> None:
@@ -530,9 +543,9 @@ class Dispatcher:
         """Pools that running tasks call into (their actors must stay)."""
         return {name for run in self._running.values() for name in run.uses}
 
-    def _launch(self, jobs: list[ClaimedJob]) -> None:
+    def _launch(self, claimed: list[ClaimedJob]) -> None:
         on_pools: dict[str, list[ClaimedJob]] = {}
-        for job in jobs:
+        for job in map(_claim_span, claimed):
             spec = self.processors.get(job.type)
             if spec is None:
                 self._finish_now(

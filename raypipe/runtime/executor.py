@@ -15,7 +15,7 @@ from typing import Any
 import pydantic
 import ray
 
-from raypipe import job_logs, registry
+from raypipe import job_logs, registry, tracing
 from raypipe.config import Settings
 from raypipe.context import JobContext, Runner
 from raypipe.exceptions import InvalidInput, PermanentError
@@ -144,11 +144,15 @@ def run_attempt(
         runner=runner,
     )
     completed = False
+    fields = job_logs.job_fields(job.id, job.attempt, job.type, job.queue, job.tenant)
     try:
-        value = spec.fn(payload, ctx)
-        if inspect.isawaitable(value):
-            value = asyncio.run(_awaited(value))
-        result = _jsonable(value)
+        with tracing.span(
+            f"attempt {job.type}", parent=job.trace_parent, attributes=tracing.attributes(fields)
+        ):
+            value = spec.fn(payload, ctx)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_awaited(value))
+            result = _jsonable(value)
         completed = True
     except Exception as exc:
         return _failure(exc, classify(exc, spec.retry or default_policy(settings)))

@@ -41,6 +41,7 @@ class Candidate:
     timeout_s: float
     tenant: str
     run_at: datetime
+    trace_parent: str | None
 
 
 ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
@@ -152,6 +153,7 @@ class DispatchStore:
                 max_attempts=c.max_attempts,
                 timeout_s=c.timeout_s,
                 tenant=c.tenant,
+                trace_parent=c.trace_parent,
             )
             for c in chosen
             if c.id in taken

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, Row
 
+from raypipe import tracing
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import (
     AttemptRecord,
@@ -406,6 +407,7 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "batch_id": None,
     "batch_index": None,
     "webhook_url": None,
+    "trace_parent": None,
 }
 
 
@@ -446,6 +448,7 @@ def job_from_mapping(row: Any) -> JobRecord:
         batch_id=row["batch_id"],
         batch_index=row["batch_index"],
         webhook_url=row["webhook_url"],
+        trace_id=tracing.trace_id(row["trace_parent"]),
     )
 
 

@@ -7,9 +7,9 @@ queries answer a request, each served by an index on ``finished_at`` or on open 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import sqlalchemy as sa
@@ -48,6 +48,19 @@ AnySelect: TypeAlias = "sa.Select[Unpack[tuple[Any, ...]]]"
 SelectT = TypeVar("SelectT", bound=AnySelect)
 #: The error type counted for a failed attempt that recorded none.
 UNKNOWN_ERROR = "unknown"
+#: The series' bucket widths in seconds: the narrowest that cuts the window into at most
+#: SERIES_BUCKETS is used, so a chart gets at most about that many points, whatever the
+#: window (366 days: weeks, 53 of them).
+BUCKET_WIDTHS_S = (
+    *(1, 2, 5, 10, 15, 30),  # seconds
+    *(60, 120, 300, 600, 900, 1800),  # minutes
+    *(3600, 7200, 10800, 21600, 43200),  # hours
+    *(86400, 172800, 604800),  # days, a week
+)
+SERIES_BUCKETS = 60
+#: Buckets are aligned to multiples of their width since this instant, so a bucket keeps
+#: its bounds (and its figures) as the window moves on.
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,18 @@ class ErrorCount:
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """Jobs that reached each terminal status in ``[start, end)``."""
+
+    start: datetime
+    end: datetime
+    jobs: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": iso(self.start), "end": iso(self.end), **self.jobs}
+
+
+@dataclass(frozen=True)
 class Stats:
     """What happened in ``[since, until)`` for the jobs the filters select.
 
@@ -91,6 +116,7 @@ class Stats:
     jobs whose terminal status was reached in the window. ``success_rate`` is completed
     over completed + failed jobs (cancelled jobs are left out: no verdict on the work);
     ``duration_s`` covers completed attempts only, so fast failures do not flatter it.
+    ``series`` splits ``jobs`` over time, in buckets of ``bucket_s`` seconds.
     """
 
     since: datetime
@@ -104,6 +130,8 @@ class Stats:
     retried_jobs: int
     errors: tuple[ErrorCount, ...]
     queues: tuple[QueueStats, ...]
+    bucket_s: int
+    series: tuple[Bucket, ...]
 
     @property
     def hours(self) -> float:
@@ -127,6 +155,10 @@ class Stats:
             "retried_jobs": self.retried_jobs,
             "errors": [asdict(error) for error in self.errors],
             "queues": [asdict(queue) for queue in self.queues],
+            "series": {
+                "bucket_s": self.bucket_s,
+                "buckets": [bucket.to_dict() for bucket in self.series],
+            },
         }
 
 
@@ -153,6 +185,38 @@ def window(
     else:
         return since, until
     raise InvalidInput(f"since: {problem}", details=[{"loc": ["since"], "msg": problem}])
+
+
+def bucket_width(since: datetime, until: datetime) -> int:
+    """The width in seconds of the series' buckets over ``[since, until)``: the narrowest
+    of :data:`BUCKET_WIDTHS_S` that needs at most :data:`SERIES_BUCKETS` of them."""
+    span = (until - since).total_seconds()
+    fits = (width for width in BUCKET_WIDTHS_S if span <= width * SERIES_BUCKETS)
+    return next(fits, BUCKET_WIDTHS_S[-1])
+
+
+def buckets(
+    since: datetime, until: datetime, width: int
+) -> Iterator[tuple[int, datetime, datetime]]:
+    """The buckets of ``width`` seconds that cover ``[since, until)``: their numbers (see
+    :func:`bucket_number`) and bounds, the first and the last cut to the window."""
+    step = timedelta(seconds=width)
+    first = (since - EPOCH) // step
+    after_last = -((EPOCH - until) // step)  # ceil((until - EPOCH) / step)
+    for number in range(first, after_last):
+        start = EPOCH + number * step
+        yield number, max(start, since), min(start + step, until)
+
+
+def bucket_number(at: sa.ColumnElement[Any], width: int, dialect: str) -> sa.ColumnElement[int]:
+    """``floor(seconds since the epoch / width)`` in SQL: which bucket ``at`` falls in.
+
+    Exact on both databases: PostgreSQL's epoch is a numeric; SQLite's is whole seconds
+    (its text times), and for a whole ``width`` floor(floor(t) / width) = floor(t / width).
+    """
+    if dialect == "postgresql":
+        return sa.cast(sa.func.floor(sa.extract("epoch", at) / width), sa.BigInteger)
+    return sa.cast(sa.func.strftime("%s", at), sa.Integer) // width
 
 
 def seconds_between(
@@ -192,12 +256,18 @@ class StatsStore:
         since, until = window(since, until, now)
         filters = {"tenant": tenant, "type": type, "queue": queue}
         selected = self._selected(filters)
+        width = bucket_width(since, until)
         with self._snapshot() as conn:
             counts = self._attempt_counts(conn, since, until, selected)
-            by_status = self._terminal_jobs(conn, since, until, selected)
+            ended = self._terminal_jobs(conn, since, until, width, selected)
             durations = self._durations(conn, since, until, selected)
             errors = self._errors(conn, since, until, selected)
             queues = self._queues(conn, since, until, now, selected)
+        series = tuple(
+            Bucket(start, end, _by_status(ended.get(number, {})))
+            for number, start, end in buckets(since, until, width)
+        )
+        by_status = {s.value: sum(b.jobs[s.value] for b in series) for s in TERMINAL_JOBS}
         decided = by_status[JobStatus.COMPLETED.value] + by_status[JobStatus.FAILED.value]
         return Stats(
             since=since,
@@ -214,6 +284,8 @@ class StatsStore:
             retried_jobs=counts["retried_jobs"],
             errors=errors,
             queues=queues,
+            bucket_s=width,
+            series=series,
         )
 
     # -- the queries ------------------------------------------------------------------
@@ -235,20 +307,30 @@ class StatsStore:
         return dict(conn.execute(query).one()._mapping)
 
     def _terminal_jobs(
-        self, conn: Connection, since: datetime, until: datetime, selected: Conditions
-    ) -> dict[str, int]:
+        self,
+        conn: Connection,
+        since: datetime,
+        until: datetime,
+        width: int,
+        selected: Conditions,
+    ) -> dict[int, dict[str, int]]:
+        """Jobs that reached a terminal status in the window, by status, per bucket of
+        ``width`` seconds (numbered as :func:`bucket_number` numbers them)."""
+        bucket = bucket_number(jobs.c.finished_at, width, self.dialect).label("bucket")
         query = (
-            sa.select(jobs.c.status, sa.func.count())
+            sa.select(bucket, jobs.c.status, sa.func.count())
             .where(
                 jobs.c.finished_at >= since,
                 jobs.c.finished_at < until,
                 jobs.c.status.in_(TERMINAL_JOBS),
                 *selected,
             )
-            .group_by(jobs.c.status)
+            .group_by(bucket, jobs.c.status)
         )
-        found = {JobStatus(status).value: count for status, count in conn.execute(query)}
-        return {status.value: found.get(status.value, 0) for status in TERMINAL_JOBS}
+        found: dict[int, dict[str, int]] = {}
+        for number, status, count in conn.execute(query):
+            found.setdefault(number, {})[JobStatus(status).value] = count
+        return found
 
     def _durations(
         self, conn: Connection, since: datetime, until: datetime, selected: Conditions
@@ -397,6 +479,11 @@ def _distribution(
         ),
         sa.func.max(ranked.c.value).label("max"),
     ).group_by(*groups)
+
+
+def _by_status(found: dict[str, int]) -> dict[str, int]:
+    """Counts of jobs by terminal status, with the statuses not ``found`` at 0."""
+    return {status.value: found.get(status.value, 0) for status in TERMINAL_JOBS}
 
 
 def _queue_stats(name: str, open_jobs: Any, waits: Distribution, now: datetime) -> QueueStats:

@@ -87,6 +87,9 @@ jobs = sa.Table(
     sa.Column("batch_id", sa.String(36)),
     sa.Column("batch_index", sa.Integer),
     sa.Column("webhook_url", sa.Text),
+    # The submission's trace context (W3C traceparent) when traces are on: the claim and
+    # the attempt continue its trace.
+    sa.Column("trace_parent", sa.String(64)),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),

@@ -1,89 +1,33 @@
-// The raypipe job page. Everything it shows comes from the /v1 API with the user's key,
-// sent as an Authorization header (never in a URL). Data is written with textContent
-// only: job types, messages and errors are user input.
+// The raypipe job page: queues, throughput and failure charts, batches and a searchable,
+// paged list of jobs; one job (#/jobs/{id}) or batch (#/batches/{id}) in detail. It holds
+// no data of its own: everything comes from the /v1 API with the user's key (api.js), and
+// every text is inserted as text (dom.js).
 
-const KEY_STORAGE = "raypipe.apiKey";
+import { currentKey, forgetKey, getJson, postJson, useKey, withQuery } from "./api.js";
+import { BatchDetail, renderBatches } from "./batches.js";
+import { drawCharts } from "./charts.js";
+import { $, element, notice, Pager, report, row } from "./dom.js";
+import { forgetEvents, JobDetail, JobTable } from "./jobs.js";
+
 const REFRESH_MS = 5000;
-// Browsers open six connections per server over HTTP/1.1; each open event stream holds
-// one, so follow a few jobs live and leave the rest to the periodic refresh.
-const MAX_STREAMS = 3;
-const THUMBNAIL = "thumbnail.png";
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-const RETRYABLE = new Set(["failed", "cancelled"]);
+// The statistics cost the database more than a page of jobs: charts refresh less often.
+const CHARTS_MS = 30_000;
+const PAGE_SIZE = 50;
+const VIEWS = { jobs: "job", batches: "batch" };
 
-const $ = (id) => document.getElementById(id);
-let key = localStorage.getItem(KEY_STORAGE) || "";
 let timer = null;
-const jobs = new Map(); // id -> the job as last seen, newest first
-const streams = new Map(); // id -> AbortController of its open event stream
-const lastEventIds = new Map(); // id -> the last event id seen, to resume after it
+let view = "overview"; // or "job", "batch"
+let generation = 0; // bumped when the key or the view changes: older answers are dropped
+let chartsAt = 0; // when the charts were last drawn (0: draw them at the next refresh)
+let jobTypesOf = null; // the key whose job types the type search suggests
+let filters = {}; // the job list's search: type, tag, status
 
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
+const jobs = new JobTable($("jobs"));
+const jobPager = new Pager("jobs", () => refresh());
+const jobDetail = new JobDetail();
+const batchDetail = new BatchDetail(() => refresh());
 
-async function call(path, options = {}) {
-  const headers = { ...options.headers, Authorization: `Bearer ${key}` };
-  const response = await fetch(path, { ...options, headers, cache: "no-store" });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      message = (await response.json()).error.message;
-    } catch {
-      // not the API's error format: keep the status line
-    }
-    throw new ApiError(response.status, message);
-  }
-  return response;
-}
-
-const getJson = async (path) => (await call(path)).json();
-const jobPath = (id) => `/v1/jobs/${encodeURIComponent(id)}`;
-const short = (id) => id.slice(0, 8);
-
-function notice(text) {
-  $("notice").textContent = text;
-}
-
-function report(error) {
-  if (error.name === "AbortError") return;
-  if (error.status === 401) {
-    stop();
-    notice(`The API refused this key: ${error.message}`);
-  } else {
-    notice(`Error: ${error.message}`);
-  }
-}
-
-// -- small DOM helpers -------------------------------------------------------------------
-
-function element(tag, properties = {}, ...children) {
-  const node = Object.assign(document.createElement(tag), properties);
-  node.append(...children);
-  return node;
-}
-
-function row(attributes, cells) {
-  const tr = element("tr");
-  Object.assign(tr.dataset, attributes);
-  tr.append(...cells.map((cell) => element("td", {}, cell)));
-  return tr;
-}
-
-function progressBar(label) {
-  return element("progress", { max: 100, value: 0, ariaLabel: label });
-}
-
-function time(iso) {
-  return iso ? element("time", { dateTime: iso }, new Date(iso).toLocaleString()) : "";
-}
-
-const percent = (value) => `${Math.round(value)}%`;
-
-// -- queues and batches ------------------------------------------------------------------
+// -- queues ------------------------------------------------------------------------------
 
 function renderQueues(queues) {
   $("queues").replaceChildren(
@@ -109,7 +53,7 @@ function renderQueues(queues) {
 async function toggleQueue(name, verb, button) {
   button.disabled = true;
   try {
-    await call(`/v1/queues/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
+    await postJson(`/v1/queues/${encodeURIComponent(name)}/${verb}`);
     notice(`Queue ${name} ${verb === "pause" ? "paused" : "resumed"}.`);
     refresh();
   } catch (error) {
@@ -119,233 +63,180 @@ async function toggleQueue(name, verb, button) {
   }
 }
 
-function renderBatches(batches) {
-  $("batches").replaceChildren(
-    ...batches.map((b) => {
-      const bar = progressBar(`Progress of batch ${short(b.id)}`);
-      bar.value = b.progress;
-      const done = `${b.counts.completed ?? 0} of ${b.total} done, ${b.counts.failed ?? 0} failed`;
-      return row({ batchId: b.id, status: b.status }, [
-        element("code", { title: b.id }, short(b.id)),
-        b.status,
-        done,
-        element("span", { className: "progress" }, bar, percent(b.progress)),
-        time(b.created_at),
-      ]);
-    }),
-  );
+// -- the overview ------------------------------------------------------------------------
+
+// The chosen window, ending now. Both ends are sent: a window of exactly an hour (a day…)
+// gets round buckets (60 of a minute); one a request's latency longer would get 2 minutes.
+function statsPath() {
+  const until = Date.now();
+  const since = until - Number($("chart-window").value) * 1000;
+  const iso = (ms) => new Date(ms).toISOString();
+  return withQuery("/v1/stats", { since: iso(since), until: iso(until) });
 }
 
-// -- jobs --------------------------------------------------------------------------------
+// The type search suggests the registered job types, read once per key.
+const jobTypes = () => (jobTypesOf === currentKey() ? null : getJson("/v1/job-types"));
 
-function jobRow(id) {
-  const existing = $("jobs").querySelector(`tr[data-job-id="${CSS.escape(id)}"]`);
-  if (existing) return existing;
-  const retry = element("button", { type: "button", hidden: true }, "Retry");
-  retry.dataset.action = "retry";
-  retry.addEventListener("click", () => retryJob(id, retry));
-  const part = (name, tag = "span", ...children) => element(tag, { className: name }, ...children);
-  return row({ jobId: id }, [
-    part("job"),
-    part("status"),
-    part("progress", "span", progressBar(""), part("percent")),
-    part("attempt"),
-    part("created"),
-    part("details", "div", part("error", "p"), retry, part("thumbnail")),
+async function refreshOverview(current) {
+  const position = jobPager.position;
+  const query = { limit: String(PAGE_SIZE), ...filters, cursor: jobPager.cursor };
+  const chartsDue = Date.now() - chartsAt >= CHARTS_MS;
+  const [queues, batches, list, stats, types] = await Promise.all([
+    getJson("/v1/queues"),
+    getJson("/v1/batches?limit=20"),
+    getJson(withQuery("/v1/jobs", query)),
+    chartsDue ? getJson(statsPath()) : null,
+    jobTypes(),
   ]);
-}
-
-function update(tr, job) {
-  const part = (name) => tr.querySelector(`.${name}`);
-  tr.dataset.status = job.status;
-  part("job").replaceChildren(job.type, " ", element("code", { title: job.id }, short(job.id)));
-  part("status").textContent = job.status;
-  const bar = tr.querySelector("progress");
-  bar.value = job.progress;
-  bar.ariaLabel = `Progress of job ${job.type} ${short(job.id)}`;
-  part("percent").textContent = percent(job.progress) + (job.message ? ` · ${job.message}` : "");
-  part("attempt").textContent = `${job.attempt} of ${job.max_attempts}`;
-  if (!part("created").firstChild) part("created").append(time(job.created_at));
-  const ended = RETRYABLE.has(job.status);
-  part("error").textContent = ended && job.error ? `${job.error.type}: ${job.error.message}` : "";
-  const retry = tr.querySelector('button[data-action="retry"]');
-  retry.hidden = !ended;
-  retry.ariaLabel = `Retry job ${job.type} ${short(job.id)}`;
-  const thumbnail = (job.artifacts || []).find((a) => a.name === THUMBNAIL);
-  if (thumbnail) showThumbnail(part("thumbnail"), job, thumbnail.url);
-}
-
-// Shows a job's latest state (from a list, a retry or the end of its stream).
-function showJob(job) {
-  jobs.set(job.id, job);
-  update(jobRow(job.id), job);
-}
-
-function renderJobs(list) {
-  for (const id of streams.keys()) {
-    if (!list.some((job) => job.id === id)) streams.get(id).abort();
+  if (!current() || position !== jobPager.position) return; // moved on meanwhile
+  renderQueues(queues);
+  renderBatches(batches.batches);
+  jobs.render(list.jobs);
+  jobPager.shown(list.next_cursor, list.jobs.length);
+  if (stats) {
+    chartsAt = Date.now();
+    drawCharts(stats, $("throughput-chart"), $("failure-chart"));
   }
-  jobs.clear();
-  const rows = list.map((job) => {
-    jobs.set(job.id, job);
-    const tr = jobRow(job.id);
-    update(tr, job);
-    return tr;
-  });
-  for (const img of $("jobs").querySelectorAll("img")) {
-    if (!rows.some((tr) => tr.contains(img))) URL.revokeObjectURL(img.src);
-  }
-  $("jobs").replaceChildren(...rows);
-  followActive();
-}
-
-// Opens event streams for running jobs first, then queued ones, up to MAX_STREAMS.
-function followActive() {
-  const waiting = [...jobs.values()].filter(
-    (job) => !TERMINAL.has(job.status) && !streams.has(job.id),
-  );
-  waiting.sort((a, b) => (b.status === "processing") - (a.status === "processing"));
-  for (const job of waiting.slice(0, Math.max(0, MAX_STREAMS - streams.size))) follow(job.id);
-}
-
-async function follow(id) {
-  const controller = new AbortController();
-  streams.set(id, controller);
-  try {
-    const last = lastEventIds.get(id);
-    const headers = last ? { "Last-Event-ID": last } : {};
-    const response = await call(`${jobPath(id)}/events`, { headers, signal: controller.signal });
-    for await (const event of readEvents(response.body)) {
-      if (event.id) lastEventIds.set(id, event.id);
-      const job = jobs.get(id);
-      if (job && event.data) {
-        const { id: _, ...change } = JSON.parse(event.data);
-        Object.assign(job, change);
-        update(jobRow(id), job);
-      }
-    }
-    // The stream ends after the terminal status: read the whole job for its error,
-    // result and artifacts, and give the stream's place to another job.
-    streams.delete(id);
-    if (jobs.has(id)) showJob(await getJson(jobPath(id)));
-    followActive();
-  } catch (error) {
-    report(error); // the next refresh follows the job again if it still runs
-  } finally {
-    if (streams.get(id) === controller) streams.delete(id);
+  if (types) {
+    $("job-types").replaceChildren(...types.map((t) => element("option", { value: t.type })));
+    jobTypesOf = currentKey();
   }
 }
 
-// Server-Sent Events from a fetch body: EventSource cannot send an Authorization header.
-async function* readEvents(body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value.replaceAll("\r\n", "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = { data: [] };
-      for (const line of buffer.slice(0, end).split("\n")) {
-        if (line.startsWith(":")) continue; // a keep-alive comment
-        const [field, ...rest] = line.split(":");
-        const text = rest.join(":").replace(/^ /, "");
-        if (field === "data") event.data.push(text);
-        else if (field === "id" || field === "event") event[field] = text;
-      }
-      buffer = buffer.slice(end + 2);
-      yield { ...event, data: event.data.join("\n") };
-    }
-  }
-}
-
-async function retryJob(id, button) {
-  button.disabled = true;
-  try {
-    const response = await call(`${jobPath(id)}/retry`, { method: "POST" });
-    showJob(await response.json());
-    notice(`Job ${short(id)} is queued again.`);
-    followActive();
-  } catch (error) {
-    report(error);
-  } finally {
-    button.disabled = false;
-  }
-}
-
-// Artifacts need the key too, so a thumbnail is fetched and shown from a blob URL.
-async function showThumbnail(cell, job, url) {
-  if (cell.dataset.loaded) return;
-  cell.dataset.loaded = "true";
-  try {
-    const blob = await (await call(url)).blob();
-    const alt = `Thumbnail of the mesh from job ${short(job.id)}`;
-    cell.append(element("img", { src: URL.createObjectURL(blob), alt, width: 96, height: 96 }));
-  } catch (error) {
-    delete cell.dataset.loaded;
-    report(error);
-  }
-}
-
-// -- refreshing --------------------------------------------------------------------------
+// -- refreshing and views ----------------------------------------------------------------
 
 async function refresh() {
-  if (!key || document.hidden) return;
-  const status = $("status-filter").value;
-  const query = new URLSearchParams({ limit: "50", ...(status && { status }) });
-  const asked = key;
+  if (!currentKey() || document.hidden) return;
+  const asked = generation;
+  const current = () => asked === generation;
   try {
-    const [queues, batches, list] = await Promise.all([
-      getJson("/v1/queues"),
-      getJson("/v1/batches?limit=20"),
-      getJson(`/v1/jobs?${query}`),
-    ]);
-    if (asked !== key) return; // the key changed meanwhile: its own refresh shows its data
-    renderQueues(queues);
-    renderBatches(batches.batches);
-    renderJobs(list.jobs);
-    if ($("notice").textContent.startsWith("Error")) notice("");
+    if (view === "job") await jobDetail.refresh();
+    else if (view === "batch") await batchDetail.refresh();
+    else await refreshOverview(current);
+    if (current() && $("notice").textContent.startsWith("Error")) notice("");
   } catch (error) {
-    if (asked === key) report(error);
+    if (current()) report(error);
   }
+}
+
+function stopStreams() {
+  jobs.stop();
+  jobDetail.stop();
+  batchDetail.stop();
+}
+
+// An id from the address as it was written into it (a hand-typed "%" stays as it is).
+function decoded(id) {
+  try {
+    return decodeURIComponent(id);
+  } catch {
+    return id;
+  }
+}
+
+// Shows the view the address names; ``focus`` moves the keyboard focus into it.
+function route(focus) {
+  const [, kind, id] = location.hash.match(/^#\/(jobs|batches)\/([^/]+)$/) || [];
+  const left = view === "job" ? jobDetail.id : null;
+  generation += 1;
+  stopStreams();
+  view = VIEWS[kind] ?? "overview";
+  $("overview").hidden = view !== "overview";
+  $("job-view").hidden = view !== "job";
+  $("batch-view").hidden = view !== "batch";
+  if (view === "job") jobDetail.open(decoded(id));
+  if (view === "batch") batchDetail.open(decoded(id));
+  if (focus) {
+    const address = `#/jobs/${encodeURIComponent(left)}`;
+    const back = left && $("jobs").querySelector(`a[href="${CSS.escape(address)}"]`);
+    const heading = { overview: "jobs-title", job: "job-title", batch: "batch-title" }[view];
+    (back || $(heading)).focus();
+  }
+  refresh();
 }
 
 function start() {
   stop();
   notice("");
-  refresh();
+  route(false);
   timer = setInterval(refresh, REFRESH_MS);
 }
 
 function stop() {
   clearInterval(timer);
-  for (const controller of streams.values()) controller.abort();
-  streams.clear();
+  stopStreams();
 }
+
+// -- searching ---------------------------------------------------------------------------
+
+// The list with the search's type, tag and status, from its first page.
+function searchJobs() {
+  const value = (field) => $(field).value.trim();
+  filters = {
+    type: value("search-type"),
+    tag: value("search-tag"),
+    status: value("search-status"),
+  };
+  jobPager.reset();
+  generation += 1;
+  refresh();
+}
+
+$("search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = $("search-id").value.trim();
+  if (!id) {
+    searchJobs();
+    return;
+  }
+  // An id opens that job (GET /v1/jobs/{id}): the list has no id filter.
+  const address = `#/jobs/${encodeURIComponent(id)}`;
+  if (location.hash === address) route(true);
+  else location.hash = address;
+});
+
+// "Clear" empties the fields first, then the list follows them.
+$("search").addEventListener("reset", () => setTimeout(searchJobs));
+$("search-status").addEventListener("change", searchJobs);
+
+// -- the key and the controls ------------------------------------------------------------
 
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  key = $("key").value.trim();
-  localStorage.setItem(KEY_STORAGE, key);
-  lastEventIds.clear();
-  renderJobs([]);
+  useKey($("key").value.trim());
+  forgetEvents();
+  jobs.render([]);
+  chartsAt = 0;
   start();
 });
 
 $("forget").addEventListener("click", () => {
-  localStorage.removeItem(KEY_STORAGE);
-  key = "";
+  forgetKey();
   $("key").value = "";
   stop();
   renderQueues([]);
   renderBatches([]);
-  renderJobs([]);
+  jobs.render([]);
+  jobDetail.clear();
+  batchDetail.clear();
+  $("throughput-chart").replaceChildren();
+  $("failure-chart").replaceChildren();
+  $("job-types").replaceChildren();
+  jobTypesOf = null;
   notice("Key forgotten.");
 });
 
-$("refresh").addEventListener("click", refresh);
-$("status-filter").addEventListener("change", refresh);
+document.addEventListener("refused", stop);
+window.addEventListener("hashchange", () => route(true));
+$("refresh").addEventListener("click", () => {
+  chartsAt = 0;
+  refresh();
+});
+$("chart-window").addEventListener("change", () => {
+  chartsAt = 0;
+  refresh();
+});
 
-$("key").value = key;
-if (key) start();
+$("key").value = currentKey();
+if (currentKey()) start();
+else route(false);

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,77 +22,22 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_for
-from tests.helpers.commands import UP_TIMEOUT_S, Done, Raypipe
-
-FIRST_PORT = 6391  # 6379 is Redis here, 6380 raypipe's default
-
-
-def _free_port(first: int = FIRST_PORT) -> int:
-    for port in range(first, first + 100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for a Ray head")
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _gcs_processes(port: int) -> list[int]:
-    """Pids of Ray GCS servers listening on ``port`` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"--gcs_server_port={port}".encode() in args:
-            pids.append(int(entry.name))
-    return pids
+from tests.helpers.commands import (
+    Done,
+    Raypipe,
+    gcs_processes,
+    port_open,
+    running_head,
+    session_dir,
+)
 
 
 @pytest.fixture(scope="module")
 def raypipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raypipe]:
     """`raypipe up` once for the module; `raypipe down` must stop the head it started."""
-    root = tmp_path_factory.mktemp("cli")
-    data_dir = root / "data"
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("RAYPIPE_") and key not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")
-    }
-    env.update(
-        RAYPIPE_DATA_DIR=str(data_dir),
-        RAYPIPE_RAY_PORT=str(port),
-        RAYPIPE_RAY_ADDRESS=f"127.0.0.1:{port}",
-        RAYPIPE_NAMESPACE=f"cli-{uuid.uuid4().hex[:10]}",
-        RAYPIPE_API_PORT=str(_free_port(port + 1)),
-        RAY_USAGE_STATS_ENABLED="0",
-        # JSON logs, for test_the_heads_processes_log_json_with_the_jobs_fields: a head of
-        # its own would cost that test ~20 s; the commands' own output is the same.
-        RAYPIPE_LOG_FORMAT="json",
-    )
-    cli = Raypipe(env, cwd=root, port=port, data_dir=data_dir)  # cwd: no stray .env file
-    try:
-        up = cli("up", "--num-cpus", "2", timeout=UP_TIMEOUT_S)
-        assert up.returncode == 0, up.describe()
-        assert "started a local Ray head" in up.stdout, up.describe()
-        assert _port_open(port)
-        yield cli
-    finally:
-        if _gcs_processes(port):  # test_down_stops_only_its_own_head did not run or failed
-            cli("down")
+    # JSON logs, for test_the_heads_processes_log_json_with_the_jobs_fields: a head of its
+    # own would cost that test ~20 s; the commands' own output is the same.
+    yield from running_head(tmp_path_factory.mktemp("cli"), RAYPIPE_LOG_FORMAT="json")
 
 
 # -- up, migrate ------------------------------------------------------------------------
@@ -375,14 +318,6 @@ def test_usage_errors_are_one_line(case: str, capsys: pytest.CaptureFixture[str]
 # -- logs ---------------------------------------------------------------------------------
 
 
-def _session_logs(port: int) -> Path:
-    """The log folder of the Ray head on ``port`` (from its GCS server's command line)."""
-    [pid] = _gcs_processes(port)
-    args = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
-    [session] = [arg.split("=", 1)[1] for arg in args if arg.startswith("--session-dir=")]
-    return Path(session) / "logs"
-
-
 def _json_records(paths: Iterator[Path]) -> Iterator[dict[str, object]]:
     for path in paths:
         for line in path.read_text(errors="replace").splitlines():
@@ -395,7 +330,7 @@ def test_the_heads_processes_log_json_with_the_jobs_fields(
     raypipe: Raypipe, waited: dict[str, Done]
 ) -> None:
     failed = _job_id(waited["fail"])
-    logs = _session_logs(raypipe.port)
+    logs = session_dir(raypipe.port) / "logs"
 
     def about_the_job() -> list[dict[str, object]] | None:
         records = [
@@ -443,7 +378,7 @@ def test_down_stops_only_its_own_head(raypipe: Raypipe) -> None:
         for args in (["log_monitor.py"], [f"--address=127.0.0.1:{raypipe.port}"])
     ]
     try:
-        assert _gcs_processes(raypipe.port)
+        assert gcs_processes(raypipe.port)
         # A job running when `down` is called finishes first: the dispatcher drains.
         running = raypipe.ok("submit", "sleep", "--payload", '{"seconds": 2, "steps": 2}')
         job_id = running.stdout.strip()
@@ -459,8 +394,8 @@ def test_down_stops_only_its_own_head(raypipe: Raypipe) -> None:
         assert isinstance(finished, dict), finished
         assert (finished["status"], finished["attempt"]) == ("completed", 1)
         assert "raypipe-dispatcher" in done.stdout
-        assert not _port_open(raypipe.port)
-        assert _gcs_processes(raypipe.port) == []
+        assert not port_open(raypipe.port)
+        assert gcs_processes(raypipe.port) == []
         assert [b.poll() for b in bystanders] == [None, None], "down stopped others' processes"
 
         again, listed, waiting = raypipe.many(

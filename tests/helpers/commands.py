@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from pathlib import Path
 
 UP_TIMEOUT_S = 240
 COMMAND_TIMEOUT_S = 120
+FIRST_PORT = 6391  # 6379 is Redis here, 6380 raypipe's default
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,80 @@ class Raypipe:
     def rows_in_database(self) -> int:
         with closing(sqlite3.connect(self.data_dir / "raypipe.db")) as conn:
             return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+# -- a head of its own -----------------------------------------------------------------
+
+
+def free_port(first: int = FIRST_PORT) -> int:
+    for port in range(first, first + 100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a Ray head")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def gcs_processes(port: int) -> list[int]:
+    """Pids of Ray GCS servers listening on ``port`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"--gcs_server_port={port}".encode() in args:
+            pids.append(int(entry.name))
+    return pids
+
+
+def session_dir(port: int) -> Path:
+    """The session folder of the Ray head on ``port`` (from its GCS server's command line)."""
+    [pid] = gcs_processes(port)
+    args = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+    [session] = [arg.split("=", 1)[1] for arg in args if arg.startswith("--session-dir=")]
+    return Path(session)
+
+
+def running_head(root: Path, **env: str) -> Iterator[Raypipe]:
+    """`raypipe up` with a Ray head of its own (a free port, its own data folder, SQLite
+    database and namespace) and ``env`` on top; afterwards `raypipe down` unless a test
+    already stopped it. A fixture's body: ``yield from running_head(...)``."""
+    data_dir = root / "data"
+    port = free_port()
+    isolated = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("RAYPIPE_") and key not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")
+    }
+    isolated.update(
+        RAYPIPE_DATA_DIR=str(data_dir),
+        RAYPIPE_RAY_PORT=str(port),
+        RAYPIPE_RAY_ADDRESS=f"127.0.0.1:{port}",
+        RAYPIPE_NAMESPACE=f"cli-{uuid.uuid4().hex[:10]}",
+        RAYPIPE_API_PORT=str(free_port(port + 1)),
+        RAY_USAGE_STATS_ENABLED="0",
+        **env,
+    )
+    cli = Raypipe(isolated, cwd=root, port=port, data_dir=data_dir)  # cwd: no stray .env
+    try:
+        up = cli("up", "--num-cpus", "2", timeout=UP_TIMEOUT_S)
+        assert up.returncode == 0, up.describe()
+        assert "started a local Ray head" in up.stdout, up.describe()
+        assert port_open(port)
+        yield cli
+    finally:
+        if gcs_processes(port):
+            cli("down")

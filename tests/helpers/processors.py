@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from raypipe import JobContext, processor
+from raypipe import JobContext, outbound, processor
 from raypipe.exceptions import PermanentError
 
 
@@ -174,3 +174,18 @@ def chatty(payload: ChattyPayload, ctx: JobContext) -> dict[str, int]:
 
 # The same on the tests' pool: its lines come from a pool actor's thread.
 pool_chatty = processor("test.pool_chatty", payload=ChattyPayload, pool="test")(chatty)
+
+
+class FetchPayload(BaseModel):
+    url: str
+
+
+@processor("test.traced", payload=FetchPayload)
+def traced(payload: FetchPayload, ctx: JobContext) -> dict[str, int]:
+    """Does its work in a span of its own and fetches ``url`` through the outbound guard
+    inside it: with traces on, both belong to the job's trace."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("tests").start_as_current_span("the processor's work"):
+        fetched = outbound.fetch(payload.url, ctx.settings, "url")
+    return {"bytes": len(fetched)}

@@ -1,9 +1,11 @@
 """Statistics on real SQLite and PostgreSQL, checked against figures computed here in Python
 from the same rows: a seeded, varied history of jobs and attempts across tenants, types and
-queues, with retries, several error types, open jobs and rows outside the window."""
+queues, with retries, several error types, open jobs and rows outside the window, and the
+jobs that ended over time (the series), in buckets cut at multiples of their width."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
@@ -12,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -25,11 +28,21 @@ from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput
 from raypipe.jobs import AttemptStatus, JobStatus, utcnow
 from raypipe.store import create_engine
-from raypipe.store.stats import StatsStore, window
+from raypipe.store.stats import (
+    BUCKET_WIDTHS_S,
+    SERIES_BUCKETS,
+    StatsStore,
+    bucket_width,
+    buckets,
+    window,
+)
 from raypipe.store.tables import attempts, jobs
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc)
-DAY = timedelta(hours=24)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MINUTE = timedelta(minutes=1)
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
 TENANTS = ("acme", "globex", "initech")
 TYPES = ("embed.texts", "mesh.from_image", "noop")
 QUEUES = ("default", "embeddings", "mesh")
@@ -117,8 +130,9 @@ def history(seed: int = 20250314, count: int = 260) -> tuple[list[dict], list[di
         elif ending in TERMINAL:
             job["finished_at"] = all_attempts[-1]["finished_at"] if tries else ready
         all_jobs.append(job)
-    # Completed exactly at the window's bounds: `since` counts, `until` does not.
-    for at in (NOW - DAY, NOW):
+    # Completed exactly at the window's bounds (`since` counts, `until` does not), at a
+    # bucket's bound and just before it.
+    for at in (NOW - DAY, NOW, NOW - 6 * HOUR, NOW - 6 * HOUR - timedelta(milliseconds=1)):
         job = _job(rng, at - timedelta(seconds=30))
         job.update(status=JobStatus.COMPLETED, attempt=1, started_at=at - DAY / 1000)
         job["finished_at"] = at
@@ -171,6 +185,25 @@ def _utc_text(at: datetime) -> str:
     )
 
 
+def _series(ended: list[dict], since: datetime, until: datetime) -> dict[str, Any]:
+    """The jobs ``ended`` in the window, per bucket: the window cut at every multiple of the
+    bucket width since the epoch (the width's choice is tested on its own)."""
+    width = bucket_width(since, until)
+    seconds = [(at - EPOCH).total_seconds() for at in (since, until)]
+    cuts = range(math.floor(seconds[0] / width) + 1, math.ceil(seconds[1] / width))
+    edges = [since, *(EPOCH + timedelta(seconds=width * n) for n in cuts), until]
+    counts = [Counter[str]() for _ in edges[1:]]
+    for job in ended:
+        counts[bisect.bisect_right(edges, job["finished_at"]) - 1][job["status"].value] += 1
+    return {
+        "bucket_s": width,
+        "buckets": [
+            {"start": _utc_text(start), "end": _utc_text(end), **{s: n[s] for s in TERMINAL}}
+            for (start, end), n in zip(pairwise(edges), counts, strict=True)
+        ],
+    }
+
+
 def expected(
     job_rows: list[dict],
     attempt_rows: list[dict],
@@ -190,7 +223,8 @@ def expected(
 
     finished = [a for a in mine if inside(a["finished_at"])]
     by_status = Counter(a["status"].value for a in finished)
-    ended = Counter(j["status"].value for j in chosen.values() if inside(j.get("finished_at")))
+    ended_jobs = [j for j in chosen.values() if inside(j.get("finished_at"))]
+    ended = Counter(j["status"].value for j in ended_jobs)
     decided = ended["completed"] + ended["failed"]
     retried = [a for a in finished if a["attempt"] > 1]
     errors = Counter(
@@ -249,6 +283,7 @@ def expected(
             for kind, n in sorted(errors.items(), key=lambda item: (-item[1], item[0]))
         ],
         "queues": [queue_figures(name, queues[name]) for name in sorted(queues)],
+        "series": _series(ended_jobs, since, until),
     }
 
 
@@ -285,6 +320,9 @@ def test_statistics_match_counts_computed_independently(engine: sa.Engine) -> No
     assert len(everything["errors"]) == 5  # four types and the unknown
     assert everything["duration_s"]["p50"] < everything["duration_s"]["p95"]
     assert len(everything["queues"]) == 3
+    series = everything["series"]
+    assert (series["bucket_s"], len(series["buckets"])) == (1800, 48)
+    assert all(sum(1 for b in series["buckets"] if b[s]) > 5 for s in TERMINAL)
     assert all(
         q["depth"] > q["runnable"] > 0 and q["wait_s"]["count"] for q in everything["queues"]
     )
@@ -304,6 +342,13 @@ def test_statistics_match_counts_computed_independently(engine: sa.Engine) -> No
     since, until = NOW - timedelta(hours=30), NOW - timedelta(hours=2, milliseconds=1)
     wanted = expected(job_rows, attempt_rows, since, until, tenant="acme")
     assert_matches(store.compute(tenant="acme", since=since, until=until).to_dict(), wanted)
+
+    # Ends inside buckets: the first and the last bucket are cut to the window.
+    since, until = NOW - timedelta(hours=5, seconds=7, milliseconds=250), NOW - 90 * MINUTE
+    wanted = expected(job_rows, attempt_rows, since, until)
+    assert wanted["series"]["bucket_s"] == 300
+    assert wanted["series"]["buckets"][0]["start"] == _utc_text(since)
+    assert_matches(store.compute(since=since, until=until).to_dict(), wanted)
 
 
 def test_an_empty_window_reports_zeros_and_nones(engine: sa.Engine) -> None:
@@ -344,6 +389,32 @@ def test_the_window_defaults_and_limits() -> None:
         with pytest.raises(InvalidInput, match=message) as caught:
             window(since, until, NOW)
         assert caught.value.details[0]["loc"] == [message.split(":")[0]]
+
+
+def test_the_series_buckets_follow_the_window() -> None:
+    widths = {
+        timedelta(milliseconds=1): 1,
+        timedelta(seconds=61): 2,
+        HOUR: 60,
+        DAY: 1800,
+        7 * DAY: 3 * 3600,
+        366 * DAY: 7 * 86400,
+    }
+    for span, width in widths.items():
+        assert bucket_width(NOW - span, NOW) == width, span
+    rng = random.Random(7)
+    for width in BUCKET_WIDTHS_S:
+        for _ in range(20):
+            since = NOW - _ms(rng, 0, 10**6)
+            until = since + _ms(rng, 0.001, width * SERIES_BUCKETS)
+            assert bucket_width(since, until) <= width
+            found = list(buckets(since, until, width))
+            assert 1 <= len(found) <= SERIES_BUCKETS + 1
+            numbers, starts, ends = zip(*found, strict=True)
+            assert numbers == tuple(range(numbers[0], numbers[0] + len(found)))
+            assert (starts[0], ends[-1]) == (since, until) and starts[1:] == ends[:-1]
+            step = timedelta(seconds=width)
+            assert all((end - EPOCH) % step == timedelta(0) for end in ends[:-1])
 
 
 def test_command_line_times() -> None:

@@ -115,6 +115,7 @@ def test_row_has_exactly_the_expected_columns(settings: Settings) -> None:
         "then",
         "parent_id",
         "webhook_url",
+        "trace_parent",
     }
 
 

@@ -64,6 +64,25 @@ class QueueStatsView(BaseModel):
     wait_s: DistributionView
 
 
+class BucketView(BaseModel):
+    """Jobs that reached each terminal status in `[start, end)`."""
+
+    start: str
+    end: str
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class SeriesView(BaseModel):
+    """`jobs` over time: consecutive buckets of `bucket_s` seconds (about 60 over the
+    window, at most 61), aligned to multiples of `bucket_s` since the Unix epoch; the
+    first and the last are cut to the window."""
+
+    bucket_s: int
+    buckets: list[BucketView]
+
+
 class StatsView(BaseModel):
     window: WindowView
     filters: FiltersView
@@ -76,6 +95,7 @@ class StatsView(BaseModel):
     retried_jobs: int
     errors: list[ErrorCountView]
     queues: list[QueueStatsView]
+    series: SeriesView
 
 
 Name = Annotated[str | None, Query(min_length=1, max_length=200)]
@@ -96,8 +116,9 @@ def router() -> APIRouter:
         until: datetime | None = None,
     ) -> StatsView:
         """Success rate, durations (completed attempts), throughput, retries, errors by
-        type and per-queue depth and wait, over `[since, until)` (default: the last 24 h,
-        at most 366 days). Keys that are not admin keys see their own tenant only."""
+        type, per-queue depth and wait, and ended jobs over time (`series`), over `[since,
+        until)` (default: the last 24 h, at most 366 days). Keys that are not admin keys see
+        their own tenant only."""
         check_text({"type": type, "queue": queue, "tenant": tenant})
         if caller.scope is not None and tenant not in (None, caller.scope):
             problem = "only admin keys may read other tenants"
