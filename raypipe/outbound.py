@@ -176,14 +176,16 @@ async def send(
     following redirects; the answer is streamed (the caller reads and closes it)."""
     target = parse(url)
     addresses = await asyncio.to_thread(resolve, target, settings)
-    for address in addresses[:-1]:
-        with contextlib.suppress(httpx.ConnectError):
-            request = pinned_request(
-                http, method, target, address, headers=headers, content=content
-            )
-            return await http.send(request, stream=True, follow_redirects=False)
-    request = pinned_request(http, method, target, addresses[-1], headers=headers, content=content)
-    return await http.send(request, stream=True, follow_redirects=False)
+    with tracing.outgoing(method, str(target)) as traced:
+        headers = {**(headers or {}), **traced}
+        for address in addresses[:-1]:
+            with contextlib.suppress(httpx.ConnectError):
+                request = pinned_request(
+                    http, method, target, address, headers=headers, content=content
+                )
+                return await http.send(request, stream=True, follow_redirects=False)
+        last = pinned_request(http, method, target, addresses[-1], headers=headers, content=content)
+        return await http.send(last, stream=True, follow_redirects=False)
 
 
 class _Late(Exception):

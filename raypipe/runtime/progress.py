@@ -38,7 +38,8 @@ class ProgressReporter:
     A processor's ``ctx.progress()`` only replaces an entry in a dict; a daemon
     thread sends whatever changed in one fire-and-forget actor call, and learns
     from the previous call's answer which of its jobs were cancelled. A logged line wakes
-    the thread at once, so what a worker logged is with the actor before it could crash.
+    the thread at once: what a worker logs is with the actor within moments (at most
+    ``SEND_GAP_S`` behind), not only when its attempt ends, so a crash keeps it.
     """
 
     def __init__(self, actor: ray.actor.ActorHandle, interval_s: float, log_max_bytes: int):

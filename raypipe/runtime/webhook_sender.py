@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from raypipe import metrics
+from raypipe import metrics, tracing
 from raypipe.config import Settings
 from raypipe.store import create_engine, schema_version
 from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
@@ -119,7 +119,17 @@ class WebhookSender:
         """One attempt, recorded; a failure to record leaves the claim to expire, and the
         delivery is sent again then (receivers deduplicate by ``webhook-id``)."""
         try:
-            outcome = await sender.deliver(delivery, secret, self.settings, http, self.store.clock)
+            with tracing.span(
+                f"webhook {delivery.event}",
+                parent=delivery.trace_parent,
+                attributes={
+                    "raypipe.delivery_id": delivery.id,
+                    "raypipe.job_id": delivery.job_id or "",
+                },
+            ):
+                outcome = await sender.deliver(
+                    delivery, secret, self.settings, http, self.store.clock
+                )
             recorded = await asyncio.to_thread(self.store.record_attempt, delivery, outcome)
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"

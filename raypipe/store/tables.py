@@ -281,6 +281,8 @@ webhook_deliveries = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
+    # The job's trace (W3C traceparent), which its delivery continues when traces are on.
+    sa.Column("trace_parent", sa.String(64)),
 )
 PENDING_ONLY = sa.text("status = 'pending'")
 sa.Index(

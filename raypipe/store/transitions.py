@@ -46,6 +46,7 @@ ENDED_COLUMNS = (
     jobs.c.tags,
     jobs.c.batch_id,
     jobs.c.webhook_url,
+    jobs.c.trace_parent,
 )
 
 #: A start report: (job id, attempt, when its code began).

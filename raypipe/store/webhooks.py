@@ -80,6 +80,8 @@ class Delivery:
     updated_at: datetime
     delivered_at: datetime | None
     attempt_log: tuple[DeliveryAttempt, ...] = ()
+    #: The job's trace, which sending continues (traces on).
+    trace_parent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The delivery as the API and the CLI show it (without its body)."""
@@ -382,4 +384,5 @@ def _delivery(row: Any, attempt_log: tuple[DeliveryAttempt, ...] = ()) -> Delive
         updated_at=row["updated_at"],
         delivered_at=row["delivered_at"],
         attempt_log=attempt_log,
+        trace_parent=row["trace_parent"],
     )

@@ -24,8 +24,10 @@ def outbox_row(
     *,
     job_id: str | None = None,
     batch_id: str | None = None,
+    trace_parent: str | None = None,
 ) -> dict[str, Any]:
-    """A pending delivery of ``{"type", "timestamp", "data"}`` (the Standard Webhooks shape)."""
+    """A pending delivery of ``{"type", "timestamp", "data"}`` (the Standard Webhooks shape);
+    ``trace_parent``: the job's trace, which the delivery's spans continue."""
     body = _encode({"type": event, "timestamp": iso(now), "data": data})
     if len(body.encode()) > MAX_BODY_BYTES and "result" in data:
         data = {**data, "result": None, "result_omitted": True}
@@ -43,6 +45,7 @@ def outbox_row(
         "next_attempt_at": now,
         "created_at": now,
         "updated_at": now,
+        "trace_parent": trace_parent,
     }
 
 
@@ -64,7 +67,15 @@ def job_event(
         "finished_at": iso(now),
         "links": {"self": f"/v1/jobs/{job.id}"},
     }
-    return outbox_row(job.tenant, f"job.{status.value}", job.webhook_url, data, now, job_id=job.id)
+    return outbox_row(
+        job.tenant,
+        f"job.{status.value}",
+        job.webhook_url,
+        data,
+        now,
+        job_id=job.id,
+        trace_parent=job.trace_parent,
+    )
 
 
 def batch_event(tenant: str, url: str, summary: dict[str, Any], now: datetime) -> dict[str, Any]:

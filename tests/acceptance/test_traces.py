@@ -49,7 +49,11 @@ def test_one_trace_runs_from_the_request_to_the_processors_fetch(
     api = f"http://127.0.0.1:{cli.env['RAYPIPE_API_PORT']}"
     answer = httpx.post(
         f"{api}/v1/jobs",
-        json={"type": "test.traced", "payload": {"url": f"http://127.0.0.1:{port}/file"}},
+        json={
+            "type": "test.traced",
+            "payload": {"url": f"http://127.0.0.1:{port}/file"},
+            "webhook_url": f"http://127.0.0.1:{port}/hook",
+        },
         headers={
             "authorization": f"Bearer {key}",
             "traceparent": f"00-{trace_id}-{root_span}-01",
@@ -99,5 +103,21 @@ def test_one_trace_runs_from_the_request_to_the_processors_fetch(
     assert {span.resource["service.name"] for span in chain} == {"raypipe-test"}
     assert attempt.attributes["raypipe.job_id"] == job["id"]
     assert attempt.attributes["raypipe.attempt"] == 1
+    # The job's webhook, sent by the webhook sender, continues the job's trace from the
+    # request that submitted it, and carries it to the receiver.
+    hook_name = f"POST http://127.0.0.1:{port}/hook"
+
+    def webhook_spans() -> tuple[Span, Span] | None:
+        spans = {span.name: span for span in found.of_trace(trace_id)}
+        if hook_name in spans and "webhook job.completed" in spans:
+            return spans["webhook job.completed"], spans[hook_name]
+        return None
+
+    found_hook = wait_for(webhook_spans, what="the webhook's spans")
+    assert isinstance(found_hook, tuple)
+    sending, posting = found_hook
+    assert sending.parent_id == chain[-2].span_id  # the endpoint that submitted the job
+    assert posting.parent_id == sending.span_id and posting.kind == CLIENT_SPAN_KIND
+    assert f"00-{trace_id}-{posting.span_id}-01" in found.hooks
     shown = json.loads(cli.ok("show", job["id"], "--json").stdout)
     assert (shown["trace_id"], shown["result"]) == (trace_id, {"bytes": len(FILE)})

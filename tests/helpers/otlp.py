@@ -1,6 +1,7 @@
 """A trace collector for the tests: an OTLP/HTTP receiver on this machine that keeps the
 spans every process exports to it in memory (the collector a deployment would run is
-outside raypipe), and serves a small file for processors to fetch."""
+outside raypipe); it also serves a small file for processors to fetch and takes webhooks,
+noting the ``traceparent`` each request carried."""
 
 from __future__ import annotations
 
@@ -38,11 +39,13 @@ def _value(any_value: Any) -> Any:
 
 
 class Collector:
-    """Spans received so far, and the ``traceparent`` headers ``GET /file`` was sent."""
+    """Spans received so far, and the ``traceparent`` headers ``GET /file`` and the
+    webhooks (``POST /hook``) were sent."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.fetches: list[str | None] = []
+        self.hooks: list[str | None] = []
         self._lock = threading.Lock()
 
     def take(self, body: bytes) -> None:
@@ -73,12 +76,18 @@ class Collector:
 
 @contextmanager
 def collector() -> Iterator[tuple[Collector, int]]:
-    """A running collector and its port: OTLP/HTTP at ``/v1/traces``, a file at ``/file``."""
+    """A running collector and its port: OTLP/HTTP at ``/v1/traces``, a file at ``/file``,
+    webhooks at ``/hook``."""
     found = Collector()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            if self.path == "/hook":
+                found.hooks.append(self.headers.get("traceparent"))
+                self.send_response(204)
+                self.end_headers()
+                return
             if self.headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
             found.take(body)

@@ -1,4 +1,5 @@
-"""job traces: the submission's trace context, which the claim and the attempt continue
+"""job traces: the submission's trace context, which the claim, the attempt and the job's
+webhook delivery continue
 
 Revision ID: 0010
 Revises: 0009
@@ -17,10 +18,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("jobs", sa.Column("trace_parent", sa.String(64)))
+    for table in ("jobs", "webhook_deliveries"):
+        op.add_column(table, sa.Column("trace_parent", sa.String(64)))
 
 
 def downgrade() -> None:
     # Not in batch mode: on SQLite that copies the table and drops the old one, and the
     # drop would cascade to the jobs' attempts. SQLite drops a plain column in place.
-    op.drop_column("jobs", "trace_parent")
+    for table in ("jobs", "webhook_deliveries"):
+        op.drop_column(table, "trace_parent")
