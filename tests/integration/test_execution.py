@@ -66,7 +66,6 @@ def test_six_one_cpu_sleeps_on_two_cpus_run_two_at_a_time_and_none_times_out(
     assert most <= 2
     assert len(waiting_seen) >= 3  # the later ones said what they waited for
     assert {j.id for j in jobs} == {h.id for h in handles}
-    assert {j.id for j in jobs} == {h.id for h in handles}
     assert [j.status for j in jobs] == [JobStatus.COMPLETED] * 6
     assert all(j.attempt == 1 and j.started_at is not None for j in jobs)
     ordered = sorted(jobs, key=lambda j: j.started_at)
