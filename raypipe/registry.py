@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import pydantic
 from pydantic import BaseModel
 
-from raypipe.client import default_client
+from raypipe.client import SubmitOptions, default_client
 from raypipe.exceptions import InvalidInput
 from raypipe.handle import (
     AsyncBatchHandle,
@@ -111,21 +111,6 @@ _registry: dict[str, ProcessorSpec] = {}
 
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R")
-
-
-#: The options ``Processor.submit`` passes on to the client (its other keywords are fields).
-SUBMIT_OPTIONS = (
-    "queue",
-    "priority",
-    "delay_s",
-    "run_at",
-    "max_attempts",
-    "timeout_s",
-    "tags",
-    "idempotency_key",
-    "then",
-    "webhook_url",
-)
 
 
 class JobClient(Protocol):
@@ -273,7 +258,12 @@ class Processor(Generic[P, R]):
     ) -> dict[str, Any]:
         """One job of this type as ``submit_many`` takes it: the checked payload and the
         options ``given`` (a submit method's arguments) that are set."""
-        options = {name: given[name] for name in SUBMIT_OPTIONS if given[name] is not None}
+        # The options are SubmitOptions' keys; submit's other keywords are payload fields.
+        options = {
+            name: given[name]
+            for name in sorted(SubmitOptions.__optional_keys__)
+            if given[name] is not None
+        }
         if "tags" in options:
             options["tags"] = list(options["tags"])
         checked = self._checked(payload, fields, ("payload",))

@@ -88,3 +88,18 @@ def test_the_result_type_comes_from_the_return_annotation() -> None:
     assert repeat.result_type is Repeated
     assert gate.result_type is None  # dict[str, int]: read back as JSON
     assert repeat.spec is registry.get("test.repeat")
+
+
+def test_submit_takes_every_client_option_by_name() -> None:
+    """Processor.submit reads the options it passes on by SubmitOptions' keys."""
+    from inspect import Parameter, signature
+
+    from raypipe.client import SubmitOptions
+
+    for method in (registry.Processor.submit, registry.Processor.asubmit):
+        named = {
+            name
+            for name, p in signature(method).parameters.items()
+            if p.kind is Parameter.KEYWORD_ONLY and name != "client"
+        }
+        assert named == SubmitOptions.__optional_keys__, method.__name__
