@@ -188,6 +188,8 @@ def test_the_worker_pool_grows_with_depth_within_admission_and_shrinks_when_idle
             )
         finally:
             done.set()
+            if watcher.is_alive():  # before `running` stops the dispatcher it asks
+                watcher.join()
 
 
 def test_cancelling_a_running_pool_job_interrupts_it(raypipe: DirectClient, tmp_path: Path) -> None:

@@ -25,5 +25,7 @@ def test_a_worker_freezes_what_it_imported_once_after_its_first_attempt(
     assert frozen > 0
     made_since = [[] for _ in range(1000)]  # tracked objects a second freeze would take
     executor._settle()  # later attempts leave the collector as it is
-    assert gc.get_freeze_count() == frozen
+    # Not more (the lists above would be frozen); perhaps fewer: other threads of this
+    # process (Ray's, earlier tests') may free frozen objects meanwhile.
+    assert gc.get_freeze_count() <= frozen
     assert made_since
