@@ -54,6 +54,8 @@ class PoolWorker:
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}
         self._stopped: set[str] = set()
+        #: Calls taken and attempts run: jobs per call is what bundling saves per job.
+        self.calls = 0
         self.attempts = 0
 
     async def run(self, jobs: list[ClaimedJob], pools: PoolHandles) -> AsyncIterator[list[Event]]:
@@ -63,6 +65,7 @@ class PoolWorker:
 
         ``pools`` has the actors of this pool and of the pools its jobs use, as now.
         """
+        self.calls += 1
         loop = self._loop = asyncio.get_running_loop()
         local = self._embed_here if self.pool == EMBEDDINGS_POOL else None
         runner = RayRunner(self.settings, pools, local)
@@ -153,6 +156,7 @@ class PoolWorker:
         return {
             "pool": self.pool,
             "running": len(self._running),
+            "calls": self.calls,
             "attempts": self.attempts,
             "models": self.host.info(),
         }
