@@ -7,9 +7,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from raypipe.jobs import FollowUpSpec, JobSpec, JobStatus, iso, parse_iso
+from raypipe.jobs import FollowUpSpec, JobSpec, JobStatus, Strict, iso, parse_iso
 
 
 class BatchStatus(str, Enum):
@@ -21,15 +21,13 @@ class BatchStatus(str, Enum):
     CANCELLED = "cancelled"
 
 
-class BatchSpec(BaseModel):
+class BatchSpec(Strict):
     """A batch as submitted: its jobs, and what happens once the last one ends.
 
     ``then`` is a follow-up job whose ``with_result`` field (if named) receives the
     batch's summary (``id``, ``status``, ``total``, ``counts``), so ``when`` can test
     ``counts.failed``, say.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     jobs: list[JobSpec] = Field(min_length=1)
     webhook_url: str | None = Field(default=None, max_length=2048)

@@ -32,7 +32,7 @@ from raypipe.commands import (
 )
 from raypipe.config import Settings, get_settings
 from raypipe.exceptions import InvalidInput, NotRunning, RaypipeError
-from raypipe.runtime import actors, head
+from raypipe.runtime import actors, head, terminal
 from raypipe.store import create_engine, schema_version
 from raypipe.store.access import AccessStore
 from raypipe.submission import DEFAULT_TENANT
@@ -69,6 +69,7 @@ def up(
         hint = f": `up` started one on port {settings.ray_port}" if started else ""
         raise NotRunning(f"no Ray answers at {settings.ray_address!r}{hint}")
     actors.init_ray(settings, owner=True)
+    terminal.quiet()  # Serve's and the actors' INFO lines stay in Ray's log files
     actors.start_actors(settings)
     where = "started a local Ray head" if started else f"joined Ray at {settings.ray_address}"
     typer.echo(f"raypipe is up: {where}; database {_safe_url(settings)}")
@@ -135,6 +136,7 @@ def down(
 
         from raypipe.api.deployment import undeploy
 
+        terminal.quiet()
         drain = None if now else (settings.drain_grace_s if grace is None else grace)
         stopped = actors.stop_actors(settings, drain_grace_s=drain)
         if undeploy():

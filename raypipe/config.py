@@ -19,6 +19,15 @@ from sqlalchemy.engine import make_url
 DEFAULT_QUEUE = "default"
 
 
+#: Why ``RAYPIPE_OUTBOUND_ALLOW_NETWORKS`` (in 0.6.0, never released) stops a start.
+OUTBOUND_REPLACED = (
+    "RAYPIPE_OUTBOUND_ALLOW_NETWORKS is no longer read: it opened input fetches and webhooks"
+    " at once. Set RAYPIPE_FETCH_ALLOW_NETWORKS for job input URLs (image_url, document_url:"
+    " the tenant reads their answers) and RAYPIPE_WEBHOOK_ALLOW_NETWORKS for webhook"
+    " deliveries, each to what that purpose needs, and unset it"
+)
+
+
 class QueueConfig(BaseModel):
     """A named lane: how many of its jobs may run at once, and their default priority."""
 
@@ -227,16 +236,39 @@ class Settings(BaseSettings):
         ge=1,
         description="most pages a PDF may have: each costs a parse, even with no text on it",
     )
+    max_document_depth: int = Field(
+        default=256,
+        ge=1,
+        description="deepest an HTML (or Markdown's) element may nest: the parser's work on"
+        " each tag grows with the depth it is at",
+    )
+    max_document_nodes: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="most elements an HTML document (or Markdown's HTML) may have",
+    )
+    max_document_stage_cpu_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="CPU seconds each stage of document.process may use (extract, chunk,"
+        " keywords, …): past it the job fails with a permanent error, not retried",
+    )
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="the whole fetch of an input URL, redirects included"
     )
     fetch_max_redirects: int = Field(
         default=5, ge=0, description="redirects an input URL may take, each hop checked again"
     )
-    outbound_allow_networks: list[str] = Field(
+    fetch_allow_networks: list[str] = Field(
         default_factory=list,
-        description="CIDRs that input URLs and webhooks may reach although they are not"
-        " globally routable (loopback, private, link-local, carrier-grade NAT, …)",
+        description="CIDRs that job input URLs (image_url, document_url) may reach although"
+        " they are not globally routable (loopback, private, link-local, carrier-grade NAT,"
+        " …); the tenant who names the URL reads what it answers. Webhooks have their own",
+    )
+    outbound_allow_networks: Any = Field(
+        default=None,
+        description="refused at start-up: it opened input fetches and webhooks at once;"
+        " fetch_allow_networks and webhook_allow_networks replace it",
     )
 
     embedding_models: dict[str, str] = Field(
@@ -279,7 +311,9 @@ class Settings(BaseSettings):
 
     webhook_allow_networks: list[str] = Field(
         default_factory=list,
-        description="deprecated (0.6.0): added to outbound_allow_networks",
+        description="CIDRs that webhook deliveries may reach although they are not globally"
+        " routable: blind POSTs, whose answers only show as a status code. Input URLs have"
+        " their own",
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
@@ -305,19 +339,23 @@ class Settings(BaseSettings):
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("outbound_allow_networks", "webhook_allow_networks")
+    @field_validator("fetch_allow_networks", "webhook_allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         """CIDRs checked when read (a typo must not surface at the first fetch)."""
         return [str(ipaddress.ip_network(net.strip(), strict=False)) for net in value]
 
+    @field_validator("outbound_allow_networks")
+    @classmethod
+    def _outbound_replaced(cls, value: Any) -> None:
+        """Refused whenever it is set, whatever its value: kept silently, one setting would
+        still open both purposes, and dropped silently, fetches or webhooks that worked
+        would fail."""
+        if value is not None:
+            raise ValueError(OUTBOUND_REPLACED)
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
-        # The deprecated name is a plain field, not an alias: an alias would also be read
-        # from an unprefixed WEBHOOK_ALLOW_NETWORKS variable.
-        self.outbound_allow_networks = list(
-            dict.fromkeys([*self.outbound_allow_networks, *self.webhook_allow_networks])
-        )
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)

@@ -36,7 +36,7 @@ from raypipe.config import (
 )
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import iso
-from raypipe.submission import prepare, summary
+from raypipe.submission import located, prepare, summary
 
 #: The shorthands raypipe accepts, as their five fields (``@reboot`` has no meaning here).
 ALIASES = {
@@ -348,8 +348,9 @@ def _check_spec(row: dict[str, Any], settings: Settings, now: datetime, admin: b
     try:
         prepare([spec], settings, now, row["tenant"], admin=admin)
     except InvalidInput as exc:
-        details = [{**d, "loc": ["job", *d.get("loc", [])]} for d in exc.details]
-        raise InvalidInput(exc.message, details=details) from None
+        raise InvalidInput(
+            exc.message, details=located(exc.details, ["job"]), more=exc.more
+        ) from None
 
 
 def configured_conflict(schedule: Schedule, verb: str) -> Conflict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from raypipe import artifacts, registry
@@ -191,3 +192,16 @@ def connect(settings: Settings | None = None, *, tenant: str = DEFAULT_TENANT) -
     client = DirectClient(settings, tenant)
     actors.start_actors(settings)
     return client
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[DirectClient]:
+    """raypipe's actors on ``settings`` (in the Ray this process joined) and a client, both
+    stopped when the block ends: for scripts and tests that own their Ray."""
+    actors.start_actors(settings)
+    client = DirectClient(settings)
+    try:
+        yield client
+    finally:
+        actors.stop_actors(settings)
+        client.close()

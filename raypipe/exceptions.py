@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+#: An object's default repr, which some libraries put in their messages.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def reason(exc: BaseException) -> str:
+    """A library's error message as a user may read it: without the default reprs of
+    objects (Pillow's ``cannot identify image file <_io.BytesIO object at 0x7f…>``), which
+    say nothing to them and show the process's memory addresses."""
+    return _OBJECT_REPR.sub("", str(exc))
 
 
 class RaypipeError(Exception):
@@ -16,10 +27,28 @@ class RaypipeError(Exception):
         super().__init__(self.message)
 
 
+#: Most problems an :class:`InvalidInput` lists: one request can hold millions (a payload of
+#: half a million unknown keys), and listing them all costs the API seconds and megabytes.
+MAX_DETAILS = 50
+
+
 class InvalidInput(RaypipeError):
     """The request is invalid."""
 
     code = "validation_error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        more: int = 0,
+    ):
+        """``details`` past :data:`MAX_DETAILS` are dropped and counted in :attr:`more`, with
+        ``more`` (problems the caller found and did not list)."""
+        details = details or []
+        super().__init__(message, details=details[:MAX_DETAILS])
+        self.more = more + max(0, len(details) - MAX_DETAILS)
 
 
 class NotFound(RaypipeError):
@@ -64,7 +93,9 @@ class PayloadTooLarge(RaypipeError):
 
 class OutboundRefused(RaypipeError):
     """raypipe does not request this URL: only http(s) to globally routable addresses,
-    unless RAYPIPE_OUTBOUND_ALLOW_NETWORKS allows the network."""
+    unless the setting of the request's purpose allows the network
+    (RAYPIPE_FETCH_ALLOW_NETWORKS for job input URLs, RAYPIPE_WEBHOOK_ALLOW_NETWORKS for
+    webhooks)."""
 
     code = "outbound_refused"
 

@@ -3,14 +3,19 @@ bounded to the newest ``log_max_bytes`` of it, collected in the worker for shipp
 
 The worker knows every line of its attempt, so it decides what the bound drops: the
 oldest lines, as a ``trim`` (delete this attempt's lines up to ``seq``) sent with the new
-ones. Lines are shipped as soon as the shipping thread wakes, so a worker that crashes
-has kept what it logged before.
+ones. Lines are shipped soon after they are logged, so a worker that crashes has kept
+what it logged before; the lines an attempt has not shipped when it ends are its
+:class:`AttemptTail`, written with its outcome, so that its log is complete by the time
+its end can be read.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +90,8 @@ class AttemptLog:
         self.bytes = 0
         #: The newest seq the bound dropped (0: none).
         self.trimmed_to = 0
+        #: Whether some of its lines were taken for shipping (they travel apart from its end).
+        self.shipped = False
 
     def add(self, message: str) -> tuple[int, str]:
         """Number a new line (cut to fit the bound alone); returns its seq and text."""
@@ -102,16 +109,35 @@ class AttemptLog:
         return seq, message
 
 
-class LogBuffer:
-    """The lines this worker process's attempts logged and not shipped yet, and the trims
-    their bounds made; ``wake`` is called when there is something to ship."""
+@dataclass(frozen=True)
+class AttemptTail:
+    """What an ended attempt's log leaves to its end: the lines not shipped yet (within its
+    bound), its trim, and whether earlier lines were shipped (they must be written before
+    its outcome is)."""
 
-    def __init__(self, max_bytes: int, wake: Callable[[], None]):
+    lines: tuple[LogLine, ...] = ()
+    trim: Trim | None = None
+    shipped: bool = False
+
+
+class LogBuffer:
+    """The lines this worker process's attempts logged and not shipped yet, each with when
+    it was logged (``clock``), and the trims their bounds made; ``wake`` is called when
+    a line arrives and none was waiting."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_bytes = max_bytes
         self._wake = wake
+        self._clock = clock
         self._lock = threading.Lock()
         self._attempts: dict[tuple[str, int], AttemptLog] = {}
-        self._pending: list[LogLine] = []
+        #: (when logged, line), oldest first.
+        self._pending: list[tuple[float, LogLine]] = []
 
     def add(self, job_id: str, attempt: int, ts: datetime, level: str, message: str) -> None:
         with self._lock:
@@ -119,33 +145,52 @@ class LogBuffer:
             if log is None:
                 log = self._attempts[job_id, attempt] = AttemptLog(self.max_bytes)
             seq, text = log.add(message)
-            self._pending.append(LogLine(job_id, attempt, seq, ts, level, text))
-        self._wake()
+            first = not self._pending
+            self._pending.append((self._clock(), LogLine(job_id, attempt, seq, ts, level, text)))
+        if first:
+            self._wake()
 
-    def take(self) -> tuple[list[LogLine], list[Trim]]:
-        """What to ship now: the pending lines the bounds still keep, and each attempt's
-        trim (sent again each time: deleting what is already gone costs nothing)."""
+    def oldest(self) -> float | None:
+        """When the oldest line waiting was logged (None: none waits)."""
         with self._lock:
-            pending, self._pending = self._pending, []
-            if not pending:
+            return self._pending[0][0] if self._pending else None
+
+    def take(self, logged_by: float = math.inf) -> tuple[list[LogLine], list[Trim]]:
+        """What to ship now: the pending lines logged by ``logged_by`` that the bounds still
+        keep, and their attempts' trims (sent again each time: deleting what is already gone
+        costs nothing). Younger lines wait: their attempt may end first and carry them."""
+        with self._lock:
+            count = bisect.bisect_right(self._pending, logged_by, key=lambda entry: entry[0])
+            if not count:
                 return [], []
-            touched = {(line.job_id, line.attempt) for line in pending}
-            trims = {
-                key: log.trimmed_to
-                for key in touched
-                if (log := self._attempts.get(key)) is not None and log.trimmed_to
-            }
+            pending = [line for _, line in self._pending[:count]]
+            del self._pending[:count]
+            trims: dict[tuple[str, int], int] = {}
+            for key in {(line.job_id, line.attempt) for line in pending}:
+                log = self._attempts.get(key)
+                if log is not None:
+                    log.shipped = True
+                    if log.trimmed_to:
+                        trims[key] = log.trimmed_to
         lines = [line for line in pending if line.seq > trims.get((line.job_id, line.attempt), 0)]
         return lines, [Trim(job_id, attempt, seq) for (job_id, attempt), seq in trims.items()]
 
-    def has_pending(self) -> bool:
+    def end(self, job_id: str, attempt: int) -> AttemptTail:
+        """The attempt ended: take its lines not shipped yet (other attempts' stay) and
+        forget its numbering."""
+        key = (job_id, attempt)
         with self._lock:
-            return bool(self._pending)
-
-    def end(self, job_id: str, attempt: int) -> None:
-        """The attempt ended: forget its numbering (call after its last lines were taken)."""
-        with self._lock:
-            self._attempts.pop((job_id, attempt), None)
+            log = self._attempts.pop(key, None)
+            if log is None:
+                return AttemptTail()
+            mine = [line for _, line in self._pending if (line.job_id, line.attempt) == key]
+            if mine:
+                self._pending = [
+                    entry for entry in self._pending if (entry[1].job_id, entry[1].attempt) != key
+                ]
+        trim = Trim(job_id, attempt, log.trimmed_to) if log.trimmed_to else None
+        lines = tuple(line for line in mine if line.seq > log.trimmed_to)
+        return AttemptTail(lines, trim, log.shipped)
 
 
 class CaptureHandler(logging.Handler):
@@ -184,8 +229,9 @@ def capture(buffer: LogBuffer, level: str) -> None:
 class LogFollower:
     """What following an attempt's log shows next, read after read: each read's new lines,
     until the attempt is over (its job ended or moved to a later attempt) and a read one
-    ``settle_s`` later (the ended attempt's last lines are written just after its outcome)
-    brought nothing more. Used by the API's stream and the CLI on the database alike."""
+    ``settle_s`` later brought nothing more (an attempt's log is complete when its end is
+    recorded, but a crashed worker's last shipped lines may still be on their way). Used
+    by the API's stream and the CLI on the database alike."""
 
     def __init__(self, attempt: int, after: int, poll_s: float, settle_s: float):
         self.attempt = attempt

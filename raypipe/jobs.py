@@ -8,9 +8,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from raypipe.exceptions import MAX_DETAILS
+
+if TYPE_CHECKING:
+    from raypipe.job_logs import LogLine  # which imports this module
 
 
 def utcnow() -> datetime:
@@ -66,7 +79,42 @@ def payload_of(payload: PayloadLike) -> dict[str, Any]:
     return dict(payload or {})
 
 
-class _JobFields(BaseModel):
+def unknown_keys(model: type[BaseModel], data: Any) -> list[str]:
+    """The keys of ``data`` that ``model`` forbids, when there are more than an error lists
+    (:data:`~raypipe.exceptions.MAX_DETAILS`); else ``[]``, and pydantic reports them."""
+    if model.model_config.get("extra") != "forbid" or not isinstance(data, dict):
+        return []
+    if len(data) <= MAX_DETAILS:
+        return []
+    known: set[str] = set()
+    for name, field_info in model.model_fields.items():
+        aliases = field_info.validation_alias
+        choices = aliases.choices if isinstance(aliases, AliasChoices) else [aliases]
+        for alias in (name, field_info.alias, *choices):
+            first = alias.path[0] if isinstance(alias, AliasPath) else alias
+            if isinstance(first, str):
+                known.add(first)
+    return [key for key in data if key not in known]
+
+
+class Strict(BaseModel):
+    """A request's object: unknown keys are refused, and many of them in one error. pydantic
+    makes an error of each, and converting half a million of those to Python (as FastAPI
+    does with a body's) takes the API seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_keys(cls, data: Any) -> Any:
+        unknown = unknown_keys(cls, data)
+        if len(unknown) > MAX_DETAILS:
+            named = ", ".join(repr(key[:40]) for key in unknown[:3])
+            raise ValueError(f"{len(unknown):,} unknown fields ({named}, …)")
+        return data
+
+
+class _JobFields(Strict):
     """What a submitted job and a follow-up job have in common."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -397,6 +445,8 @@ class Outcome:
     stage: str | None = None
     artifacts: tuple[dict[str, Any], ...] = ()
     refund: bool = False
+    #: The attempt's last log lines, written in the transaction that records it.
+    logs: tuple[LogLine, ...] = ()
 
     @property
     def final_attempt_status(self) -> AttemptStatus:

@@ -3,11 +3,11 @@
 Any tenant can name a URL, so a URL is a way into the cluster's network. The rule: an
 absolute http(s) URL without credentials whose host is an IP address or a valid (IDNA)
 name; the name is resolved once, every address it gives must be globally routable (or
-in ``outbound_allow_networks``), IPv4 addresses embedded in IPv6 forms included, and the
-request goes to a checked address (no second lookup that DNS rebinding could answer
-differently) with the URL's name in ``Host``, SNI and the certificate check. A name
-whose answers are split between allowed and refused addresses is refused: trying only
-the allowed ones would still let one answer steer the request.
+in the allow-list of the request's :class:`Purpose`), IPv4 addresses embedded in IPv6
+forms included, and the request goes to a checked address (no second lookup that DNS
+rebinding could answer differently) with the URL's name in ``Host``, SNI and the
+certificate check. A name whose answers are split between allowed and refused addresses
+is refused: trying only the allowed ones would still let one answer steer the request.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from enum import Enum
 
 import httpx
 import idna
@@ -34,8 +35,6 @@ from raypipe.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Every refusal of an address names the setting that opens it.
-HINT = "allow it with RAYPIPE_OUTBOUND_ALLOW_NETWORKS"
 SCHEMES = ("http", "https")
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -51,6 +50,30 @@ _NUMERIC = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 
 # -- the rule --------------------------------------------------------------------------
+
+
+class Purpose(Enum):
+    """What a request is for. Each purpose has its own allow-list, so opening a network for
+    one never opens it for the other: an input fetch's answer becomes the job's input,
+    which the tenant who named the URL reads back; a webhook is a POST whose answer only
+    shows as a status code."""
+
+    FETCH = "fetch"
+    WEBHOOK = "webhook"
+
+    @property
+    def setting(self) -> str:
+        """The variable that opens networks for this purpose: every refusal names it."""
+        return f"RAYPIPE_{self.value.upper()}_ALLOW_NETWORKS"
+
+    def networks(self, settings: Settings) -> list[Network]:
+        """The networks the settings open for this purpose (validated when read)."""
+        listed = (
+            settings.fetch_allow_networks
+            if self is Purpose.FETCH
+            else settings.webhook_allow_networks
+        )
+        return [ipaddress.ip_network(net, strict=False) for net in listed]
 
 
 def parse(url: str) -> httpx.URL:
@@ -93,19 +116,20 @@ def refusal(address: Address, allowed: Sequence[Network] = ()) -> str | None:
     return f"is not globally routable ({kind})" if kind else None
 
 
-def check_url(url: str, settings: Settings | None) -> None:
+def check_url(url: str, settings: Settings | None, purpose: Purpose) -> None:
     """The checks that need no DNS, for submission: the form, and a literal address (or
-    ``localhost``) against the settings' allowed networks when settings are given."""
+    ``localhost``) against the networks the settings open for ``purpose``, when settings
+    are given."""
     address = _literal(_host(parse(url)))
     if address is not None and settings is not None:
-        why = refusal(address, allowed_networks(settings))
+        why = refusal(address, purpose.networks(settings))
         if why:
-            raise OutboundRefused(f"address {address} {why}; {HINT}")
+            raise OutboundRefused(f"address {address} {why}; allow it with {purpose.setting}")
 
 
-def resolve(target: httpx.URL, settings: Settings) -> list[Address]:
-    """Every address ``target``'s host names, each allowed: these and only these are then
-    connected to. :class:`OutboundRefused` if any is not allowed,
+def resolve(target: httpx.URL, settings: Settings, purpose: Purpose) -> list[Address]:
+    """Every address ``target``'s host names, each allowed for ``purpose``: these and only
+    these are then connected to. :class:`OutboundRefused` if any is not allowed,
     :class:`OutboundUnresolved` if the name does not resolve."""
     host = _host(target)
     literal = _literal(host)
@@ -118,18 +142,13 @@ def resolve(target: httpx.URL, settings: Settings) -> list[Address]:
         except (OSError, UnicodeError) as exc:
             raise OutboundUnresolved(f"cannot resolve {host} ({exc})") from None
         found = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
-    allowed = allowed_networks(settings)
+    allowed = purpose.networks(settings)
     for address in found:
         why = refusal(address, allowed)
         if why:
             where = f"address {address}" if literal else f"{host} resolves to {address}, which"
-            raise OutboundRefused(f"{where} {why}; {HINT}")
+            raise OutboundRefused(f"{where} {why}; allow it with {purpose.setting}")
     return found
-
-
-def allowed_networks(settings: Settings) -> list[Network]:
-    """The networks the settings open (validated when the settings were read)."""
-    return [ipaddress.ip_network(net, strict=False) for net in settings.outbound_allow_networks]
 
 
 # -- requests --------------------------------------------------------------------------
@@ -168,14 +187,16 @@ async def send(
     method: str,
     url: str,
     settings: Settings,
+    purpose: Purpose,
     *,
     headers: dict[str, str] | None = None,
     content: bytes | None = None,
 ) -> httpx.Response:
-    """Send to the first checked address of ``url`` that accepts a connection, without
-    following redirects; the answer is streamed (the caller reads and closes it)."""
+    """Send to the first address of ``url`` checked for ``purpose`` that accepts a
+    connection, without following redirects; the answer is streamed (the caller reads and
+    closes it)."""
     target = parse(url)
-    addresses = await asyncio.to_thread(resolve, target, settings)
+    addresses = await asyncio.to_thread(resolve, target, settings, purpose)
     with tracing.outgoing(method, str(target)) as traced:
         headers = {**(headers or {}), **traced}
         for address in addresses[:-1]:
@@ -193,8 +214,9 @@ class _Late(Exception):
 
 
 def fetch(url: str, settings: Settings, label: str) -> bytes:
-    """GET ``url`` for a job: each hop checked and pinned, at most ``fetch_max_redirects``
-    redirects, at most ``max_input_bytes``, all within ``fetch_timeout_s`` in total.
+    """GET ``url`` as a job's input (:attr:`Purpose.FETCH`): each hop checked and pinned,
+    at most ``fetch_max_redirects`` redirects, at most ``max_input_bytes``, all within
+    ``fetch_timeout_s`` in total.
 
     Errors start with ``label`` (the payload field) and say which rule or setting:
     :class:`RetryableError` for 429/5xx and the deadline, :class:`PermanentError` for
@@ -318,10 +340,11 @@ def _shut(response: httpx.Response) -> None:
 
 
 def _resolve_by(target: httpx.URL, settings: Settings, deadline: float) -> list[Address]:
-    """:func:`resolve` within the deadline (a resolver can hang for many seconds)."""
+    """:func:`resolve` for an input fetch within the deadline (a resolver can hang for
+    many seconds)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raypipe-resolve")
     try:
-        return pool.submit(resolve, target, settings).result(timeout=_left(deadline))
+        return pool.submit(resolve, target, settings, Purpose.FETCH).result(timeout=_left(deadline))
     except FutureTimeout:
         raise _Late from None
     finally:

@@ -61,7 +61,7 @@ BUILTINS = (
     Builtin(
         "raypipe.processors.document",
         "documents",
-        (*EMBEDDINGS, "pypdf", "bs4", "markdown_it", "sklearn"),
+        (*EMBEDDINGS, "pypdf", "lxml", "markdown_it", "sklearn"),
         ("document.process",),
     ),
 )

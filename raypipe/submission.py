@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -12,8 +12,8 @@ import pydantic
 from raypipe import outbound, registry, tracing
 from raypipe.batches import BatchSpec
 from raypipe.config import DEFAULT_QUEUE, Settings
-from raypipe.exceptions import InvalidInput, OutboundRefused
-from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec
+from raypipe.exceptions import MAX_DETAILS, InvalidInput, OutboundRefused
+from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec, unknown_keys
 
 DEFAULT_TENANT = "default"
 
@@ -33,14 +33,17 @@ def prepare(
     """
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
+    more = 0
     for index, raw in enumerate(specs):
         prefix = (*loc_prefix, index) if len(specs) > 1 or loc_prefix else ()
         try:
             rows.append(_row(raw, settings, now, tenant, admin))
         except InvalidInput as exc:
-            details.extend({**d, "loc": [*prefix, *d.get("loc", [])]} for d in exc.details)
+            listed = exc.details[: max(0, MAX_DETAILS - len(details))]
+            details.extend(located(listed, prefix))
+            more += exc.more + len(exc.details) - len(listed)
     if details:
-        raise InvalidInput(summary(details), details=details)
+        raise InvalidInput(summary(details, more), details=details, more=more)
     return rows
 
 
@@ -79,7 +82,7 @@ def _check_webhook_url(url: str | None, settings: Settings) -> None:
     located at ``webhook_url``; the rest is checked at each delivery."""
     if url is not None:
         try:
-            outbound.check_url(url, settings)
+            outbound.check_url(url, settings, outbound.Purpose.WEBHOOK)
         except OutboundRefused as exc:
             details = [{"loc": ["webhook_url"], "msg": exc.message}]
             raise InvalidInput(f"webhook_url: {exc.message}", details=details) from None
@@ -112,11 +115,14 @@ def _row(
     raw: JobSpec | dict[str, Any], settings: Settings, now: datetime, tenant: str, admin: bool
 ) -> dict[str, Any]:
     spec = raw if isinstance(raw, JobSpec) else parse_model(JobSpec, raw, ())
+    # The payload's schema first: it refuses a payload of a million unknown keys at once,
+    # where this walk would take seconds to find them all fine.
+    resolved = _resolved(spec, settings, admin)
     check_text(spec.model_dump(mode="json"))
     return {
         "id": str(uuid.uuid4()),
         "tenant": tenant,
-        **_resolved(spec, settings, admin),
+        **resolved,
         "idempotency_key": spec.idempotency_key,
         # Compared only when the key is used again: a hash of megabytes of payload is not
         # worked out for jobs that have no key.
@@ -149,7 +155,7 @@ def _resolved(
     except InvalidInput as exc:
         kept = [d for d in exc.details if d["loc"][:2] != ["payload", optional]]
         if kept:
-            raise InvalidInput(summary(kept), details=kept) from None
+            raise InvalidInput(summary(kept, exc.more), details=kept, more=exc.more) from None
         payload = spec.payload
     queue = spec.queue or processor.queue or DEFAULT_QUEUE
     if queue not in settings.queues:
@@ -184,8 +190,8 @@ def _follow_up(
     try:
         resolved = _resolved(spec, settings, admin, optional=spec.with_result)
     except InvalidInput as exc:
-        details = [{**d, "loc": [*loc, *d.get("loc", [])]} for d in exc.details]
-        raise InvalidInput(summary(details), details=details) from None
+        details = located(exc.details, loc)
+        raise InvalidInput(summary(details, exc.more), details=details, more=exc.more) from None
     return {
         **resolved,
         "delay_s": spec.delay_s,
@@ -220,22 +226,40 @@ def parse_model(
     loc: tuple[str | int, ...],
     settings: Settings | None = None,
 ) -> Any:
-    """``model.model_validate(data)``; errors become :class:`InvalidInput` under ``loc``.
+    """``model.model_validate(data)``; errors become :class:`InvalidInput` under ``loc``,
+    the first :data:`~raypipe.exceptions.MAX_DETAILS` of them listed and the rest counted.
 
     Validators see the settings as ``info.context["settings"]`` (configured limits).
     """
+    unknown = unknown_keys(model, data)
+    if len(unknown) > MAX_DETAILS:
+        # Refused before pydantic is asked: it would make an error of each key, and
+        # converting half a million of them to Python takes seconds.
+        details = [{"loc": [*loc, key], "msg": UNKNOWN_KEY} for key in unknown[:MAX_DETAILS]]
+        more = len(unknown) - MAX_DETAILS
+        raise InvalidInput(summary(details, more), details=details, more=more)
     try:
         return model.model_validate(data, context={"settings": settings} if settings else None)
     except pydantic.ValidationError as exc:
-        details = [
-            {"loc": [*loc, *err["loc"]], "msg": err["msg"]} for err in exc.errors(include_url=False)
-        ]
-        raise InvalidInput(summary(details), details=details) from None
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        details = [{"loc": [*loc, *err["loc"]], "msg": err["msg"]} for err in errors[:MAX_DETAILS]]
+        more = exc.error_count() - len(details)
+        raise InvalidInput(summary(details, more), details=details, more=more) from None
 
 
-def summary(details: list[dict[str, Any]]) -> str:
-    """One line for many problems: the first, located, and how many more."""
+#: pydantic's message for a key that a model forbidding extra keys does not have.
+UNKNOWN_KEY = "Extra inputs are not permitted"
+
+
+def located(details: Iterable[dict[str, Any]], loc: Sequence[str | int]) -> list[dict[str, Any]]:
+    """``details`` placed under ``loc`` (a spec's problems, under its place in a request)."""
+    return [{**d, "loc": [*loc, *d.get("loc", [])]} for d in details]
+
+
+def summary(details: list[dict[str, Any]], more: int = 0) -> str:
+    """One line for many problems: the first, located, and how many more (``more``: those
+    found beyond ``details``)."""
     first = details[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    others = len(details) - 1 + more
+    return f"{where}: {first['msg']}" + (f" (and {others} more)" if others else "")

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import ray
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from raypipe.config import Settings, get_settings
 from raypipe.store import create_engine, schema_version
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
     "RAYPIPE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -51,6 +53,20 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str =
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(delay)
         delay = min(0.2, delay * 1.5)
+
+
+def read_at_end(
+    ended: Callable[[], bool], read: Callable[[], T], timeout: float = 60.0, what: str = ""
+) -> T:
+    """``read()`` at once after ``ended()`` first holds, polled every few milliseconds:
+    what a client reads the moment it sees an end, with no wait and no second try, so
+    that what is written only just after the end shows up missing."""
+    deadline = time.monotonic() + timeout
+    while not ended():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or ended}")
+        time.sleep(0.005)
+    return read()
 
 
 # -- databases ---------------------------------------------------------------------------
@@ -176,9 +192,11 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 def ray_address_file() -> Iterator[None]:
     """Ray's "current cluster" file, as it was before the tests.
 
-    Heads the tests start and stop (`raypipe up`, a simulated cluster) leave it pointing
-    at a head that is gone, and a later bare ``ray.init()`` on this machine would wait for
-    that head.
+    `raypipe down` clears it when it names the head `up` started, but a simulated cluster
+    (``ray.cluster_utils.Cluster``) writes it and leaves it pointing at a head that is
+    gone, and `up`'s ``ray start`` replaced what it named before (which `down` names
+    again only if that cluster still answers then): a later bare ``ray.init()`` on this
+    machine would wait for a gone head, or start where it used to join.
     """
     path = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     before = path.read_bytes() if path.exists() else None

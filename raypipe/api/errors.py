@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raypipe.exceptions import (
+    MAX_DETAILS,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -23,6 +25,7 @@ from raypipe.exceptions import (
     SchemaOutOfDate,
     Unauthorized,
 )
+from raypipe.submission import summary
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,16 @@ def error_response(
     message: str,
     details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    more: int = 0,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or []}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """The one error shape. At most :data:`~raypipe.exceptions.MAX_DETAILS` details are
+    listed; ``more`` counts the problems left out, and is there only when some were."""
+    details = details or []
+    more += max(0, len(details) - MAX_DETAILS)
+    error: dict[str, Any] = {"code": code, "message": message, "details": details[:MAX_DETAILS]}
+    if more:
+        error["more"] = more
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
@@ -65,31 +75,34 @@ def install(app: FastAPI) -> None:
             headers["Retry-After"] = str(exc.retry_after_s)
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
-        return error_response(status, exc.code, exc.message, exc.details, headers)
+        more = exc.more if isinstance(exc, InvalidInput) else 0
+        return error_response(status, exc.code, exc.message, exc.details, headers, more)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             detail = next(e for e in errors if e.get("type") == "json_invalid")
-            reason = (detail.get("ctx") or {}).get("error", "invalid JSON")
-            return error_response(400, "invalid_json", f"body: not valid JSON ({reason})")
+            return _invalid_json((detail.get("ctx") or {}).get("error", "invalid JSON"))
         details = [
             {
                 "loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]][_skip(e) :],
                 "msg": e["msg"],
             }
-            for e in errors
+            for e in itertools.islice(errors, MAX_DETAILS)
         ]
-        first = details[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-        return error_response(422, "validation_error", f"{where}: {first['msg']}{more}", details)
+        more = len(errors) - len(details)
+        message = summary(details, more)
+        return error_response(422, "validation_error", message, details, more=more)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, RaypipeError):  # raised while FastAPI read the body
             return _raypipe_response(exc.__cause__)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's "error parsing the body": JSON that Python's parser gave up on
+            # otherwise than with a syntax error (too deep, not UTF-8: compressed, say).
+            return _invalid_json(_unreadable(exc.__cause__, request))
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
@@ -112,6 +125,25 @@ def install(app: FastAPI) -> None:
             "the database is unavailable; retry shortly",
             headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
         )
+
+
+def _invalid_json(reason: str) -> JSONResponse:
+    return error_response(400, "invalid_json", f"body: not valid JSON ({reason})")
+
+
+def _unreadable(cause: BaseException, request: Request) -> str:
+    """Why a body could not be read as JSON, in words: never the parser's own message,
+    which may quote the body or an object's repr."""
+    if isinstance(cause, RecursionError):
+        reason = "nested too deeply"
+    elif isinstance(cause, UnicodeDecodeError):
+        reason = "not UTF-8 text"
+    else:
+        reason = "unreadable"
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        reason += "; Content-Encoding is not supported: send the JSON uncompressed"
+    return reason
 
 
 def _database_unavailable(exc: db_errors.SQLAlchemyError) -> bool:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from raypipe.jobs import AttemptRecord, JobRecord, JobSpec
+from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, Strict
 
 
 class JobCreate(JobSpec):
     """A job to submit. `Idempotency-Key` travels as a header."""
 
 
-class BulkCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BulkCreate(Strict):
     jobs: list[JobCreate] = Field(min_length=1)
 
 

@@ -4,6 +4,12 @@ The format comes from an explicit choice, else the file name's extension, else t
 themselves; bytes that contradict the declared format are refused rather than parsed into
 garbage. Parsers are imported when first needed, so the API process that only validates
 payloads never loads them.
+
+Every format is read in time linear in its size, and bounded by :class:`Limits`: a PDF's
+pages and text, a page's nesting depth and element count, every format's text. (HTML was
+once walked as a Beautiful Soup tree, inserting breaks around each block: each insertion
+walked the block's descendants, quadratic in the nesting depth, and Python's
+``html.parser`` itself rescans the rest of the page for some malformed tags.)
 """
 
 from __future__ import annotations
@@ -11,15 +17,12 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
 
 from raypipe.config import Settings
-from raypipe.exceptions import PermanentError
-
-if TYPE_CHECKING:
-    from bs4 import BeautifulSoup
+from raypipe.exceptions import PermanentError, reason
 
 FORMATS = ("txt", "md", "html", "pdf")
 EXTENSIONS = {
@@ -47,17 +50,26 @@ SIGNATURES = (
 PDF_HEADER_WINDOW = 1024
 
 #: Elements whose text is never document text.
-HTML_DROPPED = ("script", "style", "noscript", "template", "head", "svg", "iframe", "object")
+HTML_DROPPED = frozenset(
+    ("script", "style", "noscript", "template", "head", "svg", "iframe", "object")
+)
 #: Elements that start a new block: they become paragraph breaks in the text.
-HTML_BLOCKS = (
+HTML_BLOCKS = frozenset((
     "address", "article", "aside", "blockquote", "caption", "dd", "details", "div", "dl",
     "dt", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
     "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table",
     "tr", "ul",
-)  # fmt: skip
-HTML_CELLS = ("td", "th")
+))  # fmt: skip
+HTML_CELLS = frozenset(("td", "th"))
+#: How much of a page the parser is fed at a time: between feeds, Python code runs, so a
+#: CPU budget's interruption lands even while libxml2 works through a long stretch.
+HTML_FEED_BYTES = 1 << 20
+#: markdown-it's bound on nested blocks and inline markup (its CommonMark preset's):
+#: what nests deeper is not rendered, so a document of 100,000 ``>`` costs nothing.
+MARKDOWN_MAX_NESTING = 20
 
 _SPACES = re.compile(r"[^\S\n]+")
+_SOURCE_SPACE = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -104,14 +116,22 @@ def _supported() -> str:
 @dataclass(frozen=True)
 class Limits:
     """What one document may expand to: a small file can hold a great many pages, or pages
-    that share one content stream (a thousandfold more text than its size)."""
+    that share one content stream (a thousandfold more text than its size), and a page
+    its elements nested as deep and as many as its bytes allow."""
 
     chars: int
     pages: int
+    depth: int
+    nodes: int
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(settings.max_document_chars, settings.max_document_pages)
+        return cls(
+            chars=settings.max_document_chars,
+            pages=settings.max_document_pages,
+            depth=settings.max_document_depth,
+            nodes=settings.max_document_nodes,
+        )
 
 
 def extract_text(data: bytes | str, fmt: str, limits: Limits) -> str:
@@ -130,10 +150,10 @@ def extract_text(data: bytes | str, fmt: str, limits: Limits) -> str:
     if isinstance(data, bytes):
         _refuse_binary(data, fmt)
     if fmt == "html":
-        text = html_text(data)
+        text = html_text(data, limits)
     else:
         raw = data if isinstance(data, str) else decode_utf8(data)
-        text = markdown_text(raw) if fmt == "md" else normalize_whitespace(raw)
+        text = markdown_text(raw, limits) if fmt == "md" else normalize_whitespace(raw)
     if not text:
         raise PermanentError(f"the document has no text (format {fmt})")
     _bound(len(text), limits.chars)
@@ -174,54 +194,114 @@ def normalize_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def markdown_text(source: str) -> str:
+def markdown_text(source: str, limits: Limits) -> str:
     """Markdown rendered to HTML by markdown-it (CommonMark and tables), then read as HTML:
-    link and image targets, emphasis, code fences and heading marks all go."""
+    link and image targets, emphasis, code fences and heading marks all go. markdown-it
+    bounds its own nesting (:data:`MARKDOWN_MAX_NESTING`); the HTML it makes, raw HTML
+    blocks included, is held to ``limits`` like any page."""
     from markdown_it import MarkdownIt
 
-    renderer = MarkdownIt("commonmark", {"html": True}).enable("table")
-    return html_text(renderer.render(source))
+    options = {"html": True, "maxNesting": MARKDOWN_MAX_NESTING}
+    renderer = MarkdownIt("commonmark", options).enable("table")
+    return html_text(renderer.render(source), limits)
 
 
-def html_text(markup: bytes | str) -> str:
+def html_text(markup: bytes | str, limits: Limits) -> str:
     """The visible text of an HTML page: no script, style or head; blocks become
-    paragraphs, ``<br>`` a line break, an image its alt text; table cells stay apart."""
-    soup = _soup(markup)
-    for tag in soup.find_all(HTML_DROPPED):
-        tag.decompose()
-    _collapse_source_whitespace(soup)
-    for image in soup.find_all("img"):
-        image.replace_with(str(image.get("alt") or ""))
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    for tag in soup.find_all(HTML_CELLS):
-        tag.insert_after(" ")
-    for tag in soup.find_all(HTML_BLOCKS):
-        tag.insert_before("\n\n")
-        tag.insert_after("\n\n")
-    return normalize_whitespace(soup.get_text())
+    paragraphs, ``<br>`` a line break, an image its alt text; table cells stay apart.
+
+    lxml's parser (libxml2) hands each tag and text to :class:`_HtmlText` as it reads
+    them: no tree is built or walked, so the work is linear in the page's size, and a
+    page nesting deeper than ``limits.depth`` or with more than ``limits.nodes`` elements
+    is refused as soon as the parser gets there (PermanentError naming the setting)."""
+    from lxml import etree
+
+    data, encoding = _html_bytes(markup)
+    text = _HtmlText(limits)
+    parser = etree.HTMLParser(target=text, encoding=encoding, no_network=True)
+    try:
+        for start in range(0, len(data), HTML_FEED_BYTES):
+            parser.feed(data[start : start + HTML_FEED_BYTES])
+        parser.close()
+    except etree.XMLSyntaxError:
+        pass  # nothing the parser could call a document: no text, said by the caller
+    return text.text()
 
 
-def _soup(markup: bytes | str) -> BeautifulSoup:
-    from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, XMLParsedAsHTMLWarning
+def _html_bytes(markup: bytes | str) -> tuple[bytes, str | None]:
+    """The page as bytes and the encoding to read them in: UTF-8 when they are UTF-8 (a
+    byte-order mark is dropped), else ``None``: the page's own ``<meta charset>``, or
+    libxml2's default (Latin-1)."""
+    if isinstance(markup, str):
+        return markup.encode("utf-8", "replace"), "utf-8"  # lone surrogates become "?"
+    data = markup.removeprefix(b"\xef\xbb\xbf")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data, None
+    return data, "utf-8"
 
-    with warnings.catch_warnings():
-        # A page that looks like a file name or XML is still read as HTML, on purpose.
-        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
-        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        return BeautifulSoup(markup, "html.parser")
 
+class _HtmlText:
+    """lxml's parser target: the text of a page, gathered while it is parsed.
 
-def _collapse_source_whitespace(soup: BeautifulSoup) -> None:
-    """Whitespace in HTML source is one space, except inside ``<pre>``."""
-    from bs4 import NavigableString
+    Tags arrive as balanced start and end events (the parser closes what the page left
+    open), so two counters say whether the text is inside a dropped element or a
+    ``<pre>``; nothing looks at an element's ancestors or descendants."""
 
-    for string in list(soup.find_all(string=True)):
-        if type(string) is not NavigableString or string.find_parent("pre") is not None:
-            continue  # comments, doctypes and friends are not text; <pre> keeps its lines
-        collapsed = re.sub(r"\s+", " ", str(string))
-        if collapsed != string:
-            string.replace_with(collapsed)
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.pieces: list[str] = []
+        self.depth = 0
+        self.elements = 0
+        self.dropped = 0  # >0: inside an element whose text is not document text
+        self.pre = 0  # >0: inside <pre>, whose whitespace is kept
+
+    def start(self, tag: str, attrib: Mapping[str, str]) -> None:
+        self.depth += 1
+        self.elements += 1
+        if self.depth > self.limits.depth:
+            raise PermanentError(
+                f"the HTML nests elements more than {self.limits.depth:,} deep"
+                " (RAYPIPE_MAX_DOCUMENT_DEPTH)"
+            )
+        if self.elements > self.limits.nodes:
+            raise PermanentError(
+                f"the HTML has more than {self.limits.nodes:,} elements"
+                " (RAYPIPE_MAX_DOCUMENT_NODES)"
+            )
+        if self.dropped or tag in HTML_DROPPED:
+            self.dropped += 1
+        elif tag in HTML_BLOCKS:
+            self.pieces.append("\n\n")
+        elif tag == "br":
+            self.pieces.append("\n")
+        elif tag == "img":
+            self.pieces.append(_SOURCE_SPACE.sub(" ", attrib.get("alt") or ""))
+        if tag == "pre":
+            self.pre += 1
+
+    def end(self, tag: str) -> None:
+        self.depth -= 1
+        if tag == "pre":
+            self.pre -= 1
+        if self.dropped:
+            self.dropped -= 1
+        elif tag in HTML_BLOCKS:
+            self.pieces.append("\n\n")
+        elif tag in HTML_CELLS:
+            self.pieces.append(" ")
+
+    def data(self, text: str) -> None:
+        if not self.dropped:
+            # Whitespace in HTML source is one space, except inside <pre>.
+            self.pieces.append(text if self.pre else _SOURCE_SPACE.sub(" ", text))
+
+    def close(self) -> None:
+        """Called by the parser at the end; the text is read with :meth:`text`."""
+
+    def text(self) -> str:
+        return normalize_whitespace("".join(self.pieces))
 
 
 def pdf_text(data: bytes, limits: Limits) -> str:
@@ -255,11 +335,14 @@ def pdf_text(data: bytes, limits: Limits) -> str:
         except PermanentError:
             raise
         except (FileNotDecryptedError, DependencyError) as exc:
-            raise PermanentError(f"the PDF is encrypted and cannot be opened: {exc}") from None
+            raise PermanentError(
+                f"the PDF is encrypted and cannot be opened: {reason(exc)}"
+            ) from None
         except (PyPdfError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             # Corrupt files surface as whatever the parser tripped over.
             raise PermanentError(
-                f"the PDF cannot be read (corrupt or truncated): {type(exc).__name__}: {exc}"
+                f"the PDF cannot be read (corrupt or truncated): {type(exc).__name__}:"
+                f" {reason(exc)}"
             ) from None
     text = normalize_whitespace("\n".join(pages))
     _bound(len(text), limits.chars)

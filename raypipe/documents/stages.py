@@ -1,5 +1,11 @@
 """Stage bookkeeping for a job made of several steps: each stage's status, start, duration
-and error, for the job's result, and errors that say which stage they came from."""
+and error, for the job's result, and errors that say which stage they came from.
+
+Each stage runs within a CPU-time budget (``RAYPIPE_MAX_DOCUMENT_STAGE_CPU_S``) wherever it
+runs, here or in a Ray task: work a document's size or shape makes too long fails the job
+with a permanent error naming the setting, rather than being tried again until the job's
+timeout and attempts run out.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
-from raypipe.exceptions import PermanentError, RetryableError
+from raypipe.cpu_budget import cpu_budget
+from raypipe.exceptions import PermanentError, RetryableError, reason
+
+T = TypeVar("T")
+#: The setting a stage's CPU budget comes from, named when a stage runs out of it.
+STAGE_CPU_SETTING = "RAYPIPE_MAX_DOCUMENT_STAGE_CPU_S"
 
 
 @dataclass(frozen=True)
@@ -23,13 +34,21 @@ class StageOutcome:
     error: Exception | None = None
 
 
-def run_timed(fn: Callable[..., Any], *args: Any) -> StageOutcome:
-    """Call ``fn(*args)`` and time it, returning its error instead of raising it, so one
-    failing branch of a fan-out does not hide how its sibling went."""
+def budgeted(cpu_s: float | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` within a stage's CPU budget of ``cpu_s`` seconds (``None``: none), on
+    whichever thread calls it: how a stage sent to a Ray task keeps its budget there."""
+    with cpu_budget(cpu_s, STAGE_CPU_SETTING):
+        return fn(*args)
+
+
+def run_timed(fn: Callable[..., Any], *args: Any, cpu_s: float | None = None) -> StageOutcome:
+    """Call ``fn(*args)`` within ``cpu_s`` of CPU time (see :func:`budgeted`) and time it,
+    returning its error instead of raising it, so one failing branch of a fan-out does
+    not hide how its sibling went."""
     started_at = _now()
     began = time.perf_counter()
     try:
-        value = fn(*args)
+        value = budgeted(cpu_s, fn, *args)
     except Exception as exc:
         return StageOutcome(started_at, time.perf_counter() - began, error=exc)
     return StageOutcome(started_at, time.perf_counter() - began, value=value)
@@ -48,20 +67,24 @@ def in_stage(name: str, exc: Exception) -> Exception:
 
 
 class StageLog:
-    """Records stages as they run; :meth:`as_dict` is the ``stages`` field of a result."""
+    """Records stages as they run; :meth:`as_dict` is the ``stages`` field of a result.
+    ``cpu_s``: each stage's CPU budget on the thread that runs its block."""
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, names: Sequence[str], cpu_s: float | None = None):
         self.names = tuple(names)
+        self.cpu_s = cpu_s
         self.records: dict[str, dict[str, Any]] = {}
 
     @contextmanager
-    def run(self, name: str) -> Iterator[None]:
-        """Time the block as stage ``name``; an error is recorded, then re-raised with
-        the stage named (see :func:`in_stage`)."""
+    def run(self, name: str, budgeted: bool = True) -> Iterator[None]:
+        """Time the block as stage ``name``, within the CPU budget unless not ``budgeted``
+        (a stage whose work is bounded elsewhere); an error is recorded, then re-raised
+        with the stage named (see :func:`in_stage`)."""
         started_at = _now()
         began = time.perf_counter()
         try:
-            yield
+            with cpu_budget(self.cpu_s if budgeted else None, STAGE_CPU_SETTING):
+                yield
         except Exception as exc:
             self.record(name, StageOutcome(started_at, time.perf_counter() - began, error=exc))
             named = in_stage(name, exc)
@@ -89,7 +112,7 @@ class StageLog:
             "status": "failed" if error is not None else "completed",
             "started_at": outcome.started_at,
             "duration_s": round(outcome.duration_s, 6),
-            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "error": None if error is None else f"{type(error).__name__}: {reason(error)}",
         }
 
     def skip_remaining(self) -> None:

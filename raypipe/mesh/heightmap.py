@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from raypipe.exceptions import PermanentError
+from raypipe.exceptions import PermanentError, reason
 
 #: What Pillow's format plugins raise on bytes they cannot make sense of.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
@@ -54,7 +54,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
             f" (mesh_max_pixels) or Pillow's {Image.MAX_IMAGE_PIXELS} (Image.MAX_IMAGE_PIXELS)"
         ) from None
     except DECODE_ERRORS as exc:
-        raise PermanentError(f"payload.image: not a readable image ({exc})") from None
+        raise PermanentError(f"payload.image: not a readable image ({reason(exc)})") from None
 
 
 def luminance(image: Image.Image) -> np.ndarray:

@@ -31,13 +31,16 @@ class SleepPayload(BaseModel):
 
 @processor("sleep", num_cpus=1)
 def sleep(payload: SleepPayload, ctx: JobContext) -> dict[str, float]:
-    """Sleeps in steps, reporting progress after each: a stand-in for long work."""
+    """Sleeps in steps, reporting progress and logging ``step i/n`` after each: a stand-in
+    for long work, and the simplest job whose log and progress a client can follow."""
     step = payload.seconds / payload.steps
     for done in range(1, payload.steps + 1):
         if ctx.is_cancelled():
             break
         time.sleep(step)
-        ctx.progress(100.0 * done / payload.steps, f"step {done}/{payload.steps}", stage="sleep")
+        message = f"step {done}/{payload.steps}"
+        ctx.progress(100.0 * done / payload.steps, message, stage="sleep")
+        ctx.logger.info(message)
     return {"slept": payload.seconds}
 
 

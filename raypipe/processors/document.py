@@ -3,7 +3,9 @@
 The job runs as a small DAG: ``extract`` (in a Ray task, except for plain text) → ``chunk``
 (here: cheap) → ``embed`` (the ``embeddings`` pool) → ``keywords`` and ``summary`` side by
 side in Ray tasks. It declares one CPU: Ray lends it to the stage tasks while the processor
-waits on them, so a document never needs more than admission gave it.
+waits on them, so a document never needs more than admission gave it. Each stage but
+``embed`` has a CPU budget (``RAYPIPE_MAX_DOCUMENT_STAGE_CPU_S``) where its work runs, in a
+task or here.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from raypipe.documents.chunking import chunk_text, unshared_texts
 from raypipe.documents.extract import Limits, extract_text, resolve_format
 from raypipe.documents.keywords import top_keywords
 from raypipe.documents.sentences import split_sentences
-from raypipe.documents.stages import StageLog, StageOutcome, run_timed
+from raypipe.documents.stages import StageLog, StageOutcome, budgeted, run_timed
 from raypipe.documents.summary import candidate_sentences, summarize
 from raypipe.processors.inputs import check_input_url, load_input
 from raypipe.registry import processor
@@ -100,11 +102,12 @@ class DocumentPayload(BaseModel):
 @processor("document.process", queue="documents", num_cpus=1, uses=("embeddings",))
 def process_document(payload: DocumentPayload, ctx: JobContext) -> dict[str, Any]:
     """Extract a document's text, chunk and embed it, and find its keywords and summary."""
-    stages = StageLog(STAGES)
+    cpu_s = ctx.settings.max_document_stage_cpu_s
+    stages = StageLog(STAGES, cpu_s)
 
     with stages.run("extract"):
         ctx.progress(PROGRESS["extract"], "reading the document", stage="extract")
-        fmt, text = _extract(payload, ctx)
+        fmt, text = _extract(payload, ctx, cpu_s)
         ctx.write_artifact("text.txt", text)
     if ctx.is_cancelled():
         return _stopped(stages)
@@ -120,7 +123,9 @@ def process_document(payload: DocumentPayload, ctx: JobContext) -> dict[str, Any
     if ctx.is_cancelled():
         return _stopped(stages)
 
-    with stages.run("embed"):
+    # The model's work is the pool's, bounded by the document's text (and run here only by
+    # a local runner): no budget on this thread's share of it.
+    with stages.run("embed", budgeted=False):
         chunk_vectors, sentence_vectors, model = _embed(ctx, chunk_texts, candidates)
         ctx.write_artifact("chunk_embeddings.npy", _npy(chunk_vectors))
     if ctx.is_cancelled():
@@ -129,6 +134,7 @@ def process_document(payload: DocumentPayload, ctx: JobContext) -> dict[str, Any
     ctx.progress(PROGRESS["analyse"], "keywords and summary", stage="keywords+summary")
     outcomes = _analyse(
         ctx,
+        cpu_s,
         keywords=partial(top_keywords, unshared_texts(text, chunks), payload.keywords),
         summary=partial(
             summarize,
@@ -154,9 +160,9 @@ def process_document(payload: DocumentPayload, ctx: JobContext) -> dict[str, Any
     }
 
 
-def _extract(payload: DocumentPayload, ctx: JobContext) -> tuple[str, str]:
-    """(format, text). Parsing runs in a Ray task of its own, as a large PDF or page is
-    seconds of CPU; plain text only needs decoding."""
+def _extract(payload: DocumentPayload, ctx: JobContext, cpu_s: float) -> tuple[str, str]:
+    """(format, text). Parsing runs in a Ray task of its own, within the stage's CPU budget
+    there, as a large PDF or page is seconds of CPU; plain text only needs decoding."""
     if payload.text is not None:
         fmt = resolve_format(payload.format, payload.filename, None)
         data: bytes | str = payload.text
@@ -172,7 +178,7 @@ def _extract(payload: DocumentPayload, ctx: JobContext) -> tuple[str, str]:
     limits = Limits.of(ctx.settings)
     if fmt == "txt":
         return fmt, extract_text(data, fmt, limits)
-    return fmt, ctx.parallel([partial(extract_text, data, fmt, limits)])[0]
+    return fmt, ctx.parallel([partial(budgeted, cpu_s, extract_text, data, fmt, limits)])[0]
 
 
 def _source_name(payload: DocumentPayload) -> str | None:
@@ -203,8 +209,11 @@ def _embed(
     return vectors, np.asarray(embedded.vectors, dtype=np.float32), chunks.model
 
 
-def _analyse(ctx: JobContext, **branches: Callable[[], Any]) -> dict[str, StageOutcome]:
-    """Run the branches side by side (Ray tasks), each timed on its own, with progress."""
+def _analyse(
+    ctx: JobContext, cpu_s: float, **branches: Callable[[], Any]
+) -> dict[str, StageOutcome]:
+    """Run the branches side by side (Ray tasks), each timed and budgeted on its own, with
+    progress."""
     names = list(branches)
     finished: list[str] = []
     span = PROGRESS["done"] - PROGRESS["analyse"]
@@ -215,7 +224,7 @@ def _analyse(ctx: JobContext, **branches: Callable[[], Any]) -> dict[str, StageO
             PROGRESS["analyse"] + span * len(finished) / len(names), f"{names[index]} done"
         )
 
-    calls = [partial(run_timed, branches[name]) for name in names]
+    calls = [partial(run_timed, branches[name], cpu_s=cpu_s) for name in names]
     return dict(zip(names, ctx.parallel(calls, on_done=done), strict=True))
 
 

@@ -45,10 +45,12 @@ def decode_b64(value: str, where: str) -> bytes:
 def check_input_url(value: str | None, info: ValidationInfo) -> str | None:
     """Validator of payload URL fields: the outbound guard's checks that need no DNS, so
     a URL that can never be fetched is a 422 at submission, not a failed job. Literal
-    addresses are judged by the settings in the validation context, when there are any."""
+    addresses are judged by the input fetches' allow-list of the settings in the validation
+    context, when there are any."""
     if value is not None:
         try:
-            outbound.check_url(value, (info.context or {}).get("settings"))
+            settings = (info.context or {}).get("settings")
+            outbound.check_url(value, settings, outbound.Purpose.FETCH)
         except OutboundRefused as exc:
             raise ValueError(exc.message) from None
     return value

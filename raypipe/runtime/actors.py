@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
+from ray.job_config import JobConfig
 
 from raypipe.config import Settings
 from raypipe.exceptions import InvalidInput, NotRunning
@@ -23,8 +24,9 @@ def init_ray(settings: Settings, *, start_local: bool = False, owner: bool = Fal
     """Connect this process to the running Ray cluster, or start one in-process if allowed.
 
     ``owner``: this process starts raypipe's actors, whose processes (and their workers)
-    log as its Ray job is configured (:func:`logging_config`); other processes (the CLI's
-    wake-ups) keep their terminal's plain logging."""
+    log as its Ray job is configured (:func:`logging_config`); this process keeps its
+    own logging all the same (the CLI's output stays plain), and so do other processes
+    (the CLI's wake-ups)."""
     if ray.is_initialized():
         return
     if not head.ray_running(settings):
@@ -35,13 +37,17 @@ def init_ray(settings: Settings, *, start_local: bool = False, owner: bool = Fal
         _start_in_process(settings)
         return
     head.use_local_ray_token()
+    # The job's configuration, not ray.init(logging_config=...), which also turns this
+    # process's root logger into a JSON stream at INFO.
+    job = JobConfig()
+    job.set_py_logging_config(logging_config(settings) if owner else None)
     try:
         ray.init(
             address=settings.ray_address,
             namespace=settings.namespace,
             logging_level=logging.WARNING,
             configure_logging=False,
-            logging_config=logging_config(settings) if owner else None,
+            job_config=job,
         )
     except ConnectionError as exc:
         raise NotRunning(f"could not join Ray at {settings.ray_address!r}: {exc}") from exc

@@ -34,7 +34,7 @@ from raypipe.jobs import (
 )
 from raypipe.registry import ProcessorSpec
 from raypipe.retry import ErrorKind, failure_outcome
-from raypipe.runtime.executor import Event, Started, default_policy, run_task
+from raypipe.runtime.executor import AttemptResult, Event, Started, default_policy, run_task
 from raypipe.runtime.names import DISPATCHER_ACTOR, PROGRESS_ACTOR
 from raypipe.runtime.pools import Member, Pool
 from raypipe.store import Candidate, DispatchStore, schema_version
@@ -647,7 +647,7 @@ class Dispatcher:
         ends = [
             metrics.Ended(
                 run.job,
-                self._outcome(run),
+                _with_logs(self._outcome(run), run.result),
                 (run.ended or run.started) - run.started if run.started is not None else 0.0,
             )
             for run in done
@@ -889,6 +889,15 @@ class Dispatcher:
             except ValueError:
                 return None
         return self._progress
+
+
+def _with_logs(outcome: Outcome, result: AttemptResult | None) -> Outcome:
+    """``outcome`` with the log lines its attempt had not shipped when it ended, to be
+    written in the same transaction: whatever decided the outcome (a stop wins over a late
+    result), the attempt logged them."""
+    if result is None or not result.logs:
+        return outcome
+    return dataclasses.replace(outcome, logs=result.logs)
 
 
 def _system_error(exc: RayError) -> ErrorInfo:

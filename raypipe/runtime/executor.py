@@ -41,6 +41,8 @@ class AttemptResult:
     message: str | None = None
     stage: str | None = None
     artifacts: tuple[dict[str, Any], ...] = ()
+    #: The attempt's log lines not shipped when it ended: written with its outcome.
+    logs: tuple[job_logs.LogLine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,6 @@ def run_attempt(
         cancelled=lambda: reporter.is_cancelled(job.id) or bool(stopped and stopped(job.id)),
         runner=runner,
     )
-    completed = False
     fields = job_logs.job_fields(job.id, job.attempt, job.type, job.queue, job.tenant)
     try:
         with tracing.span(
@@ -153,18 +154,22 @@ def run_attempt(
             if inspect.isawaitable(value):
                 value = asyncio.run(_awaited(value))
             result = _jsonable(value)
-        completed = True
     except Exception as exc:
-        return _failure(exc, classify(exc, spec.retry or default_policy(settings)))
+        _, lines = reporter.end(job.id, job.attempt, completed=False)
+        return _failure(exc, classify(exc, spec.retry or default_policy(settings)), lines)
+    except BaseException:  # interrupted: no outcome of this worker's carries its last lines
+        reporter.end(job.id, job.attempt, completed=False, carried=False)
+        raise
     finally:
-        last = reporter.end(job.id, job.attempt, completed)
         _settle()
+    last, lines = reporter.end(job.id, job.attempt, completed=True)
     return AttemptResult(
         ok=True,
         result=result,
         message=last.message if last else None,
         stage=last.stage if last else None,
         artifacts=tuple(info.to_dict() for info in ctx.artifacts.values()),
+        logs=lines,
     )
 
 
@@ -184,11 +189,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _failure(exc: BaseException, kind: ErrorKind) -> AttemptResult:
+def _failure(
+    exc: BaseException, kind: ErrorKind, logs: tuple[job_logs.LogLine, ...] = ()
+) -> AttemptResult:
     trace = "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
     return AttemptResult(
         ok=False,
         kind=kind,
         error=ErrorInfo(type(exc).__name__, str(exc) or type(exc).__name__, trace),
         delay_s=getattr(exc, "delay_s", None),
+        logs=logs,
     )

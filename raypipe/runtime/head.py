@@ -3,6 +3,13 @@ only the one raypipe started.
 
 ``ray.init(address=...)`` retries for minutes when nothing listens at the address, so
 raypipe looks for a listening GCS port first and only then joins Ray.
+
+``ray start`` names its head in Ray's current-cluster file (``/tmp/ray/ray_current_cluster``),
+which ``ray status``, ``ray.init()`` and ``address="auto"`` read; ``ray stop`` deletes it.
+Stopping the head raypipe started does the same, but only while the file still names that
+head (another ``ray start`` since then keeps its own), and it names again the cluster it
+named before ``raypipe up`` when that one still answers: left behind, it makes
+``ray status`` wait ~30 s on the stopped head and a bare ``ray.init()`` try to join it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from raypipe.config import Settings
@@ -100,6 +108,7 @@ def start_head(settings: Settings) -> bool:
     ]
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
+    before = read_pointer()
     done = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
     )
@@ -108,8 +117,20 @@ def start_head(settings: Settings) -> bool:
         raise NotRunning(f"`ray start` failed: {lines[-1] if lines else done.returncode}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     marker = settings.data_dir / STARTED_MARKER
-    marker.write_text(json.dumps({"port": settings.ray_port}))
+    marker.write_text(json.dumps(started_record(settings.ray_port, before, read_pointer())))
     return True
+
+
+def started_record(port: int, before: str | None, after: str | None) -> dict[str, Any]:
+    """What the marker keeps of a head `start_head` started: its GCS port, the address
+    ``ray start`` wrote to the current-cluster file (when it names that port), and the
+    address the file named before."""
+    record: dict[str, Any] = {"port": port}
+    if after and _port_of(after) == port:
+        record["address"] = after
+        if before and before != after:
+            record["previous"] = before
+    return record
 
 
 def started_here(settings: Settings) -> bool:
@@ -121,18 +142,79 @@ def stop_head(settings: Settings) -> bool:
     it did.
 
     Unlike ``ray stop``, which ends every Ray process on the machine, this ends only the
-    processes of the head on the recorded GCS port, and their children (workers, agents).
+    processes of the head on the recorded GCS port, and their children (workers, agents);
+    like it, it clears Ray's current-cluster file, if that still names this head.
     """
     marker = settings.data_dir / STARTED_MARKER
     if not marker.exists():
         return False
     try:
-        port = int(json.loads(marker.read_text() or "{}").get("port", settings.ray_port))
+        record = json.loads(marker.read_text() or "{}")
+        port = int(record.get("port", settings.ray_port))
     except (ValueError, AttributeError):
-        port = settings.ray_port
+        record, port = {}, settings.ray_port
     _terminate(_head_processes(port))
+    release_pointer(record, port)
     marker.unlink(missing_ok=True)
     return True
+
+
+# -- Ray's current-cluster file -----------------------------------------------------------
+
+
+def pointer_file() -> Path | None:
+    """Ray's current-cluster file, where ``ray start`` writes its head's address (None if
+    Ray's private API moved: then raypipe leaves the file to Ray)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:
+        return None
+    return Path(get_ray_address_file(None))
+
+
+def read_pointer() -> str | None:
+    """The address Ray's current-cluster file names, if any."""
+    path = pointer_file()
+    try:
+        return (path.read_text().strip() or None) if path else None
+    except OSError:
+        return None
+
+
+def release_pointer(record: Mapping[str, Any], port: int) -> None:
+    """After its head stopped, make Ray's current-cluster file stop naming it, as
+    ``ray stop`` does; leave the file alone when it names another cluster.
+
+    ``record`` is what `start_head` kept (:func:`started_record`); a marker without an
+    address (written before raypipe kept one) matches a file naming ``port`` that no
+    longer answers."""
+    path = pointer_file()
+    named = read_pointer()
+    if path is None or named is None:
+        return
+    ours = record.get("address")
+    if ours is not None:
+        if named != ours:
+            return
+    elif _port_of(named) != port or _answers(named):
+        return
+    previous = record.get("previous")
+    with contextlib.suppress(OSError):
+        if isinstance(previous, str) and _answers(previous):
+            path.write_text(previous)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _port_of(address: str) -> int | None:
+    _host, sep, port = address.rpartition(":")
+    return int(port) if sep and port.isdigit() else None
+
+
+def _answers(address: str) -> bool:
+    host, _sep, _port = address.rpartition(":")
+    port = _port_of(address)
+    return port is not None and _port_open(host or "127.0.0.1", port)
 
 
 def _head_processes(port: int) -> list[Any]:

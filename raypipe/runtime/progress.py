@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -24,22 +26,31 @@ log = logging.getLogger(__name__)
 
 #: How many finished jobs' last states the actor keeps for late readers.
 FINISHED_KEPT = 10_000
-#: Least time between two sends of a reporter: a job logging in a tight loop is shipped in
-#: batches, not one actor call per line.
+#: How old a logged line is when it is shipped, and the least time between two sends: a
+#: job logging in a tight loop is shipped in batches, not one actor call per line, and an
+#: attempt that ends sooner after its lines carries them in its outcome (no actor call,
+#: nothing to wait for).
 SEND_GAP_S = 0.05
+#: The longest an ended attempt waits for its shipped lines to be written before its
+#: outcome goes (only the actor or the database being away makes it wait that long).
+LOG_WRITE_WAIT_S = 10.0
 #: Log lines the actor holds while the database is away; beyond, the oldest are dropped.
 LOG_BACKLOG_MAX = 200_000
 
 
 class ProgressReporter:
     """Ships the newest progress of each job in this process once per interval, and the
-    lines its jobs log as soon as they are logged.
+    lines its jobs log soon after they are logged.
 
     A processor's ``ctx.progress()`` only replaces an entry in a dict; a daemon
     thread sends whatever changed in one fire-and-forget actor call, and learns
-    from the previous call's answer which of its jobs were cancelled. A logged line wakes
-    the thread at once: what a worker logs is with the actor within moments (at most
-    ``SEND_GAP_S`` behind), not only when its attempt ends, so a crash keeps it.
+    from the previous call's answer which of its jobs were cancelled. What a worker logs
+    is with the actor ``SEND_GAP_S`` (to twice that) later, not only when its attempt
+    ends, so a crash keeps it.
+
+    An attempt's log is complete by the time its end can be read: when it ends, the lines
+    it has not shipped travel in its outcome (written in the transaction that records
+    it), and if it shipped some, :meth:`end` waits until the actor has written them.
     """
 
     def __init__(self, actor: ray.actor.ActorHandle, interval_s: float, log_max_bytes: int):
@@ -53,6 +64,11 @@ class ProgressReporter:
         self._cancelled: set[str] = set()
         self._last_ref: ray.ObjectRef | None = None
         self._thread: threading.Thread | None = None
+        #: Held while lines are taken and sent: an ending attempt then sees each of its
+        #: lines either still pending or in a call listed in ``_log_calls``.
+        self._shipping = threading.Lock()
+        #: Log calls sent whose taking by the actor was not seen yet.
+        self._log_calls: list[ray.ObjectRef] = []
 
     def report(self, state: ProgressState) -> None:
         with self._lock:
@@ -72,36 +88,80 @@ class ProgressReporter:
                 )
                 self._thread.start()
 
-    def end(self, job_id: str, attempt: int, completed: bool) -> ProgressState | None:
+    def end(
+        self, job_id: str, attempt: int, completed: bool, carried: bool = True
+    ) -> tuple[ProgressState | None, tuple[LogLine, ...]]:
         """The attempt ended: its last report, handed back with a completed attempt's result
-        (a report sent as the attempt ends would reach the database after its outcome).
+        (a report sent as the attempt ends would reach the database after its outcome),
+        and its log lines not shipped yet, for its outcome to carry.
 
         A completed attempt's unsent report is that last one, which its outcome carries,
         so it is not sent as well (for jobs shorter than the report interval, one actor
         message and one write per job saved); a failed attempt's is sent now, as its
-        outcome carries no progress. Its log lines not shipped yet go now."""
+        outcome carries no progress. Lines it shipped before are written before this
+        returns (an attempt that logged nothing, or only just before it ended, waits for
+        nothing). ``carried=False``: no outcome will carry its lines (it was interrupted),
+        so they are written now as well."""
         with self._lock:
             last = self._last.pop(job_id, None)
             if completed:
                 self._pending.pop(job_id, None)
-        if not completed or self.logs.has_pending():
-            self.flush()
-        self.logs.end(job_id, attempt)
-        return last
+        with self._shipping:
+            tail = self.logs.end(job_id, attempt)
+            sent = list(self._log_calls) if tail.shipped else []
+        if not completed:
+            self._send_progress()
+        lines = () if carried else tail.lines
+        if tail.shipped or lines:
+            self._write_now(sent, lines, [tail.trim] if tail.trim else [])
+        return last, tail.lines if carried else ()
+
+    def _write_now(
+        self, sent: list[ray.ObjectRef], lines: Sequence[LogLine], trims: list[Trim]
+    ) -> None:
+        """Have the actor write ``lines`` with what it holds, once it took the log calls
+        ``sent`` before: an attempt's lines then reach the database before its outcome."""
+        try:
+            if sent:
+                ray.wait(sent, num_returns=len(sent), timeout=LOG_WRITE_WAIT_S)
+            written = (
+                ray.get(self._actor.write_logs.remote(lines, trims), timeout=LOG_WRITE_WAIT_S)
+                is True
+            )
+        except ray.exceptions.RayError:
+            written = False
+        if not written:
+            log.warning(
+                "an attempt's log lines could not be written before its end: they follow"
+                " when the progress actor and the database can take them"
+            )
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled
 
     def flush(self) -> None:
-        """Send what is pending now (also called when an attempt ends)."""
+        """Send the progress and the log lines pending now."""
+        self._send_progress()
+        self._send_logs()
+
+    def _send_progress(self) -> None:
         self._collect_cancellations()
         with self._lock:
             batch, self._pending = list(self._pending.values()), {}
         if batch:
             self._last_ref = self._actor.report.remote([s.to_dict() for s in batch])
-        lines, trims = self.logs.take()
-        if lines or trims:
-            self._actor.log.remote(lines, trims)
+
+    def _send_logs(self, logged_by: float = math.inf) -> bool:
+        """Ship the lines logged by ``logged_by``; whether there were any."""
+        with self._shipping:
+            lines, trims = self.logs.take(logged_by)
+            if not lines and not trims:
+                return False
+            calls = self._log_calls
+            if calls:
+                _, calls = ray.wait(calls, num_returns=len(calls), timeout=0)
+            self._log_calls = [*calls, self._actor.log.remote(lines, trims)]
+            return True
 
     def _collect_cancellations(self) -> None:
         ref = self._last_ref
@@ -116,14 +176,23 @@ class ProgressReporter:
                 log.warning("progress actor unavailable; reports will resume when it is back")
 
     def _run(self) -> None:
+        sent_at = -math.inf
         while True:
-            self._wake.wait(self._interval_s)
+            # Until the interval's progress, or the oldest line waiting is SEND_GAP_S old
+            # and as long has passed since the last send.
+            oldest = self.logs.oldest()
+            pause = self._interval_s
+            if oldest is not None:
+                pause = min(pause, max(oldest, sent_at) + SEND_GAP_S - time.monotonic())
+            if pause > 0:
+                self._wake.wait(pause)
             self._wake.clear()
             try:
-                self.flush()
+                self._send_progress()
+                if self._send_logs(time.monotonic() - SEND_GAP_S):
+                    sent_at = time.monotonic()
             except Exception:  # keep reporting alive whatever one send did
                 log.exception("progress flush failed")
-            time.sleep(SEND_GAP_S)
 
 
 class ProgressActor:
@@ -244,15 +313,22 @@ class ProgressActor:
                 self._finished.popitem(last=False)
         async with changed:
             changed.notify_all()
-        await self.flush_logs()  # an ended job's last lines reach readers with its status
+        await self.flush_logs()  # what crashed attempts shipped reaches readers soon after
 
-    async def flush_logs(self) -> None:
-        """Write the log lines and trims held now (one flush at a time, in order)."""
+    async def write_logs(self, lines: list[LogLine], trims: list[Trim]) -> bool:
+        """Take an ended attempt's last lines and trims, and write them with everything held
+        now: its worker waits for this before its outcome goes. Whether they are written."""
+        await self.log(lines, trims)
+        return await self.flush_logs()
+
+    async def flush_logs(self) -> bool:
+        """Write the log lines and trims held now (one flush at a time, in order); whether
+        they are written (else they are kept for the next flush)."""
         async with self._log_lock:
             lines, self._log_lines = self._log_lines, []
             trims, self._log_trims = list(self._log_trims.values()), {}
             if not lines and not trims:
-                return
+                return True
             if self._logs is None:
                 self._logs = LogStore(self._dispatch_store().engine)
             loop = asyncio.get_running_loop()
@@ -265,8 +341,9 @@ class ProgressActor:
                 self._log_lines[:0] = lines
                 for trim in trims:
                     self._log_trims.setdefault((trim.job_id, trim.attempt), trim)
-                return
+                return False
             self._log_flush_failing = False
+            return True
 
     def _dispatch_store(self) -> DispatchStore:
         if self._store is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from raypipe.exceptions import NotFound
 from raypipe.job_logs import LogLine, Trim
@@ -48,6 +48,25 @@ def attempt_of(job: JobRecord, attempt: int | None) -> int:
     return attempt
 
 
+def insert(conn: Connection, lines: Sequence[LogLine]) -> None:
+    """Write lines of existing jobs in ``conn``'s transaction; a line written before (a
+    resent batch) is kept once. Nothing is sent when there are none: the dispatcher records
+    every outcome through here, and most attempts log nothing."""
+    if lines:
+        rows = [
+            {
+                "job_id": line.job_id,
+                "attempt": line.attempt,
+                "seq": line.seq,
+                "ts": line.ts,
+                "level": line.level,
+                "message": line.message,
+            }
+            for line in lines
+        ]
+        conn.execute(upsert(conn, job_logs).on_conflict_do_nothing(), rows)
+
+
 class LogStore:
     """Writes the lines workers ship and reads them back."""
 
@@ -63,20 +82,7 @@ class LogStore:
             return
         with self.engine.begin() as conn:
             alive = set(conn.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids))))
-            rows = [
-                {
-                    "job_id": line.job_id,
-                    "attempt": line.attempt,
-                    "seq": line.seq,
-                    "ts": line.ts,
-                    "level": line.level,
-                    "message": line.message,
-                }
-                for line in lines
-                if line.job_id in alive
-            ]
-            if rows:
-                conn.execute(upsert(conn, job_logs).on_conflict_do_nothing(), rows)
+            insert(conn, [line for line in lines if line.job_id in alive])
             for trim in trims:
                 conn.execute(
                     sa.delete(job_logs).where(

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Row
 
 from raypipe.followups import follow_up_row
 from raypipe.jobs import CANCELLED_ON_REQUEST, AttemptStatus, ErrorInfo, JobStatus, Outcome
-from raypipe.store import completion
+from raypipe.store import completion, logs
 from raypipe.store.tables import HELD, UNHELD_QUEUED, attempts, job_events, jobs
 
 #: Ids per statement that lists them: well under SQLite's limit on bound parameters.
@@ -180,6 +180,9 @@ def advance(
     events += [_end_event(current[o.job_id], o, now) for o in ended]
     if events:
         conn.execute(job_events.insert(), events)
+    # An attempt's last lines, stale or not (it logged them), land with its outcome: its
+    # log is complete by the time its end can be read.
+    logs.insert(conn, [line for o in outcomes if o.job_id in current for line in o.logs])
     _follow_up(conn, ended, current, now, add)
     batch_ids = {current[o.job_id].batch_id for o in ended if o.status.is_terminal}
     completion.settle(conn, batch_ids, now, add)

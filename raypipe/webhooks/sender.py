@@ -145,7 +145,13 @@ async def _post(
     """POST through the outbound guard (no redirects); the answer and its first bytes."""
     headers = signing.headers(secret, delivery.id, delivery.body, now)
     response = await outbound.send(
-        http, "POST", delivery.url, settings, headers=headers, content=delivery.body.encode()
+        http,
+        "POST",
+        delivery.url,
+        settings,
+        outbound.Purpose.WEBHOOK,
+        headers=headers,
+        content=delivery.body.encode(),
     )
     head = bytearray()
     try:

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.conftest import wait_for
 from tests.helpers.commands import (
     Done,
     Raypipe,
+    gcs_addresses,
     gcs_processes,
     port_open,
     running_head,
@@ -42,10 +44,38 @@ def raypipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Raypipe]:
 
 # -- up, migrate ------------------------------------------------------------------------
 
+#: Serve's own lines about its controller, proxy and routes, as Ray streams them from
+#: Serve's actors to the driver (``(ProxyActor pid=…) INFO 2026-… proxy 10.0.0.1 -- Got
+#: updated endpoints: …``; without the prefix when the job logs JSON) and as the driver's
+#: ``ray.serve`` logger prints them (``INFO 2026-… serve 1234 -- Application 'raypipe' is
+#: ready at …``). They belong in the session's log files, not on the terminal.
+SERVE_CHATTER = re.compile(
+    r"ServeController|ProxyActor|ServeReplica|Got updated endpoints|RoutePattern"
+    r"|\b(DEBUG|INFO) \d{4}-\d\d-\d\d [\d:,]+ (serve|proxy|controller) "
+)
+#: What `raypipe up` itself prints on stdout, one line each.
+UP_LINES = ("raypipe is up: ", "job types: ", "API on http://", "API key (admin, ")
+
+
+def serve_chatter(done: Done) -> list[str]:
+    return [line for line in (done.stdout + done.stderr).splitlines() if SERVE_CHATTER.search(line)]
+
+
+def test_up_prints_raypipes_lines_not_serves(raypipe: Raypipe) -> None:
+    done = raypipe.started
+    assert done is not None
+    assert serve_chatter(done) == [], done.describe()
+    lines = done.stdout.splitlines()
+    assert [line.startswith(UP_LINES) for line in lines] == [True] * 4, done.describe()
+    assert f"API on http://127.0.0.1:{raypipe.env['RAYPIPE_API_PORT']}" in done.stdout
+
 
 def test_up_twice_joins_the_running_head(raypipe: Raypipe) -> None:
     done = raypipe.ok("up")
     assert f"joined Ray at 127.0.0.1:{raypipe.port}" in done.stdout
+    # Serve's "connecting to the existing Serve app" and its redeploy stay in its logs.
+    assert serve_chatter(done) == [], done.describe()
+    assert all(line.startswith(UP_LINES) for line in done.stdout.splitlines()), done.describe()
     # Every extra is installed here: every built-in runs, none is missing.
     [types] = [line for line in done.stdout.splitlines() if line.startswith("job types: ")]
     assert {"noop", "embed.texts", "mesh.from_image", "document.process"} <= set(
@@ -390,6 +420,7 @@ def test_down_stops_only_its_own_head(raypipe: Raypipe) -> None:
         wait_for(started, what="the sleep job to start")
         done = raypipe.ok("down")
         assert "stopped Ray" in done.stdout, done.describe()
+        assert serve_chatter(done) == [], done.describe()
         finished = raypipe.ok("show", job_id, "--json").json()
         assert isinstance(finished, dict), finished
         assert (finished["status"], finished["attempt"]) == ("completed", 1)
@@ -413,3 +444,47 @@ def test_down_stops_only_its_own_head(raypipe: Raypipe) -> None:
         for bystander in bystanders:
             bystander.kill()
             bystander.wait()
+
+
+def test_after_down_ray_finds_no_stopped_head(raypipe: Raypipe) -> None:
+    """`ray start` (inside `raypipe up`) names its head in Ray's current-cluster file, which
+    `ray status` and a bare ``ray.init()`` read; `down` must not leave it naming the head
+    it stopped, or both wait on that address (`ray status` for ~30 s)."""
+    assert raypipe("down").returncode == 0  # already down when the whole module runs
+    stopped = re.compile(rf"\d:{raypipe.port}\b")
+
+    def run(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        started = time.monotonic()
+        done = subprocess.run(
+            args,
+            env=raypipe.env,
+            cwd=raypipe.cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        return done, time.monotonic() - started
+
+    status, elapsed = run(str(Path(sys.executable).with_name("ray")), "status")
+    said = status.stdout + status.stderr
+    assert elapsed < 5, f"`ray status` took {elapsed:.1f}s:\n{said}"
+    assert not stopped.search(said), said
+    if not gcs_addresses():  # else `ray status` asks that other Ray on this machine
+        assert status.returncode != 0, said
+        assert "Could not find any running Ray instance" in said, said
+    # It named this head only (the head's Ray folder is its own): nothing to name now.
+    assert not raypipe.ray_pointer.exists(), raypipe.ray_pointer.read_text()
+
+    # A bare ray.init() starts a Ray of its own, as after `ray stop`.
+    script = (
+        "import ray; "
+        "context = ray.init(num_cpus=1, include_dashboard=False, "
+        "object_store_memory=80 * 1024 * 1024); "
+        "print(context.address_info['gcs_address']); ray.shutdown()"
+    )
+    joined, _ = run(sys.executable, "-c", script)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert "Started a local Ray instance" in joined.stderr, joined.stderr
+    assert not stopped.search(joined.stdout), joined.stdout

@@ -37,7 +37,7 @@ def test_ten_thousand_jobs_from_twenty_clients_lose_nothing(
     api: Api, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wanted = load.plan(JOBS)
-    submitted, drained = load.drive(
+    run = load.drive(
         api.url,
         api.settings.database_url,
         api.key("load"),
@@ -46,7 +46,7 @@ def test_ten_thousand_jobs_from_twenty_clients_lose_nothing(
         PER_REQUEST,
         timeout_s=900,
     )
-    with capsys.disabled():  # the figures belong in the test log
-        print("\n" + load.report("postgres", wanted, CLIENTS, PER_REQUEST, submitted, drained))
     assert Counter(wanted) == {"completed": 8_000, "failed": 1_000, "cancelled": 1_000}
-    assert load.problems(api.settings.database_url, Counter(wanted)) == []
+    assert load.problems(api.settings.database_url, Counter(wanted), run.ids) == []
+    with capsys.disabled():  # the figures belong in the test log
+        print("\n" + load.table([load.row("postgres", wanted, run)], CLIENTS, PER_REQUEST).text())

@@ -32,9 +32,11 @@ def traced_head(
                 OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
                 OTEL_BSP_SCHEDULE_DELAY="200",  # export within 0.2 s (default 5 s)
                 OTEL_SERVICE_NAME="raypipe-test",
-                # The test's processor, fetching from the collector on this machine.
+                # The test's processor, fetching from the collector on this machine, and
+                # the job's webhook, delivered to it.
                 RAYPIPE_PROCESSOR_MODULES='["tests.helpers.processors"]',
-                RAYPIPE_OUTBOUND_ALLOW_NETWORKS='["127.0.0.1/32"]',
+                RAYPIPE_FETCH_ALLOW_NETWORKS='["127.0.0.1/32"]',
+                RAYPIPE_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             )
         )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,12 +51,20 @@ class Raypipe:
         self.cwd = cwd
         self.port = port
         self.data_dir = data_dir
+        #: What `raypipe up` printed, once :func:`running_head` has run it.
+        self.started: Done | None = None
         script = Path(sys.executable).with_name("raypipe")
         self.command = (
             [str(script)]
             if script.exists()
             else [sys.executable, "-c", "from raypipe.cli import main; main()"]
         )
+
+    @property
+    def ray_pointer(self) -> Path:
+        """Ray's current-cluster file as this environment's Ray reads and writes it
+        (``$RAY_TMPDIR/ray/ray_current_cluster``)."""
+        return Path(self.env.get("RAY_TMPDIR", "/tmp"), "ray", "ray_current_cluster")
 
     def __call__(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> Done:
         done = subprocess.run(
@@ -126,6 +136,25 @@ def gcs_processes(port: int) -> list[int]:
     return pids
 
 
+def gcs_addresses() -> set[str]:
+    """The GCS addresses that Ray's processes on this machine name (``--gcs-address=``), as
+    ``ray status`` finds them when no current-cluster file names one."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found.update(
+            arg.decode(errors="replace").split("=", 1)[1]
+            for arg in args
+            if arg.startswith(b"--gcs-address=")
+        )
+    return found
+
+
 def session_dir(port: int) -> Path:
     """The session folder of the Ray head on ``port`` (from its GCS server's command line)."""
     [pid] = gcs_processes(port)
@@ -137,9 +166,15 @@ def session_dir(port: int) -> Path:
 def running_head(root: Path, **env: str) -> Iterator[Raypipe]:
     """`raypipe up` with a Ray head of its own (a free port, its own data folder, SQLite
     database and namespace) and ``env`` on top; afterwards `raypipe down` unless a test
-    already stopped it. A fixture's body: ``yield from running_head(...)``."""
+    already stopped it. A fixture's body: ``yield from running_head(...)``.
+
+    The head's Ray folder is its own too (``RAY_TMPDIR``), so that its current-cluster
+    file is this head's alone: other test runs on the machine start heads of their own,
+    and ``ray start`` names each in the shared ``/tmp/ray/ray_current_cluster``. (Short,
+    under /tmp: Ray's socket paths inside it must stay under 107 characters.)"""
     data_dir = root / "data"
     port = free_port()
+    ray_temp = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
     isolated = {
         key: value
         for key, value in os.environ.items()
@@ -152,6 +187,7 @@ def running_head(root: Path, **env: str) -> Iterator[Raypipe]:
         RAYPIPE_NAMESPACE=f"cli-{uuid.uuid4().hex[:10]}",
         RAYPIPE_API_PORT=str(free_port(port + 1)),
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_TMPDIR=str(ray_temp),
         **env,
     )
     cli = Raypipe(isolated, cwd=root, port=port, data_dir=data_dir)  # cwd: no stray .env
@@ -160,7 +196,11 @@ def running_head(root: Path, **env: str) -> Iterator[Raypipe]:
         assert up.returncode == 0, up.describe()
         assert "started a local Ray head" in up.stdout, up.describe()
         assert port_open(port)
+        assert cli.ray_pointer.read_text().endswith(f":{port}"), "the head is not in RAY_TMPDIR"
+        cli.started = up
         yield cli
     finally:
         if gcs_processes(port):
             cli("down")
+        if not gcs_processes(port):
+            shutil.rmtree(ray_temp, ignore_errors=True)

@@ -149,22 +149,28 @@ class ChattyPayload(BaseModel):
     folder: str | None = None
     release_on_attempt: int | None = Field(default=None, ge=1)
     fail: bool = False
+    pause_s: float = Field(default=0.0, ge=0, le=60)
 
 
 @processor("test.chatty", payload=ChattyPayload)
 def chatty(payload: ChattyPayload, ctx: JobContext) -> dict[str, int]:
-    """Logs ``lines`` lines through ``ctx.logger`` (each padded with ``pad`` x's); given a
-    folder, then writes its pid and waits like test.gate for a release file (logging once
-    released); fails permanently if asked."""
+    """Logs ``lines`` lines through ``ctx.logger`` (each padded with ``pad`` x's, each after
+    ``pause_s``); given a folder, then writes its pid and waits like test.gate for a release
+    file (logging once released, or once interrupted); fails permanently if asked."""
     for i in range(payload.lines):
+        time.sleep(payload.pause_s)
         ctx.logger.info("attempt %d line %d %s", ctx.attempt, i, "x" * payload.pad)
     if payload.folder is not None:
         folder = Path(payload.folder)
         (folder / f"pid-{ctx.attempt}").write_text(str(os.getpid()))
         after = payload.release_on_attempt
         released = after is not None and ctx.attempt >= after
-        while not released and not (folder / "release").exists():
-            time.sleep(0.02)
+        try:
+            while not released and not (folder / "release").exists():
+                time.sleep(0.02)
+        except KeyboardInterrupt:  # stopped: a last line as it goes, for no outcome to carry
+            ctx.logger.warning("attempt %d interrupted", ctx.attempt)
+            raise
         ctx.logger.warning("attempt %d released", ctx.attempt)
     if payload.fail:
         ctx.logger.error("attempt %d gives up", ctx.attempt)

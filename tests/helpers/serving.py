@@ -72,7 +72,7 @@ def loopback_api(
         serve_port,
         # The tests' receivers listen on loopback, which outbound requests may not reach
         # by default.
-        outbound_allow_networks=["127.0.0.0/8"],
+        webhook_allow_networks=["127.0.0.0/8"],
         webhook_poll_interval_s=0.1,
         webhook_backoff_s=0.05,
         webhook_max_attempts=3,

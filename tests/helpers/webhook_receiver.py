@@ -1,4 +1,4 @@
-"""A real webhook receiver for tests: an HTTP(S) server on 127.0.0.1 that records every
+"""A real webhook receiver for tests: an HTTP(S) server on loopback that records every
 request and answers from a script (statuses, redirects, slow or endless answers)."""
 
 from __future__ import annotations
@@ -42,21 +42,24 @@ class Received:
 
 class Receiver:
     """Answers requests from ``script`` in order, then with ``then`` forever; over TLS
-    when given a server context (``server_names`` then records the SNI names it saw)."""
+    when given a server context (``server_names`` then records the SNI names it saw). It
+    listens on ``host`` (any loopback address)."""
 
     def __init__(
         self,
         script: Iterable[int | Answer] = (),
         then: int | Answer = 200,
         tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
     ):
+        self.host = host
         self._script = [a if isinstance(a, Answer) else Answer(a) for a in script]
         self._then = then if isinstance(then, Answer) else Answer(then)
         self._lock = threading.Lock()
         self.closing = threading.Event()
         self.requests: list[Received] = []
         self.server_names: list[str | None] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer((host, 0), _Handler)
         self._server.daemon_threads = True
         self._server.receiver = self  # type: ignore[attr-defined]
         self.scheme = "http"
@@ -72,7 +75,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}/hook"
+        return f"{self.scheme}://{self.host}:{self.port}/hook"
 
     def take(self, received: Received) -> Answer:
         with self._lock:
@@ -98,8 +101,10 @@ class Receiver:
 
 
 @contextmanager
-def receiver(script: Iterable[int | Answer] = (), then: int | Answer = 200) -> Iterator[Receiver]:
-    server = Receiver(script, then).start()
+def receiver(
+    script: Iterable[int | Answer] = (), then: int | Answer = 200, host: str = "127.0.0.1"
+) -> Iterator[Receiver]:
+    server = Receiver(script, then, host=host).start()
     try:
         yield server
     finally:

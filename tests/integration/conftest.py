@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import ray
 
 from raypipe.config import Settings
-from raypipe.direct import DirectClient
-from raypipe.runtime import actors
+from raypipe.direct import DirectClient, running
 from tests.conftest import fresh_database, make_settings
-
-
-@contextmanager
-def running(settings: Settings) -> Iterator[DirectClient]:
-    """raypipe's actors on ``settings`` and a client, stopped when the block ends."""
-    actors.start_actors(settings)
-    client = DirectClient(settings)
-    try:
-        yield client
-    finally:
-        actors.stop_actors(settings)
-        client.close()
 
 
 @pytest.fixture

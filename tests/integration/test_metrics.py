@@ -42,7 +42,7 @@ def settings(db_url: str, tmp_path: Path, queue: str) -> Settings:
         tmp_path / "data",
         queues={queue: {"concurrency": 10}},
         # The webhook receiver listens on loopback, refused by default.
-        outbound_allow_networks=["127.0.0.0/8"],
+        webhook_allow_networks=["127.0.0.0/8"],
         webhook_poll_interval_s=0.05,
     )
 

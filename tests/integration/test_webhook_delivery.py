@@ -57,7 +57,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     return make_settings(
         db_url,
         tmp_path / "data",
-        outbound_allow_networks=LOOPBACK,
+        webhook_allow_networks=LOOPBACK,
         webhook_backoff_s=0.01,
         webhook_max_backoff_s=0.05,
         webhook_max_attempts=3,
@@ -305,7 +305,7 @@ def test_loopback_is_refused_unless_allowed(
             refused = add(store, url)
             send_until_settled(store, strict, clock)
             assert hook.requests == []  # refused before connecting
-            allowed = strict.model_copy(update={"outbound_allow_networks": LOOPBACK})
+            allowed = strict.model_copy(update={"webhook_allow_networks": LOOPBACK})
             store.replay(refused)
             send_until_settled(store, allowed, clock)
             assert len(hook.requests) == 1
@@ -330,7 +330,7 @@ def test_loopback_is_refused_unless_allowed(
 def test_private_and_link_local_destinations_fail_at_once(
     store: WebhookStore, settings: Settings, clock: FakeClock, url: str
 ) -> None:
-    strict = settings.model_copy(update={"outbound_allow_networks": []})
+    strict = settings.model_copy(update={"webhook_allow_networks": []})
     delivery_id = add(store, url)
     send_until_settled(store, strict, clock)
     delivery = store.get(delivery_id)
@@ -570,7 +570,7 @@ def test_the_sender_actor_outlives_a_database_outage(
 ) -> None:
     with fresh_database(request, "postgres", tmp_path) as url:
         settings = make_settings(
-            url, tmp_path / "data", outbound_allow_networks=LOOPBACK, webhook_poll_interval_s=0.05
+            url, tmp_path / "data", webhook_allow_networks=LOOPBACK, webhook_poll_interval_s=0.05
         )
         database = sa.engine.make_url(url).database
         actors.start_actors(settings)

@@ -146,6 +146,20 @@ def test_an_unsupported_document_names_the_problem(system: DirectClient) -> None
     assert job.attempt == 1
 
 
+def test_html_nested_past_the_limit_fails_at_once_in_its_task(system: DirectClient) -> None:
+    # The page: 700,000 nested <div> were still extracting after 250 s. The limit
+    # holds in the extract stage's Ray task, and its PermanentError is not retried.
+    page = "<div>" * 700_000 + "deep" + "</div>" * 700_000
+    payload = {"document_b64": base64.b64encode(page.encode()).decode(), "filename": "a.html"}
+    job = system.submit("document.process", payload).wait(timeout=WAIT_S)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and job.error.type == "PermanentError"
+    assert job.error.message == (
+        "extract: the HTML nests elements more than 256 deep (RAYPIPE_MAX_DOCUMENT_DEPTH)"
+    )
+    assert job.attempt == 1
+
+
 # -- ai.complete ------------------------------------------------------------------------------
 
 MESSAGES = [{"role": "user", "content": "How many bricks?"}]

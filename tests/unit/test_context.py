@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput, PermanentError
+from raypipe.job_logs import JOB_LOGGER
 from raypipe.jobs import ProgressState
+from raypipe.processors.basic import SleepPayload, sleep
 
 
 class Recorder:
@@ -178,3 +181,14 @@ def test_local_parallel_keeps_order_and_reports_each(settings: Settings) -> None
     )
     assert results == [0, 1, 4, 9, 16]
     assert done == [(i, i * i) for i in range(5)]
+
+
+def test_sleep_logs_each_step_through_the_jobs_logger(
+    ctx: JobContext, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger=JOB_LOGGER):
+        assert sleep(SleepPayload(seconds=0.03, steps=3), ctx) == {"slept": 0.03}
+    steps = [r for r in caplog.records if r.name == "raypipe.job.sleep"]
+    assert [r.getMessage() for r in steps] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert {(r.levelname, getattr(r, "raypipe_job_id", None)) for r in steps} == {("INFO", "job-1")}
+    assert [s.message for s in recorder.states] == ["step 1/3", "step 2/3", "step 3/3"]

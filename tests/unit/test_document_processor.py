@@ -225,7 +225,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def test_url_source(settings: Settings, served: tuple[str, Path]) -> None:
     # The test server listens on loopback, which the outbound guard refuses by default.
-    allowed = settings.model_copy(update={"outbound_allow_networks": ["127.0.0.1/32"]})
+    allowed = settings.model_copy(update={"fetch_allow_networks": ["127.0.0.1/32"]})
     ctx = JobContext.local("document.process", allowed)
     base, folder = served
     (folder / "leaf.htm").write_text(f"<h1>Leaves</h1><p>{TEXT}</p>", encoding="utf-8")

@@ -3,9 +3,12 @@ stage bookkeeping and the payload's validation. No model and no Ray."""
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import random
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -134,6 +137,34 @@ def test_empty_document(fmt: str) -> None:
     empty = {"txt": b" \n\t\n", "md": b"<!-- nothing -->\n", "html": b"<script>x()</script>"}
     with pytest.raises(PermanentError, match="the document has no text"):
         extract_text(empty[fmt], fmt, LIMIT)
+
+
+def test_html_tags_left_open_are_closed_where_html_closes_them() -> None:
+    # An unclosed <head> ends at <body>, list items and paragraphs at their next sibling.
+    page = b"<html><head><title>T</title><body><p>one<p>two<ul><li>a<li>b</ul>"
+    assert extract_text(page, "html", LIMIT) == "one\n\ntwo\n\na\n\nb"
+
+
+def test_html_keeps_pre_whitespace_and_reads_text_given_as_a_string() -> None:
+    page = "<p>caf\u00e9\u00a0 au   lait</p><pre>x = 1\n    y = 2</pre><svg><text>no</text></svg>"
+    assert extract_text(page, "html", LIMIT) == "caf\u00e9 au lait\n\nx = 1\ny = 2"
+
+
+@pytest.mark.parametrize("fmt", ["html", "md"])
+def test_html_nesting_past_the_depth_bound_is_refused_naming_the_setting(fmt: str) -> None:
+    nested = "<div>" * 30 + "deep" + "</div>" * 30
+    with pytest.raises(PermanentError, match=r"more than 20 deep \(RAYPIPE_MAX_DOCUMENT_DEPTH\)"):
+        extract_text(nested.encode(), fmt, replace(LIMIT, depth=20))
+    assert extract_text(nested.encode(), fmt, replace(LIMIT, depth=40)) == "deep"
+
+
+@pytest.mark.parametrize("fmt", ["html", "md"])
+def test_html_past_the_element_bound_is_refused_naming_the_setting(fmt: str) -> None:
+    page = "<p>x</p>" * 100
+    with pytest.raises(
+        PermanentError, match=r"more than 50 elements \(RAYPIPE_MAX_DOCUMENT_NODES\)"
+    ):
+        extract_text(page.encode(), fmt, replace(LIMIT, nodes=50))
 
 
 def test_pdf_text_is_extracted() -> None:
@@ -361,6 +392,27 @@ def test_collect_records_every_branch_then_raises_the_first_failure() -> None:
     assert StageLog(["x"]).collect({"x": outcomes["x"]}) == {"x": [1, 2]}
 
 
+def spin() -> None:
+    while True:
+        pass
+
+
+def test_a_stage_past_its_cpu_budget_fails_permanently_naming_the_setting() -> None:
+    gc.collect()  # see tests/unit/test_cpu_budget.py
+    log = StageLog(["busy", "idle"], cpu_s=0.2)
+    with (
+        pytest.raises(PermanentError, match=r"^busy: used more than 0\.2 s of CPU time"),
+        log.run("busy"),
+    ):
+        spin()
+    with log.run("idle"):
+        time.sleep(0.4)  # waiting costs no CPU
+    assert log.as_dict()["busy"]["error"].endswith("(RAYPIPE_MAX_DOCUMENT_STAGE_CPU_S)")
+    outcome = run_timed(spin, cpu_s=0.2)  # how a branch in a Ray task keeps its budget
+    assert isinstance(outcome.error, PermanentError)
+    assert "RAYPIPE_MAX_DOCUMENT_STAGE_CPU_S" in outcome.error.message
+
+
 # -- payload ------------------------------------------------------------------------------
 
 
@@ -416,14 +468,17 @@ def test_a_pdf_expanding_past_the_text_bound_is_refused_naming_the_setting() -> 
     bomb = _repeated_pdf("Repeated text on every page. " * 40, 200)
     one_page = len(extract_text(make_pdf("Repeated text on every page. " * 40), "pdf", LIMIT))
     with pytest.raises(PermanentError, match="longer than 100,000 characters"):
-        extract_text(bomb, "pdf", Limits(chars=100_000, pages=LIMIT.pages))
+        extract_text(bomb, "pdf", replace(LIMIT, chars=100_000))
     assert one_page * 200 > 100_000
 
 
 def test_text_past_the_bound_is_refused_for_every_format() -> None:
     with pytest.raises(PermanentError, match="RAYPIPE_MAX_DOCUMENT_CHARS"):
-        extract_text("word " * 100, "txt", Limits(chars=50, pages=1))
-    assert extract_text("word " * 10, "txt", Limits(chars=50, pages=1)) == ("word " * 10).strip()
+        extract_text("word " * 100, "txt", replace(LIMIT, chars=50, pages=1))
+    assert (
+        extract_text("word " * 10, "txt", replace(LIMIT, chars=50, pages=1))
+        == ("word " * 10).strip()
+    )
 
 
 def test_a_pdf_past_the_page_bound_is_refused_before_a_page_is_read() -> None:
@@ -431,5 +486,5 @@ def test_a_pdf_past_the_page_bound_is_refused_before_a_page_is_read() -> None:
     with pytest.raises(
         PermanentError, match=r"30 pages, more than 20 \(RAYPIPE_MAX_DOCUMENT_PAGES\)"
     ):
-        extract_text(thirty, "pdf", Limits(chars=LIMIT.chars, pages=20))
-    assert "One line." in extract_text(thirty, "pdf", Limits(chars=LIMIT.chars, pages=30))
+        extract_text(thirty, "pdf", replace(LIMIT, pages=20))
+    assert "One line." in extract_text(thirty, "pdf", replace(LIMIT, pages=30))

@@ -60,7 +60,7 @@ def ctx(tmp_path: Path) -> JobContext:
         data_dir=tmp_path,
         max_input_bytes=10_000,
         fetch_timeout_s=0.5,
-        outbound_allow_networks=LOOPBACK,
+        fetch_allow_networks=LOOPBACK,
     )
     return JobContext.local("t", settings)
 
@@ -87,9 +87,7 @@ def test_a_busy_service_is_retried_after_its_retry_after(ctx: JobContext, server
 def test_permanent_url_problems(
     tmp_path: Path, server: str, path: str, limit: int, problem: str
 ) -> None:
-    settings = get_settings(
-        data_dir=tmp_path, max_input_bytes=limit, outbound_allow_networks=LOOPBACK
-    )
+    settings = get_settings(data_dir=tmp_path, max_input_bytes=limit, fetch_allow_networks=LOOPBACK)
     ctx = JobContext.local("t", settings)
     with pytest.raises(PermanentError, match=problem):
         load_input(ctx, field="image", url=f"{server}{path}")

@@ -388,7 +388,7 @@ LOOPBACK = ["127.0.0.1/32"]
 @pytest.fixture
 def url_ctx(tmp_path: Path) -> JobContext:
     """A context whose fetches may reach the test server."""
-    settings = get_settings(data_dir=tmp_path, outbound_allow_networks=LOOPBACK)
+    settings = get_settings(data_dir=tmp_path, fetch_allow_networks=LOOPBACK)
     return JobContext.local("mesh.from_image", settings)
 
 
@@ -419,9 +419,7 @@ def test_missing_url_is_permanent(
 def test_oversized_url_is_permanent(tmp_path: Path, server: tuple[str, dict[str, bytes]]) -> None:
     base, files = server
     files["/hill.png"] = encode(bump(64, 64))
-    settings = get_settings(
-        data_dir=tmp_path, max_input_bytes=100, outbound_allow_networks=LOOPBACK
-    )
+    settings = get_settings(data_dir=tmp_path, max_input_bytes=100, fetch_allow_networks=LOOPBACK)
     ctx = JobContext.local("mesh.from_image", settings)
     with pytest.raises(PermanentError, match=r"too large"):
         mesh_from_image(MeshPayload(image_url=f"{base}/hill.png"), ctx)

@@ -102,25 +102,58 @@ def test_public_addresses_are_allowed(address: str) -> None:
 
 
 def test_the_allow_list_opens_exactly_its_networks() -> None:
-    allowed = outbound.allowed_networks(get_settings(outbound_allow_networks=["127.0.0.0/8"]))
+    allowed = outbound.Purpose.FETCH.networks(get_settings(fetch_allow_networks=["127.0.0.0/8"]))
     for address in ("127.0.0.1", "127.9.9.9", "::ffff:127.0.0.1", "2002:7f00:1::1"):
         assert outbound.refusal(ipaddress.ip_address(address), allowed) is None, address
     for address in ("::1", "10.0.0.1", "169.254.169.254"):
         assert outbound.refusal(ipaddress.ip_address(address), allowed) is not None, address
 
 
-def test_allow_list_setting_and_its_deprecated_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert get_settings().outbound_allow_networks == []
-    assert get_settings(outbound_allow_networks=["10.0.0.1"]).outbound_allow_networks == [
-        "10.0.0.1/32"
-    ]
-    old = get_settings(webhook_allow_networks=["127.0.0.0/8"])
-    assert old.outbound_allow_networks == ["127.0.0.0/8"]
-    monkeypatch.setenv("RAYPIPE_WEBHOOK_ALLOW_NETWORKS", '["127.0.0.0/8"]')
-    monkeypatch.setenv("RAYPIPE_OUTBOUND_ALLOW_NETWORKS", '["10.0.0.0/8"]')
-    assert get_settings().outbound_allow_networks == ["10.0.0.0/8", "127.0.0.0/8"]
+FETCH, WEBHOOK = outbound.Purpose.FETCH, outbound.Purpose.WEBHOOK
+
+
+@pytest.mark.parametrize(
+    ("variable", "opened", "closed"),
+    [
+        ("RAYPIPE_FETCH_ALLOW_NETWORKS", FETCH, WEBHOOK),
+        ("RAYPIPE_WEBHOOK_ALLOW_NETWORKS", WEBHOOK, FETCH),
+    ],
+)
+def test_each_purpose_has_its_own_allow_list_and_opening_one_never_opens_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    opened: outbound.Purpose,
+    closed: outbound.Purpose,
+) -> None:
+    assert FETCH.networks(get_settings()) == WEBHOOK.networks(get_settings()) == []
+    monkeypatch.setenv(variable, '["127.0.0.0/8", "10.0.0.1"]')
+    settings = get_settings()
+    assert [str(net) for net in opened.networks(settings)] == ["127.0.0.0/8", "10.0.0.1/32"]
+    assert closed.networks(settings) == []
+    url = "http://127.0.0.1:8000/a"
+    outbound.check_url(url, settings, opened)
+    with pytest.raises(OutboundRefused, match=f"loopback.*allow it with {closed.setting}$"):
+        outbound.check_url(url, settings, closed)
+    assert opened.setting == variable
+    monkeypatch.setenv(variable, '["10.0.0.0/33"]')
     with pytest.raises(ValidationError, match="does not appear to be an IPv4 or IPv6 network"):
-        get_settings(outbound_allow_networks=["10.0.0.0/33"])
+        get_settings()
+
+
+@pytest.mark.parametrize("value", ['["10.0.0.0/8"]', "[]"])
+def test_the_setting_that_opened_both_purposes_is_refused_naming_its_replacements(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RAYPIPE_OUTBOUND_ALLOW_NETWORKS", value)
+    with pytest.raises(ValidationError) as err:
+        get_settings()
+    [error] = err.value.errors()
+    assert error["loc"] == ("outbound_allow_networks",)
+    assert "RAYPIPE_OUTBOUND_ALLOW_NETWORKS is no longer read" in error["msg"]
+    assert "RAYPIPE_FETCH_ALLOW_NETWORKS" in error["msg"]
+    assert "RAYPIPE_WEBHOOK_ALLOW_NETWORKS" in error["msg"]
+    with pytest.raises(ValidationError, match="no longer read"):
+        get_settings(outbound_allow_networks=["10.0.0.0/8"])  # from a file or code alike
 
 
 # -- URL forms -----------------------------------------------------------------------------
@@ -155,20 +188,20 @@ def test_url_forms_that_are_accepted() -> None:
 
 def test_check_url_judges_literal_addresses_only_with_settings() -> None:
     with pytest.raises(OutboundRefused, match=r"address 169\.254\.169\.254 .*link-local.*ALLOW"):
-        outbound.check_url("http://169.254.169.254/latest", get_settings())
+        outbound.check_url("http://169.254.169.254/latest", get_settings(), WEBHOOK)
     with pytest.raises(OutboundRefused, match=r"address 127\.0\.0\.1 .*loopback"):
-        outbound.check_url("http://localhost:8000/", get_settings())
-    outbound.check_url("http://169.254.169.254/latest", None)  # the form is fine
-    outbound.check_url("http://internal.example/", get_settings())  # names need DNS: later
+        outbound.check_url("http://localhost:8000/", get_settings(), FETCH)
+    outbound.check_url("http://169.254.169.254/latest", None, FETCH)  # the form is fine
+    outbound.check_url("http://internal.example/", get_settings(), FETCH)  # needs DNS: later
 
 
 def test_a_name_with_any_refused_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     answers = fake_dns(monkeypatch, {"split.example": ["8.8.8.8", "127.0.0.1"]})
     with pytest.raises(OutboundRefused, match=r"split\.example resolves to 127\.0\.0\.1, which"):
-        outbound.resolve(outbound.parse("http://split.example/"), get_settings())
+        outbound.resolve(outbound.parse("http://split.example/"), get_settings(), FETCH)
     assert answers == ["split.example"]
     with pytest.raises(OutboundUnresolved, match="cannot resolve"):
-        outbound.resolve(outbound.parse("http://nothing.invalid/"), get_settings())
+        outbound.resolve(outbound.parse("http://nothing.invalid/"), get_settings(), WEBHOOK)
 
 
 # -- submission ----------------------------------------------------------------------------
@@ -195,6 +228,22 @@ def test_refused_urls_are_a_422_at_submission() -> None:
         with pytest.raises(InvalidInput) as err:
             prepare([spec], settings, NOW)
         assert err.value.details[0]["loc"] == loc and problem in err.value.message, spec
+
+
+@pytest.mark.parametrize("opened", [FETCH, WEBHOOK])
+def test_submission_checks_each_url_against_its_purposes_allow_list(
+    opened: outbound.Purpose,
+) -> None:
+    registry.load()
+    settings = get_settings(**{f"{opened.value}_allow_networks": ["127.0.0.0/8"]})
+    urls = {
+        FETCH: {"type": "document.process", "payload": {"document_url": "http://127.0.0.1/a"}},
+        WEBHOOK: {"type": "noop", "webhook_url": "http://127.0.0.1/hook"},
+    }
+    [closed] = {FETCH, WEBHOOK} - {opened}
+    assert len(prepare([urls[opened]], settings, NOW)) == 1
+    with pytest.raises(InvalidInput, match=f"loopback.*allow it with {closed.setting}"):
+        prepare([urls[closed]], settings, NOW)
 
 
 # -- fetches over real HTTP ----------------------------------------------------------------
@@ -270,9 +319,14 @@ def server() -> Iterator[str]:
         yield url
 
 
+def posting() -> Settings:
+    """Settings whose webhooks may reach the test server (and only it)."""
+    return get_settings(webhook_allow_networks=SERVER_ONLY)
+
+
 def fetching(**overrides: Any) -> Settings:
     """Settings whose fetches may reach the test server (and only it)."""
-    return get_settings(outbound_allow_networks=SERVER_ONLY, **overrides)
+    return get_settings(fetch_allow_networks=SERVER_ONLY, **overrides)
 
 
 def test_loopback_is_refused_by_default(server: str) -> None:
@@ -280,8 +334,11 @@ def test_loopback_is_refused_by_default(server: str) -> None:
         outbound.fetch(f"{server}/ok", get_settings(), "payload.document_url")
     assert str(err.value) == (
         f"payload.document_url: {server}/ok: address 127.0.0.1 is not globally routable"
-        " (loopback); allow it with RAYPIPE_OUTBOUND_ALLOW_NETWORKS"
+        " (loopback); allow it with RAYPIPE_FETCH_ALLOW_NETWORKS"
     )
+    # Opening webhooks to it opens no fetch.
+    with pytest.raises(PermanentError, match="allow it with RAYPIPE_FETCH_ALLOW_NETWORKS"):
+        outbound.fetch(f"{server}/ok", posting(), "payload.document_url")
 
 
 def test_loopback_is_fetched_when_allowed(server: str) -> None:
@@ -366,16 +423,19 @@ def test_webhook_posts_go_to_the_checked_address(
 
     async def post(url: str, settings: Settings) -> httpx.Response:
         async with httpx.AsyncClient(trust_env=False) as http:
-            response = await outbound.send(http, "POST", url, settings, content=b"{}")
+            response = await outbound.send(http, "POST", url, settings, WEBHOOK, content=b"{}")
             await response.aread()
             await response.aclose()
             return response
 
-    response = asyncio.run(post(f"http://hooks.example:{port}/hook", fetching()))
+    response = asyncio.run(post(f"http://hooks.example:{port}/hook", posting()))
     assert response.content == f"hooks.example:{port}".encode()
     assert answers == ["hooks.example"]
-    with pytest.raises(OutboundRefused, match="loopback"):
-        asyncio.run(post(f"http://hooks.example:{port}/hook", get_settings()))
+    for closed in (get_settings(), fetching()):  # opening fetches opens no webhook
+        with pytest.raises(
+            OutboundRefused, match=r"loopback.*allow it with RAYPIPE_WEBHOOK_ALLOW_NETWORKS"
+        ):
+            asyncio.run(post(f"http://hooks.example:{port}/hook", closed))
 
 
 # -- helpers -------------------------------------------------------------------------------

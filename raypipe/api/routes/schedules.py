@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from raypipe.api.deps import ERRORS, AppServices, Caller
 from raypipe.api.services import Principal, Services
 from raypipe.config import MissedFires
 from raypipe.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH, NAME_PATTERN, Schedule
+from raypipe.jobs import Strict
 
 JOB_DESCRIPTION = (
     "The job each fire submits, as POST /v1/jobs takes it, without run_at and"
@@ -19,9 +20,7 @@ JOB_DESCRIPTION = (
 )
 
 
-class ScheduleCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ScheduleCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="unique within the tenant")
     cron: str = Field(
         max_length=MAX_CRON_LENGTH,
@@ -41,10 +40,8 @@ class ScheduleCreate(BaseModel):
     enabled: bool = True
 
 
-class ScheduleUpdate(BaseModel):
+class ScheduleUpdate(Strict):
     """Fields to change; the others stay as they are."""
-
-    model_config = ConfigDict(extra="forbid")
 
     cron: str | None = Field(default=None, max_length=MAX_CRON_LENGTH)
     timezone: str | None = Field(default=None, max_length=MAX_TIMEZONE_LENGTH)
