@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,14 +40,7 @@ class Costs:
     ray_calls: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "find_spec": self.find_spec,
-            "path_scans": self.path_scans,
-            "import_module": self.import_module,
-            "new_modules": self.new_modules,
-            "statements": self.statements,
-            "ray_calls": self.ray_calls,
-        }
+        return asdict(self)
 
 
 @contextmanager
