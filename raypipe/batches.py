@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from raypipe.jobs import FollowUpSpec, JobSpec, JobStatus, Strict, iso, parse_iso
+from raypipe.jobs import FollowUpSpec, JobSpec, JobStatus, Strict, digest, iso, parse_iso
 
 
 class BatchStatus(str, Enum):
@@ -33,6 +33,11 @@ class BatchSpec(Strict):
     webhook_url: str | None = Field(default=None, max_length=2048)
     then: FollowUpSpec | None = None
     tags: list[str] = Field(default_factory=list, max_length=50)
+
+    def fingerprint(self) -> str:
+        """A stable hash of what was asked, to tell a replay of an ``Idempotency-Key`` from
+        a different batch sent under the same key."""
+        return digest(self.model_dump(mode="json"))
 
 
 def outcome(counts: dict[str, int], cancel_requested: bool) -> BatchStatus:

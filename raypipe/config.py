@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -15,6 +15,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 from sqlalchemy.engine import make_url
+
+from raypipe.jobs import MAX_PRIORITY
 
 DEFAULT_QUEUE = "default"
 
@@ -29,10 +31,15 @@ OUTBOUND_REPLACED = (
 
 
 class QueueConfig(BaseModel):
-    """A named lane: how many of its jobs may run at once, and their default priority."""
+    """A named lane: how many of its jobs may run at once, their default priority, and
+    whether only admin keys may submit to it (an operator's lane, such as ``maintenance``,
+    that a tenant's job would otherwise hold)."""
 
     concurrency: int = Field(default=100, ge=1)
     priority: int = Field(default=0, ge=0)
+    admin_only: bool = Field(
+        default=False, description="only admin API keys may submit to it (403 for others)"
+    )
 
 
 #: Lanes of the built-in workloads, so a flood of one kind cannot starve the others. The
@@ -45,7 +52,7 @@ BUILTIN_QUEUES: dict[str, QueueConfig] = {
     "mesh": QueueConfig(),
     "documents": QueueConfig(),
     "ai": QueueConfig(concurrency=16),
-    "maintenance": QueueConfig(concurrency=1),
+    "maintenance": QueueConfig(concurrency=1, admin_only=True),
 }
 
 
@@ -194,6 +201,20 @@ class Settings(BaseSettings):
     api_replicas: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_bulk_jobs: int = Field(default=10_000, ge=1)
+    tenant_priority_min: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_PRIORITY,
+        description="the lowest priority a tenant (non-admin) API key may give a job",
+    )
+    tenant_priority_max: int = Field(
+        default=100,
+        ge=0,
+        le=MAX_PRIORITY,
+        description="the highest priority a tenant (non-admin) API key may give a job:"
+        " above it, one tenant's jobs would run before everyone else's; admin keys may go"
+        f" up to {MAX_PRIORITY:,}",
+    )
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=lambda: {"submit": RateLimit(limit=100_000, window_s=60)}
     )
@@ -359,13 +380,17 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)
+        if self.tenant_priority_min > self.tenant_priority_max:
+            raise ValueError(
+                f"tenant_priority_min ({self.tenant_priority_min}) exceeds"
+                f" tenant_priority_max ({self.tenant_priority_max})"
+            )
+        # A configured built-in queue or pool changes only the fields it names: setting the
+        # maintenance queue's concurrency must not make it open to tenants.
         for name, queue in BUILTIN_QUEUES.items():
-            self.queues.setdefault(name, queue.model_copy())
+            self.queues[name] = _amended(queue, self.queues.get(name))
         for name, pool in BUILTIN_POOLS.items():
-            # A configured built-in pool changes only the fields it names.
-            given = self.pools.get(name)
-            changes = {key: getattr(given, key) for key in given.model_fields_set} if given else {}
-            self.pools[name] = PoolConfig.model_validate({**pool.model_dump(), **changes})
+            self.pools[name] = _amended(pool, self.pools.get(name))
         if not self.artifacts_url:
             self.artifacts_url = str(self.data_dir / "artifacts")
         if not self.ray_address:
@@ -376,6 +401,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _amended(builtin: _Model, given: _Model | None) -> _Model:
+    """A built-in queue's or pool's configuration with the fields ``given`` names changed."""
+    changes = {key: getattr(given, key) for key in given.model_fields_set} if given else {}
+    return type(builtin).model_validate({**builtin.model_dump(), **changes})
 
 
 def normalize_database_url(url: str) -> str:

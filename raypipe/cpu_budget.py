@@ -19,11 +19,11 @@ from contextlib import contextmanager
 
 from raypipe.exceptions import PermanentError
 
-#: How often the watchdog raises in a block that ran out (should it swallow one), and how
-#: long it waits between raises: a block that swallows them all runs to its end, where it
-#: fails all the same.
-RAISES = 3
-RAISE_AGAIN_S = 0.5
+#: How long the watchdog waits between raises in a block that ran out: it raises again
+#: until the block ends, since a raise can be lost (one landing in a finalizer that the
+#: garbage collector runs on the thread is swallowed there, as Python prints "Exception
+#: ignored"). A block that swallows every raise still fails once it ends.
+RAISE_AGAIN_S = 0.1
 #: Backward jumps :meth:`_Watchdog.finish` makes for a raise on its way to land on (the
 #: first one does: each checks for it).
 LANDING_LOOPS = 100
@@ -69,8 +69,8 @@ def _thread_clock(ident: int) -> int:
 
 
 class _Watchdog(threading.Thread):
-    """Waits until its thread has used its budget, then raises in it (at most
-    :data:`RAISES` times) until :meth:`finish`."""
+    """Waits until its thread has used its budget, then raises in it every
+    :data:`RAISE_AGAIN_S` until :meth:`finish`."""
 
     def __init__(self, target: int, seconds: float):
         super().__init__(name="raypipe-cpu-budget", daemon=True)
@@ -90,7 +90,7 @@ class _Watchdog(threading.Thread):
                     return
         except OSError:  # the thread is gone: nothing left to stop
             return
-        for _ in range(RAISES):
+        while True:
             with self.lock:
                 if self.done:
                     return

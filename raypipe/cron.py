@@ -34,9 +34,9 @@ from raypipe.config import (
     Settings,
     config_file,
 )
-from raypipe.exceptions import Conflict, InvalidInput, NotFound
+from raypipe.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from raypipe.jobs import iso
-from raypipe.submission import located, prepare, summary
+from raypipe.submission import located, prepare, relocated, summary
 
 #: The shorthands raypipe accepts, as their five fields (``@reboot`` has no meaning here).
 ALIASES = {
@@ -347,6 +347,8 @@ def _check_spec(row: dict[str, Any], settings: Settings, now: datetime, admin: b
     spec = fire_spec(row["spec"], row["id"], row["name"], now)
     try:
         prepare([spec], settings, now, row["tenant"], admin=admin)
+    except Forbidden as exc:
+        raise relocated(exc, ["job"]) from None
     except InvalidInput as exc:
         raise InvalidInput(
             exc.message, details=located(exc.details, ["job"]), more=exc.more

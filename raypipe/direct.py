@@ -78,7 +78,7 @@ class DirectClient:
             "then": then,
             "tags": list(tags or []),
         }
-        batch = self._submitter.submit_batch(body, self.tenant)
+        batch, _created = self._submitter.submit_batch(body, self.tenant)
         return BatchHandle(batch.id, self, batch)
 
     def get_batch(self, batch_id: str) -> BatchHandle:

@@ -62,6 +62,9 @@ MAX_DELAY_S = 10 * 365 * 86_400
 #: The longest time limit an attempt may have (thirty days): longer is no limit in
 #: practice, and an unbounded number overflows the database's interval arithmetic.
 MAX_TIMEOUT_S = 30 * 86_400
+#: The highest priority a job may have (admin keys; tenant keys have a configured range
+#: below it, ``tenant_priority_min``..``tenant_priority_max``).
+MAX_PRIORITY = 1_000_000
 #: The deepest nesting a payload may have: generous for any real payload, and far below
 #: what breaks serializing it (pydantic refuses about 255 levels) or recursing over it.
 MAX_PAYLOAD_DEPTH = 64
@@ -122,7 +125,7 @@ class _JobFields(Strict):
     type: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(default=None, min_length=1, max_length=200)
-    priority: int | None = Field(default=None, ge=0, le=1_000_000)
+    priority: int | None = Field(default=None, ge=0, le=MAX_PRIORITY)
     delay_s: float = Field(default=0.0, ge=0, le=MAX_DELAY_S)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
@@ -225,9 +228,14 @@ class JobSpec(_JobFields):
         fields = set(JobSpec.model_fields) - {"idempotency_key"}
         # Optional fields added later count only when given, so older hashes still match.
         fields -= {name for name in ("then", "webhook_url") if getattr(self, name) is None}
-        body = self.model_dump(mode="json", include=fields, exclude_unset=False)
-        encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(encoded.encode()).hexdigest()
+        return digest(self.model_dump(mode="json", include=fields, exclude_unset=False))
+
+
+def digest(body: Any) -> str:
+    """A stable hash of a request's JSON (keys in any order), the fingerprint an
+    idempotency key's replay must match."""
+    encoded = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 #: A job as a client takes it: a :class:`JobSpec`, its JSON, or ``(type, payload)``.

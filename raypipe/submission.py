@@ -9,10 +9,10 @@ from typing import Any
 
 import pydantic
 
-from raypipe import outbound, registry, tracing
+from raypipe import outbound, registry, rights, tracing
 from raypipe.batches import BatchSpec
 from raypipe.config import DEFAULT_QUEUE, Settings
-from raypipe.exceptions import MAX_DETAILS, InvalidInput, OutboundRefused
+from raypipe.exceptions import MAX_DETAILS, Forbidden, InvalidInput, OutboundRefused
 from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, FollowUpSpec, JobSpec, unknown_keys
 
 DEFAULT_TENANT = "default"
@@ -29,7 +29,9 @@ def prepare(
     """Validate every spec and return the rows to insert; raise one error listing every problem.
 
     Nothing is written when any spec is invalid (all-or-nothing). ``admin``: whether the
-    submitter may use admin-only job types (the CLI and in-cluster clients may).
+    submitter may use admin-only job types and queues and priorities beyond a tenant's
+    range (:mod:`raypipe.rights`; the CLI and in-cluster clients may). A right refused is a
+    :class:`Forbidden` at once; every other problem is listed in one :class:`InvalidInput`.
     """
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
@@ -38,6 +40,8 @@ def prepare(
         prefix = (*loc_prefix, index) if len(specs) > 1 or loc_prefix else ()
         try:
             rows.append(_row(raw, settings, now, tenant, admin))
+        except Forbidden as exc:  # a right, not a mistake: no use listing the others
+            raise relocated(exc, prefix) from None
         except InvalidInput as exc:
             listed = exc.details[: max(0, MAX_DETAILS - len(details))]
             details.extend(located(listed, prefix))
@@ -53,10 +57,13 @@ def prepare_batch(
     now: datetime,
     tenant: str = DEFAULT_TENANT,
     admin: bool = True,
+    idempotency_key: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Validate a batch: the rows of its jobs, and the batch's own fields (tags, webhook,
-    follow-up). Every problem is reported at once, located under ``jobs``/``then``/…"""
+    follow-up, the request's idempotency key and fingerprint). Every problem is reported at
+    once, located under ``jobs``/``then``/…"""
     spec = raw if isinstance(raw, BatchSpec) else parse_model(BatchSpec, raw, ())
+    check_text(idempotency_key, ("header", "Idempotency-Key"))
     limit = settings.max_batch_jobs
     if len(spec.jobs) > limit:
         raise InvalidInput(
@@ -74,7 +81,14 @@ def prepare_batch(
     _check_webhook_url(spec.webhook_url, settings)
     then = _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None
     rows = prepare(spec.jobs, settings, now, tenant, ("jobs",), admin)
-    return rows, {"tags": spec.tags, "webhook_url": spec.webhook_url, "then": then}
+    return rows, {
+        "tags": spec.tags,
+        "webhook_url": spec.webhook_url,
+        "then": then,
+        "idempotency_key": idempotency_key,
+        # As for a job: hashed only when the key may be used again.
+        "request_hash": spec.fingerprint() if idempotency_key else "",
+    }
 
 
 def _check_webhook_url(url: str | None, settings: Settings) -> None:
@@ -145,9 +159,7 @@ def _resolved(
     the payload is checked without complaining that it is missing.
     """
     processor = registry.get(spec.type)
-    if processor.admin_only and not admin:
-        problem = f"only admin API keys may submit {spec.type} jobs"
-        raise InvalidInput(f"type: {problem}", details=[{"loc": ["type"], "msg": problem}])
+    rights.check_type(processor, admin)
     try:
         payload = parse_model(
             processor.payload_model, spec.payload, ("payload",), settings
@@ -164,6 +176,8 @@ def _resolved(
             f"queue: unknown queue {queue!r}",
             details=[{"loc": ["queue"], "msg": f"unknown queue {queue!r}; known: {known}"}],
         )
+    rights.check_queue(queue, settings, admin)
+    rights.check_priority(spec.priority, settings, admin)
     policy_attempts = processor.retry.max_attempts if processor.retry else None
     _check_webhook_url(spec.webhook_url, settings)
     return {
@@ -189,9 +203,8 @@ def _follow_up(
         )
     try:
         resolved = _resolved(spec, settings, admin, optional=spec.with_result)
-    except InvalidInput as exc:
-        details = located(exc.details, loc)
-        raise InvalidInput(summary(details, exc.more), details=details, more=exc.more) from None
+    except (InvalidInput, Forbidden) as exc:
+        raise relocated(exc, loc) from None
     return {
         **resolved,
         "delay_s": spec.delay_s,
@@ -249,6 +262,15 @@ def parse_model(
 
 #: pydantic's message for a key that a model forbidding extra keys does not have.
 UNKNOWN_KEY = "Extra inputs are not permitted"
+
+
+def relocated(exc: InvalidInput | Forbidden, loc: Sequence[str | int]) -> InvalidInput | Forbidden:
+    """``exc`` for a spec placed under ``loc`` in a request: its details located there, its
+    message naming the first of them."""
+    details = located(exc.details, loc)
+    if isinstance(exc, Forbidden):
+        return Forbidden(summary(details), details=details)
+    return InvalidInput(summary(details, exc.more), details=details, more=exc.more)
 
 
 def located(details: Iterable[dict[str, Any]], loc: Sequence[str | int]) -> list[dict[str, Any]]:

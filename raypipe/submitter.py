@@ -47,11 +47,20 @@ class Submitter:
         return records
 
     def submit_batch(
-        self, spec: BatchSpec | dict[str, Any], tenant: str, *, admin: bool = True
-    ) -> BatchRecord:
-        """Write a batch and its jobs, all or none."""
-        rows, fields = prepare_batch(spec, self.settings, self.jobs.clock(), tenant, admin)
-        batch = self.batches.create(tenant, rows, **fields)
-        metrics.record_submitted((row["type"], row["queue"]) for row in rows)
-        self._wake()
-        return batch
+        self,
+        spec: BatchSpec | dict[str, Any],
+        tenant: str,
+        *,
+        admin: bool = True,
+        idempotency_key: str | None = None,
+    ) -> tuple[BatchRecord, bool]:
+        """Write a batch and its jobs, all or none; returns it and whether it is new (False:
+        an idempotent replay of the request that made it under ``idempotency_key``)."""
+        rows, fields = prepare_batch(
+            spec, self.settings, self.jobs.clock(), tenant, admin, idempotency_key
+        )
+        batch, created = self.batches.create(tenant, rows, **fields)
+        if created:
+            metrics.record_submitted((row["type"], row["queue"]) for row in rows)
+            self._wake()
+        return batch, created

@@ -6,7 +6,7 @@ import base64
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 
 from raypipe.api.schemas import ErrorResponse
 from raypipe.api.services import Principal, Services
@@ -36,6 +36,12 @@ def _principal(
 
 
 Caller = Annotated[Principal, Depends(_principal)]
+
+
+def replayed(response: Response) -> None:
+    """Mark an answer as an idempotent replay: 200, not 202, and a header saying so."""
+    response.status_code = 200
+    response.headers["Idempotent-Replayed"] = "true"
 
 
 def utc_param(name: str, value: datetime | None) -> datetime | None:

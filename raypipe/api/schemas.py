@@ -116,6 +116,9 @@ class QueueView(BaseModel):
         default=False, description="a paused queue accepts submissions and starts nothing"
     )
     paused_at: str | None = None
+    admin_only: bool = Field(
+        default=False, description="only admin API keys may submit to it (an operator's lane)"
+    )
 
 
 class LogLineView(BaseModel):

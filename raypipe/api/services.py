@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
+from sqlalchemy.engine import Connection
+
 from raypipe import registry
 from raypipe.artifacts import ArtifactStore
 from raypipe.config import Settings
@@ -18,9 +20,10 @@ from raypipe.exceptions import RateLimited, Unauthorized
 from raypipe.jobs import utcnow
 from raypipe.runtime.bells import ActorBell, DispatcherBell
 from raypipe.runtime.names import WEBHOOK_ACTOR
-from raypipe.store import JobStore, schema_version
+from raypipe.store import JobStore, access, schema_version
 from raypipe.store.access import AccessStore, ApiKey
 from raypipe.store.batches import BatchStore
+from raypipe.store.jobs import Charge
 from raypipe.store.logs import LogStore
 from raypipe.store.queues import QueueStore
 from raypipe.store.schedules import ScheduleStore
@@ -110,13 +113,22 @@ class Services:
         key = cached[1]
         return Principal(tenant=key.tenant, admin=key.admin)
 
-    def charge(self, principal: Principal, action: str, cost: int) -> None:
-        """Count ``cost`` against the tenant's limit for ``action``; 429 past it."""
+    def charge(
+        self, principal: Principal, action: str, cost: int, conn: Connection | None = None
+    ) -> None:
+        """Count ``cost`` against the tenant's limit for ``action``; 429 past it.
+
+        ``conn``: charge inside that transaction, for work whose cost is known only once it
+        is done there (a batch's retried jobs): the 429 rolls the work back with the count.
+        """
         limit = self.settings.rate_limits.get(action)
-        if limit is None:
+        if limit is None or cost <= 0:
             return
         now = utcnow()
-        count, window_end = self.access.hit(principal.tenant, action, cost, limit.window_s, now)
+        counted = (principal.tenant, action, cost, limit.window_s, now)
+        count, window_end = (
+            access.hit(conn, *counted) if conn is not None else self.access.hit(*counted)
+        )
         if count > limit.limit:
             wait = max(1, int((window_end - now).total_seconds() + 0.999))
             raise RateLimited(
@@ -124,6 +136,11 @@ class Services:
                 f" {principal.tenant!r}; retry after {wait}s",
                 retry_after_s=wait,
             )
+
+    def charger(self, principal: Principal, action: str = "submit") -> Charge:
+        """:meth:`charge` as a store calls it, inside the transaction that does the work
+        (retries: their count is known only there, and a 429 undoes them)."""
+        return lambda conn, cost: self.charge(principal, action, cost, conn)
 
     def wake_dispatcher(self) -> None:
         """Fire-and-forget: the dispatcher looks for work now (it polls anyway)."""

@@ -14,9 +14,9 @@ from sqlalchemy.engine import Connection, Row
 from raypipe.batches import BatchRecord, BatchStatus, eta_s
 from raypipe.exceptions import Conflict, NotFound
 from raypipe.jobs import JobRecord, JobStatus
-from raypipe.store import completion, transitions
+from raypipe.store import completion, idempotency, transitions
 from raypipe.store.engine import read_only
-from raypipe.store.jobs import JobStore, check_id, job_from_mapping, select_jobs
+from raypipe.store.jobs import Charge, JobStore, check_id, job_from_mapping, select_jobs
 from raypipe.store.tables import UTCDateTime, batches, jobs
 
 #: Jobs read per query when a batch's jobs are listed in order.
@@ -38,31 +38,48 @@ class BatchStore:
         tags: list[str],
         webhook_url: str | None = None,
         then: dict[str, Any] | None = None,
-    ) -> BatchRecord:
-        """Write a batch and its prepared job rows, all or nothing, in submission order."""
+        idempotency_key: str | None = None,
+        request_hash: str = "",
+    ) -> tuple[BatchRecord, bool]:
+        """Write a batch and its prepared job rows, all or nothing, in submission order;
+        returns it and whether it is new. A batch made under the same ``idempotency_key``
+        with the same ``request_hash`` is returned instead (nothing written); with another
+        hash, a :class:`Conflict`."""
         now = self.store.clock()
         batch_id = str(uuid.uuid4())
         for index, row in enumerate(rows):
             row.update(batch_id=batch_id, batch_index=index)
             row.setdefault("created_at", now)
+        batch = {
+            "id": batch_id,
+            "tenant": tenant,
+            "total": len(rows),
+            "status": BatchStatus.RUNNING.value,
+            "tags": list(tags),
+            "webhook_url": webhook_url,
+            "then": then,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+            "created_at": now,
+            "updated_at": now,
+        }
         with self.engine.begin() as conn:
-            conn.execute(
-                batches.insert(),
-                {
-                    "id": batch_id,
-                    "tenant": tenant,
-                    "total": len(rows),
-                    "status": BatchStatus.RUNNING.value,
-                    "tags": list(tags),
-                    "webhook_url": webhook_url,
-                    "then": then,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
+            if idempotency_key:
+                found = idempotency.insert_once(conn, batches, [batch], lambda: sa.select(batches))
+                first = idempotency.earlier(batch, found, "batch")
+                if first is not None:
+                    record = self._record(conn, first, now)
+                    job_ids = conn.execute(
+                        sa.select(jobs.c.id)
+                        .where(jobs.c.batch_id == first.id)
+                        .order_by(jobs.c.batch_index)
+                    ).scalars()
+                    return BatchRecord(**{**record.__dict__, "job_ids": list(job_ids)}), False
+            else:
+                conn.execute(batches.insert(), batch)
             self.store.add(conn, rows, now)
             record = self._record(conn, self._row(conn, batch_id, tenant), now)
-        return BatchRecord(**{**record.__dict__, "job_ids": [row["id"] for row in rows]})
+        return BatchRecord(**{**record.__dict__, "job_ids": [row["id"] for row in rows]}), True
 
     def get(self, batch_id: str, tenant: str | None = None) -> BatchRecord:
         """The batch with its live counts, or :class:`NotFound` (also for another tenant's)."""
@@ -128,9 +145,14 @@ class BatchStore:
             completion.settle(conn, [batch_id], now, self.store.add)
         return self.get(batch_id)
 
-    def retry_failed(self, batch_id: str, tenant: str | None = None) -> tuple[BatchRecord, int]:
+    def retry_failed(
+        self, batch_id: str, tenant: str | None = None, charge: Charge | None = None
+    ) -> tuple[BatchRecord, int]:
         """Queue the batch's failed jobs again (one more attempt each); the batch runs again
-        and its next end fires its callbacks again. Returns the batch and how many."""
+        and its next end fires its callbacks again. Returns the batch and how many.
+
+        ``charge`` is called with the transaction and how many were queued: it may refuse
+        (a tenant's rate limit), which undoes them all."""
         now = self.store.clock()
         with self.engine.begin() as conn:
             self._row(conn, batch_id, tenant)
@@ -140,6 +162,8 @@ class BatchStore:
                 now,
                 _greatest(conn, jobs.c.max_attempts, jobs.c.attempt + 1),
             )
+            if charge is not None:
+                charge(conn, len(retried))
         return self.get(batch_id), len(retried)
 
     # -- reading ---------------------------------------------------------------------

@@ -25,8 +25,8 @@ from raypipe.jobs import (
     JobStatus,
     utcnow,
 )
-from raypipe.store import completion, transitions
-from raypipe.store.engine import create_engine, read_only, upsert
+from raypipe.store import completion, idempotency, transitions
+from raypipe.store.engine import create_engine, read_only
 from raypipe.store.tables import (
     HELD,
     UTCDateTime,
@@ -43,6 +43,9 @@ from raypipe.store.transitions import status_event
 WAITING_PREFIX = "waiting for"
 
 Clock = Callable[[], datetime]
+#: Counts work (the number of jobs) against a limit inside the transaction that does it;
+#: raising rolls the work back.
+Charge = Callable[[Connection, int], None]
 
 
 #: The figures of a queue with no queued or running job.
@@ -75,51 +78,23 @@ class JobStore:
         """
         now = self.clock()
         _queued(rows, now)
-        keyed = [row for row in rows if row.get("idempotency_key")]
         job_rows = [_without_payload(row) for row in rows]
         with self.engine.begin() as conn:
-            if keyed:
-                conn.execute(self._insert_ignoring_duplicates(), job_rows)
-                existing = self._by_idempotency_key(conn, keyed)
+            if any(row.get("idempotency_key") for row in rows):
+                existing = idempotency.insert_once(conn, jobs, job_rows, select_jobs)
             else:
                 conn.execute(jobs.insert(), job_rows)
                 existing = {}
             out: list[tuple[JobRecord, bool]] = []
             for row in rows:
-                found = existing.get((row["tenant"], row.get("idempotency_key") or ""))
-                if found is None or found.id == row["id"]:
+                first = idempotency.earlier(row, existing, "job")
+                if first is None:
                     out.append((job_from_mapping({**_JOB_DEFAULTS, **row}), True))
-                elif found.request_hash != row["request_hash"]:
-                    raise Conflict(
-                        f"idempotency key {row['idempotency_key']!r} was used for a different"
-                        f" request (job {found.id})"
-                    )
                 else:
-                    out.append((job_from_mapping(found._mapping), False))
+                    out.append((job_from_mapping(first._mapping), False))
             created = {job.id for job, new in out if new}
             _write_submitted(conn, [row for row in rows if row["id"] in created], now)
         return out
-
-    def _insert_ignoring_duplicates(self) -> sa.Insert:
-        return upsert(self.engine, jobs).on_conflict_do_nothing(
-            index_elements=["tenant", "idempotency_key"]
-        )
-
-    @staticmethod
-    def _by_idempotency_key(
-        conn: Connection, rows: list[dict[str, Any]]
-    ) -> dict[tuple[str, str], Row[Any]]:
-        found: dict[tuple[str, str], Row[Any]] = {}
-        by_tenant: dict[str, set[str]] = {}
-        for row in rows:
-            by_tenant.setdefault(row["tenant"], set()).add(row["idempotency_key"])
-        for tenant, keys in by_tenant.items():
-            query = select_jobs().where(
-                jobs.c.tenant == tenant, jobs.c.idempotency_key.in_(sorted(keys))
-            )
-            for existing in conn.execute(query):
-                found[(existing.tenant, existing.idempotency_key)] = existing
-        return found
 
     @staticmethod
     def add(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
@@ -304,8 +279,14 @@ class JobStore:
                 transitions.ask_to_stop(conn, where, now)
         return self.get(job_id)
 
-    def retry(self, job_id: str, tenant: str | None = None) -> JobRecord:
-        """Queue a failed or cancelled job again, allowing it one more attempt."""
+    def retry(
+        self, job_id: str, tenant: str | None = None, charge: Charge | None = None
+    ) -> JobRecord:
+        """Queue a failed or cancelled job again, allowing it one more attempt.
+
+        ``charge`` is called with the transaction and 1 once the job is queued: it may
+        refuse (a tenant's rate limit), which undoes the retry.
+        """
         now = self.clock()
         with self.engine.begin() as conn:
             job = self._locked(conn, job_id, tenant)
@@ -320,6 +301,8 @@ class JobStore:
                 now,
                 max(job.max_attempts, job.attempt + 1),
             )
+            if charge is not None:
+                charge(conn, 1)
         return self.get(job_id)
 
     def delete(self, job_id: str, tenant: str | None = None) -> JobRecord:

@@ -59,6 +59,7 @@ class QueueStore:
                 "priority": settings.queues[name].priority,
                 "paused": name in pauses,
                 "paused_at": iso(pauses.get(name)),
+                "admin_only": settings.queues[name].admin_only,
                 **QUIET,
                 **stats.get(name, {}),
             }

@@ -248,8 +248,17 @@ batches = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
+    # As a job's: the Idempotency-Key of the request that made it, and its body's fingerprint.
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("request_hash", sa.String(64), nullable=False, server_default=""),
 )
 sa.Index("ix_batches_tenant_created", batches.c.tenant, batches.c.created_at)
+sa.Index(
+    "uq_batches_tenant_idempotency_key",
+    batches.c.tenant,
+    batches.c.idempotency_key,
+    unique=True,
+)
 
 # The secret each tenant's webhooks are signed with (Standard Webhooks: ``whsec_…``).
 webhook_secrets = sa.Table(

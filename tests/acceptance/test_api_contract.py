@@ -1,6 +1,6 @@
-"""``API.md``'s examples over real HTTP on one deployment with the embedded defaults
-(SQLite; the progress actor's default timings, so that what is written late is late as it
-would be for a user): the job spec as written, the job's shape on every route, each
+"""``API.md``'s examples over real HTTP on one `raypipe up` deployment with the embedded
+defaults (SQLite; the progress actor's default timings, so that what is written late is
+late as it would be for a user): the job spec as written, the job's shape on every route, each
 built-in type's inputs and results, a job's log being complete the moment its end is
 read, and a key made by the CLI. The sections of later issues (flow control, checkpoints,
 open batches) are not here.
@@ -9,6 +9,7 @@ open batches) are not here.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from raypipe.config import Settings
+from raypipe.config import get_settings
 from tests.conftest import read_at_end, wait_for
-from tests.helpers.commands import Raypipe
+from tests.helpers.commands import Raypipe, running_head
 from tests.helpers.fake_ai import FakeAI
 from tests.helpers.inputs import DOCUMENT, png
-from tests.helpers.serving import Api, deploy_api
+from tests.helpers.serving import Api
 
 WAIT_S = 300
 #: Jobs of each kind in a row, each followed alone: over HTTP, the window in which a job
@@ -42,27 +43,24 @@ JOB_FIELDS = {
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-def _default(name: str) -> Any:
-    return Settings.model_fields[name].default
-
-
 @pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """One deployment for the module, with an AI service to call and a queue whose
-    priority is not 0."""
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`raypipe up` for the module, on the defaults a user gets (SQLite in its data folder,
+    the progress actor's timings), with two settings a user would add for two of the tests:
+    an AI service to call, and a queue whose priority is not 0."""
+    root = tmp_path_factory.mktemp("contract")
     with FakeAI() as fake:
-        yield from deploy_api(
-            request,
-            "sqlite",
-            tmp_path_factory.mktemp("contract"),
-            serve_port,
-            queues={"urgent": {"concurrency": 4, "priority": 7}},
-            ai_base_url=fake.url + "/v1",
-            progress_report_interval_s=_default("progress_report_interval_s"),
-            progress_flush_interval_s=_default("progress_flush_interval_s"),
+        head = running_head(
+            root,
+            RAYPIPE_QUEUES=json.dumps({"urgent": {"concurrency": 4, "priority": 7}}),
+            RAYPIPE_AI_BASE_URL=fake.url + "/v1",
         )
+        cli = next(head)
+        try:
+            settings = get_settings(data_dir=cli.data_dir)
+            yield Api(f"http://127.0.0.1:{cli.env['RAYPIPE_API_PORT']}", settings, root)
+        finally:
+            head.close()  # raypipe down
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from ray import serve
 
 from raypipe.api.deployment import APP_NAME, build
 from tests.conftest import wait_for
-from tests.helpers.serving import Api, deploy_api
+from tests.helpers.serving import Api, limited_api
 
 LIMIT = 6
 pytestmark = pytest.mark.postgres
@@ -20,14 +20,7 @@ def api(
     request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     """Two replicas sharing PostgreSQL, with a small submission limit."""
-    yield from deploy_api(
-        request,
-        "postgres",
-        tmp_path_factory.mktemp("ops"),
-        serve_port,
-        api_replicas=2,
-        rate_limits={"submit": {"limit": LIMIT, "window_s": 3600}},
-    )
+    yield from limited_api(request, serve_port, tmp_path_factory, LIMIT, api_replicas=2)
 
 
 def test_the_submission_limit_holds_across_replicas(api: Api) -> None:

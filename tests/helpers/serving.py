@@ -79,6 +79,25 @@ def loopback_api(
     )
 
 
+def limited_api(
+    request: pytest.FixtureRequest,
+    serve_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    limit: int,
+    **overrides: object,
+) -> Iterator[Api]:
+    """The API on PostgreSQL with a submit rate limit small enough for a test to reach
+    (``limit`` jobs per tenant an hour)."""
+    yield from deploy_api(
+        request,
+        "postgres",
+        tmp_path_factory.mktemp("limited"),
+        serve_port,
+        rate_limits={"submit": {"limit": limit, "window_s": 3600}},
+        **overrides,
+    )
+
+
 @pytest.fixture(name="api", scope="module", params=POSTGRES_ONLY)
 def postgres_api(
     request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory

@@ -17,7 +17,7 @@ from raypipe import registry
 from raypipe.batches import BatchStatus
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
-from raypipe.exceptions import Conflict, InvalidInput
+from raypipe.exceptions import Conflict, InvalidInput, RateLimited
 from raypipe.jobs import CANCELLED_ON_REQUEST, JobStatus, Outcome
 from raypipe.store import DispatchStore, JobStore, create_engine
 from raypipe.store.batches import BatchStore
@@ -39,7 +39,7 @@ def _stores(settings: Settings) -> tuple[JobStore, BatchStore]:
 def _batch(settings: Settings, batches: BatchStore, n: int, **fields: Any) -> Any:
     body = {"jobs": [{"type": "noop", "payload": {}} for _ in range(n)], **fields}
     rows, extra = prepare_batch(body, settings, T0, "acme")
-    return batches.create("acme", rows, **extra)
+    return batches.create("acme", rows, **extra)[0]
 
 
 def _claim_all(store: JobStore, n: int, start: bool = True) -> list[Any]:
@@ -201,6 +201,50 @@ def test_cancel_and_retry_failed(settings: Settings) -> None:
     # Cancelled jobs stay cancelled: the batch completed with failures, a second time.
     assert reopened.status is BatchStatus.COMPLETED_WITH_FAILURES and reopened.completions == 2
     assert len(_follow_ups(store, batch.id)) == 2
+
+
+def test_a_batch_is_made_once_per_idempotency_key(settings: Settings) -> None:
+    store, batches = _stores(settings)
+
+    def send(tags: list[str]) -> tuple[Any, bool]:
+        body = {"jobs": [{"type": "noop"}, {"type": "noop"}], "tags": tags}
+        rows, extra = prepare_batch(body, settings, T0, "acme", idempotency_key="k1")
+        return batches.create("acme", rows, **extra)
+
+    first, created = send(["a"])
+    again, replayed = send(["a"])
+    assert created and not replayed
+    assert (again.id, again.job_ids, again.total) == (first.id, first.job_ids, 2)
+    with pytest.raises(Conflict, match=first.id):
+        send(["b"])
+    assert [b.id for b in batches.list("acme")] == [first.id]
+    assert len(store.list(tenant="acme")) == 2
+    # The key is the tenant's: another tenant's batch under it is its own.
+    rows, extra = prepare_batch({"jobs": [{"type": "noop"}]}, settings, T0, "other", True, "k1")
+    other, made = batches.create("other", rows, **extra)
+    assert made and other.id != first.id
+
+
+def test_a_refused_charge_retries_nothing(settings: Settings) -> None:
+    store, batches = _stores(settings)
+    batch = _batch(settings, batches, 2)
+    dispatch = DispatchStore(store)
+    claimed = _claim_all(store, 2)
+    dispatch.record([Outcome(job.id, 1, JobStatus.FAILED, result=None) for job in claimed])
+    charged: list[int] = []
+
+    def refuse(_conn: sa.Connection, cost: int) -> None:
+        charged.append(cost)
+        raise RateLimited("over the limit")
+
+    with pytest.raises(RateLimited):
+        batches.retry_failed(batch.id, "acme", refuse)
+    with pytest.raises(RateLimited):
+        store.retry(claimed[0].id, "acme", refuse)
+    assert charged == [2, 1]
+    assert batches.get(batch.id).counts["failed"] == 2
+    _, retried = batches.retry_failed(batch.id, "acme", lambda _conn, cost: charged.append(cost))
+    assert retried == 2 and charged == [2, 1, 2]
 
 
 def test_cancel_asks_held_jobs_to_stop_even_before_they_start(settings: Settings) -> None:

@@ -7,12 +7,12 @@ import asyncio
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from raypipe.api.deps import ERRORS, KEEPALIVE_S, AppServices, Caller
+from raypipe.api.deps import ERRORS, KEEPALIVE_S, AppServices, Caller, replayed
 from raypipe.api.schemas import JobView
 from raypipe.api.services import Services
 from raypipe.batches import BatchRecord, BatchSpec
@@ -62,14 +62,28 @@ class BatchJobs(BaseModel):
 def router() -> APIRouter:
     routes = APIRouter(responses=ERRORS, tags=["batches"])
 
-    @routes.post("/batches", status_code=202, response_model=BatchAccepted)
+    @routes.post(
+        "/batches",
+        status_code=202,
+        response_model=BatchAccepted,
+        responses={200: {"model": BatchAccepted, "description": "an idempotent replay"}},
+    )
     def create_batch(
-        body: BatchSpec, caller: Caller, services: AppServices, response: Response
+        body: BatchSpec,
+        caller: Caller,
+        services: AppServices,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> Any:
-        """Submit a batch: every job valid and written in one transaction, or none."""
+        """Submit a batch: every job valid and written in one transaction, or none. With
+        `Idempotency-Key`, the same key and body again returns the first batch (200)."""
         services.charge(caller, "submit", jobs_made(body.jobs) + follow_ups(body.then))
-        batch = services.submitter.submit_batch(body, caller.tenant, admin=caller.admin)
+        batch, created = services.submitter.submit_batch(
+            body, caller.tenant, admin=caller.admin, idempotency_key=idempotency_key or None
+        )
         response.headers["Location"] = f"/v1/batches/{batch.id}"
+        if not created:
+            replayed(response)
         return BatchAccepted(**batch.to_dict(), job_ids=batch.job_ids)
 
     @routes.get("/batches", response_model=BatchList)
@@ -115,9 +129,12 @@ def router() -> APIRouter:
 
     @routes.post("/batches/{batch_id}/retry-failed", response_model=BatchRetried)
     def retry_failed(batch_id: str, caller: Caller, services: AppServices) -> BatchRetried:
-        """Queue its failed jobs again; the batch runs again and its callbacks fire again
-        when it ends."""
-        batch, retried = services.batches.retry_failed(batch_id, caller.scope)
+        """Queue its failed jobs again, each charged to the tenant's submit rate limit (429
+        past it, nothing retried); the batch runs again and its callbacks fire again when
+        it ends."""
+        batch, retried = services.batches.retry_failed(
+            batch_id, caller.scope, services.charger(caller)
+        )
         services.wake_dispatcher()
         return BatchRetried(**batch.to_dict(), retried=retried)
 

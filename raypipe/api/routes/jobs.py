@@ -20,6 +20,7 @@ from raypipe.api.deps import (
     Caller,
     decode_cursor,
     encode_cursor,
+    replayed,
     utc_param,
 )
 from raypipe.api.schemas import (
@@ -65,8 +66,7 @@ def router() -> APIRouter:
         [(job, created)] = _submit(services, caller, [spec], ())
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if not created:
-            response.status_code = 200
-            response.headers["Idempotent-Replayed"] = "true"
+            replayed(response)
         return JobView.of(job)
 
     @api.post("/jobs/bulk", status_code=202, response_model=BulkAccepted)
@@ -167,8 +167,9 @@ def router() -> APIRouter:
 
     @api.post("/jobs/{job_id}/retry", response_model=JobView)
     def retry_job(job_id: str, caller: Caller, services: AppServices) -> JobView:
-        """Queue a failed or cancelled job again; its attempts so far stay on record."""
-        job = services.jobs.retry(job_id, caller.scope)
+        """Queue a failed or cancelled job again, charged to the tenant's submit rate limit
+        as a submission is (429 past it); its attempts so far stay on record."""
+        job = services.jobs.retry(job_id, caller.scope, services.charger(caller))
         services.wake_dispatcher()
         return JobView.of(job)
 
