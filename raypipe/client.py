@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from raypipe.artifacts import check_name
 from raypipe.batches import BatchRecord
 from raypipe.exceptions import (
     Conflict,
@@ -167,7 +168,8 @@ def _action_call(job_id: str, action: str) -> _Call[JobRecord]:
 
 
 def _artifact_call(job_id: str, name: str) -> _Call[bytes]:
-    return _Call("GET", _job_path(job_id, "artifacts", quote(name, safe="")), raw=True)
+    # Checked here, not left to the server: a name such as "../x" would change the path.
+    return _Call("GET", _job_path(job_id, "artifacts", check_name(name)), raw=True)
 
 
 def _logs_call(job_id: str, attempt: int | None, after: int) -> _Call[dict[str, Any]]:
@@ -488,9 +490,7 @@ class _ClientBase:
             body = response.json()["error"]
             code, message, details = body.get("code"), body["message"], body.get("details")
         except (ValueError, KeyError, TypeError):
-            text = response.text.strip()[:500]
-            reason = f"HTTP {response.status_code} {response.reason_phrase}"
-            code, message, details = None, f"{reason}: {text}" if text else reason, None
+            code, message, details = None, _foreign_error(response), None
         status = response.status_code
         if status == 401 and not self.api_key:
             message += f" (no API key: pass api_key= or set {API_KEY_ENV})"
@@ -511,6 +511,20 @@ class _ClientBase:
         if response.is_error:
             raise self._error(response)
         return call.read(response.content if call.raw else response.json())
+
+
+def _foreign_error(response: httpx.Response) -> str:
+    """The message for an error answer without the API's error body: one that something in
+    front of the API made, such as Ray Serve's proxy when a replica died mid-request (a
+    plain-text 500), or a load balancer."""
+    text = response.text.strip()[:500]
+    said = f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
+    if response.status_code == 500:
+        return (
+            f"{said} (not the API's answer: Ray Serve's proxy answers so when the API's"
+            " replica stops mid-request; the request may or may not have taken effect)"
+        )
+    return f"{said} (not the API's answer: something in front of it)"
 
 
 # -- the blocking client ------------------------------------------------------------------

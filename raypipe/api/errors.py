@@ -63,20 +63,22 @@ def error_response(
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+def raypipe_response(exc: RaypipeError) -> JSONResponse:
+    """The answer to one of raypipe's errors: its status, and the headers it asks for."""
+    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    more = exc.more if isinstance(exc, InvalidInput) else 0
+    return error_response(status, exc.code, exc.message, exc.details, headers, more)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RaypipeError)
     async def raypipe_error(_request: Request, exc: RaypipeError) -> JSONResponse:
-        return _raypipe_response(exc)
-
-    def _raypipe_response(exc: RaypipeError) -> JSONResponse:
-        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
-        headers = {}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(exc.retry_after_s)
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
-        more = exc.more if isinstance(exc, InvalidInput) else 0
-        return error_response(status, exc.code, exc.message, exc.details, headers, more)
+        return raypipe_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,7 +100,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, RaypipeError):  # raised while FastAPI read the body
-            return _raypipe_response(exc.__cause__)
+            return raypipe_response(exc.__cause__)
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's "error parsing the body": JSON that Python's parser gave up on
             # otherwise than with a syntax error (too deep, not UTF-8: compressed, say).
@@ -106,7 +108,7 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, _http_message(exc, request))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -125,6 +127,18 @@ def install(app: FastAPI) -> None:
             "the database is unavailable; retry shortly",
             headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
         )
+
+
+def _http_message(exc: StarletteHTTPException, request: Request) -> str:
+    """What went wrong, naming the path: the router's bare "Not Found" read as if the job
+    were missing when it was the path (``raypipe artifact ID ../x`` asked for
+    ``/v1/jobs/ID/x``, as clients resolve ``..``)."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return f"no such route: {where} (see /docs for the API's routes)"
+    if exc.status_code == 405:
+        return f"method not allowed: {where}"
+    return str(exc.detail)
 
 
 def _invalid_json(reason: str) -> JSONResponse:

@@ -20,7 +20,7 @@ import ray
 from ray.autoscaler.sdk import request_resources
 from ray.exceptions import RayActorError, RayError, TaskCancelledError
 
-from raypipe import admission, metrics, registry, tracing
+from raypipe import admission, exceptions, metrics, registry, tracing
 from raypipe.config import Settings
 from raypipe.job_logs import job_fields
 from raypipe.jobs import (
@@ -902,7 +902,8 @@ def _with_logs(outcome: Outcome, result: AttemptResult | None) -> Outcome:
 
 def _system_error(exc: RayError) -> ErrorInfo:
     """A short, readable record of why Ray could not finish the attempt."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = exceptions.reason(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
     cause = getattr(exc, "cause", None)
     name = type(cause).__name__ if isinstance(cause, BaseException) else type(exc).__name__
     return ErrorInfo(name, message[:1000])

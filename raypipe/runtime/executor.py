@@ -18,7 +18,7 @@ import ray
 from raypipe import job_logs, registry, tracing
 from raypipe.config import Settings
 from raypipe.context import JobContext, Runner
-from raypipe.exceptions import InvalidInput, PermanentError
+from raypipe.exceptions import InvalidInput, PermanentError, reason
 from raypipe.jobs import ClaimedJob, ErrorInfo, utcnow
 from raypipe.retry import ErrorKind, RetryPolicy, classify
 from raypipe.runtime.fanout import PoolHandles, RayRunner
@@ -185,7 +185,7 @@ def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
-        raise PermanentError(f"result is not JSON-serialisable: {exc}") from exc
+        raise PermanentError(f"result is not JSON-serialisable: {reason(exc)}") from exc
     return value
 
 
@@ -196,7 +196,7 @@ def _failure(
     return AttemptResult(
         ok=False,
         kind=kind,
-        error=ErrorInfo(type(exc).__name__, str(exc) or type(exc).__name__, trace),
+        error=ErrorInfo(type(exc).__name__, reason(exc) or type(exc).__name__, trace),
         delay_s=getattr(exc, "delay_s", None),
         logs=logs,
     )

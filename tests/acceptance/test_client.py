@@ -389,7 +389,23 @@ def test_a_non_json_error_keeps_the_status_and_text() -> None:
     with client, pytest.raises(ServerError) as caught:
         client.get("j")
 
-    assert caught.value.message == "HTTP 502 Bad Gateway: Bad gateway"
+    assert caught.value.message == (
+        "HTTP 502 Bad Gateway: Bad gateway (not the API's answer: something in front of it)"
+    )
+
+
+def test_serves_plain_500_is_named_as_a_replica_that_stopped() -> None:
+    # What Ray Serve's proxy answers when the replica dies mid-request (it has no hook to
+    # answer in the API's shape): the message says what it means for the request.
+    client = Client(transport=_answering(500, text="Internal Server Error"), retries=0)
+    with client, pytest.raises(ServerError) as caught:
+        client.submit("noop")
+
+    assert caught.value.message == (
+        "HTTP 500 Internal Server Error: Internal Server Error (not the API's answer: Ray"
+        " Serve's proxy answers so when the API's replica stops mid-request; the request"
+        " may or may not have taken effect)"
+    )
 
 
 def test_bad_arguments_fail_before_sending() -> None:

@@ -148,3 +148,32 @@ def test_an_unreadable_image_is_named_without_an_object_repr() -> None:
         decode(b"GIF89a but not really an image", max_pixels=1_000_000)
     assert failed.value.message.startswith("payload.image: not a readable image (")
     assert " object at 0x" not in failed.value.message
+
+
+def test_a_path_that_is_no_route_is_named_in_the_error(client: TestClient) -> None:
+    # Before: {"message": "Not Found"}, which the CLI printed as "raypipe: Not Found" for
+    # `raypipe artifact ID ../x` as if the job were missing.
+    answer = client.get("/v1/jobs/abc/nothing-here")
+    assert answer.status_code == 404
+    assert answer.json()["error"] == {
+        "code": "not_found",
+        "message": "no such route: GET /v1/jobs/abc/nothing-here (see /docs for the API's routes)",
+        "details": [],
+    }
+    answer = client.put("/v1/jobs")
+    assert (answer.status_code, answer.json()["error"]["message"]) == (
+        405,
+        "method not allowed: PUT /v1/jobs",
+    )
+
+
+def test_the_client_refuses_an_artifact_name_that_would_change_the_path() -> None:
+    from raypipe.client import Client
+    from raypipe.exceptions import InvalidInput
+
+    # No server at this address: the name is refused before any request is made.
+    with (
+        Client("http://127.0.0.1:9", retries=0) as api,
+        pytest.raises(InvalidInput, match=r"^artifact name '\.\./x': use letters"),
+    ):
+        api.job_artifact("00000000-0000-0000-0000-000000000000", "../x")

@@ -158,6 +158,21 @@ def test_html_nesting_past_the_depth_bound_is_refused_naming_the_setting(fmt: st
     assert extract_text(nested.encode(), fmt, replace(LIMIT, depth=40)) == "deep"
 
 
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "> " * 20 + "deep\n",  # blockquotes
+        "".join("  " * i + "- x\n" for i in range(12)) + "  " * 12 + "- deep\n",  # lists
+    ],
+    ids=["quotes", "lists"],
+)
+def test_markdown_nesting_past_its_bound_fails_rather_than_losing_text(nested: str) -> None:
+    # markdown-it drops what nests past its bound: this text came out empty, silently.
+    with pytest.raises(PermanentError, match=r"more than 20 deep \(the Markdown nesting limit\)"):
+        extract_text(nested.encode(), "md", LIMIT)
+    assert extract_text(("> " * 19 + "deep\n").encode(), "md", LIMIT) == "deep"
+
+
 @pytest.mark.parametrize("fmt", ["html", "md"])
 def test_html_past_the_element_bound_is_refused_naming_the_setting(fmt: str) -> None:
     page = "<p>x</p>" * 100

@@ -74,3 +74,16 @@ def test_the_lines_an_attempt_did_not_ship_travel_in_its_result(worker: Settings
         ("WARNING", "attempt 1 raises PermanentError on purpose", 1)
     ]
     assert _attempt(worker, "noop", {}).logs == ()
+
+
+def test_a_processors_error_is_recorded_without_object_reprs(worker: Settings) -> None:
+    # A library's message naming an object by its default repr shows the worker's memory
+    # addresses and tells the user nothing (Pillow: "cannot identify image file
+    # <_io.BytesIO object at 0x7f…>").
+    failed = _attempt(
+        worker,
+        "fail",
+        {"error": "ValueError", "message": "cannot read <_io.BytesIO object at 0x7f3a1c>"},
+    )
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == ("ValueError", "cannot read")
