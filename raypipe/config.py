@@ -200,6 +200,44 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_replicas: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    api_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a request's whole body may take to arrive (a 408 past it, so a"
+        " slow sender holds no request slot for long)",
+    )
+    api_max_requests_per_key: int = Field(
+        default=32,
+        ge=1,
+        description="requests one API key may have in flight at once on a replica, event"
+        " streams apart (a 429 with Retry-After past it)",
+    )
+    api_max_requests_per_tenant: int = Field(
+        default=64,
+        ge=1,
+        description="requests one tenant's keys may have in flight at once on a replica, event"
+        " streams apart (a 429 with Retry-After past it)",
+    )
+    api_max_streams_per_key: int = Field(
+        default=16,
+        ge=1,
+        description="event streams (job and batch events, followed logs) one API key may hold"
+        " open at once on a replica (a 429 with Retry-After past it)",
+    )
+    api_max_streams_per_tenant: int = Field(
+        default=32,
+        ge=1,
+        description="event streams one tenant's keys may hold open at once on a replica (a 429"
+        " with Retry-After past it)",
+    )
+    api_max_streams: int = Field(
+        default=64,
+        ge=1,
+        le=128,
+        description="event streams a replica holds open at once over all tenants (a 503 with"
+        " Retry-After past it): at most half its 256 request slots, so that ordinary requests"
+        " always keep the rest",
+    )
     max_bulk_jobs: int = Field(default=10_000, ge=1)
     tenant_priority_min: int = Field(
         default=0,
@@ -315,8 +353,16 @@ class Settings(BaseSettings):
     mesh_max_vertices: int = Field(
         default=4_000_000,
         ge=4,
-        description="largest height grid a mesh may have: what its 1 GiB holds with the"
-        " mesh's copies (a 62 KB PNG can be 8000×8000)",
+        description="largest height grid a mesh may have, whatever memory it would fit in"
+        " (a 62 KB PNG can be 8000×8000)",
+    )
+    mesh_memory_bytes: int = Field(
+        default=1 << 30,
+        ge=1,
+        description="memory a mesh.from_image job reserves from Ray (its memory= resource)"
+        " and is held to: its worker's peak is estimated from the image's header, the"
+        " detail_factor, the smoothing and the formats before any pixel is decoded, and a"
+        " job estimated over this fails at once, naming it",
     )
     mesh_tile_rows: int = Field(
         default=1024, ge=2, description="height-grid rows per tile when a large mesh is fanned out"

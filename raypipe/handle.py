@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overloa
 from pydantic import BaseModel
 
 from raypipe.batches import BatchRecord
-from raypipe.exceptions import JobFailed
+from raypipe.exceptions import JobFailed, RateLimited, ServerError
 from raypipe.jobs import AttemptRecord, JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -283,9 +283,15 @@ class AsyncJobHandle(_JobHandleBase[AsyncJobBackend, R]):
         # A stream read from the start may end at an earlier attempt's end (the job was
         # retried since): then the job is read again and the stream resumed.
         while not waiting.ended(job := await self.refresh()):
-            async for event in self._backend.stream(self.id, last_event_id):
-                last_event_id = event["event_id"]
-                waiting.show(event["status"], event["progress"], event["message"])
+            try:
+                async for event in self._backend.stream(self.id, last_event_id):
+                    last_event_id = event["event_id"]
+                    waiting.show(event["status"], event["progress"], event["message"])
+            except (RateLimited, ServerError):
+                # The API refused the stream: the key's or tenant's streams are all open
+                # (429), or the replica's (503). This wait polls instead, as JobHandle.wait
+                # does; the next round tries a stream again.
+                await asyncio.sleep(waiting.pause())
         return job
 
     async def result(self, timeout: float | None = None) -> R:

@@ -1,5 +1,6 @@
-"""The FastAPI app: its routes (``api/routes/``, under /v1), one error format, a limit on
-request bodies, and the per-process services the routes share."""
+"""The FastAPI app: its routes (``api/routes/``, under /v1), one error format, limits on
+request bodies and on what each key and tenant holds at once (``api/fair_use.py``), and the
+per-process services the routes share."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raypipe import tracing
 from raypipe.api import errors
+from raypipe.api.fair_use import FairUse
 from raypipe.api.routes import batches, health, jobs, queues, schedules, stats, webhooks
 from raypipe.api.services import Services
 from raypipe.config import Settings
@@ -56,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # Added last, so it runs first: keys are checked, and slots counted, before any body.
+    app.add_middleware(FairUse, services=services)
     # FastAPI traces each request on the global tracer provider (continuing a caller's
     # `traceparent`); with traces asked for, that provider exports them.
     tracing.configured()

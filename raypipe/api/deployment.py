@@ -13,6 +13,10 @@ from raypipe.config import Settings
 
 APP_NAME = "raypipe"
 DEPLOYMENT_NAME = "raypipe-api"
+#: Requests a replica takes at once (Serve's ``max_ongoing_requests``); event streams hold
+#: at most ``RAYPIPE_API_MAX_STREAMS`` (at most half) of them, so the rest stay free for
+#: ordinary requests (``api/fair_use.py``).
+REQUEST_SLOTS = 256
 
 
 def build(settings: Settings) -> serve.Application:
@@ -34,7 +38,7 @@ def build(settings: Settings) -> serve.Application:
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
         num_replicas=settings.api_replicas,
-        max_ongoing_requests=256,
+        max_ongoing_requests=REQUEST_SLOTS,
         ray_actor_options={"num_cpus": 0},
         **logging,
     )(ingress)

@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
+from raypipe.api.fair_use import principal_of
 from raypipe.api.schemas import ErrorResponse
 from raypipe.api.services import Principal, Services
 from raypipe.exceptions import InvalidInput
@@ -17,7 +19,7 @@ from raypipe.submission import check_text
 KEEPALIVE_S = 15.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 422, 429, 503)
 }
 
 
@@ -29,10 +31,13 @@ def services_of(request: Request) -> Services:
 AppServices = Annotated[Services, Depends(services_of)]
 
 
-def _principal(
+async def _principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    return services_of(request).authenticate(authorization)
+    admitted = principal_of(request)  # checked before the body was read
+    if admitted is not None:
+        return admitted
+    return await run_in_threadpool(services_of(request).authenticate, authorization)
 
 
 Caller = Annotated[Principal, Depends(_principal)]

@@ -38,10 +38,11 @@ KEY_CACHE_S = 5.0
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a tenant, and whether its key sees every tenant."""
+    """Who is calling: a tenant, whether its key sees every tenant, and the key's id."""
 
     tenant: str
     admin: bool
+    key_id: str = ""
 
     @property
     def scope(self) -> str | None:
@@ -98,20 +99,27 @@ class Services:
         return WebhookStore(self.jobs.engine, self.jobs.clock)
 
     def authenticate(self, authorization: str | None) -> Principal:
-        scheme, _, secret = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthorized()
-        secret = secret.strip()
-        cached = self._keys.get(secret)
+        """The caller with this ``Authorization`` header; :class:`Unauthorized` without a
+        live key. May ask the database (see :meth:`known`)."""
+        known = self.known(authorization)
+        if known is not None:
+            return known
+        secret = _secret(authorization)
+        key = self.access.find_key(secret)
+        if key is None:
+            self._keys.pop(secret, None)
+            raise Unauthorized("invalid or revoked API key")
+        self._keys[secret] = (time.monotonic() + KEY_CACHE_S, key)
+        return _principal(key)
+
+    def known(self, authorization: str | None) -> Principal | None:
+        """The caller, if its key was verified in the last :data:`KEY_CACHE_S` seconds,
+        without asking the database (so an event loop may call it); None if it must be
+        asked; :class:`Unauthorized` for a header that names no key at all."""
+        cached = self._keys.get(_secret(authorization))
         if cached is None or cached[0] < time.monotonic():
-            key = self.access.find_key(secret)
-            if key is None:
-                self._keys.pop(secret, None)
-                raise Unauthorized("invalid or revoked API key")
-            cached = (time.monotonic() + KEY_CACHE_S, key)
-            self._keys[secret] = cached
-        key = cached[1]
-        return Principal(tenant=key.tenant, admin=key.admin)
+            return None
+        return _principal(cached[1])
 
     def charge(
         self, principal: Principal, action: str, cost: int, conn: Connection | None = None
@@ -149,3 +157,15 @@ class Services:
     def wake_webhook_sender(self) -> None:
         """Fire-and-forget: the webhook sender looks for deliveries now (it polls anyway)."""
         self._webhook_bell.ring()
+
+
+def _secret(authorization: str | None) -> str:
+    """The key in a ``Bearer`` header; :class:`Unauthorized` if it names none."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized()
+    return secret.strip()
+
+
+def _principal(key: ApiKey) -> Principal:
+    return Principal(tenant=key.tenant, admin=key.admin, key_id=key.id)
