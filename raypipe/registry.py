@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -12,7 +13,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import pydantic
 from pydantic import BaseModel
@@ -29,6 +30,9 @@ from raypipe.handle import (
 )
 from raypipe.jobs import SpecLike, payload_of
 from raypipe.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from raypipe.config import Settings
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class ProcessorSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory: int | None = None
+    #: Works ``memory`` out of the settings where jobs are dispatched (:meth:`configured`):
+    #: a processor that holds its jobs to a configurable bound reserves that bound.
+    memory_of: Callable[[Settings], int] | None = None
     resources: dict[str, float] = field(default_factory=dict)
     retry: RetryPolicy | None = None
     timeout_s: float | None = None
@@ -90,6 +97,12 @@ class ProcessorSpec:
     pool: str | None = None
     #: Pools it calls into while running (``ctx.embed`` uses ``embeddings``).
     uses: tuple[str, ...] = ()
+
+    def configured(self, settings: Settings) -> ProcessorSpec:
+        """This type with what depends on the settings worked out (``memory_of``)."""
+        if self.memory_of is None:
+            return self
+        return dataclasses.replace(self, memory=self.memory_of(settings))
 
     def ray_options(self) -> dict[str, Any]:
         """Options for ``.options()`` on the Ray task that runs this type."""
@@ -302,7 +315,7 @@ def processor(
     queue: str | None = None,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
-    memory: int | None = None,
+    memory: int | Callable[[Settings], int] | None = None,
     resources: dict[str, float] | None = None,
     retry: RetryPolicy | None = None,
     timeout_s: float | None = None,
@@ -315,6 +328,8 @@ def processor(
 
     The payload model comes from ``payload=`` or from the annotation of the first
     parameter. ``queue``, ``retry`` and ``timeout_s`` default to the settings'.
+    ``memory`` is bytes per job, or a function of the settings that gives them (a bound
+    the processor holds its jobs to, read where the jobs are dispatched).
     ``admin_only`` types (they act on every tenant) are refused to non-admin API keys.
     ``pool`` runs the jobs on that pool's warm actors instead of a Ray task each (the
     resources are then the pool's, per actor); ``uses`` names pools the processor calls
@@ -330,7 +345,8 @@ def processor(
             queue=queue,
             num_cpus=num_cpus,
             num_gpus=num_gpus,
-            memory=memory,
+            memory=None if callable(memory) else memory,
+            memory_of=memory if callable(memory) else None,
             resources=dict(resources or {}),
             retry=retry,
             timeout_s=timeout_s,

@@ -164,7 +164,10 @@ class Dispatcher:
         self.owner_prefix = f"{settings.namespace[:100]}/{DISPATCHER_ACTOR}:{actor_id}:"
         self.owner = self.owner_prefix + uuid.uuid4().hex[:12]
         self.store = DispatchStore.from_url(settings.database_url, wait_for_flush=False)
-        self.processors = registry.load(settings.processor_modules)
+        self.processors = {
+            name: spec.configured(settings)
+            for name, spec in registry.load(settings.processor_modules).items()
+        }
         self.schedules = ScheduleStore(self.store.engine, self.store.jobs.clock)
         self._schedules_synced = False
         self._next_schedule_check = 0.0

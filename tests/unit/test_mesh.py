@@ -22,7 +22,7 @@ from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext, LocalRunner
 from raypipe.exceptions import PermanentError
 from raypipe.jobs import ProgressState
-from raypipe.processors.mesh import MEMORY_BYTES, MeshPayload, mesh_from_image
+from raypipe.processors.mesh import MeshPayload, mesh_from_image
 
 T = TypeVar("T")
 
@@ -322,6 +322,28 @@ def test_a_grid_over_the_vertex_limit_is_permanent_before_any_grid_is_built(
     assert run(ctx, encode(bump(40, 40)), detail_factor=0.5)["vertices"] == 400
 
 
+def test_a_job_over_its_memory_is_refused_from_the_header_alone(tmp_path: Path) -> None:
+    """The estimate needs the header only: a PNG whose pixel data is garbage is refused
+    for its memory, not found unreadable, so no pixel was decoded before the refusal."""
+    good = encode(bump(400, 400))
+    start = good.index(b"IDAT") + 4
+    garbage = good[:start] + bytes(len(good) - start)  # header intact, pixels zeroed
+    settings = get_settings(data_dir=tmp_path, mesh_memory_bytes=300 << 20)
+    ctx = JobContext.local("mesh.from_image", settings)
+    limit = (
+        r"^payload: a 400×400 L image at detail_factor 1 is a 400×400 grid of 160000"
+        r" vertices; with smoothing 0 and formats stl its worker would peak at about \d+"
+        r" bytes \(0\.\d\d GiB, at stl export\), over the limit of 314572800 bytes"
+        r" \(0\.29 GiB, RAYPIPE_MESH_MEMORY_BYTES\): lower detail_factor \(at most 0\.\d+"
+        r" fits\), ask for fewer formats, or raise RAYPIPE_MESH_MEMORY_BYTES$"
+    )
+    with pytest.raises(PermanentError, match=limit):
+        run(ctx, garbage, detail_factor=1.0, formats=["stl"])
+    with pytest.raises(PermanentError, match=r"not a readable image"):
+        run(ctx, garbage, detail_factor=0.1, formats=["stl"])  # fits: then decoded
+    assert ctx.artifacts == {}
+
+
 def test_pillow_bomb_limit_is_reported_as_too_large(
     ctx: JobContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -437,7 +459,8 @@ PNG_B64 = b64(b"\x89PNG")
         ({"image_b64": PNG_B64, "detail_factor": 0}, "greater than 0"),
         ({"image_b64": PNG_B64, "detail_factor": 1.5}, "less than or equal to 1"),
         ({"image_b64": PNG_B64, "detail_factor": float("nan")}, "finite number"),
-        ({"image_b64": PNG_B64, "height_scale": 0}, "greater than 0"),
+        ({"image_b64": PNG_B64, "height_scale": 0}, "greater than or equal to 0.000001"),
+        ({"image_b64": PNG_B64, "height_scale": 1e308}, "less than or equal to 1000000"),
         ({"image_b64": PNG_B64, "height_scale": float("inf")}, "finite number"),
         ({"image_b64": PNG_B64, "smoothing": -1}, "greater than or equal to 0"),
         ({"image_b64": PNG_B64, "smoothing": 51}, "less than or equal to 50"),
@@ -470,4 +493,9 @@ def test_registered_for_the_mesh_queue() -> None:
     spec = registry.get("mesh.from_image")
     assert mesh_from_image.spec is spec
     assert (spec.fn, spec.payload_model, spec.queue) == (mesh_from_image.fn, MeshPayload, "mesh")
-    assert spec.ray_options() == {"num_cpus": 1, "num_gpus": 0.0, "memory": MEMORY_BYTES}
+    # What a job reserves from Ray is the bound it is held to, as the settings say.
+    for bound in (1 << 30, 3 << 29):
+        settings = get_settings(mesh_memory_bytes=bound)
+        options = spec.configured(settings).ray_options()
+        assert options == {"num_cpus": 1, "num_gpus": 0.0, "memory": bound}
+        assert spec.configured(settings).demand() == {"CPU": 1, "memory": float(bound)}

@@ -6,10 +6,12 @@ import io
 
 import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 
-from raypipe.mesh import grid
-from raypipe.mesh.heightmap import grid_shape, heightmap, luminance, resample
+from raypipe.mesh import grid, smoothing
+from raypipe.mesh import heightmap as heightmap_module
+from raypipe.mesh.heightmap import band_rows, grid_shape, heightmap, luminance, resample
 from raypipe.mesh.thumbnail import THUMBNAIL_SIZE, render_thumbnail
 
 
@@ -111,11 +113,35 @@ def test_luminance_of_every_mode(image: Image.Image, expected: list[float]) -> N
     assert heights[0].tolist() == pytest.approx(expected, abs=1e-6)
 
 
-def test_heightmap_of_a_tall_image_is_converted_in_bands() -> None:
+def test_heightmap_of_a_tall_image_is_converted_in_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heightmap_module, "BAND_PIXELS", 300)  # bands of 100 rows
     rows = np.linspace(0, 255, 1000).astype(np.uint8)[:, None].repeat(3, axis=1)
     image = Image.fromarray(np.stack([rows] * 3, axis=-1))  # taller than one band of rows
     heights = heightmap(image, 2.0)
     assert np.allclose(heights[:, 0], rows[:, 0] / 255 * 2.0)
+
+
+def test_bands_hold_about_a_million_pixels_however_wide() -> None:
+    assert band_rows(1000) == 1048
+    assert band_rows(64_000_000) == 1  # a 64 M × 1 image: one row, never more
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (2, 9), (7, 5), (30, 20)])
+def test_grid_smoothing_is_trimeshs_taubin(shape: tuple[int, int]) -> None:
+    """The same umbrella operator as trimesh's over the grid's faces, border included,
+    without its edge list and sparse matrix (about 380 bytes a vertex)."""
+    heights = np.random.default_rng(5).random(shape).astype(np.float32)
+    vertices, faces = grid.triangulate(heights, grid.extent(shape[1], shape[0]))
+    reference = trimesh.Trimesh(vertices.copy(), faces, process=False, validate=False)
+    trimesh.smoothing.filter_taubin(reference, lamb=0.5, nu=0.52, iterations=11)
+
+    xy = vertices[:, :2].copy()
+    z = vertices[:, 2].reshape(shape)  # the strided view the processor smooths in place
+    assert np.shares_memory(z, vertices)
+    smoothing.smooth_heights(z, 11)
+    np.testing.assert_allclose(vertices[:, 2], reference.vertices[:, 2], rtol=0, atol=1e-12)
+    assert np.array_equal(vertices[:, :2], xy)  # trimesh moves x/y too; the grid keeps them
+    assert np.abs(z - heights).max() > 0.1  # it did smooth
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (400, 900)])

@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from raypipe import registry
+from raypipe.config import get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput
 from raypipe.processors.basic import FailPayload, NoopPayload, SleepPayload
@@ -99,6 +100,17 @@ def test_decorator_records_options() -> None:
     assert spec.resources == {"accel": 1.0}
     assert spec.retry is policy
     assert spec.timeout_s == 30.0
+
+
+def test_memory_from_the_settings_is_worked_out_where_jobs_are_dispatched() -> None:
+    processor("unit-bounded", memory=lambda settings: settings.mesh_memory_bytes)(annotated)
+    spec = registry.get("unit-bounded")
+    assert spec.memory is None and spec.configured(get_settings()).memory == 1 << 30
+    configured = spec.configured(get_settings(mesh_memory_bytes=3 << 28))
+    assert configured.ray_options()["memory"] == 3 << 28
+    assert configured.demand()["memory"] == float(3 << 28)
+    fixed = ProcessorSpec(type="t", fn=annotated, payload_model=TextPayload, memory=512)
+    assert fixed.configured(get_settings(mesh_memory_bytes=1)) is fixed
 
 
 def test_decorator_defaults() -> None:
