@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,24 @@ class EmbeddingModel:
             show_progress_bar=False,
         )
         return Embeddings(np.asarray(vectors, dtype=np.float32), self.name)
+
+    def encode_until(self, texts: list[str], stop: Callable[[], bool]) -> np.ndarray | None:
+        """The rows of ``texts`` as :meth:`encode` makes them (not normalised), a model batch
+        at a time, or None as soon as ``stop()`` is true between two batches.
+
+        The texts are sorted by length first, as ``encode`` sorts them (so each call here
+        is one of its batches: the same padding, the same vectors)."""
+        if len(texts) <= self.batch_size:
+            return self.encode(texts, normalize=False).vectors
+        order = np.argsort([-len(text) for text in texts])
+        ordered = [texts[i] for i in order]
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            if stop():
+                return None
+            part = ordered[start : start + self.batch_size]
+            vectors[order[start : start + len(part)]] = self.encode(part, normalize=False).vectors
+        return vectors
 
 
 def check_model(settings: Settings, name: str | None) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,12 @@ OnChunk = Callable[[int, int], None]
 #: Embeds on the caller's own actor: (texts, model, normalize) -> (vectors, model used).
 LocalEmbed = Callable[[list[str], str, bool], tuple[np.ndarray, str]]
 
+#: A job's chunks out on each actor at once: one encoding while the next waits there, so
+#: the actor never idles between them, and another job's request waits for one chunk.
+CHUNKS_PER_ACTOR = 2
+#: How often a job waiting for its chunks looks up (an interrupt lands then at the latest).
+WAKE_S = 0.2
+
 
 class ModelHost:
     """The embedding models one actor has loaded (each on first use, the configured fallback
@@ -34,39 +41,49 @@ class ModelHost:
             torch.set_num_threads(settings.embedding_threads)
         self.settings = settings
         self._loaded: dict[str, tuple[EmbeddingModel, Batcher]] = {}
-        self._loading: dict[str, asyncio.Lock] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
 
     async def embed(
-        self, texts: list[str], model: str | None, normalize: bool
+        self, texts: list[str], model: str | None, normalize: bool, key: Hashable = None
     ) -> tuple[np.ndarray, str]:
-        """Vectors of ``texts`` (float32) and the name of the model that made them."""
+        """Vectors of ``texts`` (float32) and the name of the model that made them.
+
+        ``key`` names the caller (one job's chunks share it): callers take turns at the
+        model, a request at a time (see :class:`Batcher`)."""
         loaded, batcher = await self.loaded(models.check_model(self.settings, model))
         if not texts:
             return np.zeros((0, loaded.dim), dtype=np.float32), loaded.name
-        vectors = await batcher.submit(texts)
+        vectors = await batcher.submit(texts, key)
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         return vectors.astype(np.float32, copy=False), loaded.name
 
     async def loaded(self, name: str) -> tuple[EmbeddingModel, Batcher]:
-        """The model ``name`` and its batcher, loading it on first use."""
+        """The model ``name`` and its batcher, loading it on first use (once: a caller
+        cancelled meanwhile leaves the load to the others; a failed one is tried again)."""
         if name not in self._loaded:
-            async with self._loading.setdefault(name, asyncio.Lock()):
-                if name not in self._loaded:
-                    # Loading takes seconds: off the event loop, so other calls go on.
-                    loop = asyncio.get_running_loop()
-                    model = await loop.run_in_executor(None, models.load, self.settings, name)
-                    self._loaded[name] = (model, self._batcher(model))
+            loading = self._loading.get(name)
+            if loading is None or loading.done():
+                loading = asyncio.get_running_loop().create_task(self._load(name))
+                self._loading[name] = loading
+            await asyncio.shield(loading)
         return self._loaded[name]
 
+    async def _load(self, name: str) -> None:
+        # Loading takes seconds: off the event loop, so other calls go on.
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, models.load, self.settings, name)
+        self._loaded[name] = (model, self._batcher(model))
+
     def _batcher(self, model: EmbeddingModel) -> Batcher:
-        # Merged calls reach a job's chunk size: one encode call of several model batches
-        # sorts its texts by length and pads less (1 thread: 191 texts/s in calls of 256
-        # short sentences, 155 in calls of 64).
+        # Merged calls reach a job's chunk size: a call of several model batches sorts its
+        # texts by length and pads less (1 thread: 191 texts/s in calls of 256 short
+        # sentences, 155 in calls of 64); it runs them a model batch at a time, so a call
+        # nobody waits for any more (its jobs cancelled) stops after one.
         settings = self.settings
         return Batcher(
-            lambda texts: model.encode(texts, normalize=False).vectors,
+            model.encode_until,
             max_batch=settings.embedding_chunk_size,
             max_wait_s=settings.embedding_max_wait_ms / 1000,
             model_batch=settings.embedding_batch_size,
@@ -91,6 +108,12 @@ def embed_on(
     """Embed across a pool's actors: identical texts once, chunks spread over the actors
     from a random one (each merges what it gets with other jobs' requests), rows in order.
 
+    Each actor holds at most ``CHUNKS_PER_ACTOR`` of the job's chunks at a time (one
+    encoding, one next), and takes them in turn with other jobs' requests: a large job
+    never queues all its texts ahead of anyone. If the attempt is interrupted (a cancel),
+    the chunks it has out are withdrawn: queued ones are dropped, a running one stops
+    after its model batch.
+
     With ``local`` (the job runs on an actor of this pool), texts that fit in one chunk
     are embedded there: no Ray call, and merged with that actor's other jobs' texts.
     """
@@ -102,23 +125,40 @@ def embed_on(
         if on_chunk is not None:
             on_chunk(len(unique), len(unique))
         return Embeddings(vectors[positions], used)
-    start = random.randrange(len(actors))
-    # Each chunk's call, to where the chunk starts (Ray types actor calls as Never).
-    refs: dict[ray.ObjectRef[tuple[np.ndarray, str]], int] = {
-        actors[(start + i) % len(actors)].embed.remote(unique[at : at + size], name, normalize): at
-        for i, at in enumerate(_starts(len(unique), size))
-    }
+    key = uuid.uuid4().hex  # this call's chunks take their turns together
+    starts = iter(_starts(len(unique), size))
+    # Each chunk's call out, to where the chunk starts and the actor it went to (Ray types
+    # actor calls as Never).
+    out: dict[ray.ObjectRef[tuple[np.ndarray, str]], tuple[int, ActorHandle]] = {}
+
+    def send(actor: ActorHandle) -> None:
+        at = next(starts, None)
+        if at is not None:
+            out[actor.embed.remote(unique[at : at + size], name, normalize, key)] = (at, actor)
+
+    first = random.randrange(len(actors))
+    for _ in range(CHUNKS_PER_ACTOR):
+        for i in range(len(actors)):
+            send(actors[(first + i) % len(actors)])
     parts: dict[int, np.ndarray] = {}
     used = name
-    pending = list(refs)
     done = 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        vectors, used = ray.get(ready[0])
-        parts[refs[ready[0]]] = vectors
-        done += len(vectors)
-        if on_chunk is not None:
-            on_chunk(done, len(unique))
+    try:
+        while out:
+            # Not a wait without end: an interrupt reaches this thread when Ray returns.
+            ready, _ = ray.wait(list(out), num_returns=1, timeout=WAKE_S)
+            if not ready:
+                continue
+            at, actor = out.pop(ready[0])
+            vectors, used = ray.get(ready[0])
+            send(actor)
+            parts[at] = vectors
+            done += len(vectors)
+            if on_chunk is not None:
+                on_chunk(done, len(unique))
+    finally:
+        for ref in out:  # none unless interrupted or failed
+            ray.cancel(ref)
     return Embeddings(np.concatenate([parts[at] for at in sorted(parts)])[positions], used)
 
 

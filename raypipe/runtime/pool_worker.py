@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +20,7 @@ from raypipe import registry
 from raypipe.config import Settings
 from raypipe.jobs import ClaimedJob, ErrorInfo, utcnow
 from raypipe.retry import ErrorKind
-from raypipe.runtime.embedder import ModelHost
+from raypipe.runtime.embedder import WAKE_S, ModelHost
 from raypipe.runtime.executor import AttemptResult, Event, Finished, Started, run_attempt
 from raypipe.runtime.fanout import EMBEDDINGS_POOL, PoolHandles, RayRunner
 
@@ -141,20 +143,33 @@ class PoolWorker:
                     )
 
     async def embed(
-        self, texts: list[str], model: str | None, normalize: bool
+        self, texts: list[str], model: str | None, normalize: bool, key: Hashable = None
     ) -> tuple[np.ndarray, str]:
-        """A chunk of some job's texts (this pool's jobs spread theirs over its actors)."""
-        return await self.host.embed(texts, model, normalize)
+        """A chunk of some job's texts (this pool's jobs spread theirs over its actors);
+        ``key`` is the same for a job's chunks, which take turns with other jobs'. A call
+        cancelled by its job (``ray.cancel``) is dropped from the model's queue."""
+        return await self.host.embed(texts, model, normalize, key)
 
     def _embed_here(self, texts: list[str], model: str, normalize: bool) -> tuple[np.ndarray, str]:
-        """From an attempt's thread: this actor's models, on its event loop."""
+        """From an attempt's thread: this actor's models, on its event loop. Interrupted
+        (a cancel), it withdraws its request."""
         assert self._loop is not None  # set by run(), which runs every attempt
-        call = self.host.embed(texts, model, normalize)
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+        call = asyncio.run_coroutine_threadsafe(
+            self.host.embed(texts, model, normalize), self._loop
+        )
+        try:
+            while True:
+                # Not a wait without end: an interrupt reaches this thread between two.
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    return call.result(WAKE_S)
+        except BaseException:
+            call.cancel()
+            raise
 
     async def info(self) -> dict[str, Any]:
         return {
             "pool": self.pool,
+            "pid": os.getpid(),
             "running": len(self._running),
             "calls": self.calls,
             "attempts": self.attempts,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,11 @@ import pytest
 from raypipe import registry
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
-from raypipe.embedding.batcher import Batcher
+from raypipe.embedding.batcher import Batcher, Encode
 from raypipe.embedding.models import load, model_path
 from raypipe.exceptions import InvalidInput, PermanentError
 from raypipe.jobs import utcnow
+from raypipe.runtime import embedder
 from raypipe.submission import prepare
 
 MODEL = "all-MiniLM-L6-v2"
@@ -30,11 +34,22 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _fake_encode(calls: list[list[str]]):
-    def encode(texts: list[str]) -> np.ndarray:
+    def encode(texts: list[str], _abandoned: Callable[[], bool]) -> np.ndarray:
         calls.append(list(texts))
         return np.array([[float(len(t)), float(i)] for i, t in enumerate(texts)], np.float32)
 
     return encode
+
+
+def _gated(encode: Encode, gate: threading.Event) -> Encode:
+    """``encode`` that, once it has begun, ends when ``gate`` is set."""
+
+    def gated(texts: list[str], abandoned: Callable[[], bool]) -> np.ndarray | None:
+        rows = encode(texts, abandoned)
+        assert gate.wait(5)
+        return rows
+
+    return gated
 
 
 def test_concurrent_requests_share_one_encode_and_get_their_own_rows() -> None:
@@ -81,7 +96,7 @@ def test_a_request_that_would_overfill_a_batch_starts_the_next() -> None:
 
 
 def test_an_encode_failure_reaches_every_request_of_the_batch_and_no_other() -> None:
-    def encode(texts: list[str]) -> np.ndarray:
+    def encode(texts: list[str], _abandoned: Callable[[], bool]) -> np.ndarray:
         if "boom" in texts:
             raise RuntimeError("model crashed")
         return np.zeros((len(texts), 2), np.float32)
@@ -96,6 +111,117 @@ def test_an_encode_failure_reaches_every_request_of_the_batch_and_no_other() -> 
     failed, later = asyncio.run(main())
     assert all(isinstance(f, RuntimeError) for f in failed)
     assert later.shape == (1, 2)
+
+
+def test_jobs_take_turns_a_request_each_and_each_jobs_requests_stay_in_order() -> None:
+    """A large job's chunks (key "a") wait in line; a small job's request (key "b") that
+    comes while one of them runs goes next, not after all of them."""
+    calls: list[list[str]] = []
+    gate = threading.Event()
+    encode = _gated(_fake_encode(calls), gate)
+
+    async def main() -> None:
+        batcher = Batcher(encode, max_batch=2, max_wait_s=0.01, model_batch=2)
+        big = [
+            asyncio.ensure_future(batcher.submit([f"a{i}", f"a{i}'"], key="a")) for i in range(4)
+        ]
+        while not calls:  # the first chunk is encoding
+            await asyncio.sleep(0.001)
+        small = asyncio.ensure_future(batcher.submit(["b"], key="b"))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(small, *big)
+
+    asyncio.run(main())
+    assert [call[0] for call in calls] == ["a0", "b", "a1", "a2", "a3"]
+
+
+def test_a_withdrawn_request_is_never_encoded() -> None:
+    calls: list[list[str]] = []
+    gate = threading.Event()
+    encode = _gated(_fake_encode(calls), gate)
+
+    async def main() -> Batcher:
+        batcher = Batcher(encode, max_batch=2, max_wait_s=0.01, model_batch=2)
+        first = asyncio.ensure_future(batcher.submit(["a", "b"], key="a"))
+        gone = asyncio.ensure_future(batcher.submit(["c", "d"], key="a"))
+        while not calls:
+            await asyncio.sleep(0.001)
+        gone.cancel()  # its job was cancelled while it waited
+        gate.set()
+        await first
+        await batcher.submit(["e"], key="b")
+        return batcher
+
+    batcher = asyncio.run(main())
+    assert calls == [["a", "b"], ["e"]]
+    assert batcher.stats["withdrawn"] == 1
+
+
+def test_a_call_nobody_waits_for_stops_early_and_the_next_runs() -> None:
+    started = threading.Event()
+
+    def encode(texts: list[str], abandoned: Callable[[], bool]) -> np.ndarray | None:
+        if texts == ["long"]:
+            started.set()
+            for _ in range(500):  # model batches, each a forward pass
+                if abandoned():
+                    return None
+                time.sleep(0.01)
+            raise AssertionError("never stopped")
+        return np.zeros((len(texts), 2), np.float32)
+
+    async def main() -> tuple[Batcher, np.ndarray]:
+        batcher = Batcher(encode, max_batch=10, max_wait_s=0.01, model_batch=10)
+        long = asyncio.ensure_future(batcher.submit(["long"], key="a"))
+        await asyncio.to_thread(started.wait, 5)
+        long.cancel()
+        return batcher, await asyncio.wait_for(batcher.submit(["next"], key="b"), 5)
+
+    batcher, rows = asyncio.run(main())
+    assert rows.shape == (1, 2)
+    assert batcher.stats["abandoned"] == 1 and batcher.stats["batches"] == 1
+
+
+def test_encode_until_matches_encode_and_stops_between_model_batches(tmp_path: Path) -> None:
+    model = load(get_settings(data_dir=tmp_path, embedding_batch_size=4))
+    texts = [f"sentence {i} " + "word " * (i % 5) for i in range(10)]
+    rows = model.encode_until(texts, lambda: False)
+    assert rows is not None
+    np.testing.assert_allclose(rows, model.encode(texts, normalize=False).vectors, atol=1e-5)
+    asked = []
+    assert model.encode_until(texts, lambda: bool(asked.append(1)) or len(asked) > 1) is None
+    assert len(asked) == 2  # one model batch ran, then it stopped
+
+
+def test_a_caller_cancelled_during_the_model_load_leaves_it_to_the_next(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+
+    class Model:
+        name, dim = MODEL, 2
+
+        def encode_until(self, texts: list[str], stop: Callable[[], bool]) -> np.ndarray:
+            return np.ones((len(texts), 2), np.float32)
+
+    def load(_settings: Settings, name: str) -> Model:
+        loads.append(name)
+        time.sleep(0.3)
+        return Model()
+
+    monkeypatch.setattr(embedder.models, "load", load)
+    host = embedder.ModelHost(settings)
+
+    async def main() -> tuple[np.ndarray, str]:
+        first = asyncio.ensure_future(host.embed(["a"], MODEL, True))
+        await asyncio.sleep(0.1)
+        first.cancel()  # its job was cancelled while the model loaded
+        return await host.embed(["b"], MODEL, True, key="next")
+
+    vectors, used = asyncio.run(main())
+    assert loads == [MODEL] and used == MODEL
+    np.testing.assert_allclose(vectors, np.full((1, 2), 2**-0.5), rtol=1e-6)
 
 
 # -- payload rules at submission ---------------------------------------------------------
