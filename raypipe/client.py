@@ -202,12 +202,22 @@ def _submit_batch_call(
     webhook_url: str | None,
     then: dict[str, Any] | None,
     tags: Sequence[str] | None,
+    idempotency_key: str | None,
 ) -> _Call[BatchRecord]:
-    # Like bulk submissions: tried again only when surely never sent.
+    # Like bulk submissions, tried again only when surely never sent; unless it has an
+    # Idempotency-Key: sent twice, it makes one batch.
     body: dict[str, Any] = {"jobs": [_spec_body(spec) for spec in specs]}
     extra = {"webhook_url": webhook_url, "then": then, "tags": list(tags) if tags else None}
     body.update({k: v for k, v in extra.items() if v is not None})
-    return _Call("POST", "/v1/batches", BatchRecord.from_dict, json=body, idempotent=False)
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return _Call(
+        "POST",
+        "/v1/batches",
+        BatchRecord.from_dict,
+        json=body,
+        headers=headers,
+        idempotent=bool(idempotency_key),
+    )
 
 
 def _batch_call(batch_id: str) -> _Call[BatchRecord]:
@@ -708,13 +718,17 @@ class Client(_ClientBase):
         webhook_url: str | None = None,
         then: dict[str, Any] | None = None,
         tags: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchHandle:
         """Submit a batch (``POST /v1/batches``) from any iterable of specs (dicts like
         ``submit``'s arguments, or ``(type, payload)`` pairs): all written, or none.
 
-        ``webhook_url`` and ``then`` fire once, when the last job ends.
+        ``webhook_url`` and ``then`` fire once, when the last job ends. With an
+        ``idempotency_key``, the same batch sent again (by you, or by this client after a
+        dropped connection) is the first one, not a second.
         """
-        batch = self._call(_submit_batch_call(specs, webhook_url, then, tags))
+        call = _submit_batch_call(specs, webhook_url, then, tags, idempotency_key)
+        batch = self._call(call)
         return BatchHandle(batch.id, self, batch)
 
     def get_batch(self, batch_id: str) -> BatchHandle:
@@ -999,9 +1013,11 @@ class AsyncClient(_ClientBase):
         webhook_url: str | None = None,
         then: dict[str, Any] | None = None,
         tags: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncBatchHandle:
         """See :meth:`Client.submit_batch`."""
-        batch = await self._call(_submit_batch_call(specs, webhook_url, then, tags))
+        call = _submit_batch_call(specs, webhook_url, then, tags, idempotency_key)
+        batch = await self._call(call)
         return AsyncBatchHandle(batch.id, self, batch)
 
     async def get_batch(self, batch_id: str) -> AsyncBatchHandle:

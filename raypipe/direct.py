@@ -69,6 +69,7 @@ class DirectClient:
         webhook_url: str | None = None,
         then: dict[str, Any] | None = None,
         tags: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchHandle:
         """Submit a batch from any iterable of specs, in one transaction (see
         :meth:`raypipe.Client.submit_batch`)."""
@@ -78,7 +79,9 @@ class DirectClient:
             "then": then,
             "tags": list(tags or []),
         }
-        batch, _created = self._submitter.submit_batch(body, self.tenant)
+        batch, _created = self._submitter.submit_batch(
+            body, self.tenant, idempotency_key=idempotency_key
+        )
         return BatchHandle(batch.id, self, batch)
 
     def get_batch(self, batch_id: str) -> BatchHandle:

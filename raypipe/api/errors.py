@@ -25,6 +25,7 @@ from raypipe.exceptions import (
     SchemaOutOfDate,
     Unauthorized,
 )
+from raypipe.store import engine
 from raypipe.submission import summary
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(db_errors.SQLAlchemyError)
     async def database_error(request: Request, exc: db_errors.SQLAlchemyError) -> JSONResponse:
-        if not _database_unavailable(exc):
+        if not engine.unavailable(exc):
             return await unexpected(request, exc)
         # A 503, not a 500: the request was fine, and clients (ours included) retry it.
         log.warning("database unavailable: %s", str(exc).partition("\n")[0])
@@ -158,14 +159,6 @@ def _unreadable(cause: BaseException, request: Request) -> str:
     if encoding != "identity":
         reason += "; Content-Encoding is not supported: send the JSON uncompressed"
     return reason
-
-
-def _database_unavailable(exc: db_errors.SQLAlchemyError) -> bool:
-    """Whether the database could not serve the request right now (down, restarting, its
-    connection lost, the pool exhausted, locked), as opposed to a query that is wrong."""
-    if isinstance(exc, db_errors.OperationalError | db_errors.TimeoutError):
-        return True
-    return isinstance(exc, db_errors.DBAPIError) and exc.connection_invalidated
 
 
 def _skip(error: dict[str, Any]) -> int:

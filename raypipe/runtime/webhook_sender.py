@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from sqlalchemy import exc as db_errors
 
 from raypipe import metrics, tracing
 from raypipe.config import Settings
-from raypipe.store import create_engine, schema_version
-from raypipe.store.webhooks import Delivery, DeliveryStatus, WebhookStore
+from raypipe.store import create_engine, engine, schema_version
+from raypipe.store.webhooks import AttemptOutcome, Delivery, DeliveryStatus, WebhookStore
 from raypipe.webhooks import sender
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ class WebhookSender:
         self._wake.set()
 
     async def _send(self, http: httpx.AsyncClient, delivery: Delivery, secret: str) -> None:
-        """One attempt, recorded; a failure to record leaves the claim to expire, and the
-        delivery is sent again then (receivers deduplicate by ``webhook-id``)."""
+        """One attempt, recorded (tried again while the database is away: see
+        :meth:`_record`); only if this sender dies before that is the claim left to expire,
+        and the delivery sent again then (receivers deduplicate by ``webhook-id``)."""
         try:
             with tracing.span(
                 f"webhook {delivery.event}",
@@ -130,7 +132,7 @@ class WebhookSender:
                 outcome = await sender.deliver(
                     delivery, secret, self.settings, http, self.store.clock
                 )
-            recorded = await asyncio.to_thread(self.store.record_attempt, delivery, outcome)
+            recorded = await self._record(delivery, outcome)
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             self.counters["errors"] += 1
@@ -148,3 +150,31 @@ class WebhookSender:
             result = DeliveryStatus.FAILED.value
         self.counters[result] += 1
         metrics.record_webhook(delivery.event, result)
+
+    async def _record(self, delivery: Delivery, outcome: AttemptOutcome) -> bool:
+        """Record the attempt, trying again while the database is away.
+
+        The receiver has answered by now: given up, the claim would expire and the same
+        event would be POSTed a second time (bench/chaos.py saw a 5 s PostgreSQL outage
+        deliver two batch callbacks twice). Kept here, the outcome is written once the
+        database is back, as the dispatcher keeps the outcomes it cannot write; the claim
+        still holds then unless the outage outlasted its lease (``record_attempt`` then
+        writes nothing, and the delivery is sent again, as after this sender's death).
+        """
+        failures = 0
+        while True:
+            try:
+                return await asyncio.to_thread(self.store.record_attempt, delivery, outcome)
+            except db_errors.SQLAlchemyError as exc:
+                if not engine.unavailable(exc):
+                    raise
+                failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self.counters["record_retries"] += 1
+                log.warning(
+                    "webhook delivery %s: recording its attempt failed (%d in a row): %s",
+                    delivery.id,
+                    failures,
+                    self._last_error,
+                )
+                await asyncio.sleep(min(MAX_ERROR_BACKOFF_S, 0.2 * 2**failures))

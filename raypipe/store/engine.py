@@ -18,6 +18,15 @@ READ_ONLY = {"raypipe_read_only": True}
 CONNECT_TIMEOUT_S = 10
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether the database could not take a statement right now (down, restarting, its
+    connection lost, the pool exhausted, locked), as opposed to a statement that is wrong:
+    the first is answered 503 by the API and tried again by the runtime's writers."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.TimeoutError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
 def read_only(engine: Engine) -> Connection:
     """A connection for reads only: on SQLite it takes no write lock."""
     return engine.connect().execution_options(**READ_ONLY)

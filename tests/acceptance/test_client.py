@@ -233,6 +233,21 @@ def test_the_same_idempotency_key_gives_the_same_job(client: Client) -> None:
     assert [job.id for job in client.list()] == [first.id]
 
 
+def test_the_same_idempotency_key_gives_the_same_batch(client: Client) -> None:
+    specs = [("noop", {}), ("noop", {})]
+    first = client.submit_batch(specs, idempotency_key="nightly-batch")
+    again = client.submit_batch(specs, idempotency_key="nightly-batch")
+
+    assert again.id == first.id
+    with pytest.raises(Conflict, match="nightly-batch"):
+        client.submit_batch([("noop", {})], idempotency_key="nightly-batch")
+    # One batch of two jobs was made, whatever was sent.
+    assert sorted(job.id for job in client.list()) == sorted(
+        job.id for job in client.batch_jobs(first.id)
+    )
+    assert len(list(client.list())) == 2
+
+
 # -- connection errors --------------------------------------------------------------------
 
 

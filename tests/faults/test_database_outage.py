@@ -20,9 +20,11 @@ import ray
 from raypipe.config import Settings
 from raypipe.direct import DirectClient
 from raypipe.runtime.names import WEBHOOK_ACTOR
+from raypipe.store.webhooks import DeliveryStatus, WebhookStore
 from tests.conftest import make_settings, wait_for
 from tests.faults.conftest import PrivatePostgres, actor_pid, process_alive, rescued_then_completed
 from tests.helpers.serving import Api, serve_api
+from tests.helpers.webhook_receiver import Answer, receiver
 from tests.integration.conftest import dispatcher
 
 OUTAGE_S = 30.0
@@ -30,8 +32,14 @@ OUTAGE_S = 30.0
 
 @pytest.fixture
 def settings(private_postgres: PrivatePostgres, tmp_path: Path) -> Settings:
-    """Settings on this test's own PostgreSQL server (for the `api` and `raypipe` fixtures)."""
-    return make_settings(private_postgres.url, tmp_path / "data")
+    """Settings on this test's own PostgreSQL server (for the `api` and `raypipe` fixtures);
+    webhooks may reach loopback (the tests' receiver)."""
+    return make_settings(
+        private_postgres.url,
+        tmp_path / "data",
+        webhook_allow_networks=["127.0.0.0/8"],
+        webhook_poll_interval_s=0.1,
+    )
 
 
 @pytest.fixture
@@ -167,3 +175,27 @@ def test_actors_restarted_while_the_database_is_down_come_back_by_themselves(
         lambda: ray.get(webhooks.stats.remote(), timeout=60)["last_error"] is None,
         what="the webhook sender to recover",
     )
+
+
+def test_a_webhook_answered_while_the_database_is_away_is_sent_once(
+    raypipe: DirectClient, private_postgres: PrivatePostgres
+) -> None:
+    # The receiver answers 2 s after the POST arrives: by then the database is away, and
+    # the sender cannot record the answer until it is back.
+    with receiver([Answer(delay_s=2.0)]) as hooks:
+        job = raypipe.submit("noop", webhook_url=hooks.url)
+        hooks.wait_for(1, timeout=60)
+        private_postgres.stop()
+        time.sleep(4.0)
+        private_postgres.start()
+        store = WebhookStore(raypipe.store.engine)
+        # Well within the claim's lease (webhook_timeout_s + 30 s): the answer is recorded
+        # as soon as the database is back, not left to expire and sent again.
+        wait_for(
+            lambda: [d.status for d in store.list(job_id=job.id)] == [DeliveryStatus.DELIVERED],
+            timeout=20,
+            what="the delivery to be recorded as delivered",
+        )
+        [delivery] = store.list(job_id=job.id)
+        assert delivery.attempts == 1
+        assert [r.headers["webhook-id"] for r in hooks.requests] == [delivery.id]
