@@ -50,7 +50,7 @@ def batch(batches: BatchStore, settings: Settings, n: int) -> tuple[float, float
     started = time.perf_counter()
     rows, fields = prepare_batch({"jobs": specs}, settings, utcnow())
     validated = time.perf_counter() - started
-    created = batches.create("default", rows, **fields)
+    created, _new = batches.create("default", rows, **fields)
     return time.perf_counter() - started, validated, created.id
 
 
