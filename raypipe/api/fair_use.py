@@ -46,6 +46,10 @@ PREFIX = "/v1/"
 #: Seconds a refused caller is asked to wait: a request's slot frees within about that; a
 #: stream's only when one of the caller's streams ends.
 RETRY_AFTER_S = {"requests": 1, "streams": 5}
+#: A refused request's body is taken, to keep its connection open, only if it is this
+#: small and arrives within this long (a client's own body, already sent).
+ARRIVED_BYTES = 64 * 1024
+ARRIVED_S = 0.05
 #: Where the middleware leaves the caller it admitted, in the request's state.
 _PRINCIPAL = "raypipe_principal"
 
@@ -193,7 +197,8 @@ class FairUse:
                 self.services.authenticate, authorization
             )
         except Unauthorized as exc:
-            await _unread(errors.raypipe_response(exc), body)(scope, receive, send)
+            refusal = await _unread(errors.raypipe_response(exc), body, receive)
+            await refusal(scope, receive, send)
             return
         except Exception:
             # The database out of reach, say: the route checks the key again once the body
@@ -205,7 +210,8 @@ class FairUse:
             claims = [(limit.holder(principal), limit.most) for limit in limits]
             full = self.slots.take(claims)
             if full is not None:
-                await _unread(limits[full].refusal(principal), body)(scope, receive, send)
+                refusal = await _unread(limits[full].refusal(principal), body, receive)
+                await refusal(scope, receive, send)
                 return
             held = [holder for holder, _ in claims]
             scope.setdefault("state", {})[_PRINCIPAL] = principal
@@ -215,7 +221,8 @@ class FairUse:
             if 0 < body <= most:
                 messages = await _read_body(receive, deadline, most)
                 if messages is None:
-                    await _unread(self._too_slow(), body)(scope, receive, send)
+                    refusal = await _unread(self._too_slow(), body, None)
+                    await refusal(scope, receive, send)
                     return
                 if messages[-1]["type"] != "http.request":
                     return  # the client went away: nobody to answer
@@ -282,9 +289,24 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-def _unread(response: Response, body: int) -> Response:
-    """An answer given before the body was read: the connection closes after it, rather
-    than wait for the rest of the body."""
-    if body:
+async def _unread(response: Response, body: int, receive: Receive | None) -> Response:
+    """An answer given before the body was read. A small body already sent is taken (within
+    :data:`ARRIVED_S`) so the connection stays open for the client's next request; any
+    other (large, slow, or the deadline's) closes the connection after the answer rather
+    than wait for the rest. Closing every one made a client that reconnects after each
+    refusal pay a new connection each time (the OpenAPI fuzz test took 174 s, not 75)."""
+    if not body:
+        return response
+    if receive is None or body > ARRIVED_BYTES or not await _arrived(receive):
         response.headers["Connection"] = "close"
     return response
+
+
+async def _arrived(receive: Receive) -> bool:
+    """Whether the rest of the body arrives within :data:`ARRIVED_S` (it is dropped)."""
+    with anyio.move_on_after(ARRIVED_S):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return message["type"] == "http.request"
+    return False
