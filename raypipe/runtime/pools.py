@@ -5,17 +5,16 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
-
-import ray
-from ray.actor import ActorHandle
+from typing import TYPE_CHECKING, Any
 
 from raypipe.admission import PoolRoom, describe
 from raypipe.config import PoolConfig, Settings
 from raypipe.jobs import ClaimedJob
-from raypipe.runtime.pool_worker import PoolWorker
+
+if TYPE_CHECKING:
+    from raypipe.runtime.cluster import Cluster
 
 #: Calls an actor takes besides attempts: stop requests, embedding calls, info.
 CONTROL_CALLS = 1000
@@ -26,7 +25,7 @@ class Member:
     """One actor of a pool, and the jobs the dispatcher has in flight on it."""
 
     name: str
-    handle: ActorHandle
+    handle: Any
     jobs: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -39,8 +38,19 @@ class Pool:
     ``concurrency`` busy, plus ``prefetch`` bundles waiting there, so the next job starts
     without a dispatcher round trip. A job's slot is free again as soon as it ends."""
 
-    def __init__(self, name: str, config: PoolConfig, settings: Settings, cluster_gpus: float):
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        settings: Settings,
+        cluster_gpus: float,
+        cluster: Cluster | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.name = name
+        #: Where its actors start and end (None: a pool only described, never run).
+        self.cluster = cluster
+        self.clock = clock
         self.config = config
         self.settings = settings
         running_bundles = math.ceil(config.concurrency / config.bundle)
@@ -69,10 +79,10 @@ class Pool:
     def holds(self) -> dict[str, float]:
         return {key: amount * len(self.members) for key, amount in self.actor.items()}
 
-    def add(self, settings_ref: Any) -> Member:
+    def add(self) -> Member:
+        assert self.cluster is not None, "a pool without a cluster starts no actors"
         name = f"raypipe-pool-{self.name}-{uuid.uuid4().hex[:8]}"
         options: dict[str, Any] = {
-            "name": name,
             "namespace": self.settings.namespace,
             "num_cpus": self.config.num_cpus,
             "num_gpus": self.actor.get("GPU", 0.0),
@@ -84,16 +94,14 @@ class Pool:
             options["memory"] = self.config.memory
         if self.config.resources:
             options["resources"] = dict(self.config.resources)
-        actor = ray.remote(PoolWorker).options(**options).remote(settings_ref, self.name)
-        # Ray types a new actor as "handle or class" (for typed method calls): a handle.
-        member = Member(name, cast(ActorHandle, actor))
+        member = Member(name, self.cluster.start_actor(self.name, name, options), 0, self.clock())
         self.members[name] = member
         return member
 
     def remove(self, member: Member) -> None:
         """Kill the actor (its running calls end with an actor error) and forget it."""
-        if self.members.pop(member.name, None) is not None:
-            ray.kill(member.handle, no_restart=True)
+        if self.members.pop(member.name, None) is not None and self.cluster is not None:
+            self.cluster.kill_actor(member.handle)
 
     def forget(self, member: Member) -> None:
         """The actor died by itself."""
@@ -116,7 +124,7 @@ class Pool:
         """``jobs`` of the member's ended (or their call did)."""
         member.jobs -= jobs
         if member.jobs == 0:
-            member.idle_since = time.monotonic()
+            member.idle_since = self.clock()
 
     def idle(self) -> list[Member]:
         return [m for m in self.members.values() if m.jobs == 0]
@@ -127,7 +135,7 @@ class Pool:
         old = [m for m in self.idle() if now - m.idle_since >= self.config.idle_s]
         return old[: max(spare, 0)]
 
-    def handles(self) -> list[ActorHandle]:
+    def handles(self) -> list[Any]:
         return [m.handle for m in self.members.values()]
 
     def info(self) -> dict[str, Any]:

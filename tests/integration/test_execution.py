@@ -71,9 +71,6 @@ def test_six_one_cpu_sleeps_on_two_cpus_run_two_at_a_time_and_none_times_out(
     ordered = sorted(jobs, key=lambda j: j.started_at)
     # A third start only once one of the first two had slept its 1.5 s: no third CPU.
     assert ordered[2].started_at >= ordered[0].started_at + timedelta(seconds=1.5)
-    # Rounds that only heard of starts, or of ends whose CPU a prefetched task took, had no
-    # room to admit anything: they did not read the backlog again.
-    assert _info(raypipe)["counters"]["claims_skipped"] > 0
 
 
 def test_jobs_that_can_never_fit_stay_queued_with_the_reason_and_disturb_nothing(
