@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from raypipe.lifecycle import WAITING_PREFIX
+
 #: What a prefetched task may be short of: CPUs, which turn over fast. Scarcer resources
 #: (GPUs, memory, custom ones) are waited for in the database, and asked of the autoscaler.
 PREFETCHED = frozenset({"CPU"})
@@ -148,7 +150,7 @@ def plan(
         room = rooms.get(need.pool) if need.pool else None
         if room is not None and room.free_slots <= 0:
             if not room.can_grow():
-                result.waiting[candidate.id] = f"waiting for a free worker of pool {need.pool}"
+                result.waiting[candidate.id] = f"{WAITING_PREFIX} a free worker of pool {need.pool}"
                 continue
             grown.append(need.pool or "")
         for used in need.uses:
@@ -209,7 +211,7 @@ def free_resources(
 
 def waiting_message(missing: Mapping[str, float], capacity: Mapping[str, float]) -> str:
     """ "waiting for 1 CPU", and why it never will when the cluster is too small for it."""
-    message = "waiting for " + describe(missing)
+    message = f"{WAITING_PREFIX} {describe(missing)}"
     beyond = [name for name, amount in missing.items() if capacity.get(name, 0.0) < amount]
     for name in beyond:
         if capacity.get(name, 0.0) <= 0:

@@ -1,13 +1,15 @@
-"""The vocabulary of jobs: statuses, submission specs and records. No Ray, no SQL."""
+"""The vocabulary of jobs: submission specs and records (statuses and their moves:
+:mod:`raypipe.lifecycle`). No Ray, no SQL."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import (
@@ -21,6 +23,8 @@ from pydantic import (
 )
 
 from raypipe.exceptions import MAX_DETAILS
+from raypipe.lifecycle import TERMINAL_STATUSES as TERMINAL_STATUSES
+from raypipe.lifecycle import JobStatus
 
 if TYPE_CHECKING:
     from raypipe.job_logs import LogLine  # which imports this module
@@ -28,23 +32,6 @@ if TYPE_CHECKING:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class JobStatus(str, Enum):
-    """Where a job is in its life; the values are what the API shows."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class AttemptStatus(str, Enum):
@@ -265,119 +252,84 @@ class ErrorInfo:
 CANCELLED_ON_REQUEST = ErrorInfo("Cancelled", "cancelled on request")
 
 
-@dataclass(frozen=True)
+#: Marks a record field the API does not show (:meth:`JobRecord.to_dict` leaves it out).
+NOT_SHOWN = {"shown": False}
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobRecord:
-    """A job row as read from the store."""
+    """A job row as read from the store: the one declaration of a job's fields. Its dict
+    form (:meth:`to_dict`, :meth:`from_dict`, in this order) and the store's row mapping
+    derive from these fields; the API's ``JobView`` is held equal to them by a test."""
 
     id: str
-    tenant: str
     type: str
     queue: str
+    #: Higher first; within a priority, older first.
     priority: int
     status: JobStatus
-    payload: dict[str, Any]
+    #: 0 to 100; with ``message`` and ``stage``, the current attempt's last report (a
+    #: queued job's message may say what it waits for).
     progress: float
     message: str | None
     stage: str | None
-    result: Any
-    error: ErrorInfo | None
+    #: The current attempt's number: 0 before the first claim.
     attempt: int
     max_attempts: int
+    #: Each attempt's time limit, counted from its start.
     timeout_s: float
-    tags: list[str]
-    idempotency_key: str | None
+    #: A user asked it to stop; the dispatcher that holds it records the end.
     cancel_requested: bool
+    tenant: str
+    tags: list[str]
+    batch_id: str | None = None
+    #: Its place in its batch, from 0.
+    batch_index: int | None = None
+    webhook_url: str | None = None
+    payload: dict[str, Any]
+    result: Any
+    #: The last failed attempt's error (or why it was cancelled).
+    error: ErrorInfo | None
     created_at: datetime
     run_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     parent_id: str | None = None
     then: dict[str, Any] | None = None
-    batch_id: str | None = None
-    batch_index: int | None = None
-    webhook_url: str | None = None
     #: The trace its submission began (traces on), which its attempts continue.
     trace_id: str | None = None
+    idempotency_key: str | None = field(default=None, metadata=NOT_SHOWN)
+    lease_owner: str | None = field(default=None, metadata=NOT_SHOWN)
+    lease_expires_at: datetime | None = field(default=None, metadata=NOT_SHOWN)
 
     def to_dict(self) -> dict[str, Any]:
         """The job as the API and the CLI show it."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "queue": self.queue,
-            "priority": self.priority,
-            "status": self.status.value,
-            "progress": self.progress,
-            "message": self.message,
-            "stage": self.stage,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "timeout_s": self.timeout_s,
-            "cancel_requested": self.cancel_requested,
-            "tenant": self.tenant,
-            "tags": list(self.tags),
-            "batch_id": self.batch_id,
-            "batch_index": self.batch_index,
-            "webhook_url": self.webhook_url,
-            "payload": self.payload,
-            "result": self.result,
-            "error": self.error.to_dict() if self.error else None,
-            "created_at": iso(self.created_at),
-            "run_at": iso(self.run_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "artifacts": [
-                {**artifact, "url": f"/v1/jobs/{self.id}/artifacts/{artifact['name']}"}
-                for artifact in self.artifacts
-            ],
-            "parent_id": self.parent_id,
-            "then": self.then,
-            "trace_id": self.trace_id,
-        }
+        data = {name: getattr(self, name) for name in _SHOWN}
+        for name, write in _WRITERS:
+            data[name] = write(data[name])
+        data["artifacts"] = [
+            {**artifact, "url": f"/v1/jobs/{self.id}/artifacts/{artifact['name']}"}
+            for artifact in self.artifacts
+        ]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         """A job from the API's JSON (the inverse of :meth:`to_dict`).
 
-        Fields the API does not show take neutral values: ``timeout_s`` 0.0,
-        ``idempotency_key`` None, ``cancel_requested`` False, no lease.
+        Fields the API does not show take their defaults (no idempotency key, no lease);
+        a missing ``timeout_s`` is 0.0, ``cancel_requested`` False.
         """
-        return cls(
-            id=data["id"],
-            tenant=data["tenant"],
-            type=data["type"],
-            queue=data["queue"],
-            priority=data["priority"],
-            status=JobStatus(data["status"]),
-            payload=data.get("payload") or {},
-            progress=float(data["progress"]),
-            message=data.get("message"),
-            stage=data.get("stage"),
-            result=data.get("result"),
-            error=ErrorInfo.from_dict(data.get("error")),
-            attempt=data["attempt"],
-            max_attempts=data["max_attempts"],
-            timeout_s=float(data.get("timeout_s") or 0.0),
-            tags=list(data.get("tags") or []),
-            idempotency_key=data.get("idempotency_key"),
-            cancel_requested=bool(data.get("cancel_requested", False)),
-            created_at=parse_iso(data["created_at"]),
-            run_at=parse_iso(data["run_at"]),
-            started_at=parse_iso(data.get("started_at")),
-            finished_at=parse_iso(data.get("finished_at")),
-            artifacts=[
-                {k: v for k, v in a.items() if k != "url"} for a in data.get("artifacts") or []
-            ],
-            parent_id=data.get("parent_id"),
-            then=data.get("then"),
-            batch_id=data.get("batch_id"),
-            batch_index=data.get("batch_index"),
-            webhook_url=data.get("webhook_url"),
-            trace_id=data.get("trace_id"),
-        )
+        values: dict[str, Any] = {
+            name: data[name] if name in _REQUIRED else data.get(name) for name in _SHOWN
+        }
+        for name, read in _READERS:
+            values[name] = read(values[name])
+        values["artifacts"] = [
+            {k: v for k, v in a.items() if k != "url"} for a in data.get("artifacts") or []
+        ]
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -523,3 +475,36 @@ def nests_deeper(value: Any, limit: int) -> bool:
                 return True
             stack.extend((child, depth + 1) for child in item)
     return False
+
+
+def _error_dict(error: ErrorInfo | None) -> dict[str, str] | None:
+    return error.to_dict() if error else None
+
+
+#: How a record field of each type is written in the dict form and read back; a field of
+#: another type is kept as it is. A number, a flag or a collection may be missing from a
+#: dict (an older server's): 0, False or empty; so may anything that may be None.
+_AS_JSON: dict[str, tuple[Callable[[Any], Any] | None, Callable[[Any], Any]]] = {
+    "JobStatus": (attrgetter("value"), JobStatus),
+    "ErrorInfo | None": (_error_dict, ErrorInfo.from_dict),
+    "datetime": (iso, parse_iso),
+    "datetime | None": (iso, parse_iso),
+    "float": (None, lambda value: float(value or 0.0)),
+    "bool": (None, bool),
+    "list[str]": (list, lambda value: list(value or [])),
+    "dict[str, Any]": (None, lambda value: value or {}),
+}
+_MAY_MISS = {"Any", "float", "bool", "list[str]", "dict[str, Any]"}
+_FIELDS = [f for f in fields(JobRecord) if f.metadata.get("shown", True)]
+#: The fields the API shows, in its order (artifacts get their URLs on top).
+_SHOWN = [f.name for f in _FIELDS]
+_REQUIRED = {
+    f.name
+    for f in _FIELDS
+    if f.default is MISSING
+    and f.default_factory is MISSING
+    and "None" not in str(f.type)
+    and str(f.type) not in _MAY_MISS
+}
+_WRITERS = [(f.name, w) for f in _FIELDS if (w := _AS_JSON.get(str(f.type), (None,))[0])]
+_READERS = [(f.name, _AS_JSON[str(f.type)][1]) for f in _FIELDS if str(f.type) in _AS_JSON]

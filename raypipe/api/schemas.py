@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, Strict
+from raypipe.lifecycle import JobStatus
 
 
 class JobCreate(JobSpec):
@@ -55,7 +56,7 @@ class JobView(BaseModel):
     type: str
     queue: str
     priority: int
-    status: Literal["queued", "processing", "completed", "failed", "cancelled"]
+    status: JobStatus
     progress: float
     message: str | None
     stage: str | None

@@ -13,13 +13,12 @@ from sqlalchemy.engine import Connection
 
 from raypipe.batches import BatchStatus, outcome
 from raypipe.followups import follow_up_row
-from raypipe.jobs import ErrorInfo, JobStatus
+from raypipe.jobs import ErrorInfo
+from raypipe.lifecycle import UNFINISHED_STATUSES, JobStatus
 from raypipe.store.tables import batches, jobs, webhook_deliveries
 from raypipe.webhooks.events import batch_event, job_event
 
 AddJobs = Callable[[Connection, list[dict[str, Any]], datetime], None]
-
-UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
 def notify(
@@ -62,7 +61,9 @@ def settle(conn: Connection, batch_ids: Iterable[str | None], now: datetime, add
     unfinished = set(
         conn.execute(
             sa.select(jobs.c.batch_id)
-            .where(jobs.c.batch_id.in_(list(running)), jobs.c.status.in_(UNFINISHED))
+            .where(
+                jobs.c.batch_id.in_(list(running)), jobs.c.status.in_(sorted(UNFINISHED_STATUSES))
+            )
             .group_by(jobs.c.batch_id)
         ).scalars()
     )

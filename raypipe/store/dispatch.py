@@ -16,11 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from raypipe.jobs import ClaimedJob, JobRecord, JobStatus, Outcome
+from raypipe.jobs import ClaimedJob, JobRecord, Outcome
+from raypipe.lifecycle import Change, JobStatus
 from raypipe.store import queues, transitions
 from raypipe.store.engine import read_only
 from raypipe.store.jobs import JobStore, job_from_mapping, select_jobs
-from raypipe.store.tables import HELD, UNHELD_QUEUED, UTCDateTime, job_events, job_payloads, jobs
+from raypipe.store.tables import HELD, UTCDateTime, guard, job_events, job_payloads, jobs
 from raypipe.store.transitions import chunks
 
 #: pg_advisory_xact_lock key that serialises claims, so queue limits hold across dispatchers.
@@ -122,7 +123,7 @@ class DispatchStore:
                 ids = (
                     conn.execute(
                         sa.update(jobs)
-                        .where(jobs.c.id.in_(chunk), UNHELD_QUEUED)
+                        .where(jobs.c.id.in_(chunk), guard(Change.CLAIM))
                         .values(
                             attempt=jobs.c.attempt + 1,
                             started_at=None,
@@ -166,7 +167,7 @@ class DispatchStore:
         claim index serves the ORDER BY instead of a sort of every queued row."""
         query = (
             sa.select(*(jobs.c[name] for name in Candidate.__dataclass_fields__))
-            .where(UNHELD_QUEUED, jobs.c.queue == queue, jobs.c.run_at <= now)
+            .where(guard(Change.CLAIM), jobs.c.queue == queue, jobs.c.run_at <= now)
             .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
             .limit(limit)
         )
@@ -181,7 +182,7 @@ class DispatchStore:
         report (the attempt ended, was rescued or retried) changes nothing; one status
         event per job that moved. Returns how many moved.
         """
-        return self.advance(owner, starts, ())[0]
+        return self._round(transitions.Starts(owner, starts), ())[0]
 
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Record how attempts ended; stale outcomes (wrong attempt, or the job no longer
@@ -191,7 +192,7 @@ class DispatchStore:
         In the same transaction: follow-up jobs, webhook deliveries, and the end of
         batches whose last job this was. Returns how many jobs changed.
         """
-        return self.advance("", (), outcomes)[1]
+        return self._round(None, outcomes)[1]
 
     def advance(
         self, owner: str, starts: Sequence[transitions.Start], outcomes: Sequence[Outcome]
@@ -199,10 +200,15 @@ class DispatchStore:
         """:meth:`start`, then :meth:`record`, in one transaction: what readers see moves
         from one round's state to the next (never a started job beside the one it
         replaced still running). Returns (jobs started, jobs ended)."""
-        if not starts and not outcomes:
+        return self._round(transitions.Starts(owner, starts), outcomes)
+
+    def _round(
+        self, starts: transitions.Starts | None, outcomes: Sequence[Outcome]
+    ) -> tuple[int, int]:
+        if not (starts and starts.reports) and not outcomes:
             return 0, 0
         with self.engine.begin() as conn:
-            return transitions.advance(conn, owner, starts, outcomes, self.clock(), self.jobs.add)
+            return transitions.advance(conn, starts, outcomes, self.clock(), self.jobs.add)
 
     def renew_leases(
         self, owner: str, lease_ttl_s: float, job_ids: Iterable[str] | None = None
@@ -215,7 +221,7 @@ class DispatchStore:
         now = self.clock()
         renew = (
             sa.update(jobs)
-            .where(HELD, jobs.c.lease_owner == owner)
+            .where(guard(Change.RENEW_LEASE), jobs.c.lease_owner == owner)
             .values(lease_expires_at=now + timedelta(seconds=lease_ttl_s))
         )
         with self.engine.begin() as conn:
@@ -272,15 +278,15 @@ class DispatchStore:
             }
             for u in updates
         ]
-        guard = (
+        running = (
             jobs.c.id == sa.bindparam("b_id"),
             jobs.c.attempt == sa.bindparam("b_attempt"),
-            jobs.c.status == JobStatus.PROCESSING,
+            guard(Change.PROGRESS),
         )
         with self.engine.begin() as conn:
             written = conn.execute(
                 sa.update(jobs)
-                .where(*guard)
+                .where(*running)
                 .values(
                     progress=sa.bindparam("b_progress"),
                     message=sa.bindparam("b_message"),
@@ -309,7 +315,7 @@ class DispatchStore:
                         jobs.c.message,
                         jobs.c.stage,
                         sa.literal(now, UTCDateTime),
-                    ).where(*guard),
+                    ).where(*running),
                 ),
                 params,
             )
@@ -332,7 +338,7 @@ class DispatchStore:
                         sa.update(jobs)
                         .where(
                             jobs.c.id.in_(chunk),
-                            UNHELD_QUEUED,
+                            guard(Change.SET_WAITING),
                             jobs.c.message.is_distinct_from(text),
                         )
                         .values(message=text)

@@ -7,6 +7,7 @@ The dispatcher's side of the same rows (claims, starts, outcomes, leases) is
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from raypipe.jobs import (
     JobStatus,
     utcnow,
 )
+from raypipe.lifecycle import UNFINISHED_STATUSES, WAITING_PREFIX, Change
 from raypipe.store import completion, idempotency, transitions
 from raypipe.store.engine import create_engine, read_only
 from raypipe.store.tables import (
@@ -37,10 +39,6 @@ from raypipe.store.tables import (
     webhook_deliveries,
 )
 from raypipe.store.transitions import status_event
-
-#: How :meth:`DispatchStore.set_waiting` messages begin, so :meth:`JobStore.queue_stats` can
-#: count them apart from a job's own messages.
-WAITING_PREFIX = "waiting for"
 
 Clock = Callable[[], datetime]
 #: Counts work (the number of jobs) against a limit inside the transaction that does it;
@@ -191,7 +189,7 @@ class JobStore:
                 sa.func.count(),
                 sa.func.min(sa.case((jobs.c.run_at <= now, jobs.c.run_at))),
             )
-            .where(jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
+            .where(jobs.c.status.in_(sorted(UNFINISHED_STATUSES)))
             .group_by(jobs.c.queue, jobs.c.status, waiting)
         )
         if tenant is not None:
@@ -238,9 +236,7 @@ class JobStore:
     def count_unfinished(self, queue: str | None = None) -> int:
         """How many jobs are queued or processing (served by the claim index), in ``queue``
         or in all (a bench waits for its own queue: a schedule may fire a job elsewhere)."""
-        query = sa.select(sa.func.count()).where(
-            jobs.c.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING])
-        )
+        query = sa.select(sa.func.count()).where(jobs.c.status.in_(sorted(UNFINISHED_STATUSES)))
         if queue is not None:
             query = query.where(jobs.c.queue == queue)
         with read_only(self.engine) as conn:
@@ -290,7 +286,7 @@ class JobStore:
         now = self.clock()
         with self.engine.begin() as conn:
             job = self._locked(conn, job_id, tenant)
-            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            if job.status not in Change.RETRY.sources:
                 raise Conflict(
                     f"job {job_id} is {job.status.value}: only failed or cancelled jobs"
                     " can be retried"
@@ -370,69 +366,51 @@ def check_id(job_id: str) -> None:
         raise NotFound(f"job {job_id[:40]!r} not found")
 
 
+def _initial(column: sa.Column[Any]) -> Any:
+    """What a new row holds in ``column`` when its insert leaves it out: the column's
+    server default, or NULL."""
+    default = column.server_default
+    if not isinstance(default, sa.DefaultClause):
+        return None
+    if isinstance(default.arg, str):
+        return column.type.python_type(default.arg)
+    if isinstance(default.arg, sa.True_ | sa.False_):
+        return isinstance(default.arg, sa.True_)
+    raise TypeError(f"no Python value for the server default of jobs.{column.name}")
+
+
+#: What an inserted row holds in the columns its insert may leave out (a new job's record
+#: is built from its row and these, without reading it back).
 _JOB_DEFAULTS: dict[str, Any] = {
-    "progress": 0.0,
-    "message": None,
-    "stage": None,
-    "result": None,
-    "error_type": None,
-    "error_message": None,
-    "error_traceback": None,
-    "attempt": 0,
-    "cancel_requested": False,
-    "lease_owner": None,
-    "lease_expires_at": None,
-    "started_at": None,
-    "finished_at": None,
-    "artifacts": None,
-    "then": None,
-    "parent_id": None,
-    "batch_id": None,
-    "batch_index": None,
-    "webhook_url": None,
-    "trace_parent": None,
+    column.name: _initial(column)
+    for column in jobs.columns
+    if column.nullable or column.server_default is not None
 }
 
-
-def job_from_mapping(row: Any) -> JobRecord:
-    error = (
+#: The record fields read otherwise than as their column of the same name holds them.
+_FROM_ROW: dict[str, Callable[[Any], Any]] = {
+    "status": lambda row: JobStatus(row["status"]),
+    "progress": lambda row: float(row["progress"]),
+    "tags": lambda row: list(row["tags"] or []),
+    "cancel_requested": lambda row: bool(row["cancel_requested"]),
+    "artifacts": lambda row: list(row["artifacts"] or []),
+    "error": lambda row: (
         ErrorInfo(row["error_type"], row["error_message"] or "", row["error_traceback"])
         if row["error_type"]
         else None
-    )
-    return JobRecord(
-        id=row["id"],
-        tenant=row["tenant"],
-        type=row["type"],
-        queue=row["queue"],
-        priority=row["priority"],
-        status=JobStatus(row["status"]),
-        payload=row["payload"],
-        progress=float(row["progress"]),
-        message=row["message"],
-        stage=row["stage"],
-        result=row["result"],
-        error=error,
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        timeout_s=row["timeout_s"],
-        tags=list(row["tags"] or []),
-        idempotency_key=row["idempotency_key"],
-        cancel_requested=bool(row["cancel_requested"]),
-        created_at=row["created_at"],
-        run_at=row["run_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        artifacts=list(row["artifacts"] or []),
-        parent_id=row["parent_id"],
-        then=row["then"],
-        batch_id=row["batch_id"],
-        batch_index=row["batch_index"],
-        webhook_url=row["webhook_url"],
-        trace_id=tracing.trace_id(row["trace_parent"]),
-    )
+    ),
+    "trace_id": lambda row: tracing.trace_id(row["trace_parent"]),
+}
+#: The record fields read as their column holds them (``payload`` from :func:`select_jobs`).
+_AS_STORED = [f.name for f in dataclasses.fields(JobRecord) if f.name not in _FROM_ROW]
+
+
+def job_from_mapping(row: Any) -> JobRecord:
+    """The record of a job row (with its payload, as :func:`select_jobs` reads it)."""
+    values = {name: row[name] for name in _AS_STORED}
+    for name, read in _FROM_ROW.items():
+        values[name] = read(row)
+    return JobRecord(**values)
 
 
 def _attempt_from_row(row: Row[Any]) -> AttemptRecord:

@@ -21,7 +21,8 @@ from sqlalchemy.engine import Connection, Engine
 from raypipe.artifact_folders import job_folder, job_folders, measure, remove
 from raypipe.artifacts import ArtifactStore
 from raypipe.config import Settings
-from raypipe.jobs import TERMINAL_STATUSES, iso
+from raypipe.jobs import iso
+from raypipe.lifecycle import TERMINAL_STATUSES
 from raypipe.store.engine import read_only
 from raypipe.store.tables import (
     HELD,

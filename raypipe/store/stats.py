@@ -38,7 +38,7 @@ FINISHED_ATTEMPTS = (
     AttemptStatus.TIMED_OUT,
     AttemptStatus.CANCELLED,
 )
-TERMINAL_JOBS = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+TERMINAL_JOBS = tuple(status for status in JobStatus if status.is_terminal)
 ERROR_ATTEMPTS = (AttemptStatus.FAILED, AttemptStatus.TIMED_OUT)
 #: Conditions on the jobs table that select the jobs counted.
 Conditions = Sequence[sa.ColumnElement[bool]]

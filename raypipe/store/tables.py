@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
-from raypipe.jobs import AttemptStatus, JobStatus
+from raypipe.jobs import AttemptStatus
+from raypipe.lifecycle import Change, Hold, JobStatus
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -107,17 +110,40 @@ job_payloads = sa.Table(
     sa.Column("payload", JSONType, nullable=False),
 )
 
+
+def status_in(statuses: Iterable[JobStatus]) -> sa.TextClause:
+    """``status = 'queued'`` or ``status IN (…)``, in literal SQL: SQLite uses a partial
+    index only for a WHERE that holds the index's own terms, which a bound parameter
+    does not."""
+    wanted = set(statuses)
+    values = [f"'{status.value}'" for status in JobStatus if status in wanted]
+    if len(values) == 1:
+        return sa.text(f"status = {values[0]}")
+    return sa.text(f"status IN ({', '.join(values)})")
+
+
 # Partial indexes: each holds only the rows its query looks for, so the churn of
 # finished jobs never touches them. The claim: runnable jobs by queue, highest
 # priority first, then oldest. The lease sweep: held jobs by lease expiry.
-QUEUED_ONLY = sa.text("status = 'queued'")
-PROCESSING_ONLY = sa.text("status = 'processing'")
+QUEUED_ONLY = status_in([JobStatus.QUEUED])
+PROCESSING_ONLY = status_in([JobStatus.PROCESSING])
 #: Claimed by a dispatcher and not ended: queued until its worker reports the start, then
 #: processing. Exact because every write that ends or requeues a job clears the lease, and
 #: only a job no one holds is cancelled at once.
 HELD = sa.text("lease_owner IS NOT NULL")
+UNHELD = sa.text("lease_owner IS NULL")
+
+
+@cache
+def guard(change: Change) -> sa.ColumnElement[bool]:
+    """The rows ``change`` applies to (:mod:`raypipe.lifecycle`): its statuses, and its
+    hold (a dispatcher's lease, or none)."""
+    hold = {Hold.HELD: [HELD], Hold.UNHELD: [UNHELD], Hold.EITHER: []}[change.hold]
+    return sa.and_(status_in(change.sources), *hold)
+
+
 #: Queued and held by no dispatcher: what a claim may take.
-UNHELD_QUEUED = sa.and_(QUEUED_ONLY, sa.text("lease_owner IS NULL"))
+UNHELD_QUEUED = guard(Change.CLAIM)
 sa.Index(
     "ix_jobs_claim",
     jobs.c.queue,

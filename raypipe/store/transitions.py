@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,9 +26,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from raypipe.followups import follow_up_row
-from raypipe.jobs import CANCELLED_ON_REQUEST, AttemptStatus, ErrorInfo, JobStatus, Outcome
+from raypipe.jobs import CANCELLED_ON_REQUEST, AttemptStatus, ErrorInfo, Outcome
+from raypipe.lifecycle import Change, JobStatus
 from raypipe.store import completion, logs
-from raypipe.store.tables import HELD, UNHELD_QUEUED, attempts, job_events, jobs
+from raypipe.store.tables import attempts, guard, job_events, jobs
 
 #: Ids per statement that lists them: well under SQLite's limit on bound parameters.
 CHUNK = 400
@@ -52,6 +54,15 @@ ENDED_COLUMNS = (
 #: A start report: (job id, attempt, when its code began).
 Start = tuple[str, int, datetime]
 
+
+@dataclass(frozen=True)
+class Starts:
+    """One dispatcher's start reports: each moves only a job that ``owner`` holds."""
+
+    owner: str
+    reports: Sequence[Start]
+
+
 _CURRENT = sa.select(*ENDED_COLUMNS, jobs.c.status, jobs.c.lease_owner, jobs.c.run_at).where(
     jobs.c.id.in_(sa.bindparam("ids", expanding=True))
 )
@@ -70,40 +81,46 @@ class RoundConflict(RuntimeError):
 
 def advance(
     conn: Connection,
-    owner: str,
-    starts: Sequence[Start],
+    starts: Starts | None,
     outcomes: Sequence[Outcome],
     now: datetime,
     add: completion.AddJobs,
 ) -> tuple[int, int]:
-    """Record ``owner``'s start reports and how attempts ended, inside ``conn``'s
-    transaction. Returns (jobs started, jobs ended).
+    """Record one dispatcher's start reports (none: ``None``) and how attempts ended,
+    inside ``conn``'s transaction. Returns (jobs started, jobs ended).
 
-    A start applies to ``owner``'s still-queued hold of that attempt; an outcome to a
-    held job's current attempt (any owner: a rescue records another's). Stale reports
-    (the attempt ended, was rescued or retried) change nothing.
+    A start applies to its owner's still-queued hold of that attempt; an outcome to a
+    held job's current attempt, whoever holds it (a rescue records another's). Stale
+    reports (the attempt ended, was rescued or retried) change nothing. An outcome whose
+    status an attempt's end may not write is an :class:`~raypipe.lifecycle.IllegalMove`,
+    before any SQL runs.
     """
-    begun: dict[str, tuple[int, datetime]] = {}
-    for job_id, attempt, at in starts:
-        if job_id not in begun or attempt > begun[job_id][0]:
-            begun[job_id] = (attempt, at)
     ending: dict[str, Outcome] = {}
     for outcome in outcomes:
+        Change.END.to(outcome.status)
         if outcome.job_id not in ending or outcome.attempt > ending[outcome.job_id].attempt:
             ending[outcome.job_id] = outcome
+    begun: dict[str, tuple[int, datetime]] = {}
+    for job_id, attempt, at in starts.reports if starts else ():
+        if job_id not in begun or attempt > begun[job_id][0]:
+            begun[job_id] = (attempt, at)
     current = _current(conn, sorted(begun.keys() | ending.keys()))
 
     started = {
         job_id: at
         for job_id, (attempt, at) in begun.items()
-        if (row := current.get(job_id)) is not None
-        and (row.attempt, row.status, row.lease_owner) == (attempt, JobStatus.QUEUED, owner)
+        if starts is not None
+        and (row := current.get(job_id)) is not None
+        and row.attempt == attempt
+        and row.status in Change.START.sources
+        and row.lease_owner == starts.owner
     }
     ended = [
         outcome
         for outcome in ending.values()
         if (row := current.get(outcome.job_id)) is not None
         and row.attempt == outcome.attempt
+        and row.status in Change.END.sources
         and row.lease_owner is not None
     ]
     ended_ids = {outcome.job_id for outcome in ended}
@@ -127,16 +144,21 @@ def advance(
         conn.execute(attempts.insert(), new_attempts)
 
     for attempt, ids in _by_attempt(only_started, current):
+        assert starts is not None  # only reported starts start
         _write(
             conn,
             sa.update(jobs)
             .where(
                 jobs.c.id.in_(ids),
                 jobs.c.attempt == attempt,
-                jobs.c.status == JobStatus.QUEUED,
-                jobs.c.lease_owner == owner,
+                guard(Change.START),
+                jobs.c.lease_owner == starts.owner,
             )
-            .values(status=JobStatus.PROCESSING, started_at=_STARTED_AT, updated_at=now),
+            .values(
+                status=Change.START.to(JobStatus.PROCESSING),
+                started_at=_STARTED_AT,
+                updated_at=now,
+            ),
             len(ids),
         )
     for group in _alike(ended).values():
@@ -145,7 +167,7 @@ def advance(
             _write(
                 conn,
                 sa.update(jobs)
-                .where(jobs.c.id.in_(ids), jobs.c.attempt == attempt, HELD)
+                .where(jobs.c.id.in_(ids), jobs.c.attempt == attempt, guard(Change.END))
                 .values(
                     {
                         **finish_values(first, now),
@@ -310,9 +332,9 @@ def cancel_unheld(
     queued; the caller settles their batches); returns their rows (``ENDED_COLUMNS``)."""
     ended = conn.execute(
         sa.update(jobs)
-        .where(where, UNHELD_QUEUED)
+        .where(where, guard(Change.CANCEL))
         .values(
-            status=JobStatus.CANCELLED,
+            status=Change.CANCEL.to(JobStatus.CANCELLED),
             finished_at=now,
             updated_at=now,
             cancel_requested=True,
@@ -332,19 +354,23 @@ def cancel_unheld(
 def ask_to_stop(conn: Connection, where: sa.ColumnElement[bool], now: datetime) -> int:
     """Flag the held jobs matching ``where`` for their dispatcher to stop (it records the
     end); returns how many."""
-    flagged = sa.update(jobs).where(where, HELD).values(cancel_requested=True, updated_at=now)
+    flagged = (
+        sa.update(jobs)
+        .where(where, guard(Change.ASK_TO_STOP))
+        .values(cancel_requested=True, updated_at=now)
+    )
     return conn.execute(flagged).rowcount
 
 
 def requeue(
     conn: Connection, where: sa.ColumnElement[bool], now: datetime, max_attempts: Any
 ) -> Sequence[Row[Any]]:
-    """Queue the finished jobs matching ``where`` again with ``max_attempts`` (a value or a
-    column expression), and reopen their batches; returns their (id, attempt, batch_id)
-    rows."""
+    """Queue the failed or cancelled jobs matching ``where`` again with ``max_attempts`` (a
+    value or a column expression), and reopen their batches; returns their (id, attempt,
+    batch_id) rows."""
     rows = conn.execute(
         sa.update(jobs)
-        .where(where)
+        .where(where, guard(Change.RETRY))
         .values(requeued(now, max_attempts))
         .returning(jobs.c.id, jobs.c.attempt, jobs.c.batch_id)
     ).all()
@@ -360,7 +386,7 @@ def requeue(
 def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
     """The values that send a finished job back to the queue for one more attempt."""
     return {
-        "status": JobStatus.QUEUED,
+        "status": Change.RETRY.to(JobStatus.QUEUED),
         "run_at": now,
         "updated_at": now,
         "finished_at": None,
@@ -385,7 +411,7 @@ def error_values(error: ErrorInfo | None) -> dict[str, Any]:
 
 def finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "status": outcome.status,
+        "status": Change.END.to(outcome.status),
         "updated_at": now,
         "lease_owner": None,
         "lease_expires_at": None,
