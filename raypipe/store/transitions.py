@@ -143,24 +143,24 @@ def advance(
     if new_attempts:
         conn.execute(attempts.insert(), new_attempts)
 
-    for attempt, ids in _by_attempt(only_started, current):
-        assert starts is not None  # only reported starts start
-        _write(
-            conn,
-            sa.update(jobs)
-            .where(
-                jobs.c.id.in_(ids),
-                jobs.c.attempt == attempt,
-                guard(Change.START),
-                jobs.c.lease_owner == starts.owner,
+    if starts is not None:
+        for attempt, ids in _by_attempt(only_started, current):
+            _write(
+                conn,
+                sa.update(jobs)
+                .where(
+                    jobs.c.id.in_(ids),
+                    jobs.c.attempt == attempt,
+                    guard(Change.START),
+                    jobs.c.lease_owner == starts.owner,
+                )
+                .values(
+                    status=Change.START.to(JobStatus.PROCESSING),
+                    started_at=_STARTED_AT,
+                    updated_at=now,
+                ),
+                len(ids),
             )
-            .values(
-                status=Change.START.to(JobStatus.PROCESSING),
-                started_at=_STARTED_AT,
-                updated_at=now,
-            ),
-            len(ids),
-        )
     for group in _alike(ended).values():
         first = group[0]
         for attempt, ids in _by_attempt([o.job_id for o in group], current):

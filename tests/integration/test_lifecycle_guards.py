@@ -4,6 +4,7 @@ and a move outside the table changes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -44,7 +45,7 @@ def _row(job_id: str, status: JobStatus, held: bool) -> dict[str, object]:
 
 
 @pytest.fixture
-def engine(db_url: str) -> sa.Engine:
+def engine(db_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(db_url)
     with engine.begin() as conn:
         conn.execute(jobs.insert(), [_row(i, *kept) for i, kept in ROWS.items()])
