@@ -144,21 +144,14 @@ def advance(
         conn.execute(attempts.insert(), new_attempts)
 
     if starts is not None:
+        held = sa.and_(guard(Change.START), jobs.c.lease_owner == starts.owner)
+        processing = Change.START.to(JobStatus.PROCESSING)
         for attempt, ids in _by_attempt(only_started, current):
             _write(
                 conn,
                 sa.update(jobs)
-                .where(
-                    jobs.c.id.in_(ids),
-                    jobs.c.attempt == attempt,
-                    guard(Change.START),
-                    jobs.c.lease_owner == starts.owner,
-                )
-                .values(
-                    status=Change.START.to(JobStatus.PROCESSING),
-                    started_at=_STARTED_AT,
-                    updated_at=now,
-                ),
+                .where(jobs.c.id.in_(ids), jobs.c.attempt == attempt, held)
+                .values(status=processing, started_at=_STARTED_AT, updated_at=now),
                 len(ids),
             )
     for group in _alike(ended).values():
