@@ -33,7 +33,8 @@ class DispatchContext:
     counters: Counter[str] = field(default_factory=Counter)
     #: The earliest retry or schedule instant known to be due: the loop wakes for it.
     next_due: datetime | None = None
-    _capacity: tuple[float, dict[str, float]] = (0.0, {})
+    #: The last read of the cluster's resources: (when, what).
+    _capacity: tuple[float, dict[str, float]] = field(default=(0.0, {}), init=False, repr=False)
 
     def due_at(self, when: datetime) -> None:
         """Wake no later than ``when`` (a retry's ``run_at``, a schedule's next instant)."""
