@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import pydantic
 from pydantic import BaseModel
 
-from raypipe.client import SubmitOptions, default_client
 from raypipe.exceptions import InvalidInput
 from raypipe.handle import (
     AsyncBatchHandle,
@@ -160,6 +159,14 @@ class AsyncJobClient(Protocol):
     ) -> AsyncBatchHandle[Any]: ...
 
 
+def _default_client() -> JobClient:
+    """The HTTP client of the environment, imported here: only submitting needs httpx, and
+    every worker process imports this module."""
+    from raypipe.client import default_client
+
+    return default_client()
+
+
 class Processor(Generic[P, R]):
     """What :func:`processor` makes of ``fn(payload: P, ctx) -> R``: still callable as the
     function, and it submits its own jobs, checked here before any request is sent.
@@ -211,7 +218,7 @@ class Processor(Generic[P, R]):
         """Submit one job of this type: ``payload`` (a ``P`` or its fields as a dict), or
         its fields as keywords (a field named like an option must go in ``payload``)."""
         spec = self._spec(payload, fields, locals())
-        [handle] = (client or default_client()).submit_many([spec])
+        [handle] = (client or _default_client()).submit_many([spec])
         return typed_job(handle, self.result_type)
 
     async def asubmit(
@@ -247,7 +254,7 @@ class Processor(Generic[P, R]):
         tags: Sequence[str] | None = None,
     ) -> BatchHandle[R]:
         """Submit a batch of this type's jobs, one per payload, in order."""
-        handle = (client or default_client()).submit_batch(
+        handle = (client or _default_client()).submit_batch(
             self._specs(payloads), webhook_url=webhook_url, then=then, tags=tags
         )
         return typed_batch(handle, self.result_type)
@@ -272,6 +279,8 @@ class Processor(Generic[P, R]):
     ) -> dict[str, Any]:
         """One job of this type as ``submit_many`` takes it: the checked payload and the
         options ``given`` (a submit method's arguments) that are set."""
+        from raypipe.client import SubmitOptions
+
         # The options are SubmitOptions' keys; submit's other keywords are payload fields.
         options = {
             name: given[name]
