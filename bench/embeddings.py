@@ -133,7 +133,7 @@ def measure(
                 warm_up(settings)
                 references, ones, manys = alternate(
                     repeat,
-                    partial(reference_rate, load(settings), texts),
+                    partial(reference_rate, load(settings.embeddings), texts),
                     partial(run_jobs, client, [texts]),
                     partial(run_jobs, client, small),
                 )
@@ -143,7 +143,7 @@ def measure(
     reference, one, many = max(references), max(ones), max(manys)
     comparison = Table(
         title=(
-            f"{n:,} texts, batch {settings.embedding_batch_size}, pool of {pool_size},"
+            f"{n:,} texts, batch {settings.embeddings.batch_size}, pool of {pool_size},"
             f" {kind}, {num_cpus} CPUs, best of {repeat}"
         ),
         columns=("case", "texts/s", "ratio"),

@@ -78,7 +78,7 @@ def up(
         from raypipe.api.deployment import deploy
 
         deploy(settings)
-        typer.echo(f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs)")
+        typer.echo(f"API on http://{settings.api.host}:{settings.api.port} (docs at /docs)")
         _first_key(settings)
 
 
@@ -137,7 +137,7 @@ def down(
         from raypipe.api.deployment import undeploy
 
         terminal.quiet()
-        drain = None if now else (settings.drain_grace_s if grace is None else grace)
+        drain = None if now else (settings.engine.drain_grace_s if grace is None else grace)
         stopped = actors.stop_actors(settings, drain_grace_s=drain)
         if undeploy():
             stopped.append("the API")

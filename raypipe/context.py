@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from raypipe.artifacts import ArtifactInfo, ArtifactStore, split_ref
 from raypipe.config import Settings
+from raypipe.config_groups import EmbeddingSettings
 from raypipe.exceptions import NotFound, PermanentError
 from raypipe.job_logs import JOB_LOGGER, job_fields
 from raypipe.jobs import ProgressState
@@ -82,7 +83,7 @@ class JobContext:
         self.artifacts: dict[str, ArtifactInfo] = {}
         self._report = report
         self._cancelled = cancelled
-        self._runner = runner or LocalRunner(settings)
+        self._runner = runner or LocalRunner(settings.embeddings)
         self._store: ArtifactStore | None = None
         self._stage: str | None = None
 
@@ -169,8 +170,8 @@ class JobContext:
 class LocalRunner:
     """Runs sub-work in this process, one call after another, with a model loaded here."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, embeddings: EmbeddingSettings):
+        self.embeddings = embeddings
 
     def parallel(
         self,
@@ -197,7 +198,7 @@ class LocalRunner:
     ) -> Embeddings:
         from raypipe.embedding.models import load_cached
 
-        loaded = load_cached(self.settings, model)
+        loaded = load_cached(self.embeddings, model)
         embeddings = loaded.encode(list(texts), normalize=normalize)
         if on_chunk is not None:
             on_chunk(len(texts), len(texts))

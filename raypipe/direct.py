@@ -145,8 +145,8 @@ class DirectClient:
         follower = LogFollower(
             attempt_of(job, attempt),
             0,
-            self.settings.events_poll_interval_s,
-            self.settings.progress_flush_interval_s,
+            self.settings.engine.events_poll_interval_s,
+            self.settings.engine.progress_flush_interval_s,
         )
         while True:
             job = self.store.get(job_id)

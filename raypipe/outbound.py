@@ -69,9 +69,9 @@ class Purpose(Enum):
     def networks(self, settings: Settings) -> list[Network]:
         """The networks the settings open for this purpose (validated when read)."""
         listed = (
-            settings.fetch_allow_networks
+            settings.fetch.allow_networks
             if self is Purpose.FETCH
-            else settings.webhook_allow_networks
+            else settings.webhooks.allow_networks
         )
         return [ipaddress.ip_network(net, strict=False) for net in listed]
 
@@ -222,7 +222,7 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
     :class:`RetryableError` for 429/5xx and the deadline, :class:`PermanentError` for
     anything else. No answer body is ever quoted.
     """
-    limit = settings.fetch_timeout_s
+    limit = settings.fetch.timeout_s
     deadline = time.monotonic() + limit
     where = label
     try:
@@ -233,7 +233,7 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
             limits=httpx.Limits(max_keepalive_connections=0),
         ) as http:
             where = f"{label}: {target}"
-            for _ in range(settings.fetch_max_redirects + 1):
+            for _ in range(settings.fetch.max_redirects + 1):
                 addresses = _resolve_by(target, settings, deadline)
                 with (
                     tracing.outgoing("GET", str(target)) as traced,
@@ -241,7 +241,7 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
                 ):
                     if not response.is_redirect:
                         _check_status(response, where)
-                        return _body(response, settings.max_input_bytes, deadline, where)
+                        return _body(response, settings.fetch.max_input_bytes, deadline, where)
                     location = _joined(target, response.headers["location"])
                 where = f"{label}: redirected to {location}"
                 target = parse(location)
@@ -257,7 +257,7 @@ def fetch(url: str, settings: Settings, label: str) -> bytes:
     except httpx.HTTPError as exc:
         raise PermanentError(f"{where} is unreachable: {exc}") from None
     raise PermanentError(
-        f"{label}: more than {settings.fetch_max_redirects} redirects (RAYPIPE_FETCH_MAX_REDIRECTS)"
+        f"{label}: more than {settings.fetch.max_redirects} redirects (RAYPIPE_FETCH_MAX_REDIRECTS)"
     )
 
 

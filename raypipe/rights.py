@@ -28,7 +28,7 @@ def check_priority(priority: int | None, settings: Settings, admin: bool) -> Non
     """A tenant's priority stays within ``tenant_priority_min``..``tenant_priority_max``:
     past it, one tenant's jobs would go before every other tenant's. A 422 at ``priority``
     naming the range. Unset (the queue's default, the operator's choice) is not checked."""
-    low, high = settings.tenant_priority_min, settings.tenant_priority_max
+    low, high = settings.limits.tenant_priority_min, settings.limits.tenant_priority_max
     if priority is None or admin or low <= priority <= high:
         return
     problem = (

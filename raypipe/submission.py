@@ -64,7 +64,7 @@ def prepare_batch(
     once, located under ``jobs``/``then``/…"""
     spec = raw if isinstance(raw, BatchSpec) else parse_model(BatchSpec, raw, ())
     check_text(idempotency_key, ("header", "Idempotency-Key"))
-    limit = settings.max_batch_jobs
+    limit = settings.limits.max_batch_jobs
     if len(spec.jobs) > limit:
         raise InvalidInput(
             f"jobs: at most {limit} per batch (RAYPIPE_MAX_BATCH_JOBS)",
@@ -186,8 +186,10 @@ def _resolved(
         "priority": spec.priority if spec.priority is not None else settings.queues[queue].priority,
         "payload": payload,
         "tags": list(spec.tags),
-        "max_attempts": spec.max_attempts or policy_attempts or settings.default_max_attempts,
-        "timeout_s": spec.timeout_s or processor.timeout_s or settings.default_timeout_s,
+        "max_attempts": spec.max_attempts
+        or policy_attempts
+        or settings.engine.default_max_attempts,
+        "timeout_s": spec.timeout_s or processor.timeout_s or settings.engine.default_timeout_s,
         "webhook_url": spec.webhook_url,
     }
 

@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
     # Added last, so it runs first: keys are checked, and slots counted, before any body.
     app.add_middleware(FairUse, services=services)
     # FastAPI traces each request on the global tracer provider (continuing a caller's

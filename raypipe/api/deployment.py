@@ -37,7 +37,7 @@ def build(settings: Settings) -> serve.Application:
     logging: dict[str, Any] = {"logging_config": json_logs} if json_logs else {}
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
-        num_replicas=settings.api_replicas,
+        num_replicas=settings.api.replicas,
         max_ongoing_requests=REQUEST_SLOTS,
         ray_actor_options={"num_cpus": 0},
         **logging,
@@ -48,7 +48,7 @@ def build(settings: Settings) -> serve.Application:
 def deploy(settings: Settings) -> None:
     """Start Serve's HTTP proxy on the configured address and run the API there."""
     serve.start(
-        http_options={"host": settings.api_host, "port": settings.api_port},
+        http_options={"host": settings.api.host, "port": settings.api.port},
         # The proxy's and the controller's logs.
         logging_config=_json_logging(settings),
     )
@@ -57,7 +57,7 @@ def deploy(settings: Settings) -> None:
 
 def _json_logging(settings: Settings) -> LoggingConfig | None:
     """The API's logs and Serve's access log as JSON lines, when ``log_format`` says so."""
-    return LoggingConfig(encoding="JSON") if settings.log_format == "json" else None
+    return LoggingConfig(encoding="JSON") if settings.logs.format == "json" else None
 
 
 def undeploy() -> bool:

@@ -96,7 +96,8 @@ class Limit:
         return errors.raypipe_response(RateLimited(message, retry_after_s=wait))
 
 
-#: The settings a request of each kind is counted under, and whose count each keeps.
+#: The settings a request of each kind is counted under (flat names, of ``settings.api``),
+#: and whose count each keeps.
 LIMITS: dict[Kind, tuple[tuple[Per, str], ...]] = {
     "requests": (("key", "api_max_requests_per_key"), ("tenant", "api_max_requests_per_tenant")),
     "streams": (
@@ -113,7 +114,10 @@ _LOGS = re.compile(r"/v1/jobs/[^/]+/logs")
 
 def limits(settings: Settings, kind: Kind) -> tuple[Limit, ...]:
     """The limits a request of ``kind`` is counted under, as ``settings`` set them."""
-    return tuple(Limit(kind, per, field, getattr(settings, field)) for per, field in LIMITS[kind])
+    return tuple(
+        Limit(kind, per, field, getattr(settings.api, field.removeprefix("api_")))
+        for per, field in LIMITS[kind]
+    )
 
 
 class Slots:
@@ -188,7 +192,7 @@ class FairUse:
         if scope["type"] != "http" or not _route_path(scope).startswith(PREFIX):
             await self.app(scope, receive, send)
             return
-        deadline = time.monotonic() + self.services.settings.api_body_timeout_s
+        deadline = time.monotonic() + self.services.settings.api.body_timeout_s
         body = _body_length(scope)
         authorization = _header(scope, b"authorization")
         try:
@@ -216,7 +220,7 @@ class FairUse:
             held = [holder for holder, _ in claims]
             scope.setdefault("state", {})[_PRINCIPAL] = principal
         try:
-            most = self.services.settings.max_body_bytes
+            most = self.services.settings.limits.max_body_bytes
             # A body said to be larger is BodyLimit's to refuse, by its length, at once.
             if 0 < body <= most:
                 messages = await _read_body(receive, deadline, most)
@@ -232,7 +236,7 @@ class FairUse:
             self.slots.give_back(held)
 
     def _too_slow(self) -> Response:
-        timeout = self.services.settings.api_body_timeout_s
+        timeout = self.services.settings.api.body_timeout_s
         return errors.error_response(
             408,
             "request_timeout",

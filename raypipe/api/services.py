@@ -129,7 +129,7 @@ class Services:
         ``conn``: charge inside that transaction, for work whose cost is known only once it
         is done there (a batch's retried jobs): the 429 rolls the work back with the count.
         """
-        limit = self.settings.rate_limits.get(action)
+        limit = self.settings.limits.rate_limits.get(action)
         if limit is None or cost <= 0:
             return
         now = utcnow()

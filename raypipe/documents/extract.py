@@ -132,10 +132,10 @@ class Limits:
     @classmethod
     def of(cls, settings: Settings) -> Limits:
         return cls(
-            chars=settings.max_document_chars,
-            pages=settings.max_document_pages,
-            depth=settings.max_document_depth,
-            nodes=settings.max_document_nodes,
+            chars=settings.documents.max_chars,
+            pages=settings.documents.max_pages,
+            depth=settings.documents.max_depth,
+            nodes=settings.documents.max_nodes,
         )
 
 

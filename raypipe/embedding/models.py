@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.config import Settings
+from raypipe.config_groups import EmbeddingSettings
 from raypipe.exceptions import InvalidInput, PermanentError
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,11 @@ class EmbeddingModel:
         return vectors
 
 
-def check_model(settings: Settings, name: str | None) -> str:
+def check_model(config: EmbeddingSettings, name: str | None) -> str:
     """The model's configured name; :class:`InvalidInput` naming the known ones otherwise."""
-    name = name or settings.embedding_model
-    if name not in settings.embedding_models:
-        known = ", ".join(sorted(settings.embedding_models))
+    name = name or config.model
+    if name not in config.models:
+        known = ", ".join(sorted(config.models))
         raise InvalidInput(
             f"payload.model: unknown model {name!r} (known: {known})",
             details=[
@@ -93,37 +93,39 @@ def model_path(source: str) -> Path:
     return Path(source).expanduser()
 
 
-def load(settings: Settings, name: str | None = None, device: str | None = None) -> EmbeddingModel:
+def load(
+    config: EmbeddingSettings, name: str | None = None, device: str | None = None
+) -> EmbeddingModel:
     """Load ``name`` (default: the configured model); if it cannot be loaded, the
     configured fallback. Models come from local folders only (no hub at run time)."""
-    name = check_model(settings, name)
+    name = check_model(config, name)
     candidates = [name]
-    fallback = settings.embedding_fallback_model
+    fallback = config.fallback_model
     if fallback and fallback != name:
         candidates.append(fallback)
     problems = []
     for candidate in candidates:
         try:
-            return _load_one(settings, candidate, device)
+            return _load_one(config, candidate, device)
         except Exception as exc:
             log.warning("embedding model %s could not be loaded: %s", candidate, exc)
             problems.append(f"{candidate}: {type(exc).__name__}: {exc}")
     raise PermanentError("no embedding model could be loaded (" + "; ".join(problems) + ")")
 
 
-def _load_one(settings: Settings, name: str, device: str | None) -> EmbeddingModel:
+def _load_one(config: EmbeddingSettings, name: str, device: str | None) -> EmbeddingModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    source = settings.embedding_models.get(name)
+    source = config.models.get(name)
     if source is None:
         raise KeyError(f"{name!r} is not in embedding_models")
     path = model_path(source)
     if not path.is_dir():
         raise FileNotFoundError(f"no model folder at {path}")
     model = SentenceTransformer(str(path), device=device or _device(), local_files_only=True)
-    return EmbeddingModel(name, model, settings.embedding_batch_size)
+    return EmbeddingModel(name, model, config.batch_size)
 
 
 def _device() -> str:
@@ -135,13 +137,13 @@ def _device() -> str:
 _cache: dict[tuple[str, str | None, int], EmbeddingModel] = {}
 
 
-def load_cached(settings: Settings, name: str | None = None) -> EmbeddingModel:
+def load_cached(config: EmbeddingSettings, name: str | None = None) -> EmbeddingModel:
     """One loaded model per (name, fallback, batch size) per process."""
     key = (
-        check_model(settings, name),
-        settings.embedding_fallback_model,
-        settings.embedding_batch_size,
+        check_model(config, name),
+        config.fallback_model,
+        config.batch_size,
     )
     if key not in _cache:
-        _cache[key] = load(settings, key[0])
+        _cache[key] = load(config, key[0])
     return _cache[key]

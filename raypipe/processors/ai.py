@@ -49,18 +49,18 @@ def complete(payload: CompletePayload, ctx: JobContext) -> dict[str, Any]:
     """Asks the chat model; if the service does not offer it, asks ``ai_fallback_model`` once,
     in the same attempt, rather than burning retries on a model that will not appear."""
     settings = ctx.settings
-    if not settings.ai_base_url:
+    if not settings.ai.base_url:
         raise PermanentError("ai.complete is not configured: set RAYPIPE_AI_BASE_URL")
-    asked = payload.model or settings.ai_model
+    asked = payload.model or settings.ai.model
     models = [asked]
-    if settings.ai_fallback_model and settings.ai_fallback_model != asked:
-        models.append(settings.ai_fallback_model)
+    if settings.ai.fallback_model and settings.ai.fallback_model != asked:
+        models.append(settings.ai.fallback_model)
     messages = [message.model_dump() for message in payload.messages]
     options = payload.model_dump(exclude={"messages", "model"}, exclude_none=True)
-    key = settings.ai_api_key.get_secret_value() if settings.ai_api_key else None
+    key = settings.ai.api_key.get_secret_value() if settings.ai.api_key else None
 
     missing: list[ModelUnavailable] = []
-    with ChatClient(settings.ai_base_url, api_key=key, timeout_s=settings.ai_timeout_s) as chat:
+    with ChatClient(settings.ai.base_url, api_key=key, timeout_s=settings.ai.timeout_s) as chat:
         for model in models:
             note = f"{asked} unavailable, asking {model}" if missing else f"asking {model}"
             ctx.progress(50.0 if missing else 0.0, note, stage="request")

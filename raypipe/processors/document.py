@@ -102,7 +102,7 @@ class DocumentPayload(BaseModel):
 @processor("document.process", queue="documents", num_cpus=1, uses=("embeddings",))
 def process_document(payload: DocumentPayload, ctx: JobContext) -> dict[str, Any]:
     """Extract a document's text, chunk and embed it, and find its keywords and summary."""
-    cpu_s = ctx.settings.max_document_stage_cpu_s
+    cpu_s = ctx.settings.documents.max_stage_cpu_s
     stages = StageLog(STAGES, cpu_s)
 
     with stages.run("extract"):

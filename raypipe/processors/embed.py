@@ -55,7 +55,7 @@ class EmbedPayload(BaseModel):
         settings = _settings(info)
         if model is not None and settings is not None:
             try:
-                check_model(settings, model)
+                check_model(settings.embeddings, model)
             except InvalidInput as exc:
                 raise ValueError(exc.details[0]["msg"]) from None
         return model
@@ -67,7 +67,7 @@ def _settings(info: ValidationInfo) -> Settings | None:
 
 def check_texts(texts: list[str], settings: Settings | None) -> None:
     """No blank texts, and no more than the configured limit."""
-    limit = settings.embedding_max_texts if settings else None
+    limit = settings.embeddings.max_texts if settings else None
     if limit is not None and len(texts) > limit:
         raise ValueError(f"at most {limit} texts per job (got {len(texts)})")
     blank = next((i for i, text in enumerate(texts) if not text.strip()), None)

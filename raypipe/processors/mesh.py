@@ -100,7 +100,7 @@ class MeshPayload(BaseModel):
 
 def _reserved(settings: Settings) -> int:
     """What a job reserves from Ray: the bound it is held to (``mesh_memory_bytes``)."""
-    return settings.mesh_memory_bytes
+    return settings.mesh.memory_bytes
 
 
 @processor("mesh.from_image", queue="mesh", num_cpus=1, memory=_reserved)
@@ -122,14 +122,14 @@ def mesh_from_image(payload: MeshPayload, ctx: JobContext) -> dict[str, Any]:
         artifact=payload.image_artifact,
     )
     ctx.progress(5, f"decoding {len(data)} bytes", stage="decode")
-    image = heightmap.open_image(data, ctx.settings.mesh_max_pixels)
+    image = heightmap.open_image(data, ctx.settings.mesh.max_pixels)
     _check_grid(payload, ctx.settings, image.size)
     inline = len(payload.image_b64 or "")  # the payload's text stays while the job runs
     _check_memory(payload, ctx.settings, image, input_bytes=len(data) + inline)
     # Imported once the job is known to fit: a refusal costs no second of trimesh.
     from raypipe.mesh import export, smoothing, thumbnail
 
-    image = heightmap.load_image(image, ctx.settings.mesh_max_pixels)
+    image = heightmap.load_image(image, ctx.settings.mesh.max_pixels)
     del data
     width, height = image.size  # EXIF orientation may have swapped them
     cols, rows = heightmap.grid_shape(width, height, payload.detail_factor)
@@ -191,11 +191,11 @@ def _check_grid(payload: MeshPayload, settings: Settings, image_size: tuple[int,
 
     width, height = image_size
     cols, rows = grid_shape(width, height, payload.detail_factor)
-    if cols * rows > settings.mesh_max_vertices:
+    if cols * rows > settings.mesh.max_vertices:
         raise PermanentError(
             f"payload.detail_factor: a {width}×{height} image at {payload.detail_factor:g} is"
             f" a {cols}×{rows} grid of {cols * rows} vertices, over the limit of"
-            f" {settings.mesh_max_vertices} (RAYPIPE_MESH_MAX_VERTICES): lower detail_factor"
+            f" {settings.mesh.max_vertices} (RAYPIPE_MESH_MAX_VERTICES): lower detail_factor"
         )
 
 
@@ -217,7 +217,7 @@ def _check_memory(
         formats=tuple(payload.formats),
     )
     need = memory.estimate(job)
-    limit = settings.mesh_memory_bytes
+    limit = settings.mesh.memory_bytes
     if need.total <= limit:
         return
     cols, rows = need.grid
@@ -246,7 +246,7 @@ def _triangulate(
     from raypipe.mesh import grid
 
     rows, cols = heights.shape
-    bands = grid.band_rows(rows, ctx.settings.mesh_tile_rows)
+    bands = grid.band_rows(rows, ctx.settings.mesh.tile_rows)
     ctx.progress(20, f"{rows - 1} rows of cells in {len(bands)} tile(s)", stage="triangulate")
     if len(bands) == 1:
         vertices, faces = grid.triangulate(heights, size)

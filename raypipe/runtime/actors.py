@@ -71,7 +71,7 @@ def logging_config(settings: Settings) -> ray.LoggingConfig | None:
     """Ray's logging configuration for the processes of the jobs this process starts
     (the dispatcher, its workers and pools): JSON lines when ``log_format`` says so, with
     Ray's context and each record's own fields (:func:`raypipe.job_logs.job_fields`)."""
-    if settings.log_format != "json":
+    if settings.logs.format != "json":
         return None
     return ray.LoggingConfig(encoding="JSON", log_level="INFO")
 

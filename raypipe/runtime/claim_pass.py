@@ -67,17 +67,17 @@ class ClaimPass:
         """Admit what can start now; the rest stays queued, saying what it waits for.
         Returns whether there may be more to claim right away."""
         settings = self.ctx.settings
-        slots = settings.max_in_flight - len(self.runs)
+        slots = settings.engine.max_in_flight - len(self.runs)
         if slots <= 0:
             return False
         capacity = self.ctx.capacity()
         free = self.pools.free(capacity)
         # A small, counted prefetch: a few tasks may wait in Ray's queue, to start the moment
         # a running job frees its share instead of a dispatcher round later.
-        prefetch = max(1, math.ceil(settings.task_prefetch * capacity.get("CPU", 0.0)))
+        prefetch = max(1, math.ceil(settings.engine.task_prefetch * capacity.get("CPU", 0.0)))
         prefetch -= len(self.waiting_in_ray())
         rooms = self.pools.rooms()
-        limit = min(slots, settings.claim_batch)
+        limit = min(slots, settings.engine.claim_batch)
         skip = self.skip
         if (
             skip is not None
@@ -126,7 +126,7 @@ class ClaimPass:
         settings = self.ctx.settings
         queue_limits = {name: q.concurrency for name, q in settings.queues.items()}
         claimed = self.ctx.store.claim(
-            self.ctx.owner, settings.lease_ttl_s, queue_limits, choose, limit
+            self.ctx.owner, settings.engine.lease_ttl_s, queue_limits, choose, limit
         )
         plan, wanted, cut = plans[-1] if plans else (admission.Plan(), set(), True)
         self.pools.grow(plan.grow)
@@ -141,7 +141,7 @@ class ClaimPass:
                 plan.full,
                 set(plan.short),
                 wanted,
-                until=self.ctx.clock.monotonic() + settings.poll_interval_s,
+                until=self.ctx.clock.monotonic() + settings.engine.poll_interval_s,
             )
         return claimed, set(plan.short), wanted
 

@@ -103,7 +103,7 @@ class Controller:
         """How long the loop may wait for a wake-up before the next round: until the next
         timeout, forced stop, idle actor's expiry, retry or schedule instant, or the
         polling interval; 0 while starts or ends wait to be recorded."""
-        waits = [self.ctx.settings.poll_interval_s]
+        waits = [self.ctx.settings.engine.poll_interval_s]
         now = self.ctx.clock.monotonic()
         if self.drain_until is not None and self.drain_until > now:
             waits.append(self.drain_until - now)

@@ -79,7 +79,7 @@ class Dispatcher:
         runs = self.controller.runs
         running = len(runs)
         self._loop.call_soon_threadsafe(self._begin_drain, grace_s)
-        self.controller.drained.wait(grace_s + self.settings.cancel_grace_s + DRAIN_MARGIN_S)
+        self.controller.drained.wait(grace_s + self.settings.engine.cancel_grace_s + DRAIN_MARGIN_S)
         return {"running_at_start": running, "still_running": len(runs)}
 
     def info(self) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class Dispatcher:
             # While work is in flight, rounds begin at most every dispatch_interval_s, so that
             # each records and claims a batch: per-round costs (locks, commits) are then shared
             # by many jobs. A round that took longer has batched enough: the next begins now.
-            spacing = self.settings.dispatch_interval_s if len(controller.runs) else 0.0
+            spacing = self.settings.engine.dispatch_interval_s if len(controller.runs) else 0.0
             await asyncio.sleep(max(0.0, began + spacing - time.monotonic()))
 
     async def _sleep(self) -> None:

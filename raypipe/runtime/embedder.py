@@ -12,7 +12,7 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from raypipe.config import Settings
+from raypipe.config_groups import EmbeddingSettings
 from raypipe.embedding import models
 from raypipe.embedding.batcher import Batcher
 from raypipe.embedding.models import EmbeddingModel, Embeddings
@@ -34,12 +34,12 @@ class ModelHost:
     if it cannot load), each with a :class:`Batcher` that merges the requests of the
     actor's concurrent jobs, and of other jobs' calls, into model batches."""
 
-    def __init__(self, settings: Settings):
-        if settings.embedding_threads:
+    def __init__(self, config: EmbeddingSettings):
+        if config.threads:
             import torch
 
-            torch.set_num_threads(settings.embedding_threads)
-        self.settings = settings
+            torch.set_num_threads(config.threads)
+        self.config = config
         self._loaded: dict[str, tuple[EmbeddingModel, Batcher]] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
 
@@ -50,7 +50,7 @@ class ModelHost:
 
         ``key`` names the caller (one job's chunks share it): callers take turns at the
         model, a request at a time (see :class:`Batcher`)."""
-        loaded, batcher = await self.loaded(models.check_model(self.settings, model))
+        loaded, batcher = await self.loaded(models.check_model(self.config, model))
         if not texts:
             return np.zeros((0, loaded.dim), dtype=np.float32), loaded.name
         vectors = await batcher.submit(texts, key)
@@ -73,7 +73,7 @@ class ModelHost:
     async def _load(self, name: str) -> None:
         # Loading takes seconds: off the event loop, so other calls go on.
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, models.load, self.settings, name)
+        model = await loop.run_in_executor(None, models.load, self.config, name)
         self._loaded[name] = (model, self._batcher(model))
 
     def _batcher(self, model: EmbeddingModel) -> Batcher:
@@ -81,12 +81,12 @@ class ModelHost:
         # texts by length and pads less (1 thread: 191 texts/s in calls of 256 short
         # sentences, 155 in calls of 64); it runs them a model batch at a time, so a call
         # nobody waits for any more (its jobs cancelled) stops after one.
-        settings = self.settings
+        config = self.config
         return Batcher(
             model.encode_until,
-            max_batch=settings.embedding_chunk_size,
-            max_wait_s=settings.embedding_max_wait_ms / 1000,
-            model_batch=settings.embedding_batch_size,
+            max_batch=config.chunk_size,
+            max_wait_s=config.max_wait_ms / 1000,
+            model_batch=config.batch_size,
         )
 
     def info(self) -> dict[str, Any]:
@@ -98,7 +98,7 @@ class ModelHost:
 
 def embed_on(
     actors: Sequence[ActorHandle],
-    settings: Settings,
+    config: EmbeddingSettings,
     texts: Sequence[str],
     model: str | None,
     normalize: bool,
@@ -117,9 +117,9 @@ def embed_on(
     With ``local`` (the job runs on an actor of this pool), texts that fit in one chunk
     are embedded there: no Ray call, and merged with that actor's other jobs' texts.
     """
-    name = models.check_model(settings, model)
+    name = models.check_model(config, model)
     unique, positions = _unique(texts)
-    size = settings.embedding_chunk_size
+    size = config.chunk_size
     if local is not None and len(unique) <= size:
         vectors, used = local(unique, name, normalize)
         if on_chunk is not None:

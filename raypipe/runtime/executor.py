@@ -71,7 +71,7 @@ def run_task(settings: Settings, job: ClaimedJob, pools: PoolHandles) -> Iterato
     """One attempt as a Ray task: a streaming generator, so the dispatcher learns of the
     start as it happens. A cancellation (``KeyboardInterrupt``) ends the stream."""
     yield [Started(job.id, job.attempt, utcnow())]
-    result = run_attempt(settings, job, RayRunner(settings, pools))
+    result = run_attempt(settings, job, RayRunner(settings.embeddings, pools))
     yield [Finished(job.id, job.attempt, result)]
 
 
@@ -84,9 +84,9 @@ def _progress_reporter(settings: Settings) -> ProgressReporter:
     if reporter is None:
         actor = ray.get_actor(PROGRESS_ACTOR, namespace=settings.namespace)
         reporter = ProgressReporter(
-            actor, settings.progress_report_interval_s, settings.log_max_bytes
+            actor, settings.engine.progress_report_interval_s, settings.logs.max_bytes
         )
-        job_logs.capture(reporter.logs, settings.log_level)
+        job_logs.capture(reporter.logs, settings.logs.level)
         _reporters[settings.namespace] = reporter
     return reporter
 
@@ -108,9 +108,9 @@ _settled = False
 
 def default_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
-        max_attempts=settings.default_max_attempts,
-        base_s=settings.default_backoff_s,
-        cap_s=settings.max_backoff_s,
+        max_attempts=settings.engine.default_max_attempts,
+        base_s=settings.engine.default_backoff_s,
+        cap_s=settings.engine.max_backoff_s,
     )
 
 

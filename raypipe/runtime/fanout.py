@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import ray
 from ray.actor import ActorHandle
 
-from raypipe.config import Settings
+from raypipe.config_groups import EmbeddingSettings
 from raypipe.embedding.models import Embeddings
 from raypipe.exceptions import PermanentError
 from raypipe.runtime import embedder
@@ -28,11 +28,15 @@ class RayRunner:
     """The cluster's :class:`~raypipe.context.Runner` for an attempt in a Ray task."""
 
     def __init__(
-        self, settings: Settings, pools: PoolHandles, local: embedder.LocalEmbed | None = None
+        self,
+        embeddings: EmbeddingSettings,
+        pools: PoolHandles,
+        local: embedder.LocalEmbed | None = None,
     ):
-        """``local``: set when the attempt runs on an embeddings pool actor (see
+        """``embeddings``: how ``ctx.embed`` calls go to the pool; ``local``: set when the
+        attempt runs on an embeddings pool actor (see
         :func:`~raypipe.runtime.embedder.embed_on`)."""
-        self.settings = settings
+        self.embeddings = embeddings
         self.pools = pools
         self.local = local
 
@@ -81,5 +85,5 @@ class RayRunner:
                 f" @processor(..., uses=[{EMBEDDINGS_POOL!r}]) (or pool={EMBEDDINGS_POOL!r})"
             )
         return embedder.embed_on(
-            actors, self.settings, texts, model, normalize, on_chunk, self.local
+            actors, self.embeddings, texts, model, normalize, on_chunk, self.local
         )

@@ -27,9 +27,11 @@ class Leases:
         """Every third of the lease's time: renew, then rescue what was lost."""
         if now < self.next_renewal:
             return
-        self.next_renewal = now + self.ctx.settings.lease_ttl_s / 3
+        self.next_renewal = now + self.ctx.settings.engine.lease_ttl_s / 3
         store = self.ctx.store
-        store.renew_leases(self.ctx.owner, self.ctx.settings.lease_ttl_s, self.runs.job_ids())
+        store.renew_leases(
+            self.ctx.owner, self.ctx.settings.engine.lease_ttl_s, self.runs.job_ids()
+        )
         lost = store.lost_jobs(expired=True)
         if not self.recovered:
             # Attempts held by an earlier incarnation of this actor died with it (Ray starts

@@ -48,7 +48,7 @@ class PoolWorker:
         config = settings.pools[pool]
         self.settings = settings
         self.pool = pool
-        self.host = ModelHost(settings)
+        self.host = ModelHost(settings.embeddings)
         self._threads = ThreadPoolExecutor(config.concurrency, thread_name_prefix=f"pool-{pool}")
         self._slots = asyncio.Semaphore(config.concurrency)
         self._concurrency = config.concurrency
@@ -70,7 +70,7 @@ class PoolWorker:
         self.calls += 1
         loop = self._loop = asyncio.get_running_loop()
         local = self._embed_here if self.pool == EMBEDDINGS_POOL else None
-        runner = RayRunner(self.settings, pools, local)
+        runner = RayRunner(self.settings.embeddings, pools, local)
         waiting = deque(jobs)
         events: list[Event] = []
         news = asyncio.Event()

@@ -385,7 +385,7 @@ class ProgressActor:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.progress_flush_interval_s)
+            await asyncio.sleep(self._settings.engine.progress_flush_interval_s)
             metrics.observe_progress_backlog(len(self._dirty))
             await self.flush()
             await self.flush_logs()

@@ -30,7 +30,7 @@ class ScheduleFiring:
                 log.warning("schedule not loaded: %s", problem)
         fired = self.store.fire_due(settings)
         self.ctx.counters["scheduled"] += len(fired)
-        self._next_check = self.ctx.clock.monotonic() + settings.poll_interval_s
+        self._next_check = self.ctx.clock.monotonic() + settings.engine.poll_interval_s
         due = self.store.next_fire_at()
         if due is not None:
             self.ctx.due_at(due)

@@ -65,7 +65,7 @@ class Stopper:
         """Interrupt the attempt now (or drop it before it begins), and end it by force if
         it still runs after the grace."""
         self.runs.stopping(
-            run, outcome, self.ctx.clock.monotonic() + self.ctx.settings.cancel_grace_s
+            run, outcome, self.ctx.clock.monotonic() + self.ctx.settings.engine.cancel_grace_s
         )
         call = run.call
         if call.member is None:

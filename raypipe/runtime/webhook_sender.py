@@ -42,13 +42,13 @@ class WebhookSender:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = WebhookStore(create_engine(settings.database_url))
-        self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self.lease_s = settings.webhooks.timeout_s + LEASE_MARGIN_S
         self.counters: Counter[str] = Counter()
         self._sending: set[asyncio.Task[None]] = set()
         self._last_error: str | None = None
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(
-            ThreadPoolExecutor(settings.webhook_concurrency + 2, thread_name_prefix="webhooks")
+            ThreadPoolExecutor(settings.webhooks.concurrency + 2, thread_name_prefix="webhooks")
         )
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="raypipe-webhooks")
@@ -89,7 +89,7 @@ class WebhookSender:
                 if time.monotonic() >= next_release:
                     self.counters["released"] += await asyncio.to_thread(self.store.release_expired)
                     next_release = time.monotonic() + self.lease_s / 2
-                free = self.settings.webhook_concurrency - len(self._sending)
+                free = self.settings.webhooks.concurrency - len(self._sending)
                 claimed = await asyncio.to_thread(self.store.claim_due, free, self.lease_s)
                 secrets = (
                     await asyncio.to_thread(self.store.secrets, {d.tenant for d in claimed})
@@ -110,7 +110,7 @@ class WebhookSender:
             self.counters["claimed"] += len(claimed)
             # Sleep until a send frees a slot, a wake-up, or the next poll.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self.settings.webhooks.poll_interval_s)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)

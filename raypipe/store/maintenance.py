@@ -152,7 +152,7 @@ def prune(
     jobs age together, by the batch's finish time: a job of a batch still running or
     finished after the cutoff stays, so the batch's counts stay whole.
     """
-    days = settings.retention_days if older_than_days is None else older_than_days
+    days = settings.maintenance.retention_days if older_than_days is None else older_than_days
     cutoff = now - timedelta(days=days)
     counts: Counter[str] = Counter()
     _prune_jobs(engine, artifacts, cutoff, dry_run, batch_size, counts)
@@ -288,7 +288,7 @@ def orphans(
     and its files', or files written outside any job), once nothing in them changed for
     ``orphan_grace_s``. A folder under another tenant than its job's is an orphan too:
     nothing can ever serve it."""
-    modified_before = now - timedelta(seconds=settings.orphan_grace_s)
+    modified_before = now - timedelta(seconds=settings.maintenance.orphan_grace_s)
     counts: Counter[str] = Counter()
     for chunk in _chunks(job_folders(artifacts), ORPHAN_CHUNK):
         query = sa.select(jobs.c.tenant, jobs.c.id).where(
@@ -320,7 +320,7 @@ def stuck(engine: Engine, settings: Settings, now: datetime) -> StuckReport:
     """Find jobs that should be moving and are not (read-only): three queries, each over
     the queued, the held or the processing jobs only (the claim and lease partial indexes)."""
     lease_alive = sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at >= now)
-    waited = now - timedelta(seconds=settings.stuck_after_s)
+    waited = now - timedelta(seconds=settings.maintenance.stuck_after_s)
     with read_only(engine) as conn:
         return StuckReport(
             checked_at=now,
@@ -332,7 +332,7 @@ def stuck(engine: Engine, settings: Settings, now: datetime) -> StuckReport:
                 jobs.c.started_at,
                 PROCESSING_ONLY,
                 lease_alive,
-                _overdue(engine.dialect.name, now, settings.lease_ttl_s),
+                _overdue(engine.dialect.name, now, settings.engine.lease_ttl_s),
             ),
             waiting=_sample(conn, jobs.c.run_at, QUEUED_ONLY, lease_alive, jobs.c.run_at <= waited),
         )

@@ -104,7 +104,7 @@ class ScheduleStore:
         row["next_fire_at"] = next_fire_of(row, now)
         try:
             with self.engine.begin() as conn:
-                self._check_quota(conn, tenant, settings.max_schedules_per_tenant)
+                self._check_quota(conn, tenant, settings.limits.max_schedules_per_tenant)
                 conn.execute(schedules.insert(), row)
         except sa.exc.IntegrityError:
             raise Conflict(f"tenant {tenant!r} already has a schedule named {name!r}") from None
@@ -232,7 +232,7 @@ class ScheduleStore:
         """
         now = self.clock()
         configured = {
-            **(MAINTENANCE_SCHEDULES if settings.maintenance_schedules else {}),
+            **(MAINTENANCE_SCHEDULES if settings.maintenance.schedules else {}),
             **settings.schedules,
         }
         report = SyncReport()
@@ -400,7 +400,7 @@ def _within_limit(
     """The rows of a tenant's schedule that its submit rate limit still allows (the latest
     instants), charged as a submission over HTTP is; what is over the limit is not fired,
     and the schedule moves past it. Schedules from the configuration are the operator's."""
-    limit = settings.rate_limits.get("submit")
+    limit = settings.limits.rate_limits.get("submit")
     if limit is None or schedule.source != "api" or not rows:
         return rows
     count, _ = access.hit(conn, schedule.tenant, "submit", len(rows), limit.window_s, now)

@@ -42,10 +42,10 @@ def client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         follow_redirects=False,
         trust_env=False,
-        timeout=settings.webhook_timeout_s,
+        timeout=settings.webhooks.timeout_s,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         limits=httpx.Limits(
-            max_connections=settings.webhook_concurrency, max_keepalive_connections=0
+            max_connections=settings.webhooks.concurrency, max_keepalive_connections=0
         ),
     )
 
@@ -53,9 +53,9 @@ def client(settings: Settings) -> httpx.AsyncClient:
 def policy(settings: Settings) -> RetryPolicy:
     """Deliveries back off like jobs: ``backoff * 2**(n-1)``, capped, with jitter."""
     return RetryPolicy(
-        max_attempts=settings.webhook_max_attempts,
-        base_s=settings.webhook_backoff_s,
-        cap_s=settings.webhook_max_backoff_s,
+        max_attempts=settings.webhooks.max_attempts,
+        base_s=settings.webhooks.backoff_s,
+        cap_s=settings.webhooks.max_backoff_s,
     )
 
 
@@ -103,14 +103,14 @@ async def deliver(
 
     try:
         response, text = await asyncio.wait_for(
-            _post(delivery, secret, settings, http, started_at), settings.webhook_timeout_s
+            _post(delivery, secret, settings, http, started_at), settings.webhooks.timeout_s
         )
     except OutboundRefused as exc:
         return failed(ErrorKind.PERMANENT, f"refused: {exc}")
     except OutboundUnresolved as exc:
         return failed(ErrorKind.ERROR, str(exc))
     except asyncio.TimeoutError:
-        return failed(ErrorKind.ERROR, f"no answer within {settings.webhook_timeout_s:g}s")
+        return failed(ErrorKind.ERROR, f"no answer within {settings.webhooks.timeout_s:g}s")
     except httpx.HTTPError as exc:
         return failed(ErrorKind.ERROR, f"{type(exc).__name__}: {exc}".rstrip(": "))
     code = response.status_code

@@ -144,7 +144,7 @@ def test_malformed_json_is_a_400(tenant: httpx.Client, path: str, raw: bytes) ->
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/bulk"])
 def test_a_body_over_the_limit_is_a_413(api: Api, tenant: httpx.Client, path: str) -> None:
-    limit = api.settings.max_body_bytes
+    limit = api.settings.limits.max_body_bytes
     body = json.dumps({"type": "noop", "tags": ["x" * limit]}).encode()
     assert len(body) > limit
     response = tenant.post(path, content=body, headers={"Content-Type": "application/json"})
@@ -154,7 +154,7 @@ def test_a_body_over_the_limit_is_a_413(api: Api, tenant: httpx.Client, path: st
 
 def test_a_chunked_body_over_the_limit_is_a_413(api: Api, tenant: httpx.Client) -> None:
     """Without a Content-Length the limit must still hold while the body is read."""
-    limit = api.settings.max_body_bytes
+    limit = api.settings.limits.max_body_bytes
     body = json.dumps({"type": "noop", "tags": ["x" * limit]}).encode()
 
     def chunks() -> Iterator[bytes]:

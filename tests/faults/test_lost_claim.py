@@ -32,7 +32,9 @@ def test_a_claim_whose_answer_was_lost_is_rescued(raypipe: DirectClient, tmp_pat
         return [c for c in candidates if c.id == job.id]
 
     dispatch = DispatchStore(raypipe.store)
-    claimed = dispatch.claim(owner, raypipe.settings.lease_ttl_s, {"solo": 2}, only_the_job, 1)
+    claimed = dispatch.claim(
+        owner, raypipe.settings.engine.lease_ttl_s, {"solo": 2}, only_the_job, 1
+    )
     assert [c.id for c in claimed] == [job.id]
     (tmp_path / "release").touch()
 

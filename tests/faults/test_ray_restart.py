@@ -44,7 +44,7 @@ def _environment(settings: Settings) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith("RAYPIPE_") and key not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")
     }
-    for name, value in settings.model_dump(mode="json", include=SHARED_SETTINGS).items():
+    for name, value in settings.flat_dump(mode="json", include=SHARED_SETTINGS).items():
         env[f"RAYPIPE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 

@@ -74,7 +74,7 @@ def test_retryable_errors_back_off_with_growing_delays(raypipe: DirectClient) ->
     attempts = job.attempts()
     assert [a.attempt for a in attempts] == [1, 2, 3, 4]
     assert all(a.status is AttemptStatus.FAILED for a in attempts)
-    base, jitter = raypipe.settings.default_backoff_s, 0.1
+    base, jitter = raypipe.settings.engine.default_backoff_s, 0.1
     gaps = [
         (nxt.started_at - prev.finished_at).total_seconds()
         for prev, nxt in itertools.pairwise(attempts)

@@ -42,7 +42,7 @@ def served(system: DirectClient) -> int:
 @pytest.fixture(scope="module")
 def reference(system: DirectClient) -> EmbeddingModel:
     """The same model, loaded in this process: what ``encode`` says the vectors are."""
-    return load_cached(system.settings, MODEL)
+    return load_cached(system.settings.embeddings, MODEL)
 
 
 SENTENCES = [

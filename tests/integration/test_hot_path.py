@@ -35,7 +35,7 @@ def attempts_in_a_worker(settings: Settings, n: int) -> dict[str, Any]:
     def job() -> ClaimedJob:
         return ClaimedJob(str(uuid.uuid4()), "noop", "default", {}, 1, 3, 60.0)
 
-    runner = RayRunner(settings, {})
+    runner = RayRunner(settings.embeddings, {})
     assert executor.run_attempt(settings, job(), runner).ok
     with counting(ray_calls=True) as costs:
         assert all(executor.run_attempt(settings, job(), runner).ok for _ in range(n))

@@ -105,8 +105,8 @@ def test_the_log_keeps_its_newest_lines_within_the_bound(raypipe: DirectClient) 
     kept = [line["seq"] for line in logs["lines"]]
     assert logs["dropped"] > 0 and kept == list(range(logs["dropped"] + 1, 121))
     size = sum(len(line["message"].encode()) for line in logs["lines"])
-    assert size <= raypipe.settings.log_max_bytes
-    assert size > raypipe.settings.log_max_bytes - 11_000  # the tail is all that fits
+    assert size <= raypipe.settings.logs.max_bytes
+    assert size > raypipe.settings.logs.max_bytes - 11_000  # the tail is all that fits
     assert logs["lines"][-1]["message"].startswith("attempt 1 line 119 ")
     # Following an ended attempt reads what there is and stops.
     followed = list(raypipe.follow_logs(job.id))

@@ -435,7 +435,7 @@ def test_the_stuck_report_finds_each_kind_and_nothing_else(
 ) -> None:
     clock = _clock(store)
     now = START + timedelta(hours=1)
-    lease_ttl = settings.lease_ttl_s  # 3 s in the tests' settings
+    lease_ttl = settings.engine.lease_ttl_s  # 3 s in the tests' settings
     expired = submit(store, settings)
     expired_and_overdue = submit(store, settings, timeout_s=10)
     overdue = submit(store, settings, timeout_s=3600 - lease_ttl - 1)

@@ -188,7 +188,7 @@ def test_exhausted_attempts_fail_and_a_replay_delivers(
         send_until_settled(store, settings, clock)
         failed = store.get(delivery_id)
         assert failed.status is DeliveryStatus.FAILED
-        assert failed.attempts == settings.webhook_max_attempts == 3
+        assert failed.attempts == settings.webhooks.max_attempts == 3
         assert failed.last_status_code == 504 and failed.next_attempt_at is None
         assert len(hook.requests) == 3
 
@@ -218,7 +218,7 @@ def test_a_name_that_does_not_resolve_is_retried_not_refused(
     send_until_settled(store, settings, clock)
     delivery = store.get(delivery_id)
     assert delivery.status is DeliveryStatus.FAILED
-    assert delivery.attempts == settings.webhook_max_attempts  # every try was made
+    assert delivery.attempts == settings.webhooks.max_attempts  # every try was made
     assert all("cannot resolve" in (a.error or "") for a in delivery.attempt_log)
 
 
@@ -362,7 +362,7 @@ def test_https_connects_to_the_checked_address_and_checks_the_name(
 def test_next_try_is_a_pure_decision(settings: Settings) -> None:
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert sender.next_try(settings, 1, now, ErrorKind.PERMANENT) is None
-    assert sender.next_try(settings, settings.webhook_max_attempts, now, ErrorKind.ERROR) is None
+    assert sender.next_try(settings, settings.webhooks.max_attempts, now, ErrorKind.ERROR) is None
     retry = sender.next_try(settings, 1, now, ErrorKind.RETRYABLE, retry_after_s=0.03)
     assert retry == now + timedelta(seconds=0.03)
 
@@ -525,7 +525,7 @@ def test_the_sender_actor_delivers_retries_and_replays(settings: Settings) -> No
     """``start_actors`` runs the sender; it empties the outbox and comes back on a replay."""
     engine = create_engine(settings.database_url)
     store = WebhookStore(engine)
-    attempts = settings.webhook_max_attempts
+    attempts = settings.webhooks.max_attempts
     try:
         with receiver() as ok, receiver([500] * attempts) as failing:
             delivered, failed = add(store, ok.url), add(store, failing.url)

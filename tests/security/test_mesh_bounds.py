@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raypipe.config import Settings, get_settings
+from raypipe.config import get_settings
+from raypipe.config_groups import MeshSettings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput
 from raypipe.mesh import FORMATS
@@ -44,7 +45,7 @@ linux_only = pytest.mark.skipif(
 )
 
 MIB = 1 << 20
-DEFAULT_BOUND: int = Settings.model_fields["mesh_memory_bytes"].default
+DEFAULT_BOUND: int = MeshSettings.model_fields["memory_bytes"].default
 
 #: The job, in a fresh interpreter: arguments as JSON in argv[1], a JSON report on stdout.
 CHILD = r"""

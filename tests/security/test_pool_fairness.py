@@ -141,7 +141,7 @@ def test_a_cancelled_job_stops_using_the_pool_within_the_grace(
     assert time.monotonic() - cancelled <= timing.small_s + 3 * timing.chunk_s + SLACK_S
 
     # Past the grace (and the chunk that was running), nothing of it runs any more.
-    grace = system.settings.cancel_grace_s
+    grace = system.settings.engine.cancel_grace_s
     time.sleep(max(0.0, cancelled + grace + timing.chunk_s - time.monotonic()))
     texts_then, cpu_then, then = served(actor), process.cpu_times(), time.monotonic()
     time.sleep(max(1.5, 3 * timing.chunk_s))

@@ -143,7 +143,7 @@ def test_keyword_overrides_beat_environment(
     monkeypatch.setenv("RAYPIPE_DATABASE_URL", "postgresql://raypipe@pg/jobs")
     monkeypatch.setenv("RAYPIPE_DEFAULT_MAX_ATTEMPTS", "9")
     settings = get_settings(data_dir=tmp_path, default_max_attempts=2)
-    assert settings.default_max_attempts == 2
+    assert settings.engine.default_max_attempts == 2
     assert settings.database_url == "postgresql+psycopg://raypipe@pg/jobs"
 
 
@@ -167,7 +167,7 @@ def test_scalars_and_lists_from_environment(
     settings = get_settings()
     assert settings.data_dir == tmp_path.resolve() / "env-data"
     assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/env-data/raypipe.db"
-    assert settings.claim_batch == 42
+    assert settings.engine.claim_batch == 42
     assert settings.processor_modules == ["my.procs", "other.procs"]
 
 

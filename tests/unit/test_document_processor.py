@@ -47,7 +47,7 @@ TEXT = "\n\n".join(PARAGRAPHS)
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingModel:
     """The embedding model, loaded once for the module (processors reuse the same one)."""
-    return load_cached(get_settings(data_dir=tmp_path_factory.mktemp("model")))
+    return load_cached(get_settings(data_dir=tmp_path_factory.mktemp("model")).embeddings)
 
 
 @pytest.fixture

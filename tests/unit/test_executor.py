@@ -48,7 +48,7 @@ def worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings
     """A worker process's reporter and log capture, without a progress actor (a call to it
     would fail), whose shipping thread never ships: every line is left to the end."""
     settings = get_settings(data_dir=tmp_path / "data", namespace=f"u-{uuid.uuid4().hex[:8]}")
-    reporter = ProgressReporter(None, 60.0, settings.log_max_bytes)  # type: ignore[arg-type]
+    reporter = ProgressReporter(None, 60.0, settings.logs.max_bytes)  # type: ignore[arg-type]
     monkeypatch.setitem(executor._reporters, settings.namespace, reporter)
     monkeypatch.setattr(executor, "_settled", True)
     monkeypatch.setattr(progress, "SEND_GAP_S", 3600.0)
@@ -62,7 +62,7 @@ def worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings
 
 def _attempt(settings: Settings, job_type: str, payload: dict[str, Any]) -> AttemptResult:
     job = ClaimedJob(str(uuid.uuid4()), job_type, "default", payload, 1, 3, 60.0)
-    return executor.run_attempt(settings, job, RayRunner(settings, {}))
+    return executor.run_attempt(settings, job, RayRunner(settings.embeddings, {}))
 
 
 def test_the_lines_an_attempt_did_not_ship_travel_in_its_result(worker: Settings) -> None:

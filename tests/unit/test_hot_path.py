@@ -43,7 +43,7 @@ def worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings
     """A worker process's state as after its first attempt, on the default settings: the
     reporter is made without an actor, since a no-op attempt must not send anything."""
     settings = get_settings(data_dir=tmp_path / "data", namespace=f"u-{uuid.uuid4().hex[:8]}")
-    reporter = ProgressReporter(None, settings.progress_report_interval_s, 1 << 20)  # type: ignore[arg-type]
+    reporter = ProgressReporter(None, settings.engine.progress_report_interval_s, 1 << 20)  # type: ignore[arg-type]
     monkeypatch.setitem(executor._reporters, settings.namespace, reporter)
     monkeypatch.setattr(executor, "_settled", True)  # gc.freeze is not this test's business
     yield settings
@@ -62,7 +62,7 @@ def noop_job() -> ClaimedJob:
 
 
 def test_a_noop_attempt_costs_no_lookup_import_statement_or_ray_call(worker: Settings) -> None:
-    runner = RayRunner(worker, {})
+    runner = RayRunner(worker.embeddings, {})
     assert executor.run_attempt(worker, noop_job(), runner).ok  # the worker's first
     with counting(ray_calls=True) as costs:
         results = [executor.run_attempt(worker, noop_job(), runner) for _ in range(ATTEMPTS)]

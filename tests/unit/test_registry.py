@@ -103,7 +103,7 @@ def test_decorator_records_options() -> None:
 
 
 def test_memory_from_the_settings_is_worked_out_where_jobs_are_dispatched() -> None:
-    processor("unit-bounded", memory=lambda settings: settings.mesh_memory_bytes)(annotated)
+    processor("unit-bounded", memory=lambda settings: settings.mesh.memory_bytes)(annotated)
     spec = registry.get("unit-bounded")
     assert spec.memory is None and spec.configured(get_settings()).memory == 1 << 30
     configured = spec.configured(get_settings(mesh_memory_bytes=3 << 28))

@@ -86,8 +86,8 @@ def test_defaults_for_a_minimal_spec(settings: Settings) -> None:
     assert row["type"] == "noop"
     assert row["queue"] == "default"
     assert row["priority"] == 5  # the default queue's priority
-    assert row["max_attempts"] == 4  # settings.default_max_attempts
-    assert row["timeout_s"] == 99.0  # settings.default_timeout_s
+    assert row["max_attempts"] == 4  # settings.engine.default_max_attempts
+    assert row["timeout_s"] == 99.0  # settings.engine.default_timeout_s
     assert row["payload"] == {}
     assert row["tags"] == []
     assert row["tenant"] == DEFAULT_TENANT

@@ -172,8 +172,8 @@ async def _stream(services: Services, batch_id: str, tenant: str | None) -> Any:
             yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
             if batch.is_finished:
                 return
-        await asyncio.sleep(services.settings.events_poll_interval_s)
-        idle += services.settings.events_poll_interval_s
+        await asyncio.sleep(services.settings.engine.events_poll_interval_s)
+        idle += services.settings.engine.events_poll_interval_s
         if idle >= KEEPALIVE_S:
             idle = 0.0
             yield ": keep-alive\n\n"

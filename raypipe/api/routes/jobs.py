@@ -72,7 +72,7 @@ def router() -> APIRouter:
     @api.post("/jobs/bulk", status_code=202, response_model=BulkAccepted)
     def create_jobs(body: BulkCreate, caller: Caller, services: AppServices) -> BulkAccepted:
         """Submit many jobs in one transaction: every one is valid and written, or none."""
-        most = services.settings.max_bulk_jobs
+        most = services.settings.limits.max_bulk_jobs
         if len(body.jobs) > most:
             raise InvalidInput(
                 f"jobs: at most {most} per request",
@@ -302,8 +302,8 @@ async def _stream(services: Services, job_id: str, after: int) -> Any:
                 return
             idle = 0.0
             continue
-        await asyncio.sleep(services.settings.events_poll_interval_s)
-        idle += services.settings.events_poll_interval_s
+        await asyncio.sleep(services.settings.engine.events_poll_interval_s)
+        idle += services.settings.engine.events_poll_interval_s
         if idle >= KEEPALIVE_S:
             idle = 0.0
             yield ": keep-alive\n\n"
@@ -317,7 +317,10 @@ async def _follow_logs(services: Services, job_id: str, attempt: int, after: int
     """Each new line as an event (``id`` is its seq) until the attempt is over."""
     settings = services.settings
     follower = LogFollower(
-        attempt, after, settings.events_poll_interval_s, settings.progress_flush_interval_s
+        attempt,
+        after,
+        settings.engine.events_poll_interval_s,
+        settings.engine.progress_flush_interval_s,
     )
     idle = 0.0
     while True:

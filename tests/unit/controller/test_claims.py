@@ -67,7 +67,7 @@ def test_a_pass_is_skipped_while_nothing_that_waited_could_start(make_rig: MakeR
     rig.controller.poke()  # a submission or a cancel: the skip no longer holds
     rig.round()
     assert rig.counters["claims_skipped"] == 2
-    rig.round(after_s=rig.settings.poll_interval_s)  # nor beyond the polling interval
+    rig.round(after_s=rig.settings.engine.poll_interval_s)  # nor beyond the polling interval
     assert rig.counters["claims_skipped"] == 2
 
 

@@ -29,7 +29,7 @@ def test_a_cancelled_task_is_interrupted_then_killed_after_the_grace(make_rig: M
     rig.round()
     call = rig.cluster.call_of(job)
     assert (call.cancels, rig.cluster.cancelled) == ([False], [job])
-    rig.round(after_s=rig.settings.cancel_grace_s - 0.1)
+    rig.round(after_s=rig.settings.engine.cancel_grace_s - 0.1)
     assert call.cancels == [False]
     rig.round(after_s=0.1)
     assert call.cancels == [False, True]  # its worker killed: its call ends
@@ -50,7 +50,7 @@ def test_a_forced_stop_replaces_the_pool_actor_and_retries_its_other_jobs(
     rig.controller.poke()
     rig.round()
     assert actor.stop_requests == [cancelled]  # interrupted: it ignores that
-    rig.round(after_s=rig.settings.cancel_grace_s)
+    rig.round(after_s=rig.settings.engine.cancel_grace_s)
     assert not actor.alive
     assert rig.counters["pool_replaced"] == 1
     rig.round()
