@@ -41,15 +41,14 @@ def prune(
             older_than_days=older_than,
             dry_run=dry_run,
         )
-    if as_json:
-        print_json(report.to_dict())
-        return
     verb = "would prune" if dry_run else "pruned"
-    typer.echo(
+    _show(
+        report,
+        as_json,
         f"{verb} {report.jobs} jobs finished before {report.to_dict()['cutoff']}"
         f" ({report.attempts} attempts, {report.events} events,"
         f" {report.deliveries} webhook deliveries), {report.batches} batches,"
-        f" {report.artifact_folders} artifact folders ({_size(report.artifact_bytes)})"
+        f" {report.artifact_folders} artifact folders ({_size(report.artifact_bytes)})",
     )
 
 
@@ -60,14 +59,23 @@ def orphans(dry_run: DryRunFlag = False, as_json: JsonFlag = False) -> None:
         report = maintenance.orphans(
             engine, ArtifactStore(settings.artifacts_url), settings, utcnow(), dry_run=dry_run
         )
+    verb = "would remove" if dry_run else "removed"
+    _show(
+        report,
+        as_json,
+        f"{verb} {report.removed} orphaned artifact folders ({_size(report.removed_bytes)})"
+        f" of {report.scanned} scanned; {report.spared} more within the grace period",
+    )
+
+
+def _show(
+    report: maintenance.PruneReport | maintenance.OrphanReport, as_json: bool, text: str
+) -> None:
+    """A report as JSON, or as ``text`` for people."""
     if as_json:
         print_json(report.to_dict())
-        return
-    verb = "would remove" if dry_run else "removed"
-    typer.echo(
-        f"{verb} {report.removed} orphaned artifact folders ({_size(report.removed_bytes)})"
-        f" of {report.scanned} scanned; {report.spared} more within the grace period"
-    )
+    else:
+        typer.echo(text)
 
 
 def stuck(as_json: JsonFlag = False) -> None:

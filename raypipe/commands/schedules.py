@@ -9,7 +9,7 @@ prints as one line.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from itertools import islice
@@ -185,30 +185,25 @@ def add(
     _print(schedule, as_json)
 
 
-@app.command()
-def pause(
-    which: Which,
-    tenant: TenantOption = None,
-    as_json: JsonFlag = False,
-    url: UrlOption = None,
-    key: KeyOption = None,
-) -> None:
-    """Stop firing until resumed."""
-    with _schedules(url, key) as schedules:
-        _print(schedules.enable(schedules.find(which, tenant), False), as_json)
+def _enabling(enabled: bool) -> Callable[..., None]:
+    """``pause`` (``enabled`` False) or ``resume`` (True): the same command but for the
+    switch it sets."""
+
+    def command(
+        which: Which,
+        tenant: TenantOption = None,
+        as_json: JsonFlag = False,
+        url: UrlOption = None,
+        key: KeyOption = None,
+    ) -> None:
+        with _schedules(url, key) as schedules:
+            _print(schedules.enable(schedules.find(which, tenant), enabled), as_json)
+
+    return command
 
 
-@app.command()
-def resume(
-    which: Which,
-    tenant: TenantOption = None,
-    as_json: JsonFlag = False,
-    url: UrlOption = None,
-    key: KeyOption = None,
-) -> None:
-    """Fire again, from the next instant after now."""
-    with _schedules(url, key) as schedules:
-        _print(schedules.enable(schedules.find(which, tenant), True), as_json)
+app.command("pause", help="Stop firing until resumed.")(_enabling(False))
+app.command("resume", help="Fire again, from the next instant after now.")(_enabling(True))
 
 
 @app.command()

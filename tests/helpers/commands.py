@@ -121,9 +121,9 @@ def port_open(port: int) -> bool:
         return False
 
 
-def gcs_processes(port: int) -> list[int]:
-    """Pids of Ray GCS servers listening on ``port`` (Linux /proc)."""
-    pids = []
+def _command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """Each process on this machine with its arguments (Linux /proc); a process that ends
+    while it is read is passed over."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -131,28 +131,24 @@ def gcs_processes(port: int) -> list[int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"--gcs_server_port={port}".encode() in args:
-            pids.append(int(entry.name))
-    return pids
+        yield int(entry.name), args
+
+
+def gcs_processes(port: int) -> list[int]:
+    """Pids of Ray GCS servers listening on ``port`` (Linux /proc)."""
+    flag = f"--gcs_server_port={port}".encode()
+    return [pid for pid, args in _command_lines() if flag in args]
 
 
 def gcs_addresses() -> set[str]:
     """The GCS addresses that Ray's processes on this machine name (``--gcs-address=``), as
     ``ray status`` finds them when no current-cluster file names one."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        found.update(
-            arg.decode(errors="replace").split("=", 1)[1]
-            for arg in args
-            if arg.startswith(b"--gcs-address=")
-        )
-    return found
+    return {
+        arg.decode(errors="replace").split("=", 1)[1]
+        for _pid, args in _command_lines()
+        for arg in args
+        if arg.startswith(b"--gcs-address=")
+    }
 
 
 def session_dir(port: int) -> Path:

@@ -9,6 +9,14 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing: the tests read what they need from its
+    answers, not from stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def serving(
     handler: Callable[..., BaseHTTPRequestHandler], host: str = "127.0.0.1"

@@ -10,13 +10,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from tests.helpers.local_http import QuietHandler
 
 #: What ``GET /file`` answers.
 FILE = b"traced bytes"
@@ -80,7 +82,7 @@ def collector() -> Iterator[tuple[Collector, int]]:
     webhooks at ``/hook``."""
     found = Collector()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             if self.path == "/hook":
@@ -104,9 +106,6 @@ def collector() -> Iterator[tuple[Collector, int]]:
             self.send_header("content-length", str(len(FILE)))
             self.end_headers()
             self.wfile.write(FILE)
-
-        def log_message(self, *args: Any) -> None:
-            pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

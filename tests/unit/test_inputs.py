@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,12 @@ from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import NotFound, PermanentError, RetryableError
 from raypipe.processors.inputs import load_input
-from tests.helpers.local_http import serving
+from tests.helpers.local_http import QuietHandler, serving
 
 BODY = b"x" * 5000
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         if self.path == "/slow":
             time.sleep(2)
@@ -39,9 +38,6 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(BODY)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

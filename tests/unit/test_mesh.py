@@ -7,7 +7,7 @@ import io
 import pickle
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from raypipe.context import JobContext, LocalRunner
 from raypipe.exceptions import PermanentError
 from raypipe.jobs import ProgressState
 from raypipe.processors.mesh import MeshPayload, mesh_from_image
+from tests.helpers.local_http import QuietHandler
 
 T = TypeVar("T")
 
@@ -379,7 +380,7 @@ def server() -> Iterator[tuple[str, dict[str, bytes]]]:
     """A real HTTP server on 127.0.0.1 serving whatever the test puts in the dict."""
     files: dict[str, bytes] = {}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             body = files.get(self.path)
             if body is None:
@@ -390,9 +391,6 @@ def server() -> Iterator[tuple[str, dict[str, bytes]]]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)

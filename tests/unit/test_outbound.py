@@ -10,7 +10,6 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -28,7 +27,7 @@ from raypipe.exceptions import (
     RetryableError,
 )
 from raypipe.submission import prepare
-from tests.helpers.local_http import serving
+from tests.helpers.local_http import QuietHandler, serving
 
 BODY = b"x" * 5000
 #: The test server listens on 127.0.0.1: tests that fetch from it must allow it, since
@@ -249,7 +248,7 @@ def test_submission_checks_each_url_against_its_purposes_allow_list(
 # -- fetches over real HTTP ----------------------------------------------------------------
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path)
         parts = path.path.strip("/").split("/")
@@ -263,24 +262,9 @@ class Handler(BaseHTTPRequestHandler):
         elif parts[0] == "echo":
             self._answer(self.headers["host"].encode())
         elif parts[0] == "trickle":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            with contextlib.suppress(OSError):
-                for _ in range(1000):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.1)
+            self._trickle(1000)
         elif parts[0] == "silent":  # a byte every 0.1 s for 1.9 s, then nothing for long
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            with contextlib.suppress(OSError):
-                for _ in range(19):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.1)
-                time.sleep(30)
+            self._trickle(19, then_wait_s=30)
         elif parts[0] == "endless":
             self.send_response(200)
             self.end_headers()  # no length: the body runs until the connection closes
@@ -293,6 +277,18 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
         self._answer(self.headers["host"].encode())
+
+    def _trickle(self, count: int, then_wait_s: float = 0) -> None:
+        """Of a 1000-byte body, ``count`` bytes one every 0.1 s, then a wait."""
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(count):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+            time.sleep(then_wait_s)
 
     def _redirect(self, location: str | None) -> None:
         if location is None:
@@ -308,9 +304,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
