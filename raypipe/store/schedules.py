@@ -13,7 +13,7 @@ import builtins
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -439,21 +439,11 @@ def _moved(
     }
 
 
+#: The schedule fields read as their column holds them: all but ``enabled`` (an integer on
+#: SQLite).
+_AS_STORED = [f.name for f in fields(Schedule) if f.name != "enabled"]
+
+
 def _schedule(row: Any) -> Schedule:
-    return Schedule(
-        id=row["id"],
-        tenant=row["tenant"],
-        name=row["name"],
-        cron=row["cron"],
-        timezone=row["timezone"],
-        spec=row["spec"],
-        missed=row["missed"],
-        enabled=bool(row["enabled"]),
-        source=row["source"],
-        next_fire_at=row["next_fire_at"],
-        last_fire_at=row["last_fire_at"],
-        last_job_id=row["last_job_id"],
-        fires=row["fires"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    stored = {name: row[name] for name in _AS_STORED}
+    return Schedule(**stored, enabled=bool(row["enabled"]))

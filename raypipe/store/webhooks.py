@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -365,24 +365,11 @@ class WebhookStore:
         return [_delivery(row._mapping, tuple(log.get(row.id, ()))) for row in rows]
 
 
+#: The delivery fields read as their column holds them: all but its status (an enum) and
+#: its attempt log (rows of ``webhook_attempts``).
+_AS_STORED = [f.name for f in fields(Delivery) if f.name not in ("status", "attempt_log")]
+
+
 def _delivery(row: Any, attempt_log: tuple[DeliveryAttempt, ...] = ()) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        tenant=row["tenant"],
-        event=row["event"],
-        job_id=row["job_id"],
-        batch_id=row["batch_id"],
-        url=row["url"],
-        body=row["body"],
-        status=DeliveryStatus(row["status"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_expires_at=row["lease_expires_at"],
-        last_status_code=row["last_status_code"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        delivered_at=row["delivered_at"],
-        attempt_log=attempt_log,
-        trace_parent=row["trace_parent"],
-    )
+    stored = {name: row[name] for name in _AS_STORED}
+    return Delivery(**stored, status=DeliveryStatus(row["status"]), attempt_log=attempt_log)
