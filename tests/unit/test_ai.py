@@ -14,10 +14,10 @@ from raypipe.ai_client import Failure, ServiceError, classify
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import PermanentError, RetryableError
-from raypipe.jobs import ProgressState
 from raypipe.processors.ai import CompletePayload, complete
 from raypipe.retry import ErrorKind, RetryDecision, decide
 from raypipe.retry import classify as classify_error
+from tests.helpers.contexts import reporting
 from tests.helpers.fake_ai import FakeAI, Reply, completion, error, model_not_found
 
 KEY = "sk-test"
@@ -108,13 +108,7 @@ def test_missing_model_and_usage_in_reply_fall_back(fake_ai: FakeAI, tmp_path: P
 
 
 def test_progress_stages(fake_ai: FakeAI, tmp_path: Path) -> None:
-    states: list[ProgressState] = []
-    ctx = JobContext(
-        job_id="j",
-        job_type="ai.complete",
-        settings=ai_settings(fake_ai, tmp_path),
-        report=states.append,
-    )
+    ctx, states = reporting("ai.complete", ai_settings(fake_ai, tmp_path), job_id="j")
     complete(CompletePayload.model_validate({"messages": HELLO}), ctx)
     assert [(s.stage, s.progress) for s in states] == [("request", 0.0), ("done", 100.0)]
 

@@ -23,8 +23,8 @@ from raypipe.documents.sentences import split_sentences
 from raypipe.documents.summary import candidate_sentences
 from raypipe.embedding.models import EmbeddingModel, load_cached
 from raypipe.exceptions import PermanentError
-from raypipe.jobs import ProgressState
 from raypipe.processors.document import STAGES, DocumentPayload, process_document
+from tests.helpers.contexts import reporting
 from tests.helpers.local_http import serving
 from tests.unit.test_documents import assert_valid_chunks, make_pdf
 
@@ -171,13 +171,7 @@ def test_markdown_with_headings_and_links(ctx: JobContext) -> None:
 
 
 def test_plain_text_reports_progress_through_every_stage(settings: Settings) -> None:
-    states: list[ProgressState] = []
-    ctx = JobContext(
-        job_id="00000000-0000-4000-8000-000000000001",
-        job_type="document.process",
-        settings=settings,
-        report=states.append,
-    )
+    ctx, states = reporting("document.process", settings)
     result = process_document(DocumentPayload(text=TEXT, chunk_size=200, chunk_overlap=0), ctx)
     assert result["format"] == "txt"
     assert ctx.read_artifact("text.txt").decode() == TEXT

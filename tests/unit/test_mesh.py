@@ -21,8 +21,8 @@ from raypipe import registry
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext, LocalRunner
 from raypipe.exceptions import PermanentError
-from raypipe.jobs import ProgressState
 from raypipe.processors.mesh import MeshPayload, mesh_from_image
+from tests.helpers.contexts import reporting
 from tests.helpers.local_http import QuietHandler
 
 T = TypeVar("T")
@@ -206,12 +206,8 @@ def test_smoothing_softens_heights_only(ctx: JobContext, settings: Settings) -> 
 
 
 def test_progress_walks_through_the_stages(settings: Settings) -> None:
-    states: list[ProgressState] = []
-    ctx = JobContext(
-        job_id="00000000-0000-0000-0000-000000000001",
-        job_type="mesh.from_image",
-        settings=settings,
-        report=states.append,
+    ctx, states = reporting(
+        "mesh.from_image", settings, job_id="00000000-0000-0000-0000-000000000001"
     )
     run(ctx, encode(bump(20, 20)), smoothing=2)
     stages = list(dict.fromkeys(state.stage for state in states))
