@@ -65,7 +65,8 @@ from common import (
     start_ray,
 )
 
-from raypipe.config import RateLimit, Settings
+from raypipe.config import Settings
+from raypipe.config_groups import RateLimit
 from raypipe.direct import running
 from raypipe.store import JobStore
 from raypipe.store.access import AccessStore

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from raypipe.config import RateLimit, ScheduleConfig, Settings
+from raypipe.config import ScheduleConfig, Settings
+from raypipe.config_groups import RateLimit
 from raypipe.cron import Schedule
 from raypipe.exceptions import Conflict, InvalidInput, NotFound
 from raypipe.jobs import JobRecord, JobStatus
