@@ -114,7 +114,8 @@ class LogSettings(Group):
     max_bytes: int = Field(
         default=1024 * 1024,
         ge=1024,
-        description="what each attempt's log keeps: its newest lines within this many bytes",
+        description="what each attempt's log keeps: its newest lines within this many bytes"
+        " (one line at most 16,384 characters)",
     )
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="the least level of ctx.logger lines kept in job logs"
@@ -314,7 +315,7 @@ class MeshSettings(Group):
         description="memory a mesh.from_image job reserves from Ray (its memory= resource)"
         " and is held to: its worker's peak is estimated from the image's header, the"
         " detail_factor, the smoothing and the formats before any pixel is decoded, and a"
-        " job estimated over this fails at once, naming it",
+        " job estimated over this fails at once, naming it (see Built-in job types)",
     )
     tile_rows: int = Field(
         default=1024, ge=2, description="height-grid rows per tile when a large mesh is fanned out"
@@ -336,7 +337,8 @@ class DocumentSettings(Group):
         default=5_000_000,
         ge=1,
         description="longest text a document may extract to: a small PDF whose pages share"
-        " one content stream can expand a thousandfold",
+        " one content stream can expand a thousandfold (document.process fails with a"
+        " permanent error past it; a PDF is stopped at the page that passes it)",
     )
     max_pages: int = Field(
         default=5_000,
