@@ -127,6 +127,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 #: For the tests where the database kind does not change what is tested.
 POSTGRES_ONLY = [pytest.param("postgres", marks=pytest.mark.postgres)]
 DB_KINDS = ["sqlite", *POSTGRES_ONLY]
+#: For tests of the runtime's decisions, which ``tests/unit/controller`` checks round by
+#: round on the in-memory cluster: these check what Ray really does (tasks killed, actors
+#: replaced, resources held), on the Quickstart's database. What they write is written by
+#: the same store functions on both databases, which the store's own tests run on both.
+RAY_SIDE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from raypipe.exceptions import InvalidInput
 from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime.dispatcher import Dispatcher
 from raypipe.store import DispatchStore
-from tests.conftest import process_alive, wait_for
+from tests.conftest import RAY_SIDE, process_alive, wait_for
 from tests.helpers.processors import Repeated, Word, repeat
 from tests.integration.conftest import dispatcher
 
@@ -66,6 +66,7 @@ def test_a_queue_never_runs_more_than_its_limit(raypipe: DirectClient, tmp_path:
     assert most == 2
 
 
+@RAY_SIDE
 def test_retryable_errors_back_off_with_growing_delays(raypipe: DirectClient) -> None:
     job = raypipe.submit("fail", {"error": "RetryableError"}, max_attempts=4)
     final = job.wait(60)
@@ -102,6 +103,7 @@ def test_a_permanent_error_is_not_retried(raypipe: DirectClient) -> None:
     assert len(job.attempts()) == 1
 
 
+@RAY_SIDE
 def test_a_timed_out_attempt_is_recorded_and_retried(raypipe: DirectClient) -> None:
     job = raypipe.submit("sleep", {"seconds": 120, "steps": 1200}, timeout_s=1, max_attempts=2)
     final = job.wait(90)
@@ -119,6 +121,7 @@ def test_cancelling_a_queued_job(raypipe: DirectClient) -> None:
         job.cancel()
 
 
+@RAY_SIDE
 def test_cancelling_a_running_job_stops_its_task(raypipe: DirectClient, tmp_path: Path) -> None:
     job = raypipe.submit("test.gate", {"folder": str(tmp_path)})
     wait_for(lambda: (tmp_path / "pid-1").exists(), what="the gate to start")
@@ -153,6 +156,7 @@ def test_killing_the_dispatcher_loses_nothing(raypipe: DirectClient) -> None:
         assert AttemptStatus.RUNNING not in statuses
 
 
+@RAY_SIDE
 def test_a_killed_worker_is_a_system_failure_and_is_retried(
     raypipe: DirectClient, tmp_path: Path
 ) -> None:
@@ -246,6 +250,7 @@ def test_a_typed_processor_submits_in_the_cluster_and_is_still_its_function(
     assert repeat(Word(text="z"), None) == Repeated(text="z", length=1)
 
 
+@RAY_SIDE
 def test_a_drain_lets_attempts_end_within_its_grace_and_queues_the_rest_uncounted(
     raypipe: DirectClient, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from raypipe.direct import DirectClient
 from raypipe.jobs import AttemptStatus, JobStatus
-from tests.conftest import make_settings, wait_for
+from tests.conftest import RAY_SIDE, make_settings, wait_for
 from tests.integration.conftest import dispatcher, pool_actors, running
 
 WAIT_S = 240
@@ -45,6 +45,7 @@ def _png() -> str:
 # -- admission ----------------------------------------------------------------------------
 
 
+@RAY_SIDE
 def test_six_one_cpu_sleeps_on_two_cpus_run_two_at_a_time_and_none_times_out(
     raypipe: DirectClient,
 ) -> None:
@@ -156,6 +157,7 @@ def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_t
 # -- pools ----------------------------------------------------------------------------------
 
 
+@RAY_SIDE
 def test_the_worker_pool_grows_with_depth_within_admission_and_shrinks_when_idle(
     ray_session: None, db_url: str, tmp_path: Path
 ) -> None:
@@ -189,6 +191,7 @@ def test_the_worker_pool_grows_with_depth_within_admission_and_shrinks_when_idle
                 watcher.join()
 
 
+@RAY_SIDE
 def test_cancelling_a_running_pool_job_interrupts_it(raypipe: DirectClient, tmp_path: Path) -> None:
     handle = raypipe.submit("test.pool_gate", {"folder": str(tmp_path)})
     wait_for(lambda: handle.refresh().status is JobStatus.PROCESSING, what="the job to start")
@@ -199,6 +202,7 @@ def test_cancelling_a_running_pool_job_interrupts_it(raypipe: DirectClient, tmp_
     assert _info(raypipe)["counters"].get("pool_replaced", 0) == 0  # no kill was needed
 
 
+@RAY_SIDE
 def test_a_pool_job_past_its_timeout_is_interrupted_and_retried(
     raypipe: DirectClient, tmp_path: Path
 ) -> None:
@@ -212,6 +216,7 @@ def test_a_pool_job_past_its_timeout_is_interrupted_and_retried(
     assert (tmp_path / "stopped-1").exists()
 
 
+@RAY_SIDE
 def test_a_pool_job_that_ignores_its_stop_costs_its_actor_and_its_neighbour_is_retried(
     raypipe: DirectClient, tmp_path: Path
 ) -> None:
@@ -269,6 +274,7 @@ def test_a_pool_keeps_its_min_size_through_waiting_work_and_a_dead_actor(
         assert info["counters"]["pool_refilled"] == refilled + 1  # to min_size, not by demand
 
 
+@RAY_SIDE
 def test_a_pool_actor_killed_mid_job_has_each_of_its_jobs_retried_once(
     raypipe: DirectClient, tmp_path: Path
 ) -> None:
