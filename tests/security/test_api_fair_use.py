@@ -272,6 +272,30 @@ def test_slow_bodies_are_refused_before_their_body_without_a_key_and_cut_off_wit
     bystander.close()
 
 
+def test_a_thousand_hostile_connections_leave_another_tenants_listing_under_a_second(
+    api: Api,
+) -> None:
+    # The bound: 1,000 connections of the kinds above at once (slow bodies without a
+    # key, with a wrong one, and with one tenant's key past its cap), and another tenant's
+    # GET /v1/jobs still answers within a second.
+    key = api.key(_tenant("flood"))
+    bystander = api.client(api.key(_tenant("bystander")))
+    hostile = [Slow.open(api, None) for _ in range(500)]
+    hostile += [Slow.open(api, "Bearer rp_not-a-key") for _ in range(200)]
+    hostile += [Slow.open(api, f"Bearer {key}") for _ in range(300)]
+    try:
+        assert _timed_listing(api, bystander) < 1.0
+        _collect(hostile, timeout=BODY_TIMEOUT_S + 30)
+        statuses = sorted({s.status for s in hostile})
+        assert statuses == [401, 408, 429], statuses
+        assert sum(s.status == 408 for s in hostile) == REQUESTS_PER_KEY  # held to the deadline
+        assert _timed_listing(api, bystander) < 1.0
+    finally:
+        for slow in hostile:
+            slow.sock.close()
+        bystander.close()
+
+
 def test_async_waits_past_the_stream_caps_poll_and_all_end(api: Api) -> None:
     # AsyncJobHandle.wait follows a stream per job: awaiting more jobs at once than the
     # key may hold streams must still see each one end (those refused a stream poll).
