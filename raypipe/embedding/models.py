@@ -22,10 +22,13 @@ PACKAGE_PREFIX = "package:"
 
 @dataclass(frozen=True)
 class Embeddings:
-    """Vectors (float32, one row per text, in input order) and the model that made them."""
+    """Vectors (float32, one row per text, in input order), the model that made them and
+    the backend it ran on (what a result names: vectors of one model on two backends may
+    differ in their last digits)."""
 
     vectors: np.ndarray
     model: str
+    backend: str
 
 
 class EmbeddingModel:
@@ -37,10 +40,12 @@ class EmbeddingModel:
         self.batch_size = batch_size
         self.dim = int(model.get_embedding_dimension())
         self.device = str(model.device)
+        #: sentence-transformers' own name for how it runs the model ("torch").
+        self.backend = str(model.backend)
 
     def encode(self, texts: list[str], normalize: bool = True) -> Embeddings:
         if not texts:
-            return Embeddings(np.zeros((0, self.dim), dtype=np.float32), self.name)
+            return self._made(np.zeros((0, self.dim), dtype=np.float32))
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
@@ -48,7 +53,10 @@ class EmbeddingModel:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return Embeddings(np.asarray(vectors, dtype=np.float32), self.name)
+        return self._made(np.asarray(vectors, dtype=np.float32))
+
+    def _made(self, vectors: np.ndarray) -> Embeddings:
+        return Embeddings(vectors, self.name, self.backend)
 
     def encode_until(self, texts: list[str], stop: Callable[[], bool]) -> np.ndarray | None:
         """The rows of ``texts`` as :meth:`encode` makes them (not normalised), a model batch

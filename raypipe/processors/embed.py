@@ -102,6 +102,7 @@ def embed_texts(payload: EmbedPayload, ctx: JobContext) -> dict[str, Any]:
         "unique": unique,
         "dim": int(embeddings.vectors.shape[1]),
         "model": embeddings.model,
+        "backend": embeddings.backend,
         "normalized": payload.normalize,
         "artifact": ARTIFACT,
     }

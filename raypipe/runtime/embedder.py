@@ -19,8 +19,8 @@ from raypipe.embedding.models import EmbeddingModel, Embeddings
 
 #: Called with (texts done, texts in all) as chunks finish.
 OnChunk = Callable[[int, int], None]
-#: Embeds on the caller's own actor: (texts, model, normalize) -> (vectors, model used).
-LocalEmbed = Callable[[list[str], str, bool], tuple[np.ndarray, str]]
+#: Embeds on the caller's own actor: (texts, model, normalize) -> their embeddings.
+LocalEmbed = Callable[[list[str], str, bool], Embeddings]
 
 #: A job's chunks out on each actor at once: one encoding while the next waits there, so
 #: the actor never idles between them, and another job's request waits for one chunk.
@@ -45,19 +45,19 @@ class ModelHost:
 
     async def embed(
         self, texts: list[str], model: str | None, normalize: bool, key: Hashable = None
-    ) -> tuple[np.ndarray, str]:
-        """Vectors of ``texts`` (float32) and the name of the model that made them.
+    ) -> Embeddings:
+        """The vectors of ``texts`` (float32), with the model and backend that made them.
 
         ``key`` names the caller (one job's chunks share it): callers take turns at the
         model, a request at a time (see :class:`Batcher`)."""
         loaded, batcher = await self.loaded(models.check_model(self.config, model))
         if not texts:
-            return np.zeros((0, loaded.dim), dtype=np.float32), loaded.name
+            return loaded.encode([])
         vectors = await batcher.submit(texts, key)
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
-        return vectors.astype(np.float32, copy=False), loaded.name
+        return Embeddings(vectors.astype(np.float32, copy=False), loaded.name, loaded.backend)
 
     async def loaded(self, name: str) -> tuple[EmbeddingModel, Batcher]:
         """The model ``name`` and its batcher, loading it on first use (once: a caller
@@ -91,7 +91,12 @@ class ModelHost:
 
     def info(self) -> dict[str, Any]:
         return {
-            name: {"dim": model.dim, "device": model.device, **batcher.stats}
+            name: {
+                "dim": model.dim,
+                "device": model.device,
+                "backend": model.backend,
+                **batcher.stats,
+            }
             for name, (model, batcher) in self._loaded.items()
         }
 
@@ -121,15 +126,15 @@ def embed_on(
     unique, positions = _unique(texts)
     size = config.chunk_size
     if local is not None and len(unique) <= size:
-        vectors, used = local(unique, name, normalize)
+        found = local(unique, name, normalize)
         if on_chunk is not None:
             on_chunk(len(unique), len(unique))
-        return Embeddings(vectors[positions], used)
+        return Embeddings(found.vectors[positions], found.model, found.backend)
     key = uuid.uuid4().hex  # this call's chunks take their turns together
     starts = iter(_starts(len(unique), size))
     # Each chunk's call out, to where the chunk starts and the actor it went to (Ray types
     # actor calls as Never).
-    out: dict[ray.ObjectRef[tuple[np.ndarray, str]], tuple[int, ActorHandle]] = {}
+    out: dict[ray.ObjectRef[Embeddings], tuple[int, ActorHandle]] = {}
 
     def send(actor: ActorHandle) -> None:
         at = next(starts, None)
@@ -141,7 +146,7 @@ def embed_on(
         for i in range(len(actors)):
             send(actors[(first + i) % len(actors)])
     parts: dict[int, np.ndarray] = {}
-    used = name
+    last: Embeddings | None = None
     done = 0
     try:
         while out:
@@ -150,16 +155,18 @@ def embed_on(
             if not ready:
                 continue
             at, actor = out.pop(ready[0])
-            vectors, used = ray.get(ready[0])
+            last = ray.get(ready[0])
             send(actor)
-            parts[at] = vectors
-            done += len(vectors)
+            parts[at] = last.vectors
+            done += len(last.vectors)
             if on_chunk is not None:
                 on_chunk(done, len(unique))
     finally:
         for ref in out:  # none unless interrupted or failed
             ray.cancel(ref)
-    return Embeddings(np.concatenate([parts[at] for at in sorted(parts)])[positions], used)
+    assert last is not None  # a chunk at least, even of no texts (see _starts)
+    vectors = np.concatenate([parts[at] for at in sorted(parts)])[positions]
+    return Embeddings(vectors, last.model, last.backend)
 
 
 def _starts(count: int, size: int) -> range:

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from raypipe import registry
 from raypipe.config import Settings
+from raypipe.embedding.models import Embeddings
 from raypipe.jobs import ClaimedJob, ErrorInfo, utcnow
 from raypipe.retry import ErrorKind
 from raypipe.runtime.embedder import WAKE_S, ModelHost
@@ -144,13 +143,13 @@ class PoolWorker:
 
     async def embed(
         self, texts: list[str], model: str | None, normalize: bool, key: Hashable = None
-    ) -> tuple[np.ndarray, str]:
+    ) -> Embeddings:
         """A chunk of some job's texts (this pool's jobs spread theirs over its actors);
         ``key`` is the same for a job's chunks, which take turns with other jobs'. A call
         cancelled by its job (``ray.cancel``) is dropped from the model's queue."""
         return await self.host.embed(texts, model, normalize, key)
 
-    def _embed_here(self, texts: list[str], model: str, normalize: bool) -> tuple[np.ndarray, str]:
+    def _embed_here(self, texts: list[str], model: str, normalize: bool) -> Embeddings:
         """From an attempt's thread: this actor's models, on its event loop. Interrupted
         (a cancel), it withdraws its request."""
         assert self._loop is not None  # set by run(), which runs every attempt

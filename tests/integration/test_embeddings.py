@@ -68,6 +68,7 @@ def test_vectors_equal_the_models_own_encode_in_input_order(
         "unique": 70,
         "dim": 384,
         "model": MODEL,
+        "backend": reference.backend,  # the library's own name for how it ran the model
         "normalized": True,
         "artifact": "embeddings.npy",
     }
@@ -116,7 +117,7 @@ def test_concurrent_requests_are_merged_into_one_model_batch(system: DirectClien
     texts = [[f"job {j} text {t}" for t in range(10)] for j in range(10)]
     results = ray.get([actor.embed.remote(batch, MODEL, True) for batch in texts])
     after = ray.get(actor.info.remote())["models"][MODEL]
-    assert [r[0].shape for r in results] == [(10, 384)] * 10
+    assert [(r.vectors.shape, r.model) for r in results] == [((10, 384), MODEL)] * 10
     assert after["requests"] - before.get("requests", 0) == 10
     assert after["batches"] - before.get("batches", 0) == 1  # ten requests, one batch
     assert after["forward_passes"] - before.get("forward_passes", 0) == 1

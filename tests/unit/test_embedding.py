@@ -15,7 +15,7 @@ from raypipe import registry
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.embedding.batcher import Batcher, Encode
-from raypipe.embedding.models import load, model_path
+from raypipe.embedding.models import Embeddings, load, model_path
 from raypipe.exceptions import InvalidInput, PermanentError
 from raypipe.jobs import utcnow
 from raypipe.runtime import embedder
@@ -200,7 +200,7 @@ def test_a_caller_cancelled_during_the_model_load_leaves_it_to_the_next(
     loads: list[str] = []
 
     class Model:
-        name, dim = MODEL, 2
+        name, dim, backend = MODEL, 2, "torch"
 
         def encode_until(self, texts: list[str], stop: Callable[[], bool]) -> np.ndarray:
             return np.ones((len(texts), 2), np.float32)
@@ -213,15 +213,15 @@ def test_a_caller_cancelled_during_the_model_load_leaves_it_to_the_next(
     monkeypatch.setattr(embedder.models, "load", load)
     host = embedder.ModelHost(settings.embeddings)
 
-    async def main() -> tuple[np.ndarray, str]:
+    async def main() -> Embeddings:
         first = asyncio.ensure_future(host.embed(["a"], MODEL, True))
         await asyncio.sleep(0.1)
         first.cancel()  # its job was cancelled while the model loaded
         return await host.embed(["b"], MODEL, True, key="next")
 
-    vectors, used = asyncio.run(main())
-    assert loads == [MODEL] and used == MODEL
-    np.testing.assert_allclose(vectors, np.full((1, 2), 2**-0.5), rtol=1e-6)
+    embedded = asyncio.run(main())
+    assert loads == [MODEL] and (embedded.model, embedded.backend) == (MODEL, "torch")
+    np.testing.assert_allclose(embedded.vectors, np.full((1, 2), 2**-0.5), rtol=1e-6)
 
 
 # -- payload rules at submission ---------------------------------------------------------
