@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
@@ -315,6 +316,20 @@ class Settings(BaseSettings):
             for name, value in regroup(update or {}).items()
         }
         return super().model_copy(update=changes, deep=deep)
+
+    def __getattr__(self, name: str) -> Any:
+        """A grouped setting read by its flat name (``settings.lease_ttl_s``), as code
+        written before the groups (a processor's ``ctx.settings``) reads it: the grouped
+        field, with a ``DeprecationWarning`` naming where it lives now."""
+        if name in FLAT_NAMES:
+            group, field = FLAT_NAMES[name]
+            warnings.warn(
+                f"settings.{name} is settings.{group}.{field}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(getattr(self, group), field)
+        return super().__getattr__(name)  # type: ignore[misc]
 
     def flat_dump(
         self, *, mode: Literal["json", "python"] = "python", include: Set[str] | None = None

@@ -364,6 +364,16 @@ def test_flat_keywords_in_copies_change_only_their_field(tmp_path: Path) -> None
     assert flat == {"max_batch_jobs": 3, "lease_ttl_s": 60.0}
 
 
+def test_code_reading_a_flat_name_gets_its_grouped_field_with_a_deprecation(
+    tmp_path: Path,
+) -> None:
+    settings = get_settings(data_dir=tmp_path, embedding_batch_size=16)
+    with pytest.warns(DeprecationWarning, match=r"settings.embedding_batch_size is settings"):
+        assert settings.embedding_batch_size == settings.embeddings.batch_size == 16
+    with pytest.raises(AttributeError, match="no_such_setting"):
+        settings.no_such_setting  # noqa: B018
+
+
 @pytest.mark.parametrize(
     ("given", "loc"),
     [
