@@ -280,15 +280,18 @@ def test_a_thousand_hostile_connections_leave_another_tenants_listing_under_a_se
     # GET /v1/jobs still answers within a second.
     key = api.key(_tenant("flood"))
     bystander = api.client(api.key(_tenant("bystander")))
-    hostile = [Slow.open(api, None) for _ in range(500)]
-    hostile += [Slow.open(api, "Bearer rp_not-a-key") for _ in range(200)]
-    hostile += [Slow.open(api, f"Bearer {key}") for _ in range(300)]
+    anonymous = [Slow.open(api, None) for _ in range(500)]
+    anonymous += [Slow.open(api, "Bearer rp_not-a-key") for _ in range(200)]
+    keyed = [Slow.open(api, f"Bearer {key}") for _ in range(300)]
+    hostile = anonymous + keyed
     try:
         assert _timed_listing(api, bystander) < 1.0
         _collect(hostile, timeout=BODY_TIMEOUT_S + 30)
-        statuses = sorted({s.status for s in hostile})
-        assert statuses == [401, 408, 429], statuses
-        assert sum(s.status == 408 for s in hostile) == REQUESTS_PER_KEY  # held to the deadline
+        assert {s.status for s in anonymous} == {401}
+        assert {s.status for s in keyed} == {408, 429}
+        # The key's cap held at a time; requests that Serve's proxy queued behind the first
+        # ones may be taken once those end at the deadline, and are then held in turn.
+        assert sum(s.status == 408 for s in keyed) >= REQUESTS_PER_KEY
         assert _timed_listing(api, bystander) < 1.0
     finally:
         for slow in hostile:
