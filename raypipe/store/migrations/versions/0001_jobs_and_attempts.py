@@ -1,9 +1,4 @@
-"""jobs and attempts
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-23
-"""
+"""jobs and attempts"""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ from raypipe.store.tables import JSONType, UTCDateTime
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
 ATTEMPT_STATUSES = ("running", "completed", "failed", "timed_out", "cancelled")

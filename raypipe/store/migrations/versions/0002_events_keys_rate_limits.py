@@ -1,9 +1,4 @@
-"""job events, API keys and rate-limit windows
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-23
-"""
+"""job events, API keys and rate-limit windows"""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ from raypipe.store.tables import UTCDateTime
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,4 @@
-"""artifacts listed on jobs, follow-up specs and parent links
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-23
-"""
+"""artifacts listed on jobs, follow-up specs and parent links"""
 
 from __future__ import annotations
 
@@ -13,8 +8,6 @@ from sqlalchemy.dialects import postgresql
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 JSONType = sa.JSON(none_as_null=True).with_variant(
     postgresql.JSONB(none_as_null=True), "postgresql"

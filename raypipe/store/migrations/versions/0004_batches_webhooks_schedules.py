@@ -1,9 +1,4 @@
-"""batches, webhook deliveries and secrets, schedules; attempt readiness for wait times
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-23
-"""
+"""batches, webhook deliveries and secrets, schedules; attempt readiness for wait times"""
 
 from __future__ import annotations
 
@@ -15,8 +10,6 @@ from raypipe.store.tables import UTCDateTime
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 NullableJSON = sa.JSON(none_as_null=True).with_variant(

@@ -1,9 +1,4 @@
-"""claimed jobs stay queued until started: lease index over held jobs, attempts start later
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-11-30
-"""
+"""claimed jobs stay queued until started: lease index over held jobs, attempts start later"""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ from raypipe.store.tables import UTCDateTime
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 HELD = sa.text("lease_owner IS NOT NULL")
 PROCESSING_ONLY = sa.text("status = 'processing'")

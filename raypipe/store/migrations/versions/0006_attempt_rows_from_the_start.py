@@ -1,9 +1,4 @@
-"""attempt rows are written when an attempt starts (or ends), no longer at its claim
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-03
-"""
+"""attempt rows are written when an attempt starts (or ends), no longer at its claim"""
 
 from __future__ import annotations
 
@@ -11,8 +6,6 @@ from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

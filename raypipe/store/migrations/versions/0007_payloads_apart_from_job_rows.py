@@ -3,10 +3,6 @@
 Every state move rewrites a job's row: SQLite copies all of it, and walks a large value
 to read any column stored after it. A megabyte payload in the row made each claim, start
 and end cost a megabyte; in ``job_payloads`` it is written once and read once.
-
-Revision ID: 0007
-Revises: 0006
-Create Date: 2026-12-04
 """
 
 from __future__ import annotations
@@ -18,8 +14,6 @@ from raypipe.store.tables import JSONType
 
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,4 @@
-"""queue pauses: a paused queue claims nothing until resumed, across restarts
-
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-06
-"""
+"""queue pauses: a paused queue claims nothing until resumed, across restarts"""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ from raypipe.store.tables import UTCDateTime
 
 revision = "0008"
 down_revision = "0007"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

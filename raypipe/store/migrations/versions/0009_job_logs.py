@@ -1,9 +1,4 @@
-"""job logs: what each attempt's processor logged through ctx.logger, bounded per attempt
-
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-12-06
-"""
+"""job logs: what each attempt's processor logged through ctx.logger, bounded per attempt"""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ from raypipe.store.tables import UTCDateTime
 
 revision = "0009"
 down_revision = "0008"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,5 @@
 """job traces: the submission's trace context, which the claim, the attempt and the job's
 webhook delivery continue
-
-Revision ID: 0010
-Revises: 0009
-Create Date: 2026-12-06
 """
 
 from __future__ import annotations
@@ -13,8 +9,6 @@ from alembic import op
 
 revision = "0010"
 down_revision = "0009"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

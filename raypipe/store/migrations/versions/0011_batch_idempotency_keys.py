@@ -1,9 +1,5 @@
 """batch idempotency keys: POST /v1/batches with the same Idempotency-Key and body returns
 the first batch
-
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-07
 """
 
 from __future__ import annotations
@@ -13,8 +9,6 @@ from alembic import op
 
 revision = "0011"
 down_revision = "0010"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
