@@ -8,7 +8,7 @@ in, so what counts as old is decided by the caller's clock.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -168,28 +168,15 @@ def _prune_jobs(
     batch_size: int,
     counts: Counter[str],
 ) -> None:
-    query = (
-        sa.select(jobs.c.id, jobs.c.tenant, jobs.c.finished_at)
-        .where(_prunable(cutoff))
-        .order_by(jobs.c.finished_at, jobs.c.id)
-        .limit(batch_size)
-    )
-    if not dry_run and engine.dialect.name == "postgresql":
-        # Lock what is deleted (a concurrent retry waits); skip what someone else holds.
-        query = query.with_for_update(of=jobs, skip_locked=True)
-    after: tuple[datetime, str] | None = None
-    while True:
-        with _transaction(engine, dry_run) as conn:
-            page = query if after is None else query.where(_after(jobs, after))
-            rows = conn.execute(page).all()
-            if not rows:
-                return
-            ids = [row.id for row in rows]
-            counts["attempts"] += _count(conn, attempts, attempts.c.job_id.in_(ids))
-            counts["events"] += _count(conn, job_events, job_events.c.job_id.in_(ids))
-            where = webhook_deliveries.c.job_id.in_(ids)
-            counts["deliveries"] += _delete(conn, webhook_deliveries, where, dry_run)
-            counts["jobs"] += _delete(conn, jobs, jobs.c.id.in_(ids), dry_run)
+    def delete(conn: Connection, ids: list[str]) -> None:
+        counts["attempts"] += _count(conn, attempts, attempts.c.job_id.in_(ids))
+        counts["events"] += _count(conn, job_events, job_events.c.job_id.in_(ids))
+        where = webhook_deliveries.c.job_id.in_(ids)
+        counts["deliveries"] += _delete(conn, webhook_deliveries, where, dry_run)
+        counts["jobs"] += _delete(conn, jobs, jobs.c.id.in_(ids), dry_run)
+
+    query = sa.select(jobs.c.id, jobs.c.tenant, jobs.c.finished_at).where(_prunable(cutoff))
+    for rows in _pages(engine, jobs, query, dry_run, batch_size, delete):
         # Files go after the commit: a crash in between leaves orphan files, which the
         # orphan sweep removes, never a job whose files are missing.
         folders = [f for row in rows if (f := job_folder(artifacts, row.tenant, row.id))]
@@ -197,34 +184,50 @@ def _prune_jobs(
             remove(artifacts, folders)
         counts["artifact_folders"] += len(folders)
         counts["artifact_bytes"] += sum(folder.size for folder in folders)
-        after = (rows[-1].finished_at, rows[-1].id)
 
 
 def _prune_batches(
     engine: Engine, cutoff: datetime, dry_run: bool, batch_size: int, counts: Counter[str]
 ) -> None:
+    def delete(conn: Connection, ids: list[str]) -> None:
+        where = webhook_deliveries.c.batch_id.in_(ids)
+        counts["deliveries"] += _delete(conn, webhook_deliveries, where, dry_run)
+        counts["batches"] += _delete(conn, batches, batches.c.id.in_(ids), dry_run)
+
     left = sa.select(1).where(jobs.c.batch_id == batches.c.id)
     if dry_run:  # nothing was deleted: count the batches whose jobs would all have gone
         left = left.where(~_finished_before(cutoff))
-    query = (
-        sa.select(batches.c.id, batches.c.finished_at)
-        .where(batches.c.finished_at < cutoff, ~sa.exists(left))
-        .order_by(batches.c.finished_at, batches.c.id)
-        .limit(batch_size)
+    query = sa.select(batches.c.id, batches.c.finished_at).where(
+        batches.c.finished_at < cutoff, ~sa.exists(left)
     )
+    for _rows in _pages(engine, batches, query, dry_run, batch_size, delete):
+        pass  # each page was deleted in a transaction of its own
+
+
+def _pages(
+    engine: Engine,
+    table: sa.Table,
+    query: sa.Select[Any],
+    dry_run: bool,
+    batch_size: int,
+    delete: Callable[[Connection, list[str]], None],
+) -> Iterator[Sequence[sa.Row[Any]]]:
+    """``query``'s rows of ``table``, oldest finished first, ``batch_size`` at a time: each
+    page's ids go to ``delete`` in a transaction of their own, and its rows are yielded
+    once that has committed."""
+    query = query.order_by(table.c.finished_at, table.c.id).limit(batch_size)
     if not dry_run and engine.dialect.name == "postgresql":
-        query = query.with_for_update(of=batches, skip_locked=True)
+        # Lock what is deleted (a concurrent retry waits); skip what someone else holds.
+        query = query.with_for_update(of=table, skip_locked=True)
     after: tuple[datetime, str] | None = None
     while True:
         with _transaction(engine, dry_run) as conn:
-            page = query if after is None else query.where(_after(batches, after))
+            page = query if after is None else query.where(_after(table, after))
             rows = conn.execute(page).all()
             if not rows:
                 return
-            ids = [row.id for row in rows]
-            where = webhook_deliveries.c.batch_id.in_(ids)
-            counts["deliveries"] += _delete(conn, webhook_deliveries, where, dry_run)
-            counts["batches"] += _delete(conn, batches, batches.c.id.in_(ids), dry_run)
+            delete(conn, [row.id for row in rows])
+        yield rows
         after = (rows[-1].finished_at, rows[-1].id)
 
 
