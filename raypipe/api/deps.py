@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from raypipe.api.fair_use import principal_of
 from raypipe.api.schemas import ErrorResponse
@@ -43,10 +44,27 @@ async def _principal(
 Caller = Annotated[Principal, Depends(_principal)]
 
 
-def replayed(response: Response) -> None:
-    """Mark an answer as an idempotent replay: 200, not 202, and a header saying so."""
-    response.status_code = 200
-    response.headers["Idempotent-Replayed"] = "true"
+#: A submission's `Idempotency-Key` header.
+IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+
+
+def submission(model: type[BaseModel]) -> dict[str, Any]:
+    """The route options of a submission answered with ``model``: 202 for what it made,
+    200 for an idempotent replay of an earlier one."""
+    return {
+        "status_code": 202,
+        "response_model": model,
+        "responses": {200: {"model": model, "description": "an idempotent replay"}},
+    }
+
+
+def submitted(response: Response, location: str, created: bool) -> None:
+    """A submission's answer: where its object is, and, for one not created now, that it
+    is an idempotent replay (200, not 202, and a header saying so)."""
+    response.headers["Location"] = location
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 def utc_param(name: str, value: datetime | None) -> datetime | None:
@@ -79,7 +97,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError("naive")
         return when.astimezone(timezone.utc), last_id
     except (ValueError, OverflowError, InvalidInput):
-        raise InvalidInput(
-            "cursor: not a cursor from a previous page",
-            details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
-        ) from None
+        raise bad_cursor() from None
+
+
+def bad_cursor() -> InvalidInput:
+    """The 422 for a ``cursor`` that no page handed out."""
+    return InvalidInput(
+        "cursor: not a cursor from a previous page",
+        details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
+    )

@@ -7,16 +7,24 @@ import asyncio
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from raypipe.api.deps import ERRORS, KEEPALIVE_S, AppServices, Caller, replayed
+from raypipe.api.deps import (
+    ERRORS,
+    KEEPALIVE_S,
+    AppServices,
+    Caller,
+    IdempotencyKey,
+    bad_cursor,
+    submission,
+    submitted,
+)
 from raypipe.api.schemas import JobView
 from raypipe.api.services import Services
 from raypipe.batches import BatchRecord, BatchSpec
-from raypipe.exceptions import InvalidInput
 from raypipe.jobs import JobStatus, follow_ups, jobs_made
 
 
@@ -62,18 +70,13 @@ class BatchJobs(BaseModel):
 def router() -> APIRouter:
     routes = APIRouter(responses=ERRORS, tags=["batches"])
 
-    @routes.post(
-        "/batches",
-        status_code=202,
-        response_model=BatchAccepted,
-        responses={200: {"model": BatchAccepted, "description": "an idempotent replay"}},
-    )
+    @routes.post("/batches", **submission(BatchAccepted))
     def create_batch(
         body: BatchSpec,
         caller: Caller,
         services: AppServices,
         response: Response,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Any:
         """Submit a batch: every job valid and written in one transaction, or none. With
         `Idempotency-Key`, the same key and body again returns the first batch (200)."""
@@ -81,9 +84,7 @@ def router() -> APIRouter:
         batch, created = services.submitter.submit_batch(
             body, caller.tenant, admin=caller.admin, idempotency_key=idempotency_key or None
         )
-        response.headers["Location"] = f"/v1/batches/{batch.id}"
-        if not created:
-            replayed(response)
+        submitted(response, f"/v1/batches/{batch.id}", created)
         return BatchAccepted(**batch.to_dict(), job_ids=batch.job_ids)
 
     @routes.get("/batches", response_model=BatchList)
@@ -111,10 +112,7 @@ def router() -> APIRouter:
     ) -> BatchJobs:
         """The batch's jobs in submission order; follow `next_cursor` for the next page."""
         if cursor is not None and not (cursor.isdigit() and int(cursor) < 2**31):
-            raise InvalidInput(
-                "cursor: not a cursor from a previous page",
-                details=[{"loc": ["cursor"], "msg": "not a cursor from a previous page"}],
-            )
+            raise bad_cursor()
         after = int(cursor) if cursor is not None else -1
         found = list(services.batches.jobs(batch_id, caller.scope, status, after, limit))
         next_cursor = str(found[-1].batch_index) if len(found) == limit else None

@@ -18,9 +18,11 @@ from raypipe.api.deps import (
     KEEPALIVE_S,
     AppServices,
     Caller,
+    IdempotencyKey,
     decode_cursor,
     encode_cursor,
-    replayed,
+    submission,
+    submitted,
     utc_param,
 )
 from raypipe.api.schemas import (
@@ -47,26 +49,19 @@ def router() -> APIRouter:
     """The job routes, to mount under ``/v1``."""
     api = APIRouter(tags=["jobs"], responses=ERRORS)
 
-    @api.post(
-        "/jobs",
-        status_code=202,
-        response_model=JobView,
-        responses={200: {"model": JobView, "description": "an idempotent replay"}},
-    )
+    @api.post("/jobs", **submission(JobView))
     def create_job(
         spec: JobCreate,
         caller: Caller,
         services: AppServices,
         response: Response,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> JobView:
         """Submit a job; the row is committed before the answer."""
         if idempotency_key:
             spec = spec.model_copy(update={"idempotency_key": idempotency_key})
         [(job, created)] = _submit(services, caller, [spec], ())
-        response.headers["Location"] = f"/v1/jobs/{job.id}"
-        if not created:
-            replayed(response)
+        submitted(response, f"/v1/jobs/{job.id}", created)
         return JobView.of(job)
 
     @api.post("/jobs/bulk", status_code=202, response_model=BulkAccepted)
