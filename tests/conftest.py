@@ -187,6 +187,16 @@ def make_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
     )
 
 
+@contextmanager
+def fresh_settings(
+    request: pytest.FixtureRequest, kind: str, folder: Path, **overrides: object
+) -> Iterator[Settings]:
+    """:func:`make_settings` on a fresh database of ``kind`` (:func:`fresh_database`), with
+    their data folder in ``folder``."""
+    with fresh_database(request, kind, folder) as url:
+        yield make_settings(url, folder / "data", **overrides)
+
+
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings for one test (see :func:`make_settings`)."""

@@ -27,8 +27,8 @@ from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, Request, expect, sync_playwright
 
 import raypipe
-from tests.conftest import IN_CI, wait_for
-from tests.helpers.serving import Api, deploy_api
+from tests.conftest import IN_CI, POSTGRES_ONLY, wait_for
+from tests.helpers.serving import Api, module_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 WEB = Path(raypipe.__file__).parent / "web"
@@ -38,11 +38,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 LATER_S = 3600
 
 
-@pytest.fixture(scope="module", params=[pytest.param("postgres", marks=pytest.mark.postgres)])
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    yield from deploy_api(request, request.param, tmp_path_factory.mktemp("page"), serve_port)
+api = module_api("page", POSTGRES_ONLY)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.helpers.serving import Api, deploy_api
+from tests.helpers.serving import Api, module_api
 
 sys.path.insert(0, str(ROOT / "bench"))
 import load
@@ -22,14 +21,8 @@ CLIENTS = 20
 PER_REQUEST = 25
 
 
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """The API on PostgreSQL only: the production database, and the run is long."""
-    yield from deploy_api(
-        request, "postgres", tmp_path_factory.mktemp("load"), serve_port, rate_limits={}
-    )
+#: The API on PostgreSQL only: the production database, and the run is long.
+api = module_api("load", "postgres", rate_limits={})
 
 
 @pytest.mark.postgres

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -18,7 +18,7 @@ from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
 from tests.conftest import ROOT
-from tests.helpers.serving import Api, deploy_api
+from tests.helpers.serving import Api, module_api
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "python3"
@@ -27,17 +27,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """One deployment for all notebooks (they only talk HTTP, so one database kind is enough)."""
-    yield from deploy_api(
-        request,
-        "sqlite",
-        tmp_path_factory.mktemp("notebooks"),
-        serve_port,
-    )
+#: One deployment for all notebooks (they only talk HTTP, so one database kind is enough).
+api = module_api("notebooks", "sqlite")
 
 
 # -- what the executed notebooks must show ----------------------------------------------------

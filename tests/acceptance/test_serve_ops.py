@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from ray import serve
 
 from raypipe.api.deployment import APP_NAME, build
 from tests.conftest import wait_for
-from tests.helpers.serving import Api, limited_api
+from tests.helpers.serving import Api, module_api, submit_limit
 
 LIMIT = 6
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """Two replicas sharing PostgreSQL, with a small submission limit."""
-    yield from limited_api(request, serve_port, tmp_path_factory, LIMIT, api_replicas=2)
+#: Two replicas sharing PostgreSQL, with a small submission limit.
+api = module_api("limited", "postgres", rate_limits=submit_limit(LIMIT), api_replicas=2)
 
 
 def test_the_submission_limit_holds_across_replicas(api: Api) -> None:

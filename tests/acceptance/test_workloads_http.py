@@ -11,23 +11,14 @@ import pytest
 
 from raypipe import Client, JobStatus
 from tests.conftest import POSTGRES_ONLY, wait_for
-from tests.helpers.serving import Api, deploy_api
+from tests.helpers.serving import Api, module_api
 
 WAIT_S = 120
 
 
-@pytest.fixture(scope="module", params=POSTGRES_ONLY)
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """PostgreSQL only: the workloads run on both databases in tests/integration, and over
-    HTTP on SQLite in the notebooks and CLI tests."""
-    yield from deploy_api(
-        request,
-        request.param,
-        tmp_path_factory.mktemp("workloads"),
-        serve_port,
-    )
+#: PostgreSQL only: the workloads run on both databases in tests/integration, and over
+#: HTTP on SQLite in the notebooks and CLI tests.
+api = module_api("workloads", POSTGRES_ONLY)
 
 
 @pytest.fixture

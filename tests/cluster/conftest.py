@@ -10,7 +10,7 @@ import pytest
 
 from raypipe.direct import DirectClient
 from tests.cluster.host import ClusterHost
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import fresh_settings
 
 
 @dataclass
@@ -31,10 +31,9 @@ def multinode(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MultiNode]:
     folder = tmp_path_factory.mktemp("multinode")
-    with fresh_database(request, "postgres", folder) as url:
-        settings = make_settings(
-            url, folder / "data", processor_modules=["tests.helpers.cluster_processors"]
-        )
+    with fresh_settings(
+        request, "postgres", folder, processor_modules=["tests.helpers.cluster_processors"]
+    ) as settings:
         host = ClusterHost(settings)
         client = DirectClient(settings)
         try:

@@ -19,7 +19,7 @@ from raypipe.direct import DirectClient
 from raypipe.handle import JobHandle
 from raypipe.jobs import AttemptStatus, JobStatus
 from raypipe.runtime import head
-from tests.conftest import free_port, fresh_database, make_settings, process_alive, wait_for
+from tests.conftest import free_port, fresh_settings, process_alive, wait_for
 from tests.helpers.commands import UP_TIMEOUT_S, Raypipe
 
 #: What the `raypipe` subprocesses must share with this test's own client.
@@ -52,11 +52,10 @@ def _environment(settings: Settings) -> dict[str, str]:
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Raypipe, DirectClient]]:
     """`raypipe up --no-api` on a Ray head of its own (SQLite), and a client of its database."""
-    with fresh_database(request, "sqlite", tmp_path) as url:
-        port = free_port()
-        settings = make_settings(
-            url, tmp_path / "data", ray_port=port, ray_address=f"127.0.0.1:{port}"
-        )
+    port = free_port()
+    with fresh_settings(
+        request, "sqlite", tmp_path, ray_port=port, ray_address=f"127.0.0.1:{port}"
+    ) as settings:
         cli = Raypipe(_environment(settings), cwd=tmp_path, port=port, data_dir=settings.data_dir)
         client = DirectClient(settings)
         try:

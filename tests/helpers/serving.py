@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from raypipe.config import Settings
 from raypipe.runtime import actors
 from raypipe.store import create_engine
 from raypipe.store.access import AccessStore
-from tests.conftest import POSTGRES_ONLY, fresh_database, make_settings
+from tests.conftest import POSTGRES_ONLY, fresh_settings
 
 
 @dataclass
@@ -41,8 +42,8 @@ class Api:
 def deploy_api(
     request: pytest.FixtureRequest, kind: str, folder: Path, port: int, **overrides: object
 ) -> Iterator[Api]:
-    with fresh_database(request, kind, folder) as url:
-        yield from serve_api(make_settings(url, folder / "data", **overrides), folder, port)
+    with fresh_settings(request, kind, folder, **overrides) as settings:
+        yield from serve_api(settings, folder, port)
 
 
 def serve_api(settings: Settings, folder: Path, port: int) -> Iterator[Api]:
@@ -57,52 +58,43 @@ def serve_api(settings: Settings, folder: Path, port: int) -> Iterator[Api]:
     actors.stop_actors(settings)
 
 
-def loopback_api(
-    request: pytest.FixtureRequest,
-    kind: str,
-    serve_port: int,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Api]:
-    """The API for one test module: webhooks may reach loopback (the tests' receivers) and
-    are retried quickly."""
-    yield from deploy_api(
-        request,
-        kind,
-        tmp_path_factory.mktemp("api"),
-        serve_port,
-        # The tests' receivers listen on loopback, which outbound requests may not reach
-        # by default.
-        webhook_allow_networks=["127.0.0.0/8"],
-        webhook_poll_interval_s=0.1,
-        webhook_backoff_s=0.05,
-        webhook_max_attempts=3,
-    )
+#: Webhooks may reach loopback (the tests' receivers listen there, and outbound requests
+#: may not reach it by default), and are retried quickly.
+LOOPBACK_WEBHOOKS: dict[str, object] = {
+    "webhook_allow_networks": ["127.0.0.0/8"],
+    "webhook_poll_interval_s": 0.1,
+    "webhook_backoff_s": 0.05,
+    "webhook_max_attempts": 3,
+}
 
 
-def limited_api(
-    request: pytest.FixtureRequest,
-    serve_port: int,
-    tmp_path_factory: pytest.TempPathFactory,
-    limit: int,
-    **overrides: object,
-) -> Iterator[Api]:
-    """The API on PostgreSQL with a submit rate limit small enough for a test to reach
-    (``limit`` jobs per tenant an hour)."""
-    yield from deploy_api(
-        request,
-        "postgres",
-        tmp_path_factory.mktemp("limited"),
-        serve_port,
-        rate_limits={"submit": {"limit": limit, "window_s": 3600}},
-        **overrides,
-    )
+def submit_limit(limit: int) -> dict[str, object]:
+    """``rate_limits`` small enough for a test to reach: ``limit`` jobs per tenant an hour."""
+    return {"submit": {"limit": limit, "window_s": 3600}}
 
 
-@pytest.fixture(name="api", scope="module", params=POSTGRES_ONLY)
-def postgres_api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    """``api`` on PostgreSQL (production) only, for modules that import it: their storage
-    behaviour runs on both databases in tests/integration, and a second deployment per
-    module costs CI time."""
-    yield from loopback_api(request, request.param, serve_port, tmp_path_factory)
+def module_api(folder: str, kind: str | Sequence[object], **overrides: object) -> Any:
+    """A module's ``api`` fixture: the API deployed once for the module with ``overrides``
+    of the test settings, in a temporary folder named after ``folder``.
+
+    ``kind`` is one database kind, or a fixture's ``params`` of kinds (``pytest.param``
+    with its marks allowed): one deployment per kind. A module assigns the fixture to a
+    name of its own (``api = module_api(...)``); pytest knows it as ``api``.
+    """
+
+    @pytest.fixture(name="api", scope="module", params=None if isinstance(kind, str) else kind)
+    def api(
+        request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Api]:
+        chosen = kind if isinstance(kind, str) else request.param
+        yield from deploy_api(
+            request, chosen, tmp_path_factory.mktemp(folder), serve_port, **overrides
+        )
+
+    return api
+
+
+#: ``api`` on PostgreSQL (production) only, for modules that import it: their storage
+#: behaviour runs on both databases in tests/integration, and a second deployment per
+#: module costs CI time.
+postgres_api = module_api("api", POSTGRES_ONLY, **LOOPBACK_WEBHOOKS)

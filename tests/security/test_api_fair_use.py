@@ -14,7 +14,6 @@ import selectors
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.helpers.serving import Api, deploy_api
+from tests.helpers.serving import Api, module_api
 
 pytestmark = pytest.mark.postgres
 
@@ -37,18 +36,7 @@ BODY_TIMEOUT_S = 3.0
 REQUESTS_PER_KEY = 32
 
 
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    yield from deploy_api(
-        request,
-        "postgres",
-        tmp_path_factory.mktemp("fair-use"),
-        serve_port,
-        api_body_timeout_s=BODY_TIMEOUT_S,
-        **STREAMS,
-    )
+api = module_api("fair-use", "postgres", api_body_timeout_s=BODY_TIMEOUT_S, **STREAMS)
 
 
 def _tenant(name: str) -> str:

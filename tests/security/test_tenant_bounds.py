@@ -12,14 +12,13 @@ jobs queued; with submissions over the rate limit (429), ``retry-failed`` and a 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.helpers.serving import Api, limited_api
+from tests.helpers.serving import Api, module_api, submit_limit
 from tests.security.test_hostile_tenant import ROUTES
 
 #: Jobs (submitted or retried) a tenant may start per window here.
@@ -30,11 +29,7 @@ TOP = 1_000_000
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest, serve_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Api]:
-    yield from limited_api(request, serve_port, tmp_path_factory, LIMIT)
+api = module_api("limited", "postgres", rate_limits=submit_limit(LIMIT))
 
 
 def _tenant(api: Api, name: str) -> httpx.Client:

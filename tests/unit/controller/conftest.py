@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import fresh_settings
 from tests.helpers.fake_cluster import Rig
 
 MakeRig = Callable[..., Rig]
@@ -23,8 +23,7 @@ def make_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeRig
     with ExitStack() as stack:
 
         def make(capacity: dict[str, float] | None = None, **overrides: Any) -> Rig:
-            url = stack.enter_context(fresh_database(request, "sqlite", tmp_path))
-            settings = make_settings(url, tmp_path / "data", **overrides)
+            settings = stack.enter_context(fresh_settings(request, "sqlite", tmp_path, **overrides))
             rig = Rig(settings, capacity or {"CPU": 2.0})
             stack.callback(rig.close)
             return rig
