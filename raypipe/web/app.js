@@ -7,7 +7,7 @@ import { currentKey, forgetKey, getJson, postJson, useKey, withQuery } from "./a
 import { BatchDetail, renderBatches } from "./batches.js";
 import { drawCharts } from "./charts.js";
 import { $, element, notice, Pager, report, row } from "./dom.js";
-import { forgetEvents, JobDetail, JobTable } from "./jobs.js";
+import { forgetEvents, JobDetail, JobTable, statusChoices } from "./jobs.js";
 
 const REFRESH_MS = 5000;
 // The statistics cost the database more than a page of jobs: charts refresh less often.
@@ -23,7 +23,8 @@ let jobTypesOf = null; // the key whose job types the type search suggests
 let filters = {}; // the job list's search: type, tag, status
 
 const jobs = new JobTable($("jobs"));
-const jobPager = new Pager("jobs", () => refresh());
+statusChoices($("search-status"));
+const jobPager = new Pager("jobs", "Pages of jobs", () => refresh());
 const jobDetail = new JobDetail();
 const batchDetail = new BatchDetail(() => refresh());
 

@@ -15,7 +15,7 @@ import {
   short,
   time,
 } from "./dom.js";
-import { JobTable } from "./jobs.js";
+import { JobTable, statusChoices } from "./jobs.js";
 
 const PAGE_SIZE = 50;
 
@@ -43,7 +43,8 @@ export class BatchDetail {
   constructor(load) {
     this.id = null;
     this.table = new JobTable($("batch-jobs"));
-    this.pager = new Pager("batch-jobs", load);
+    this.pager = new Pager("batch-jobs", "Pages of the batch's jobs", load);
+    statusChoices($("batch-status"));
     $("batch-status").addEventListener("change", () => {
       this.pager.reset();
       load();

@@ -97,12 +97,18 @@ export function report(error) {
 // -- paging ------------------------------------------------------------------------------
 
 // Previous/Next over a list the API pages with cursors: the cursor of every page shown so
-// far is kept, so Previous goes back exactly and a refresh re-reads the same page.
+// far is kept, so Previous goes back exactly and a refresh re-reads the same page. Its
+// controls go under the table of the <tbody> whose id is ``prefix``, named ``label``.
 export class Pager {
-  constructor(prefix, load) {
-    this.previous = $(`${prefix}-previous`);
-    this.next = $(`${prefix}-next`);
-    this.label = $(`${prefix}-page`);
+  constructor(prefix, label, load) {
+    const button = (id, text) =>
+      element("button", { type: "button", id: `${prefix}-${id}`, disabled: true }, text);
+    this.previous = button("previous", "Previous page");
+    this.next = button("next", "Next page");
+    this.label = element("span", { id: `${prefix}-page`, ariaLive: "polite" }, "Page 1");
+    const nav = element("nav", { className: "pager", ariaLabel: label });
+    nav.append(this.previous, this.label, this.next);
+    $(prefix).closest("table").after(nav);
     this.cursors = [null];
     this.nextCursor = null;
     this.busy = false;

@@ -24,12 +24,19 @@ import {
 // one, so follow a few jobs live and leave the rest to the periodic refresh.
 const MAX_STREAMS = 3;
 const THUMBNAIL = "thumbnail.png";
+const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const RETRYABLE = new Set(["failed", "cancelled"]);
 const lastEventIds = new Map(); // job id -> the last event id seen, to resume after it
 
 export function forgetEvents() {
   lastEventIds.clear();
+}
+
+// Fills a <select> that filters jobs by status: any, or one of them.
+export function statusChoices(select) {
+  const option = (value, text) => element("option", { value }, text);
+  select.replaceChildren(option("", "any"), ...STATUSES.map((status) => option(status, status)));
 }
 
 // Follows a job's events until its terminal status, calling ``onChange`` with each change.
@@ -55,12 +62,17 @@ function revokeImages(node) {
 
 // -- a table of jobs ---------------------------------------------------------------------
 
+// The header of a table of jobs: one column for each part of JobTable.row.
+const COLUMNS = ["Job", "Status", "Progress", "Attempt", "Created", "Details"];
+
 const jobLink = (job) =>
   element("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, `${job.type} ${short(job.id)}`);
 
 export class JobTable {
   constructor(tbody) {
     this.tbody = tbody;
+    const titles = COLUMNS.map((title) => element("th", { scope: "col" }, title));
+    tbody.before(element("thead", {}, element("tr", {}, ...titles)));
     this.jobs = new Map(); // id -> the job as last seen, in the table's order
     this.streams = new Map(); // id -> AbortController of its open event stream
   }
