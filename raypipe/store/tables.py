@@ -53,6 +53,19 @@ NullableJSON: Any = sa.JSON(none_as_null=True).with_variant(
     postgresql.JSONB(none_as_null=True), "postgresql"
 )
 
+
+def _job_id(**options: Any) -> sa.Column[Any]:
+    """The column of a job's own rows (attempts, events, logs…): they go with the job."""
+    return sa.Column(
+        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), **options
+    )
+
+
+def _partial_index(name: str, *columns: Any, where: sa.TextClause) -> sa.Index:
+    """An index over only the rows ``where`` holds, on PostgreSQL and SQLite alike."""
+    return sa.Index(name, *columns, postgresql_where=where, sqlite_where=where)
+
+
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -104,9 +117,7 @@ jobs = sa.Table(
 job_payloads = sa.Table(
     "job_payloads",
     metadata,
-    sa.Column(
-        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    ),
+    _job_id(primary_key=True),
     sa.Column("payload", JSONType, nullable=False),
 )
 
@@ -144,21 +155,19 @@ def guard(change: Change) -> sa.ColumnElement[bool]:
 
 #: Queued and held by no dispatcher: what a claim may take.
 UNHELD_QUEUED = guard(Change.CLAIM)
-sa.Index(
+_partial_index(
     "ix_jobs_claim",
     jobs.c.queue,
     jobs.c.priority.desc(),
     jobs.c.created_at,
     jobs.c.id,
-    postgresql_where=QUEUED_ONLY,
-    sqlite_where=QUEUED_ONLY,
+    where=QUEUED_ONLY,
 )
-sa.Index(
+_partial_index(
     "ix_jobs_lease",
     jobs.c.queue,
     jobs.c.lease_expires_at,
-    postgresql_where=HELD,
-    sqlite_where=HELD,
+    where=HELD,
 )
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at)
 sa.Index("ix_jobs_parent", jobs.c.parent_id)
@@ -169,9 +178,7 @@ sa.Index("ix_jobs_finished", jobs.c.finished_at)
 attempts = sa.Table(
     "attempts",
     metadata,
-    sa.Column(
-        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-    ),
+    _job_id(nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("status", _status_enum(AttemptStatus, "attempt_status"), nullable=False),
     sa.Column("lease_owner", sa.String(200)),
@@ -193,9 +200,7 @@ job_events = sa.Table(
     "job_events",
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column(
-        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-    ),
+    _job_id(nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
@@ -212,9 +217,7 @@ sa.Index("ix_job_events_job", job_events.c.job_id, job_events.c.id)
 job_logs = sa.Table(
     "job_logs",
     metadata,
-    sa.Column(
-        "job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-    ),
+    _job_id(nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("ts", UTCDateTime, nullable=False),
@@ -320,11 +323,10 @@ webhook_deliveries = sa.Table(
     sa.Column("trace_parent", sa.String(64)),
 )
 PENDING_ONLY = sa.text("status = 'pending'")
-sa.Index(
+_partial_index(
     "ix_webhook_deliveries_due",
     webhook_deliveries.c.next_attempt_at,
-    postgresql_where=PENDING_ONLY,
-    sqlite_where=PENDING_ONLY,
+    where=PENDING_ONLY,
 )
 sa.Index(
     "ix_webhook_deliveries_tenant_created",
@@ -333,11 +335,10 @@ sa.Index(
 )
 sa.Index("ix_webhook_deliveries_job", webhook_deliveries.c.job_id)
 DELIVERING_ONLY = sa.text("status = 'delivering'")
-sa.Index(
+_partial_index(
     "ix_webhook_deliveries_lease",
     webhook_deliveries.c.lease_expires_at,
-    postgresql_where=DELIVERING_ONLY,
-    sqlite_where=DELIVERING_ONLY,
+    where=DELIVERING_ONLY,
 )
 
 webhook_attempts = sa.Table(
