@@ -43,6 +43,18 @@ class Costs:
         return asdict(self)
 
 
+#: What a block costs that looks nothing up, imports nothing, sends no statement and calls
+#: nothing in Ray: what an attempt of a processor that does nothing may cost.
+NOTHING: dict[str, Any] = {
+    "find_spec": 0,
+    "path_scans": 0,
+    "import_module": 0,
+    "new_modules": [],
+    "statements": [],
+    "ray_calls": [],
+}
+
+
 @contextmanager
 def counting(ray_calls: bool = False) -> Iterator[Costs]:
     """Count, in this process and on every thread, what the block costs.

@@ -22,7 +22,7 @@ from raypipe.store import Candidate, DispatchStore, JobStore
 from raypipe.store.queues import QueueStore
 from raypipe.store.transitions import Start
 from tests.conftest import wait_for
-from tests.helpers.costs import counting
+from tests.helpers.costs import NOTHING, counting
 from tests.integration.conftest import pool_actors
 
 OWNER = "hot-path-test"
@@ -47,14 +47,7 @@ def test_a_noop_attempt_in_a_ray_worker_costs_nothing_besides_itself(
 ) -> None:
     """The worker's progress reporter is the real one, on the running progress actor."""
     costs = ray.get(attempts_in_a_worker.remote(settings, 50))
-    assert costs == {
-        "find_spec": 0,
-        "path_scans": 0,
-        "import_module": 0,
-        "new_modules": [],
-        "statements": [],
-        "ray_calls": [],
-    }
+    assert costs == NOTHING
 
 
 # -- the dispatcher's state moves ---------------------------------------------------------
