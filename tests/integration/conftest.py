@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
 
 from raypipe.config import Settings
 from raypipe.direct import DirectClient, running
-from tests.conftest import fresh_database, make_settings
+from tests.conftest import fresh_settings
 
 
 @pytest.fixture
@@ -25,14 +26,24 @@ def module_system(
 ) -> Iterator[DirectClient]:
     """raypipe on a fresh database of ``request.param``'s kind, for a whole module: for
     tests that share warm model actors (loading a model is slow)."""
-    with fresh_database(request, request.param, folder) as url:
-        settings = make_settings(
-            url,
-            folder / "data",
-            **overrides,
-        )
-        with running(settings) as client:
-            yield client
+    with (
+        fresh_settings(request, request.param, folder, **overrides) as settings,
+        running(settings) as client,
+    ):
+        yield client
+
+
+def system_fixture(folder: str, kinds: Sequence[object], **overrides: object) -> Any:
+    """A module's ``system`` fixture: :func:`module_system` with ``overrides``, once per
+    database kind of ``kinds``, in a temporary folder named after ``folder``."""
+
+    @pytest.fixture(name="system", scope="module", params=kinds)
+    def system(
+        request: pytest.FixtureRequest, ray_session: None, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[DirectClient]:
+        yield from module_system(request, tmp_path_factory.mktemp(folder), **overrides)
+
+    return system
 
 
 def dispatcher(settings: Settings) -> ray.actor.ActorHandle:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import ray
@@ -12,25 +10,21 @@ from raypipe.direct import DirectClient
 from raypipe.embedding.models import EmbeddingModel, load_cached
 from raypipe.jobs import JobStatus
 from tests.conftest import DB_KINDS
-from tests.integration.conftest import dispatcher, module_system, pool_actors
+from tests.integration.conftest import dispatcher, pool_actors, system_fixture
 
 MODEL = "all-MiniLM-L6-v2"
 
 
-@pytest.fixture(scope="module", params=DB_KINDS)
-def system(
-    request: pytest.FixtureRequest, ray_session: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DirectClient]:
-    """One raypipe (and one warm model pool) for the module."""
-    yield from module_system(
-        request,
-        tmp_path_factory.mktemp("embeddings"),
-        # Small chunks, so a 320-text job is several; one batch of 128 holds ten 10-text
-        # requests, so merging is seen as one model call of one forward pass.
-        embedding_chunk_size=128,
-        embedding_batch_size=128,
-        embedding_max_wait_ms=300,
-    )
+#: One raypipe (and one warm model pool) for the module.
+system = system_fixture(
+    "embeddings",
+    DB_KINDS,
+    # Small chunks, so a 320-text job is several; one batch of 128 holds ten 10-text
+    # requests, so merging is seen as one model call of one forward pass.
+    embedding_chunk_size=128,
+    embedding_batch_size=128,
+    embedding_max_wait_ms=300,
+)
 
 
 def served(system: DirectClient) -> int:

@@ -6,6 +6,7 @@ import base64
 import io
 import threading
 import time
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -110,15 +111,23 @@ def _flow(client: DirectClient, folder: Path) -> list:
     return [first.refresh(), *jobs, last.wait(timeout=WAIT_S)]
 
 
+def _on_the_defaults(
+    db_url: str, tmp_path: Path, idle_s: float
+) -> AbstractContextManager[DirectClient]:
+    """raypipe on the README's pool and CPU defaults, untouched but for the idle time of
+    both built-in pools."""
+    idle = {"idle_s": idle_s}
+    pools = {"embeddings": idle, "workers": idle}
+    return running(make_settings(db_url, tmp_path / "data", pools=pools))
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the Quickstart's database
 def test_the_readme_flow_completes_on_the_defaults_and_again_after_the_pools_shrink(
     ray_session: None, db_url: str, tmp_path: Path
 ) -> None:
-    # The README's pool and CPU defaults, untouched. Only the idle times are shortened, so
-    # that the second round runs on pools shrunk to nothing without waiting ten minutes.
-    idle = {"idle_s": 2}
-    settings = make_settings(db_url, tmp_path / "data", pools={"embeddings": idle, "workers": idle})
-    with running(settings) as client:
+    # Only the idle times are shortened, so that the second round runs on pools shrunk to
+    # nothing without waiting ten minutes.
+    with _on_the_defaults(db_url, tmp_path, idle_s=2) as client:
         for round_ in range(2):
             jobs = _flow(client, tmp_path)
             assert [j.status for j in jobs] == [JobStatus.COMPLETED] * 6, [
@@ -139,9 +148,7 @@ def test_a_cpu_task_after_warm_actors_fill_the_cpus_starts_without_waiting_out_t
     # An hour of idle time on both built-in pools (their defaults are 600 s and 60 s), so
     # that a sleep which waited for an actor to idle out could not end within WAIT_S: it
     # ends in time only if an idle actor yields its CPU to it.
-    idle = {"idle_s": 3600}
-    settings = make_settings(db_url, tmp_path / "data", pools={"embeddings": idle, "workers": idle})
-    with running(settings) as client:
+    with _on_the_defaults(db_url, tmp_path, idle_s=3600) as client:
         warm = [client.submit("embed.texts", {"texts": ["warm"]}), client.submit("noop", {})]
         assert [j.status for j in _all_ended(client, warm)] == [JobStatus.COMPLETED] * 2
         pools = _info(client)["pools"]

@@ -24,7 +24,7 @@ from raypipe.exceptions import Conflict
 from raypipe.handle import JobHandle
 from raypipe.jobs import JobRecord, JobStatus
 from tests.conftest import wait_for
-from tests.integration.conftest import dispatcher, module_system, pool_actors
+from tests.integration.conftest import dispatcher, pool_actors, system_fixture
 
 MODEL = "all-MiniLM-L6-v2"
 #: Texts per chunk (one model batch): a chunk is about half a second of one core here.
@@ -35,17 +35,13 @@ LARGE = 2000
 SLACK_S = 3.0
 
 
-@pytest.fixture(scope="module", params=["sqlite"])
-def system(
-    request: pytest.FixtureRequest, ray_session: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DirectClient]:
-    yield from module_system(
-        request,
-        tmp_path_factory.mktemp("fairness"),
-        embedding_chunk_size=CHUNK,
-        embedding_batch_size=CHUNK,
-        pools={"embeddings": {"min_size": 1, "max_size": 1}, "test": {"max_size": 1}},
-    )
+system = system_fixture(
+    "fairness",
+    ["sqlite"],
+    embedding_chunk_size=CHUNK,
+    embedding_batch_size=CHUNK,
+    pools={"embeddings": {"min_size": 1, "max_size": 1}, "test": {"max_size": 1}},
+)
 
 
 @pytest.fixture
