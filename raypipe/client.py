@@ -38,7 +38,13 @@ from raypipe.exceptions import (
     Unauthorized,
     Unreachable,
 )
-from raypipe.handle import AsyncBatchHandle, AsyncJobHandle, BatchHandle, JobHandle
+from raypipe.handle import (
+    AsyncBatchHandle,
+    AsyncJobHandle,
+    BatchHandle,
+    BatchLookups,
+    JobHandle,
+)
 from raypipe.jobs import (
     AttemptRecord,
     JobRecord,
@@ -540,7 +546,7 @@ def _foreign_error(response: httpx.Response) -> str:
 # -- the blocking client ------------------------------------------------------------------
 
 
-class Client(_ClientBase):
+class Client(_ClientBase, BatchLookups):
     """The raypipe HTTP API from Python: ``submit`` returns a :class:`JobHandle`.
 
     ``base_url`` defaults to ``$RAYPIPE_URL`` (else http://127.0.0.1:8000), ``api_key`` to
@@ -730,15 +736,6 @@ class Client(_ClientBase):
         call = _submit_batch_call(specs, webhook_url, then, tags, idempotency_key)
         batch = self._call(call)
         return BatchHandle(batch.id, self, batch)
-
-    def get_batch(self, batch_id: str) -> BatchHandle:
-        return BatchHandle(batch_id, self, self.batch_record(batch_id))
-
-    def wait_batch(
-        self, batch_id: str, timeout: float | None = None, progress: bool = False
-    ) -> BatchRecord:
-        """Block until every job of the batch is terminal (see :meth:`BatchHandle.wait`)."""
-        return BatchHandle(batch_id, self).wait(timeout, progress)
 
     def batch_record(self, batch_id: str) -> BatchRecord:
         return self._call(_batch_call(batch_id))

@@ -10,7 +10,7 @@ from typing import Any
 from raypipe import artifacts, registry
 from raypipe.batches import BatchRecord
 from raypipe.config import Settings, get_settings
-from raypipe.handle import BatchHandle, JobHandle
+from raypipe.handle import BatchHandle, BatchLookups, JobHandle
 from raypipe.job_logs import LogFollower
 from raypipe.jobs import (
     AttemptRecord,
@@ -29,7 +29,7 @@ from raypipe.submission import DEFAULT_TENANT
 from raypipe.submitter import Submitter
 
 
-class DirectClient:
+class DirectClient(BatchLookups):
     """Submits straight into the database and wakes the dispatcher over Ray.
 
     Works without Ray too (the CLI's reads); then submissions wait for the
@@ -83,14 +83,6 @@ class DirectClient:
             body, self.tenant, idempotency_key=idempotency_key
         )
         return BatchHandle(batch.id, self, batch)
-
-    def get_batch(self, batch_id: str) -> BatchHandle:
-        return BatchHandle(batch_id, self, self.batch_record(batch_id))
-
-    def wait_batch(
-        self, batch_id: str, timeout: float | None = None, progress: bool = False
-    ) -> BatchRecord:
-        return BatchHandle(batch_id, self).wait(timeout, progress)
 
     def jobs(
         self,

@@ -385,6 +385,20 @@ class BatchHandle(_BatchHandleBase[BatchBackend, R]):
         return self._batch
 
 
+class BatchLookups:
+    """``get_batch`` and ``wait_batch`` of a blocking client, over its :class:`BatchBackend`
+    methods (:class:`~raypipe.Client` and the in-cluster client share them)."""
+
+    def get_batch(self: BatchBackend, batch_id: str) -> BatchHandle:
+        return BatchHandle(batch_id, self, self.batch_record(batch_id))
+
+    def wait_batch(
+        self: BatchBackend, batch_id: str, timeout: float | None = None, progress: bool = False
+    ) -> BatchRecord:
+        """Block until every job of the batch is terminal (see :meth:`BatchHandle.wait`)."""
+        return BatchHandle(batch_id, self).wait(timeout, progress)
+
+
 class AsyncBatchHandle(_BatchHandleBase[AsyncBatchBackend, R]):
     """:class:`BatchHandle` for :class:`~raypipe.AsyncClient`: the same methods, awaited;
     ``jobs`` is an async iterator."""
