@@ -6,7 +6,7 @@
 import { currentKey, forgetKey, getJson, postJson, useKey, withQuery } from "./api.js";
 import { BatchDetail, renderBatches } from "./batches.js";
 import { drawCharts } from "./charts.js";
-import { $, element, notice, Pager, report, row } from "./dom.js";
+import { $, element, notice, Pager, report, row, tableHead } from "./dom.js";
 import { forgetEvents, JobDetail, JobTable, statusChoices } from "./jobs.js";
 
 const REFRESH_MS = 5000;
@@ -29,6 +29,16 @@ const jobDetail = new JobDetail();
 const batchDetail = new BatchDetail(() => refresh());
 
 // -- queues ------------------------------------------------------------------------------
+
+tableHead($("queues"), [
+  "Queue",
+  "State",
+  "Waiting",
+  "Running",
+  "Concurrency",
+  "Oldest wait",
+  "Action",
+]);
 
 function renderQueues(queues) {
   $("queues").replaceChildren(

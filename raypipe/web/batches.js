@@ -13,11 +13,14 @@ import {
   setText,
   showFacts,
   short,
+  tableHead,
   time,
 } from "./dom.js";
 import { JobTable, statusChoices } from "./jobs.js";
 
 const PAGE_SIZE = 50;
+
+tableHead($("batches"), ["Batch", "Status", "Jobs", "Progress", "Created"]);
 
 const counted = (batch) =>
   `${batch.counts.completed ?? 0} of ${batch.total} done, ${batch.counts.failed ?? 0} failed`;

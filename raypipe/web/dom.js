@@ -18,6 +18,12 @@ export function row(attributes, cells) {
   return tr;
 }
 
+// Puts a header above a table's <tbody>: a column for each of ``titles``.
+export function tableHead(tbody, titles) {
+  const cells = titles.map((title) => element("th", { scope: "col" }, title));
+  tbody.before(element("thead", {}, element("tr", {}, ...cells)));
+}
+
 export function progressBar(label) {
   return element("progress", { max: 100, value: 0, ariaLabel: label });
 }

@@ -17,6 +17,7 @@ import {
   setText,
   short,
   showFacts,
+  tableHead,
   time,
 } from "./dom.js";
 
@@ -62,17 +63,13 @@ function revokeImages(node) {
 
 // -- a table of jobs ---------------------------------------------------------------------
 
-// The header of a table of jobs: one column for each part of JobTable.row.
-const COLUMNS = ["Job", "Status", "Progress", "Attempt", "Created", "Details"];
-
 const jobLink = (job) =>
   element("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, `${job.type} ${short(job.id)}`);
 
 export class JobTable {
   constructor(tbody) {
     this.tbody = tbody;
-    const titles = COLUMNS.map((title) => element("th", { scope: "col" }, title));
-    tbody.before(element("thead", {}, element("tr", {}, ...titles)));
+    tableHead(tbody, ["Job", "Status", "Progress", "Attempt", "Created", "Details"]);
     this.jobs = new Map(); // id -> the job as last seen, in the table's order
     this.streams = new Map(); // id -> AbortController of its open event stream
   }
@@ -252,6 +249,7 @@ export class JobDetail {
     this.stream = null; // AbortController of the job's event stream
     this.chosenAttempt = null; // the attempt whose logs were asked for; null: the latest
     this.logsShown = null; // "job attempt" of the logs on display
+    tableHead($("job-attempts"), ["Attempt", "Status", "Started", "Finished", "Took", "Error"]);
     $("job-cancel").addEventListener("click", () => this.act("cancel", "Cancellation requested"));
     $("job-retry").addEventListener("click", () => this.act("retry", "Queued again"));
     $("log-attempt").addEventListener("change", (event) => {
