@@ -43,6 +43,8 @@ from raypipe.config_groups import (
     LogSettings,
     MaintenanceSettings,
     MeshSettings,
+    RunLimit,
+    TenantSettings,
     WebhookSettings,
 )
 
@@ -67,6 +69,14 @@ class QueueConfig(BaseModel):
     priority: int = Field(default=0, ge=0)
     admin_only: bool = Field(
         default=False, description="only admin API keys may submit to it (403 for others)"
+    )
+    key_limit: int = Field(
+        default=1,
+        ge=1,
+        description="most jobs of one tenant with one concurrency_key that run at once",
+    )
+    run_limit: RunLimit | None = Field(
+        default=None, description="starts per window of all the queue's jobs (a run limit)"
     )
 
 
@@ -248,6 +258,7 @@ class Settings(BaseSettings):
     )
 
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -11,7 +11,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from raypipe.jobs import MAX_PRIORITY
 
@@ -42,6 +50,18 @@ class RateLimit(BaseModel):
 
     limit: int = Field(ge=1)
     window_s: int = Field(default=60, ge=1)
+
+
+class RunLimit(BaseModel):
+    """At most ``limit`` starts of jobs with run key ``key`` per ``window_s``, across the
+    cluster (an execution rate limit: "60 calls a minute to this service"). Jobs past it
+    wait queued, saying when the next start is free; they never fail for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=200)
+    limit: int = Field(ge=1)
+    window_s: float = Field(default=60.0, gt=0)
 
 
 class EngineSettings(Group):
@@ -104,6 +124,35 @@ class EngineSettings(Group):
     events_poll_interval_s: float = Field(
         default=0.25, gt=0, description="how often event streams look for new events"
     )
+
+
+class TenantSettings(Group):
+    """How tenants share the cluster while several have work waiting."""
+
+    flat_prefix = "tenant_"
+    flat_names: ClassVar[dict[str, str]] = {"fair_share": "fair_share"}
+
+    fair_share: bool = Field(
+        default=True,
+        description="serve the tenant furthest below its share first (usage: what its jobs"
+        " held, in resource-seconds); off: first come, first served across tenants",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="tenant -> its share's weight (default 1): a tenant of weight 3 gets"
+        " about three times the resource-seconds of one of weight 1 while both wait",
+    )
+    usage_half_life_s: float = Field(
+        default=300.0, gt=0, description="how fast a tenant's past usage fades (half-life)"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = [tenant for tenant, weight in weights.items() if not weight > 0]
+        if bad:
+            raise ValueError(f"a weight must be above 0 (tenant {bad[0]!r})")
+        return weights
 
 
 class LogSettings(Group):

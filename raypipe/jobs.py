@@ -122,6 +122,13 @@ class _JobFields(Strict):
         max_length=2048,
         description="POSTed a signed event when the job ends (Standard Webhooks)",
     )
+    concurrency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="at most the queue's key_limit (default 1) of the tenant's jobs with"
+        " this key run at once; the others wait queued",
+    )
 
     @field_validator("payload", mode="before")
     @classmethod
@@ -203,18 +210,59 @@ def jobs_made(specs: Iterable[JobSpec]) -> int:
     return sum(1 + follow_ups(spec.then) for spec in specs)
 
 
+class UniqueWhile(str, Enum):
+    """How long a unique job keeps others of its key out."""
+
+    #: Until it starts.
+    QUEUED = "queued"
+    #: Until it ends.
+    RUNNING = "running"
+
+
+class OnDuplicate(str, Enum):
+    """What a submission does that finds a unique job of its key in its window."""
+
+    #: Returns that job, unchanged.
+    SKIP = "skip"
+    #: Gives that job (if still queued) the new payload and a new ``run_at`` (debounce).
+    REPLACE = "replace"
+
+
+#: Spec fields added after the first release: a fingerprint counts them only when given,
+#: so that the hashes of older replays still match.
+LATER_FIELDS = ("then", "webhook_url", "concurrency_key", "unique_key")
+
+
 class JobSpec(_JobFields):
     """A job as submitted: only ``type`` and ``payload`` are required."""
 
     run_at: datetime | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     then: FollowUpSpec | None = None
+    unique_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="while a job of the tenant's with this type and key is in its window,"
+        " submitting another returns it (200, Unique-Replayed: true)",
+    )
+    unique_while: UniqueWhile = UniqueWhile.QUEUED
+    on_duplicate: OnDuplicate = OnDuplicate.SKIP
+
+    @model_validator(mode="after")
+    def _unique_options_need_a_key(self) -> JobSpec:
+        given = {"unique_while", "on_duplicate"} & self.model_fields_set
+        if given and self.unique_key is None:
+            raise ValueError(f"{sorted(given)[0]} needs a unique_key")
+        return self
 
     def fingerprint(self) -> str:
         """A stable hash of what was asked, to tell a replay from a conflicting reuse of a key."""
         fields = set(JobSpec.model_fields) - {"idempotency_key"}
         # Optional fields added later count only when given, so older hashes still match.
-        fields -= {name for name in ("then", "webhook_url") if getattr(self, name) is None}
+        fields -= {name for name in LATER_FIELDS if getattr(self, name) is None}
+        if self.unique_key is None:
+            fields -= {"unique_while", "on_duplicate"}
         return digest(self.model_dump(mode="json", include=fields, exclude_unset=False))
 
 
@@ -299,6 +347,14 @@ class JobRecord:
     then: dict[str, Any] | None = None
     #: The trace its submission began (traces on), which its attempts continue.
     trace_id: str | None = None
+    #: At most the key limit of the tenant's jobs with this key run at once (in its queue).
+    concurrency_key: str | None = None
+    #: While it is ``unique_while`` (queued, or queued and running), a submission of the
+    #: same type and key by its tenant returns it instead of making another.
+    unique_key: str | None = None
+    unique_while: str | None = None
+    #: The run limit (starts per window) it counts against.
+    run_key: str | None = None
     idempotency_key: str | None = field(default=None, metadata=NOT_SHOWN)
     lease_owner: str | None = field(default=None, metadata=NOT_SHOWN)
     lease_expires_at: datetime | None = field(default=None, metadata=NOT_SHOWN)

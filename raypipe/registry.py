@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import pydantic
 from pydantic import BaseModel
 
+from raypipe.config_groups import RunLimit
 from raypipe.exceptions import InvalidInput
 from raypipe.handle import (
     AsyncBatchHandle,
@@ -96,6 +97,33 @@ class ProcessorSpec:
     pool: str | None = None
     #: Pools it calls into while running (``ctx.embed`` uses ``embeddings``).
     uses: tuple[str, ...] = ()
+    #: The concurrency key of a job whose spec names none, from its payload.
+    concurrency_key: Callable[[Any], str | None] | None = None
+    #: Most of a tenant's jobs with one key running at once (None: its queue's).
+    key_limit: int | None = None
+    #: Its jobs' run limit; ``key_of`` gives the key from the payload (else the limit's).
+    run_limit: RunLimit | None = None
+    run_key_of: Callable[[Any], str] | None = None
+
+    def keys(self, payload: BaseModel | None, settings: Settings, queue: str) -> dict[str, Any]:
+        """The flow-control keys a job of this type with ``payload`` gets in ``queue``:
+        its concurrency key (from the payload, when the processor derives one) and the
+        run limit's key it counts against (its processor's, else its queue's). Without a
+        payload (a follow-up's, whole only later): no derived key, the limit's own key."""
+        run_limit = self.run_limit or settings.queues[queue].run_limit
+        run_key = concurrency_key = None
+        if run_limit is not None:
+            run_key = run_limit.key
+            if self.run_key_of is not None and payload is not None:
+                run_key = self.run_key_of(payload)
+        if self.concurrency_key is not None and payload is not None:
+            concurrency_key = self.concurrency_key(payload)
+        return {"concurrency_key": concurrency_key, "run_key": run_key}
+
+    def limits(self, settings: Settings, queue: str) -> tuple[int, RunLimit | None]:
+        """Its jobs' key limit and run limit in ``queue``."""
+        config = settings.queues[queue]
+        return self.key_limit or config.key_limit, self.run_limit or config.run_limit
 
     def configured(self, settings: Settings) -> ProcessorSpec:
         """This type with what depends on the settings worked out (``memory_of``)."""
@@ -331,6 +359,10 @@ def processor(
     admin_only: bool = False,
     pool: str | None = None,
     uses: Iterable[str] = (),
+    concurrency_key: Callable[[Any], str | None] | None = None,
+    key_limit: int | None = None,
+    run_limit: RunLimit | dict[str, Any] | None = None,
+    run_key: Callable[[Any], str] | None = None,
 ) -> Callable[[Callable[[P, Any], R]], Processor[P, R]]:
     """Register ``fn(payload, ctx)`` as the processor of job ``type``; returns it as a
     :class:`Processor`, still callable as ``fn``, with ``.submit()`` and ``.map()``.
@@ -343,7 +375,13 @@ def processor(
     ``pool`` runs the jobs on that pool's warm actors instead of a Ray task each (the
     resources are then the pool's, per actor); ``uses`` names pools the processor calls
     into, so that they have an actor while it runs.
+    ``concurrency_key`` derives a job's key from its payload where its spec names none
+    (``lambda p: p.user_id``), and ``key_limit`` is how many of a tenant's jobs with one
+    key run at once (default: the queue's ``key_limit``). ``run_limit`` caps starts per
+    window across the cluster (``{"key": "openai", "limit": 60, "window_s": 60}``);
+    ``run_key`` takes the key from the payload instead.
     """
+    limit = RunLimit.model_validate(run_limit) if isinstance(run_limit, dict) else run_limit
 
     def register(fn: Callable[[P, Any], R]) -> Processor[P, R]:
         model = payload or _payload_annotation(fn)
@@ -363,6 +401,10 @@ def processor(
             admin_only=admin_only,
             pool=pool,
             uses=tuple(uses),
+            concurrency_key=concurrency_key,
+            key_limit=key_limit,
+            run_limit=limit,
+            run_key_of=run_key,
         )
         known = _registry.get(type)
         if known is not None and _qualname(known.fn) != _qualname(fn):

@@ -141,6 +141,10 @@ def _row(
         # Compared only when the key is used again: a hash of megabytes of payload is not
         # worked out for jobs that have no key.
         "request_hash": spec.fingerprint() if spec.idempotency_key else "",
+        "unique_key": spec.unique_key,
+        "unique_while": spec.unique_while.value if spec.unique_key else None,
+        # Held while the job is in its window (raypipe.store.unique clears it).
+        "unique_slot": spec.unique_key,
         "created_at": now,
         "run_at": _run_at(spec, now),
         "then": _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None,
@@ -160,15 +164,15 @@ def _resolved(
     """
     processor = registry.get(spec.type)
     rights.check_type(processor, admin)
+    model: pydantic.BaseModel | None
     try:
-        payload = parse_model(
-            processor.payload_model, spec.payload, ("payload",), settings
-        ).model_dump(mode="json", exclude_unset=True)
+        model = parse_model(processor.payload_model, spec.payload, ("payload",), settings)
+        payload = model.model_dump(mode="json", exclude_unset=True)
     except InvalidInput as exc:
         kept = [d for d in exc.details if d["loc"][:2] != ["payload", optional]]
         if kept:
             raise InvalidInput(summary(kept, exc.more), details=kept, more=exc.more) from None
-        payload = spec.payload
+        model, payload = None, spec.payload
     queue = spec.queue or processor.queue or DEFAULT_QUEUE
     if queue not in settings.queues:
         known = ", ".join(sorted(settings.queues))
@@ -180,6 +184,9 @@ def _resolved(
     rights.check_priority(spec.priority, settings, admin)
     policy_attempts = processor.retry.max_attempts if processor.retry else None
     _check_webhook_url(spec.webhook_url, settings)
+    # A follow-up's payload is whole only once its parent's result is in: it gets the key
+    # its spec names, and its run limit's own key.
+    keys = processor.keys(model, settings, queue)
     return {
         "type": spec.type,
         "queue": queue,
@@ -191,6 +198,8 @@ def _resolved(
         or settings.engine.default_max_attempts,
         "timeout_s": spec.timeout_s or processor.timeout_s or settings.engine.default_timeout_s,
         "webhook_url": spec.webhook_url,
+        "concurrency_key": spec.concurrency_key or keys["concurrency_key"],
+        "run_key": keys["run_key"],
     }
 
 

@@ -82,6 +82,18 @@ class JobView(BaseModel):
     trace_id: str | None = Field(
         default=None, description="the trace its submission began, when traces are on"
     )
+    concurrency_key: str | None = Field(
+        default=None, description="at most the key limit of the tenant's jobs with it run at once"
+    )
+    unique_key: str | None = Field(
+        default=None, description="while in its window, another submission returns this job"
+    )
+    unique_while: str | None = Field(
+        default=None, description="the unique key's window: queued, or running (queued or running)"
+    )
+    run_key: str | None = Field(
+        default=None, description="the run limit (starts per window) this job counts against"
+    )
     links: dict[str, str]
     attempts: list[AttemptView] | None = None
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe import admission, metrics
+from raypipe.fair_share import FairShare, cost_rate
 from raypipe.jobs import ClaimedJob, JobStatus
 from raypipe.runtime.context import DispatchContext, log
 from raypipe.runtime.launcher import Launcher
@@ -53,9 +54,23 @@ class ClaimPass:
     #: Shapes last asked of the autoscaler (None: what an earlier incarnation asked for is
     #: unknown, so the first pass says).
     requested: list[tuple[tuple[str, float], ...]] | None = None
+    #: Tenants' recent use and weights (None: fair share off, first come first served).
+    fair: FairShare | None = None
+
+    def __post_init__(self) -> None:
+        tenants = self.ctx.settings.tenants
+        if tenants.fair_share:
+            self.fair = FairShare(
+                tenants.weights, tenants.usage_half_life_s, self.ctx.clock.monotonic()
+            )
 
     def note_ended(self, ends: Sequence[metrics.Ended]) -> None:
-        """A retry is a new candidate; a full queue has a slot again: no skip holds."""
+        """A retry is a new candidate; a full queue has a slot again: no skip holds. What
+        each job ran teaches fair share how long its type runs."""
+        if self.fair is not None:
+            for end in ends:
+                if end.duration_s:
+                    self.fair.ended(end.job.type, end.duration_s)
         skip = self.skip
         if skip is not None and any(
             end.outcome.status is JobStatus.QUEUED or end.job.queue in skip.full_queues
@@ -71,6 +86,7 @@ class ClaimPass:
         if slots <= 0:
             return False
         capacity = self.ctx.capacity()
+        self._charge(capacity)
         free = self.pools.free(capacity)
         # A small, counted prefetch: a few tasks may wait in Ray's queue, to start the moment
         # a running job frees its share instead of a dispatcher round later.
@@ -108,8 +124,14 @@ class ClaimPass:
         """Read the backlog, admit up to ``limit`` jobs that fit and launch them;
         (claimed, short of, wanted)."""
         plans: list[tuple[admission.Plan, set[str], bool]] = []
+        fair, now = self.fair, self.ctx.clock.monotonic()
+
+        def rate(candidate: Candidate) -> float:
+            return self._rate(self.need(candidate.type), capacity)
 
         def choose(candidates: Sequence[Candidate], queue_free: dict[str, int]) -> list[Any]:
+            if fair is not None:
+                candidates = fair.order(candidates, rate, now)
             plan = admission.plan(
                 candidates, queue_free, free, capacity, rooms, self.need, limit, prefetch
             )
@@ -125,8 +147,9 @@ class ClaimPass:
 
         settings = self.ctx.settings
         queue_limits = {name: q.concurrency for name, q in settings.queues.items()}
+        rank = None if fair is None else (lambda tenants: fair.rank_tenants(tenants, now))
         claimed = self.ctx.store.claim(
-            self.ctx.owner, settings.engine.lease_ttl_s, queue_limits, choose, limit
+            self.ctx.owner, settings.engine.lease_ttl_s, queue_limits, choose, limit, rank
         )
         plan, wanted, cut = plans[-1] if plans else (admission.Plan(), set(), True)
         self.pools.grow(plan.grow)
@@ -144,6 +167,26 @@ class ClaimPass:
                 until=self.ctx.clock.monotonic() + settings.engine.poll_interval_s,
             )
         return claimed, set(plan.short), wanted
+
+    def _charge(self, capacity: dict[str, float]) -> None:
+        """Charge each tenant for what its running jobs held since the last pass."""
+        if self.fair is not None:
+            self.fair.charge(
+                self.ctx.clock.monotonic(),
+                (
+                    (run.job.tenant, self._rate(self.need(run.job.type), capacity))
+                    for run in self.runs
+                    if run.started_at is not None and run.ended_at is None
+                ),
+            )
+
+    def _rate(self, need: admission.Need, capacity: dict[str, float]) -> float:
+        """What one job of ``need`` costs per second running: its own resources, or on a
+        pool its share of an actor."""
+        pool = self.pools.pools.get(need.pool) if need.pool else None
+        if pool is None:
+            return cost_rate(need.resources, capacity)
+        return cost_rate(pool.actor, capacity) / max(1, pool.slots_per_actor)
 
     def need(self, job_type: str) -> admission.Need:
         """What a job of this type needs to start (fixed per type: worked out once)."""

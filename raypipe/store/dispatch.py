@@ -46,6 +46,19 @@ class Candidate:
 
 
 ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
+#: Tenants with jobs waiting in a queue, the most deserving first (fair share).
+RankTenants = Callable[[list[str]], list[str]]
+#: Rows read per pass when several tenants wait, in multiples of the pass's limit.
+FAIR_READ = 2
+
+
+#: A candidate's columns, in :class:`Candidate`'s order.
+CANDIDATE_COLUMNS = tuple(jobs.c[name] for name in Candidate.__dataclass_fields__)
+
+
+def _claim_order(query: sa.Select[Any]) -> sa.Select[Any]:
+    """Highest priority first, then oldest (the claim index's order)."""
+    return query.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
 
 
 class DispatchStore:
@@ -88,13 +101,16 @@ class DispatchStore:
         queue_limits: dict[str, int],
         choose: ChooseClaims,
         limit: int,
+        rank: RankTenants | None = None,
     ) -> list[ClaimedJob]:
         """Hold runnable jobs under ``owner``'s lease, each with a new attempt; they stay
         ``queued`` until :meth:`start` hears that their worker began.
 
         Candidates come highest priority first, then oldest, from queues that are not
         paused and have free slots (held jobs take slots); ``choose`` picks among them
-        (resources, free slots).
+        (resources, free slots). With ``rank`` (fair share), a queue where several tenants
+        wait is read tenant by tenant, the most deserving first: a flood of one tenant
+        never hides another's jobs from the pass.
         """
         now = self.clock()
         with self.engine.begin() as conn:
@@ -108,7 +124,7 @@ class DispatchStore:
                     candidate
                     for queue, slots in free.items()
                     if slots > 0
-                    for candidate in self._candidates(conn, queue, now, min(slots, limit))
+                    for candidate in self._candidates(conn, queue, now, min(slots, limit), rank)
                 ),
                 key=lambda c: (-c.priority, c.created_at, c.id),
             )
@@ -161,19 +177,51 @@ class DispatchStore:
         ]
 
     def _candidates(
-        self, conn: Connection, queue: str, now: datetime, limit: int
+        self,
+        conn: Connection,
+        queue: str,
+        now: datetime,
+        limit: int,
+        rank: RankTenants | None,
     ) -> list[Candidate]:
         """Runnable jobs of one queue in claim order; one query per queue so that the
-        claim index serves the ORDER BY instead of a sort of every queued row."""
-        query = (
-            sa.select(*(jobs.c[name] for name in Candidate.__dataclass_fields__))
-            .where(guard(Change.CLAIM), jobs.c.queue == queue, jobs.c.run_at <= now)
-            .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
-            .limit(limit)
+        claim index serves the ORDER BY instead of a sort of every queued row.
+
+        With ``rank`` and several tenants waiting: the first ``limit`` tenants it ranks,
+        each read to its share of ``FAIR_READ`` × ``limit`` rows (and to ``limit`` at
+        most), one index range each."""
+        runnable = (guard(Change.CLAIM), jobs.c.queue == queue, jobs.c.run_at <= now)
+        tenants = self._waiting_tenants(conn, runnable) if rank is not None else []
+        if len(tenants) <= 1 or rank is None:
+            query = _claim_order(sa.select(*CANDIDATE_COLUMNS).where(*runnable)).limit(limit)
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            return [Candidate(*row) for row in conn.execute(query)]
+        first = rank(tenants)[:limit]
+        each = min(limit, -(-FAIR_READ * limit // len(first)))
+        # No FOR UPDATE here (PostgreSQL refuses it on a UNION): claims are serialised by
+        # CLAIM_LOCK_KEY, and the guarded UPDATE takes only rows still unheld and queued.
+        parts = [
+            _claim_order(
+                sa.select(*CANDIDATE_COLUMNS).where(*runnable, jobs.c.tenant == tenant)
+            ).limit(each)
+            for tenant in first
+        ]
+        union = sa.union_all(*(sa.select(part.subquery()) for part in parts))
+        return [Candidate(*row) for row in conn.execute(union)]
+
+    @staticmethod
+    def _waiting_tenants(conn: Connection, runnable: tuple[Any, ...]) -> list[str]:
+        """Tenants with runnable jobs in the queue: one index probe per tenant (a loose
+        index scan, as a recursive query), however many jobs each has waiting."""
+        lowest = sa.func.min(jobs.c.tenant)
+        found = sa.select(lowest.label("tenant")).where(*runnable).cte("tenants", recursive=True)
+        after = sa.select(lowest).where(*runnable, jobs.c.tenant > found.c.tenant)
+        found = found.union_all(
+            sa.select(after.scalar_subquery().label("tenant")).where(found.c.tenant.is_not(None))
         )
-        if self.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        return [Candidate(*row) for row in conn.execute(query)]
+        query = sa.select(found.c.tenant).where(found.c.tenant.is_not(None))
+        return [tenant for (tenant,) in conn.execute(query)]
 
     def start(self, owner: str, starts: Sequence[transitions.Start]) -> int:
         """Move held jobs whose worker reported (id, attempt, when) it began to ``processing``.

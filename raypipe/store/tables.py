@@ -106,6 +106,17 @@ jobs = sa.Table(
     # The submission's trace context (W3C traceparent) when traces are on: the claim and
     # the attempt continue its trace.
     sa.Column("trace_parent", sa.String(64)),
+    # At most the queue's (or processor's) key limit of a tenant's jobs with one key run
+    # at once.
+    sa.Column("concurrency_key", sa.String(200)),
+    # A unique job: while it is in its window (``unique_while``: queued, or queued and
+    # running) its ``unique_slot`` holds the key, and the unique index refuses a second
+    # of the tenant's jobs of its type with that key; leaving the window clears the slot.
+    sa.Column("unique_key", sa.String(200)),
+    sa.Column("unique_while", sa.String(16)),
+    sa.Column("unique_slot", sa.String(200)),
+    # The run limit's key this job counts against (its processor's or queue's limit).
+    sa.Column("run_key", sa.String(200)),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     sa.CheckConstraint("priority >= 0", name="ck_jobs_priority_non_negative"),
     sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_jobs_progress_range"),
@@ -163,6 +174,17 @@ _partial_index(
     jobs.c.id,
     where=QUEUED_ONLY,
 )
+# The fair claim: one tenant's runnable jobs in claim order, and the tenants that wait.
+_partial_index(
+    "ix_jobs_claim_tenant",
+    jobs.c.queue,
+    jobs.c.tenant,
+    jobs.c.priority.desc(),
+    jobs.c.created_at,
+    jobs.c.id,
+    where=QUEUED_ONLY,
+)
+sa.Index("uq_jobs_unique_slot", jobs.c.tenant, jobs.c.type, jobs.c.unique_slot, unique=True)
 _partial_index(
     "ix_jobs_lease",
     jobs.c.queue,
@@ -383,3 +405,30 @@ schedules = sa.Table(
     sa.UniqueConstraint("tenant", "name", name="uq_schedules_tenant_name"),
 )
 sa.Index("ix_schedules_due", schedules.c.enabled, schedules.c.next_fire_at)
+
+# Run limits: each start of a job with a run key, kept for the longest window; and keys
+# paused until a time (a service answered 429 with Retry-After).
+run_starts = sa.Table(
+    "run_starts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_run_starts_key", run_starts.c.key, run_starts.c.started_at)
+run_pauses = sa.Table(
+    "run_pauses",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("until", UTCDateTime, nullable=False),
+)
+
+# Fair-share weights set by an admin (over RAYPIPE_TENANT_WEIGHTS).
+tenant_weights = sa.Table(
+    "tenant_weights",
+    metadata,
+    sa.Column("tenant", sa.String(200), primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("weight > 0", name="ck_tenant_weights_positive"),
+)

@@ -555,3 +555,42 @@ def test_deleting_a_job_deletes_its_webhook_deliveries(client: DirectClient) -> 
     store.delete(job.id)
     with store.engine.connect() as conn:
         assert conn.execute(deliveries).scalar_one() == 0
+
+
+def test_a_fair_claim_reads_every_waiting_tenant_however_deep_one_tenants_backlog(
+    settings: Settings,
+) -> None:
+    flood = DirectClient(settings, tenant="flood")
+    late = DirectClient(settings, tenant="late")
+    try:
+        flood.submit_many([("noop", {})] * 30)
+        late_ids = {handle.id for handle in late.submit_many([("noop", {})] * 2)}
+        dispatch = DispatchStore(flood.store)
+        seen: list[list[str]] = []
+
+        def rank(tenants: list[str]) -> list[str]:
+            seen.append(list(tenants))
+            return sorted(tenants, key=lambda tenant: tenant != "late")
+
+        def take(candidates: Sequence[Candidate], free: dict[str, int]) -> list[Candidate]:
+            return list(candidates)
+
+        offered: list[str] = []
+
+        def look(candidates: Sequence[Candidate], free: dict[str, int]) -> list[Candidate]:
+            offered.extend(candidate.tenant for candidate in candidates)
+            return []
+
+        # First come, first served: the flood fills the pass's 4 places.
+        assert dispatch.claim(OWNER, 30.0, QUEUES, look, 4) == []
+        assert offered == ["flood"] * 4
+        claimed = dispatch.claim(OWNER, 30.0, QUEUES, take, 4, rank=rank)
+        assert seen == [["flood", "late"]]  # each waiting tenant once, in tenant order
+        assert late_ids <= {job.id for job in claimed}
+        assert len(claimed) == 6  # each of the two tenants read to its share: 2 × 4 / 2
+        # With one tenant left waiting, the queue is read as one range again (no ranking).
+        assert len(dispatch.claim(OWNER, 30.0, QUEUES, take, 100, rank=rank)) == 26
+        assert seen == [["flood", "late"]]
+    finally:
+        flood.close()
+        late.close()

@@ -26,8 +26,9 @@ NOT_COLUMNS = {
     "trace_id": {"trace_parent"},  # the W3C traceparent is kept; its trace id is shown
 }
 #: Columns only the store reads: the fingerprint an idempotency key's replay must match,
-#: and when the row last changed.
-STORE_ONLY = {"request_hash", "updated_at"}
+#: when the row last changed, and the unique key while the job holds it (the unique
+#: index's column, cleared when the job leaves its window).
+STORE_ONLY = {"request_hash", "updated_at", "unique_slot"}
 #: Record fields the API does not show: a key's secret use and the dispatcher's lease.
 NOT_SHOWN = {"idempotency_key", "lease_owner", "lease_expires_at"}
 #: What the API's view adds to the record: the attempts (on request) and links.
@@ -69,6 +70,10 @@ def full_record() -> JobRecord:
         batch_index=0,
         webhook_url="https://example.com/hook",
         trace_id="0af7651916cd43dd8448eb211c80319c",
+        concurrency_key="user-1",
+        unique_key="refresh-doc-1",
+        unique_while="running",
+        run_key="openai",
     )
 
 

@@ -116,6 +116,11 @@ def test_row_has_exactly_the_expected_columns(settings: Settings) -> None:
         "parent_id",
         "webhook_url",
         "trace_parent",
+        "concurrency_key",
+        "run_key",
+        "unique_key",
+        "unique_while",
+        "unique_slot",
     }
 
 
