@@ -28,6 +28,7 @@ from raypipe.commands import (
     queues,
     schedules,
     stats,
+    tenants,
     webhooks,
 )
 from raypipe.config import Settings, get_settings
@@ -178,6 +179,7 @@ for command in (
     app.command()(command)
 
 app.add_typer(queues.app, name="queues")
+app.add_typer(tenants.app, name="tenants")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(schedules.app, name="schedules")
 

@@ -11,7 +11,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from raypipe import tracing
 from raypipe.api import errors
 from raypipe.api.fair_use import FairUse
-from raypipe.api.routes import batches, health, jobs, queues, schedules, stats, webhooks
+from raypipe.api.routes import (
+    batches,
+    health,
+    jobs,
+    queues,
+    schedules,
+    stats,
+    tenants,
+    webhooks,
+)
 from raypipe.api.services import Services
 from raypipe.config import Settings
 from raypipe.exceptions import PayloadTooLarge
@@ -64,7 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     # `traceparent`); with traces asked for, that provider exports them.
     tracing.configured()
     app.state.services = services
-    for routes in (jobs, queues, batches, stats, webhooks, schedules):
+    for routes in (jobs, queues, batches, stats, webhooks, schedules, tenants):
         app.include_router(routes.router(), prefix="/v1")
     app.mount("/ui", StaticFiles(packages=[("raypipe", "web")]), name="ui")
     app.include_router(health.router())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from raypipe.jobs import AttemptRecord, JobRecord, JobSpec, Strict
 from raypipe.lifecycle import JobStatus
@@ -116,6 +116,36 @@ class BulkAccepted(BaseModel):
     jobs: list[JobView]
 
 
+class TenantView(BaseModel):
+    tenant: str
+    weight: float = Field(description="its fair-share weight (default 1)")
+    usage_s: float | None = Field(
+        description="resource-seconds its jobs held, recent ones counting most (decayed);"
+        " null when the dispatcher did not answer"
+    )
+
+
+class TenantWeight(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(gt=0, le=1_000_000, allow_inf_nan=False)
+
+
+class QueueTenantView(BaseModel):
+    """A tenant's jobs in one queue, and where it stands against its share."""
+
+    tenant: str
+    waiting: int
+    running: int
+    weight: float
+    share: float = Field(
+        description="its weight over the weights of the tenants with jobs in the queue"
+    )
+    usage_s: float | None = Field(
+        description="its recent resource-seconds (all queues); null when unknown"
+    )
+
+
 class QueueView(BaseModel):
     name: str
     concurrency: int
@@ -131,6 +161,11 @@ class QueueView(BaseModel):
     paused_at: str | None = None
     admin_only: bool = Field(
         default=False, description="only admin API keys may submit to it (an operator's lane)"
+    )
+    tenants: list[QueueTenantView] = Field(
+        default_factory=list,
+        description="each tenant with jobs waiting or running in it (the caller's own only,"
+        " unless an admin key)",
     )
 
 

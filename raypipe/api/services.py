@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -18,7 +19,7 @@ from raypipe.artifacts import ArtifactStore
 from raypipe.config import Settings
 from raypipe.exceptions import RateLimited, Unauthorized
 from raypipe.jobs import utcnow
-from raypipe.runtime.bells import ActorBell, DispatcherBell
+from raypipe.runtime.bells import ActorBell, DispatcherBell, dispatcher_info
 from raypipe.runtime.names import WEBHOOK_ACTOR
 from raypipe.store import JobStore, access, schema_version
 from raypipe.store.access import AccessStore, ApiKey
@@ -28,6 +29,7 @@ from raypipe.store.logs import LogStore
 from raypipe.store.queues import QueueStore
 from raypipe.store.schedules import ScheduleStore
 from raypipe.store.stats import StatsStore
+from raypipe.store.tenants import TenantStore
 from raypipe.store.webhooks import WebhookStore
 from raypipe.submitter import Submitter
 
@@ -93,6 +95,16 @@ class Services:
     @cached_property
     def stats(self) -> StatsStore:
         return StatsStore(self.jobs.engine, self.jobs.clock)
+
+    @cached_property
+    def tenants(self) -> TenantStore:
+        return TenantStore(self.jobs.engine, self.jobs.clock)
+
+    def tenant_usage(self) -> dict[str, dict[str, Any]]:
+        """Each tenant's recent usage as the dispatcher counts it (fair share), or nothing
+        when no dispatcher answers within a second (the figures then show as null)."""
+        info = dispatcher_info(self.settings)
+        return dict(info.get("tenants") or {}) if info else {}
 
     @cached_property
     def webhooks(self) -> WebhookStore:

@@ -13,6 +13,7 @@ from raypipe.commands import JsonFlag, KeyOption, UrlOption, database, print_jso
 from raypipe.config import get_settings
 from raypipe.store import JobStore
 from raypipe.store.queues import QueueStore
+from raypipe.store.tenants import TenantStore
 
 app = typer.Typer(
     help="Queues: depth, running jobs, and pausing one (it accepts jobs and starts none).",
@@ -44,7 +45,12 @@ def list_(as_json: JsonFlag = False, url: UrlOption = None, key: KeyOption = Non
         settings = get_settings()
         with database(settings) as engine:
             stats = JobStore(engine).queue_stats()
-            rows = QueueStore(engine).overview(settings, stats, settings.queues)
+            # On the database, no dispatcher is asked: usage shows as null.
+            tenants = TenantStore(engine).by_queue(settings.tenants.weights, {})
+            rows = [
+                {**row, "tenants": tenants.get(row["name"], [])}
+                for row in QueueStore(engine).overview(settings, stats, settings.queues)
+            ]
     if as_json:
         print_json(rows)
         return

@@ -3,6 +3,8 @@ is seen at once instead of at the actor's next poll."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 from ray.actor import ActorHandle
 
@@ -52,3 +54,19 @@ def wake_and_wait(settings: Settings, timeout_s: float = 5.0) -> bool:
     except ray.exceptions.RayError:
         return False
     return True
+
+
+def dispatcher_info(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """What the dispatcher says of itself (``Dispatcher.info``), or None when none runs,
+    Ray is not up here, or it does not answer within ``timeout_s`` (a page must not hang
+    on a busy dispatcher)."""
+    if not ray.is_initialized():
+        return None
+    dispatcher = find_actor(settings, DISPATCHER_ACTOR)
+    if dispatcher is None:
+        return None
+    try:
+        info: Any = ray.get(dispatcher.info.remote(), timeout=timeout_s)
+    except ray.exceptions.RayError:
+        return None
+    return dict(info)

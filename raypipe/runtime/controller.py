@@ -21,6 +21,7 @@ from raypipe.runtime.runs import RunTable
 from raypipe.runtime.schedules import ScheduleFiring
 from raypipe.runtime.stopping import Stopper
 from raypipe.store import DispatchStore
+from raypipe.store.tenants import TenantStore
 
 #: How often the in-flight and queue gauges are refreshed (Ray exports every few seconds).
 METRICS_INTERVAL_S = 5.0
@@ -57,6 +58,7 @@ class Controller:
         self.drain_until: float | None = None
         self.drained = threading.Event()
         self._next_metrics = 0.0
+        self.tenants = TenantStore(store.engine)
         self.pools.size(clock.monotonic())  # each pool's min_size, started before any round
 
     @property
@@ -97,6 +99,7 @@ class Controller:
         if now >= self._next_metrics:
             self._next_metrics = now + METRICS_INTERVAL_S
             self._observe()
+            self._read_weights(now)
         return more
 
     def wait_s(self) -> float:
@@ -120,12 +123,22 @@ class Controller:
     def info(self) -> dict[str, Any]:
         """What it runs and holds (read from another thread: collections are copied)."""
         running = self.runs.snapshot()
+        fair = self.claims.fair
         return {
             "running": len(running),
             "started": sum(1 for run in running if run.started_at is not None),
             "pools": self.pools.info(),
             "unrunnable": dict(self.claims.unrunnable),
+            "tenants": fair.shares(self.ctx.clock.monotonic()) if fair is not None else {},
         }
+
+    def _read_weights(self, now: float) -> None:
+        """Fair share's weights again (an admin may have set some), every few seconds;
+        and forget the usage of tenants it has decayed to nothing."""
+        fair = self.claims.fair
+        if fair is not None:
+            fair.weights = self.tenants.weights(self.ctx.settings.tenants.weights)
+            fair.forget_below(now)
 
     def _observe(self) -> None:
         """Refresh the gauges: what this dispatcher runs, and every queue's depth and wait."""

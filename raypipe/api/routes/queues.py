@@ -48,4 +48,10 @@ def _admin(caller: Principal, verb: str) -> None:
 
 def _views(services: Services, tenant: str | None, names: list[str]) -> list[QueueView]:
     stats = services.jobs.queue_stats(tenant)
-    return [QueueView(**view) for view in services.queues.overview(services.settings, stats, names)]
+    tenants = services.tenants.by_queue(
+        services.settings.tenants.weights, services.tenant_usage(), tenant
+    )
+    return [
+        QueueView(**view, tenants=tenants.get(view["name"], []))
+        for view in services.queues.overview(services.settings, stats, names)
+    ]
