@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from raypipe.flow_control import FlowPass
 from raypipe.lifecycle import WAITING_PREFIX
 
 #: What a prefetched task may be short of: CPUs, which turn over fast. Scarcer resources
@@ -34,6 +35,15 @@ class ClaimCandidate(Protocol):
 
     @property
     def queue(self) -> str: ...
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def concurrency_key(self) -> str | None: ...
+
+    @property
+    def run_key(self) -> str | None: ...
 
 
 C = TypeVar("C", bound=ClaimCandidate)
@@ -126,6 +136,7 @@ def plan(
     need_of: Callable[[str], Need],
     max_jobs: int,
     prefetch: int = 0,
+    flow: FlowPass | None = None,
 ) -> Plan:
     """Take candidates in the order given (highest priority, then oldest) while they fit.
 
@@ -134,7 +145,9 @@ def plan(
     free slot, plus one actor of each pool it uses that has none. Besides, up to
     ``prefetch`` tasks short only of CPUs the cluster has may be admitted to wait in
     Ray's queue (new actors never are). A job that does not fit is
-    skipped, so smaller jobs behind it may still start (backfilling).
+    skipped, so smaller jobs behind it may still start (backfilling). With ``flow``, a
+    candidate whose concurrency key or run limit is full waits too, and each one
+    admitted counts against its keys for the candidates after it.
     """
     slots = dict(queue_free)
     left = dict(free)
@@ -144,6 +157,10 @@ def plan(
         if len(result.chosen) >= max_jobs:
             break
         if slots.get(candidate.queue, 0) <= 0:
+            continue
+        held_back = flow.held_back(candidate) if flow is not None else None
+        if held_back is not None:
+            result.waiting[candidate.id] = held_back
             continue
         need = need_of(candidate.type)
         grown: list[str] = []
@@ -191,6 +208,8 @@ def plan(
         if room is not None:
             room.free_slots -= 1
         slots[candidate.queue] -= 1
+        if flow is not None:
+            flow.admit(candidate)
         result.chosen.append(candidate)
     else:
         result.left = Room.of(left, prefetch, rooms)

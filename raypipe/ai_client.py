@@ -9,7 +9,7 @@ offer is an answer, :class:`ModelUnavailable`, so the caller can pick another mo
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -102,11 +102,22 @@ class ModelUnavailable:
 
 
 class ChatClient:
-    """Chat completions from one OpenAI-compatible service, over one connection pool."""
+    """Chat completions from one OpenAI-compatible service, over one connection pool.
 
-    def __init__(self, base_url: str, *, api_key: str | None, timeout_s: float):
+    ``on_rate_limited`` hears the seconds of a 429's ``Retry-After``: the service asks
+    every caller to wait, not only this job (raypipe pauses the run limit's key)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout_s: float,
+        on_rate_limited: Callable[[float], None] | None = None,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.timeout_s = timeout_s
+        self.on_rate_limited = on_rate_limited
         self._has_key = bool(api_key)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(headers=headers, timeout=timeout_s)
@@ -151,6 +162,8 @@ class ChatClient:
         status = response.status_code
         if failure is Failure.TRANSIENT:
             delay = parse_retry_after(response.headers.get("retry-after"))
+            if status == 429 and delay and self.on_rate_limited is not None:
+                self.on_rate_limited(delay)
             return RetryableError(
                 f"the AI service answered HTTP {status}: {error.message}", delay_s=delay
             )

@@ -431,6 +431,11 @@ class MaintenanceSettings(Group):
     """The built-in maintenance jobs (prune, orphans, stuck)."""
 
     flat_names = {"schedules": "maintenance_schedules"}
+    run_limit: RunLimit | None = Field(
+        default=None,
+        description='starts of ai.complete jobs per window, across the cluster (e.g. {"key":'
+        ' "ai", "limit": 60, "window_s": 60}); a 429 pauses the key until its Retry-After',
+    )
 
     schedules: bool = Field(
         default=True, description="schedule the built-in maintenance jobs (times in UTC)"

@@ -104,13 +104,15 @@ class ProcessorSpec:
     #: Its jobs' run limit; ``key_of`` gives the key from the payload (else the limit's).
     run_limit: RunLimit | None = None
     run_key_of: Callable[[Any], str] | None = None
+    #: Works its run limit out of the settings (``ai.complete``'s RAYPIPE_AI_RUN_LIMIT).
+    run_limit_of: Callable[[Settings], RunLimit | None] | None = None
 
     def keys(self, payload: BaseModel | None, settings: Settings, queue: str) -> dict[str, Any]:
         """The flow-control keys a job of this type with ``payload`` gets in ``queue``:
         its concurrency key (from the payload, when the processor derives one) and the
         run limit's key it counts against (its processor's, else its queue's). Without a
         payload (a follow-up's, whole only later): no derived key, the limit's own key."""
-        run_limit = self.run_limit or settings.queues[queue].run_limit
+        run_limit = self.limits(settings, queue)[1]
         run_key = concurrency_key = None
         if run_limit is not None:
             run_key = run_limit.key
@@ -123,7 +125,11 @@ class ProcessorSpec:
     def limits(self, settings: Settings, queue: str) -> tuple[int, RunLimit | None]:
         """Its jobs' key limit and run limit in ``queue``."""
         config = settings.queues[queue]
-        return self.key_limit or config.key_limit, self.run_limit or config.run_limit
+        return self.key_limit or config.key_limit, self.own_run_limit(settings) or config.run_limit
+
+    def own_run_limit(self, settings: Settings) -> RunLimit | None:
+        """Its own run limit (given, or from the settings), without its queue's."""
+        return self.run_limit or (self.run_limit_of(settings) if self.run_limit_of else None)
 
     def configured(self, settings: Settings) -> ProcessorSpec:
         """This type with what depends on the settings worked out (``memory_of``)."""
@@ -361,7 +367,7 @@ def processor(
     uses: Iterable[str] = (),
     concurrency_key: Callable[[Any], str | None] | None = None,
     key_limit: int | None = None,
-    run_limit: RunLimit | dict[str, Any] | None = None,
+    run_limit: RunLimit | dict[str, Any] | Callable[[Settings], RunLimit | None] | None = None,
     run_key: Callable[[Any], str] | None = None,
 ) -> Callable[[Callable[[P, Any], R]], Processor[P, R]]:
     """Register ``fn(payload, ctx)`` as the processor of job ``type``; returns it as a
@@ -378,8 +384,9 @@ def processor(
     ``concurrency_key`` derives a job's key from its payload where its spec names none
     (``lambda p: p.user_id``), and ``key_limit`` is how many of a tenant's jobs with one
     key run at once (default: the queue's ``key_limit``). ``run_limit`` caps starts per
-    window across the cluster (``{"key": "openai", "limit": 60, "window_s": 60}``);
-    ``run_key`` takes the key from the payload instead.
+    window across the cluster (``{"key": "openai", "limit": 60, "window_s": 60}``, or a
+    function of the settings that gives it); ``run_key`` takes the key from the payload
+    instead.
     """
     limit = RunLimit.model_validate(run_limit) if isinstance(run_limit, dict) else run_limit
 
@@ -403,8 +410,9 @@ def processor(
             uses=tuple(uses),
             concurrency_key=concurrency_key,
             key_limit=key_limit,
-            run_limit=limit,
+            run_limit=None if callable(limit) else limit,
             run_key_of=run_key,
+            run_limit_of=limit if callable(limit) else None,
         )
         known = _registry.get(type)
         if known is not None and _qualname(known.fn) != _qualname(fn):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from raypipe.ai_client import ChatClient, ChatReply, ModelUnavailable
+from raypipe.config import Settings
+from raypipe.config_groups import RunLimit
 from raypipe.context import JobContext
 from raypipe.exceptions import PermanentError
+from raypipe.jobs import utcnow
 from raypipe.registry import processor
 from raypipe.retry import RetryPolicy
+from raypipe.store import flow_control
+from raypipe.store.schema_version import current_database
 
 #: Rate limits and overloaded providers clear within seconds: retry soon (1, 2, 4, 8 s, spread
 #: wide because throttled jobs fail together), and honour a ``Retry-After`` of up to 5 minutes.
@@ -43,8 +49,14 @@ class CompletePayload(BaseModel):
         return value
 
 
+def _run_limit(settings: Settings) -> RunLimit | None:
+    """RAYPIPE_AI_RUN_LIMIT: read where jobs are submitted and dispatched."""
+    return settings.ai.run_limit
+
+
 # Network-bound: the attempt waits on the service, so a tenth of a CPU lets ten run per core.
-@processor("ai.complete", queue="ai", num_cpus=0.1, retry=AI_RETRY)
+# Its run limit (RAYPIPE_AI_RUN_LIMIT) holds every caller of the service to its rate.
+@processor("ai.complete", queue="ai", num_cpus=0.1, retry=AI_RETRY, run_limit=_run_limit)
 def complete(payload: CompletePayload, ctx: JobContext) -> dict[str, Any]:
     """Asks the chat model; if the service does not offer it, asks ``ai_fallback_model`` once,
     in the same attempt, rather than burning retries on a model that will not appear."""
@@ -60,7 +72,13 @@ def complete(payload: CompletePayload, ctx: JobContext) -> dict[str, Any]:
     key = settings.ai.api_key.get_secret_value() if settings.ai.api_key else None
 
     missing: list[ModelUnavailable] = []
-    with ChatClient(settings.ai.base_url, api_key=key, timeout_s=settings.ai.timeout_s) as chat:
+    client = ChatClient(
+        settings.ai.base_url,
+        api_key=key,
+        timeout_s=settings.ai.timeout_s,
+        on_rate_limited=lambda seconds: pause_run_key(settings, seconds),
+    )
+    with client as chat:
         for model in models:
             note = f"{asked} unavailable, asking {model}" if missing else f"asking {model}"
             ctx.progress(50.0 if missing else 0.0, note, stage="request")
@@ -76,6 +94,16 @@ def complete(payload: CompletePayload, ctx: JobContext) -> dict[str, Any]:
                 }
             missing.append(answer)
     raise PermanentError(_unavailable_message(missing))
+
+
+def pause_run_key(settings: Settings, seconds: float) -> None:
+    """The service answered 429 with a ``Retry-After``: no ai.complete job starts, on any
+    worker, until it is over (the run limit's key is paused; without a run limit there is
+    no key, and only this job waits, by its retry's delay)."""
+    limit = settings.ai.run_limit
+    if limit is not None:
+        with current_database(settings.database_url) as engine:
+            flow_control.pause(engine, limit.key, utcnow() + timedelta(seconds=seconds))
 
 
 def _unavailable_message(missing: list[ModelUnavailable]) -> str:

@@ -9,10 +9,20 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from raypipe import admission, metrics
 from raypipe.fair_share import FairShare, cost_rate
+from raypipe.flow_control import (
+    FlowControl,
+    FlowLimits,
+    FlowPass,
+    FlowState,
+    KeyPair,
+    key_message,
+    run_message,
+)
 from raypipe.jobs import ClaimedJob, JobStatus
 from raypipe.runtime.context import DispatchContext, log
 from raypipe.runtime.launcher import Launcher
@@ -56,8 +66,16 @@ class ClaimPass:
     requested: list[tuple[tuple[str, float], ...]] | None = None
     #: Tenants' recent use and weights (None: fair share off, first come first served).
     fair: FairShare | None = None
+    #: Concurrency keys' and run limits' limits, and what the latest claim read of them.
+    flow: FlowControl = field(init=False)
+    #: Saturated (tenant, queue, key) -> the message its unread jobs were given (and the
+    #: types read all the same, which were not).
+    key_waiting: dict[KeyPair, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    #: Full run key -> the message its unread jobs were given, and when.
+    run_waiting: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.flow = FlowControl(FlowLimits.of(self.ctx.settings, self.ctx.processors))
         tenants = self.ctx.settings.tenants
         if tenants.fair_share:
             self.fair = FairShare(
@@ -125,6 +143,8 @@ class ClaimPass:
         (claimed, short of, wanted)."""
         plans: list[tuple[admission.Plan, set[str], bool]] = []
         fair, now = self.fair, self.ctx.clock.monotonic()
+        flow = self.flow
+        passes: list[FlowPass] = []
 
         def rate(candidate: Candidate) -> float:
             return self._rate(self.need(candidate.type), capacity)
@@ -132,8 +152,18 @@ class ClaimPass:
         def choose(candidates: Sequence[Candidate], queue_free: dict[str, int]) -> list[Any]:
             if fair is not None:
                 candidates = fair.order(candidates, rate, now)
+            if flow.state is not None:
+                passes.append(FlowPass(flow.limits, flow.state))
             plan = admission.plan(
-                candidates, queue_free, free, capacity, rooms, self.need, limit, prefetch
+                candidates,
+                queue_free,
+                free,
+                capacity,
+                rooms,
+                self.need,
+                limit,
+                prefetch,
+                passes[-1] if passes else None,
             )
             wanted: set[str] = set()
             for candidate in candidates:
@@ -148,24 +178,24 @@ class ClaimPass:
         settings = self.ctx.settings
         queue_limits = {name: q.concurrency for name, q in settings.queues.items()}
         rank = None if fair is None else (lambda tenants: fair.rank_tenants(tenants, now))
+        flow.state = None
         claimed = self.ctx.store.claim(
-            self.ctx.owner, settings.engine.lease_ttl_s, queue_limits, choose, limit, rank
+            self.ctx.owner, settings.engine.lease_ttl_s, queue_limits, choose, limit, rank, flow
         )
         plan, wanted, cut = plans[-1] if plans else (admission.Plan(), set(), True)
         self.pools.grow(plan.grow)
         self.launcher.launch(claimed)
         self.ctx.counters["claimed"] += len(claimed)
         self._note_waiting(plan, claimed)
+        wake = self._note_held_back(flow.state, passes[-1] if passes else None)
         self._ask_autoscaler(plan.demand)
         self.skip = None
         if plan.left is not None and len(claimed) == len(plan.chosen) and not (cut and claimed):
-            self.skip = ClaimSkip(
-                plan.left,
-                plan.full,
-                set(plan.short),
-                wanted,
-                until=self.ctx.clock.monotonic() + settings.engine.poll_interval_s,
-            )
+            until = self.ctx.clock.monotonic() + settings.engine.poll_interval_s
+            if wake is not None and flow.state is not None:
+                # A run key's next free start is a candidate that changed.
+                until = min(until, now + (wake - flow.state.now).total_seconds())
+            self.skip = ClaimSkip(plan.left, plan.full, set(plan.short), wanted, until)
         return claimed, set(plan.short), wanted
 
     def _charge(self, capacity: dict[str, float]) -> None:
@@ -223,6 +253,45 @@ class ClaimPass:
             if self.unrunnable.get(job_type) != reason:
                 log.warning("%s jobs cannot start on this cluster: %s", job_type, reason)
         self.unrunnable = dict(plan.impossible)
+
+    def _note_held_back(self, state: FlowState | None, flow: FlowPass | None) -> datetime | None:
+        """Write why the jobs the claim left unread wait (saturated concurrency keys, full
+        or paused run keys), and have the loop wake when a run key frees a start, which
+        it returns. A pair's message is written once per saturation; a run key's when it
+        changes, at most once per shortest window (its time moves with every start)."""
+        if state is None:
+            return None
+        limits = self.flow.limits
+        pairs = {
+            pair: (
+                key_message(pair[2], state.held[pair], limits.queue_key_limit.get(pair[1], 1)),
+                allowed,
+            )
+            for pair, allowed in state.saturated(limits).items()
+        }
+        full = state.full_run_keys(limits)
+        runs = {key: run_message(key, at, state.paused.get(key) == at) for key, at in full.items()}
+        every = timedelta(seconds=min(limits.windows, default=0.0))
+        due = {
+            key: message
+            for key, message in runs.items()
+            if key not in self.run_waiting
+            or (
+                self.run_waiting[key][0] != message
+                and state.now - self.run_waiting[key][1] >= every
+            )
+        }
+        self.ctx.store.set_held_back(
+            {pair: m for pair, m in pairs.items() if self.key_waiting.get(pair) != m}, due
+        )
+        self.key_waiting = pairs
+        self.run_waiting.update((key, (message, state.now)) for key, message in due.items())
+        wakes = [*full.values(), *([flow.next_free] if flow and flow.next_free else [])]
+        if not wakes:
+            return None
+        wake = min(wakes)
+        self.ctx.due_at(wake)
+        return wake
 
     def _ask_autoscaler(self, demand: list[dict[str, float]]) -> None:
         """Hand what waits for resources to Ray's autoscaler (it starts nodes for it, from

@@ -16,9 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from raypipe.flow_control import FlowControl, KeyPair
 from raypipe.jobs import ClaimedJob, JobRecord, Outcome
 from raypipe.lifecycle import Change, JobStatus
-from raypipe.store import queues, transitions
+from raypipe.store import flow_control, queues, transitions
 from raypipe.store.engine import read_only
 from raypipe.store.jobs import JobStore, job_from_mapping, select_jobs
 from raypipe.store.tables import HELD, UTCDateTime, guard, job_events, job_payloads, jobs
@@ -43,6 +44,8 @@ class Candidate:
     tenant: str
     run_at: datetime
     trace_parent: str | None
+    concurrency_key: str | None = None
+    run_key: str | None = None
 
 
 ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
@@ -54,6 +57,39 @@ FAIR_READ = 2
 
 #: A candidate's columns, in :class:`Candidate`'s order.
 CANDIDATE_COLUMNS = tuple(jobs.c[name] for name in Candidate.__dataclass_fields__)
+
+
+def _held_back(flow: FlowControl | None, queue: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """What keeps the jobs of saturated keys out of ``queue``'s candidate read: (tenant,
+    key) pairs at the queue's key limit (but for types whose own limit is larger), and
+    full or paused run keys. A job without a key (NULL, which NOT IN never lets
+    through) is always read."""
+    state = flow.state if flow is not None else None
+    if flow is None or state is None:
+        return ()
+    clauses = []
+    key, key_pair = jobs.c.concurrency_key, sa.tuple_(jobs.c.tenant, jobs.c.concurrency_key)
+    saturated = {
+        (tenant, name): allowed
+        for (tenant, q, name), allowed in state.saturated(flow.limits).items()
+        if q == queue
+    }
+    pairs = [pair for pair, allowed in saturated.items() if not allowed]
+    if pairs:
+        clauses.append(sa.or_(key.is_(None), key_pair.not_in(pairs)))
+    for (tenant, name), allowed in saturated.items():
+        if allowed:  # rare: a type with a larger key limit of its own may still start
+            clauses.append(
+                sa.or_(
+                    key.is_(None),
+                    key_pair != (tenant, name),
+                    jobs.c.type.in_(sorted(allowed)),
+                )
+            )
+    full = sorted(state.full_run_keys(flow.limits))
+    if full:
+        clauses.append(sa.or_(jobs.c.run_key.is_(None), jobs.c.run_key.not_in(full)))
+    return tuple(clauses)
 
 
 def _claim_order(query: sa.Select[Any]) -> sa.Select[Any]:
@@ -86,13 +122,25 @@ class DispatchStore:
 
     def running_by_queue(self) -> dict[str, int]:
         with read_only(self.engine) as conn:
-            return self._running_by_queue(conn)
+            return self._held(conn)[0]
 
     @staticmethod
-    def _running_by_queue(conn: Connection) -> dict[str, int]:
-        """Held jobs per queue: a claimed job takes its queue's slot before it starts."""
-        query = sa.select(jobs.c.queue, sa.func.count()).where(HELD).group_by(jobs.c.queue)
-        return {queue: count for queue, count in conn.execute(query)}
+    def _held(conn: Connection) -> tuple[dict[str, int], dict[KeyPair, int]]:
+        """Held jobs per queue (a claimed job takes its queue's slot before it starts) and
+        per (tenant, queue, concurrency key): one grouped query over the few held rows."""
+        key = jobs.c.concurrency_key
+        query = (
+            sa.select(jobs.c.queue, jobs.c.tenant, key, sa.func.count())
+            .where(HELD)
+            .group_by(jobs.c.queue, jobs.c.tenant, key)
+        )
+        by_queue: dict[str, int] = {}
+        by_key: dict[KeyPair, int] = {}
+        for queue, tenant, concurrency_key, count in conn.execute(query):
+            by_queue[queue] = by_queue.get(queue, 0) + count
+            if concurrency_key is not None:
+                by_key[(tenant, queue, concurrency_key)] = count
+        return by_queue, by_key
 
     def claim(
         self,
@@ -102,6 +150,7 @@ class DispatchStore:
         choose: ChooseClaims,
         limit: int,
         rank: RankTenants | None = None,
+        flow: FlowControl | None = None,
     ) -> list[ClaimedJob]:
         """Hold runnable jobs under ``owner``'s lease, each with a new attempt; they stay
         ``queued`` until :meth:`start` hears that their worker began.
@@ -111,20 +160,29 @@ class DispatchStore:
         (resources, free slots). With ``rank`` (fair share), a queue where several tenants
         wait is read tenant by tenant, the most deserving first: a flood of one tenant
         never hides another's jobs from the pass.
+
+        With ``flow``, what is held per concurrency key and started per run key is read
+        into ``flow.state`` first (for ``choose`` to admit by), the jobs of saturated
+        keys are not read (a flood of one key never hides another's), and each job taken
+        with a run key writes its start.
         """
         now = self.clock()
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-            running = self._running_by_queue(conn)
+            running, held = self._held(conn)
             stopped = queues.paused(conn)
             free = {q: n - running.get(q, 0) for q, n in queue_limits.items() if q not in stopped}
+            if flow is not None:
+                flow.state = flow_control.read(conn, flow.limits, held, now)
             candidates = sorted(
                 (
                     candidate
                     for queue, slots in free.items()
                     if slots > 0
-                    for candidate in self._candidates(conn, queue, now, min(slots, limit), rank)
+                    for candidate in self._candidates(
+                        conn, queue, now, min(slots, limit), rank, _held_back(flow, queue)
+                    )
                 ),
                 key=lambda c: (-c.priority, c.created_at, c.id),
             )
@@ -160,6 +218,8 @@ class DispatchStore:
                     job_payloads.c.job_id.in_(ids)
                 )
                 payloads.update((row.job_id, row.payload) for row in conn.execute(query))
+            if flow is not None:
+                self._count_starts(conn, flow, [c for c in chosen if c.id in taken], now)
         return [
             ClaimedJob(
                 id=c.id,
@@ -183,17 +243,20 @@ class DispatchStore:
         now: datetime,
         limit: int,
         rank: RankTenants | None,
+        held_back: tuple[sa.ColumnElement[bool], ...] = (),
     ) -> list[Candidate]:
-        """Runnable jobs of one queue in claim order; one query per queue so that the
-        claim index serves the ORDER BY instead of a sort of every queued row.
+        """Runnable jobs of one queue in claim order, less those ``held_back``; one query
+        per queue so that the claim index serves the ORDER BY instead of a sort of every
+        queued row.
 
         With ``rank`` and several tenants waiting: the first ``limit`` tenants it ranks,
         each read to its share of ``FAIR_READ`` × ``limit`` rows (and to ``limit`` at
         most), one index range each."""
         runnable = (guard(Change.CLAIM), jobs.c.queue == queue, jobs.c.run_at <= now)
         tenants = self._waiting_tenants(conn, runnable) if rank is not None else []
+        readable = (*runnable, *held_back)
         if len(tenants) <= 1 or rank is None:
-            query = _claim_order(sa.select(*CANDIDATE_COLUMNS).where(*runnable)).limit(limit)
+            query = _claim_order(sa.select(*CANDIDATE_COLUMNS).where(*readable)).limit(limit)
             if self.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             return [Candidate(*row) for row in conn.execute(query)]
@@ -203,12 +266,22 @@ class DispatchStore:
         # CLAIM_LOCK_KEY, and the guarded UPDATE takes only rows still unheld and queued.
         parts = [
             _claim_order(
-                sa.select(*CANDIDATE_COLUMNS).where(*runnable, jobs.c.tenant == tenant)
+                sa.select(*CANDIDATE_COLUMNS).where(*readable, jobs.c.tenant == tenant)
             ).limit(each)
             for tenant in first
         ]
         union = sa.union_all(*(sa.select(part.subquery()) for part in parts))
         return [Candidate(*row) for row in conn.execute(union)]
+
+    @staticmethod
+    def _count_starts(
+        conn: Connection, flow: FlowControl, taken: Sequence[Candidate], now: datetime
+    ) -> None:
+        """Write a start for each job taken with a run key; once a window, forget the
+        starts no window counts any more."""
+        flow_control.record_starts(conn, [c.run_key for c in taken if c.run_key], now)
+        if flow.prune_due(now):
+            flow_control.prune(conn, flow.limits, now)
 
     @staticmethod
     def _waiting_tenants(conn: Connection, runnable: tuple[Any, ...]) -> list[str]:
@@ -368,6 +441,19 @@ class DispatchStore:
                 params,
             )
         return written
+
+    def set_held_back(
+        self, pairs: Mapping[KeyPair, tuple[str, frozenset[str]]], run_keys: Mapping[str, str]
+    ) -> int:
+        """Say why the jobs of saturated concurrency keys and full run keys wait (the claim
+        does not read them): :func:`raypipe.store.flow_control.set_held_back`."""
+        if not pairs and not run_keys:
+            return 0
+        return flow_control.set_held_back(self.engine, pairs, run_keys)
+
+    def pause_run_key(self, key: str, until: datetime) -> None:
+        """Treat run key ``key`` as full until ``until`` (its service answered 429)."""
+        flow_control.pause(self.engine, key, until)
 
     def set_waiting(self, messages: Mapping[str, str | None]) -> int:
         """Say why unclaimed queued jobs wait (id to message, None clears): the dispatcher

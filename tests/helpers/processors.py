@@ -195,3 +195,30 @@ def traced(payload: FetchPayload, ctx: JobContext) -> dict[str, int]:
     with trace.get_tracer("tests").start_as_current_span("the processor's work"):
         fetched = outbound.fetch(payload.url, ctx.settings, "url")
     return {"bytes": len(fetched)}
+
+
+class KeyedPayload(BaseModel):
+    key: str = Field(min_length=1)
+    seconds: float = Field(default=0.0, ge=0, le=10)
+
+
+@processor("test.keyed", payload=KeyedPayload, concurrency_key=lambda p: p.key)
+def keyed(payload: KeyedPayload, ctx: JobContext) -> dict[str, str]:
+    """A job of 1 CPU whose concurrency key comes from its payload; sleeps ``seconds``."""
+    time.sleep(payload.seconds)
+    return {"key": payload.key}
+
+
+# The same with a key limit of its own: two of one key at once.
+keyed_pairs = processor(
+    "test.keyed_pairs", payload=KeyedPayload, concurrency_key=lambda p: p.key, key_limit=2
+)(keyed)
+
+#: test.limited's run limit: five starts per two seconds, across the cluster.
+LIMITED = {"key": "test.limited", "limit": 5, "window_s": 2.0}
+
+
+@processor("test.limited", payload=NothingPayload, num_cpus=0.1, run_limit=LIMITED)
+def limited(payload: NothingPayload, ctx: JobContext) -> dict[str, int]:
+    """A quick job under a run limit."""
+    return {}

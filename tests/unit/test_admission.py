@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from raypipe.admission import Need, Plan, PoolRoom, Room, describe, free_resources, plan
+from raypipe.config_groups import RunLimit
+from raypipe.flow_control import FlowLimits, FlowPass, FlowState, RunUse
 
 NEEDS = {
     "cpu": Need({"CPU": 1.0}),
@@ -26,6 +29,9 @@ class Candidate:
     id: str
     type: str = "cpu"
     queue: str = "default"
+    tenant: str = "acme"
+    concurrency_key: str | None = None
+    run_key: str | None = None
 
 
 def room(size: int = 0, free_slots: int = 0, max_size: int | None = 2) -> PoolRoom:
@@ -186,3 +192,80 @@ def test_a_room_is_within_another_only_if_nothing_in_it_grew() -> None:
     assert not Room({"CPU": 0.0, "GPU": 1.0}, 0, {"embeddings": (2, 3)}).within(then)
     # A resource the cluster did not have before (a new node's) is room that grew.
     assert not Room({"CPU": 0.0, "GPU": 1.0, "tpu": 1.0}, 0, {"embeddings": (1, 3)}).within(then)
+
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+#: "cpu" jobs run one per key, "half" jobs two; "cpu" jobs count against "api"'s run limit.
+API = RunLimit(key="api", limit=3, window_s=10)
+LIMITS = FlowLimits(
+    key_limit=lambda job_type, _queue: 2 if job_type == "half" else 1,
+    run_limit=lambda job_type, _queue: API if job_type == "cpu" else None,
+    queue_key_limit={"default": 1},
+    own_key_limits={"half": 2},
+    run_limits=[API],
+)
+
+
+def flow_plan(candidates: list[Candidate], state: FlowState) -> tuple[Plan, FlowPass]:
+    flow = FlowPass(LIMITS, state)
+    free = {"CPU": 100.0}
+    result = plan(candidates, {"default": 100}, free, free, {}, NEEDS.__getitem__, 100, 0, flow)
+    return result, flow
+
+
+def test_a_pass_counts_what_it_admits_per_key_and_other_keys_still_start() -> None:
+    candidates = [
+        Candidate("a0", "half", concurrency_key="a"),
+        Candidate("a1", "half", concurrency_key="a"),
+        Candidate("a2", "half", concurrency_key="a"),
+        Candidate("b0", "half", concurrency_key="b"),
+        Candidate("b0-other-tenant", "half", tenant="zeta", concurrency_key="b"),
+        Candidate("c0", "half", concurrency_key="c"),
+    ]
+    result, _ = flow_plan(candidates, FlowState(NOW, held={("acme", "default", "c"): 2}))
+    assert ids(result) == ["a0", "a1", "b0", "b0-other-tenant"]
+    assert result.waiting == {
+        "a2": "waiting for concurrency key 'a' (2 running, limit 2)",
+        "c0": "waiting for concurrency key 'c' (2 running, limit 2)",
+    }
+
+
+def test_a_run_limit_admits_what_its_window_has_left_and_says_when_the_next_start_is() -> None:
+    oldest = NOW - timedelta(seconds=7.5)
+    state = FlowState(NOW, starts={(10.0, "api"): RunUse(1, oldest)})
+    candidates = [Candidate(f"c{i}", run_key="api") for i in range(4)]
+    result, flow = flow_plan(candidates, state)
+    assert ids(result) == ["c0", "c1"]  # 3 per window, 1 started already
+    next_start = "waiting for run limit 'api': next start at 12:00:03Z"
+    assert result.waiting == {"c2": next_start, "c3": next_start}
+    assert flow.next_free == oldest + timedelta(seconds=10)
+
+
+def test_a_paused_run_key_admits_nothing_until_its_pause_ends() -> None:
+    until = NOW + timedelta(seconds=30.2)
+    result, flow = flow_plan(
+        [Candidate("c0", run_key="api")], FlowState(NOW, paused={"api": until})
+    )
+    assert ids(result) == []
+    assert result.waiting == {
+        "c0": "waiting for run limit 'api': paused by its service until 12:00:31Z"
+    }
+    assert flow.next_free == until
+
+
+def test_full_keys_and_saturated_pairs_are_left_out_of_the_read() -> None:
+    state = FlowState(
+        NOW,
+        held={("acme", "default", "a"): 1, ("acme", "default", "b"): 2},
+        starts={(10.0, "api"): RunUse(3, NOW - timedelta(seconds=4)), (10.0, "x"): RunUse(1, NOW)},
+        paused={"old": NOW - timedelta(seconds=1), "svc": NOW + timedelta(seconds=5)},
+    )
+    # "a" is full for types without a larger limit of their own ("half" may run 2).
+    assert state.saturated(LIMITS) == {
+        ("acme", "default", "a"): frozenset({"half"}),
+        ("acme", "default", "b"): frozenset(),
+    }
+    assert state.full_run_keys(LIMITS) == {
+        "api": NOW + timedelta(seconds=6),
+        "svc": NOW + timedelta(seconds=5),
+    }

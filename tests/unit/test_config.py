@@ -274,6 +274,7 @@ FLAT = [
     "ai_fallback_model",
     "ai_timeout_s",
     "max_batch_jobs",
+    "ai_run_limit",
     "webhook_allow_networks",
     "webhook_timeout_s",
     "webhook_max_attempts",
