@@ -14,6 +14,7 @@ from raypipe.api.fair_use import principal_of
 from raypipe.api.schemas import ErrorResponse
 from raypipe.api.services import Principal, Services
 from raypipe.exceptions import InvalidInput
+from raypipe.store.jobs import Replay
 from raypipe.submission import check_text
 
 #: Seconds between keep-alive comments on an idle event stream.
@@ -50,21 +51,46 @@ IdempotencyKey = Annotated[str | None, Header(max_length=255)]
 
 def submission(model: type[BaseModel]) -> dict[str, Any]:
     """The route options of a submission answered with ``model``: 202 for what it made,
-    200 for an idempotent replay of an earlier one."""
+    200 for a replay of an earlier one."""
     return {
         "status_code": 202,
         "response_model": model,
-        "responses": {200: {"model": model, "description": "an idempotent replay"}},
+        "responses": {
+            200: {
+                "model": model,
+                "description": "an idempotent replay, or a unique job's duplicate: what"
+                " was made earlier",
+            }
+        },
     }
+
+
+#: The header saying why a submission's answer is an object made earlier.
+REPLAYED = {Replay.IDEMPOTENT: "Idempotent-Replayed", Replay.UNIQUE: "Unique-Replayed"}
 
 
 def submitted(response: Response, location: str, created: bool) -> None:
     """A submission's answer: where its object is, and, for one not created now, that it
     is an idempotent replay (200, not 202, and a header saying so)."""
+    answered(response, location, None if created else Replay.IDEMPOTENT)
+
+
+def answered(response: Response, location: str, replay: Replay | None) -> None:
+    """A submission's answer: where its object is, and, for one made earlier (``replay``
+    says why), 200, not 202, with the header saying so."""
     response.headers["Location"] = location
-    if not created:
+    if replay is not None:
         response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+        response.headers[REPLAYED[replay]] = "true"
+
+
+def replayed_in_bulk(response: Response, replays: list[Replay | None]) -> None:
+    """A bulk submission's answer stays 202; for each reason a job in it was made
+    earlier, its header lists the positions of those jobs (``Unique-Replayed: 1,4``)."""
+    for replay, header in REPLAYED.items():
+        positions = [str(i) for i, why in enumerate(replays) if why is replay]
+        if positions:
+            response.headers[header] = ",".join(positions)
 
 
 def utc_param(name: str, value: datetime | None) -> datetime | None:

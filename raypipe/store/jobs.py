@@ -10,6 +10,7 @@ import builtins
 import dataclasses
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from raypipe.jobs import (
     utcnow,
 )
 from raypipe.lifecycle import UNFINISHED_STATUSES, WAITING_PREFIX, Change
-from raypipe.store import completion, idempotency, transitions
+from raypipe.store import completion, idempotency, transitions, unique
 from raypipe.store.engine import create_engine, read_only
 from raypipe.store.tables import (
     HELD,
@@ -67,41 +68,72 @@ class JobStore:
 
     # -- submission ---------------------------------------------------------------
 
-    def insert(self, rows: list[dict[str, Any]]) -> list[tuple[JobRecord, bool]]:
-        """Insert job rows (one transaction); returns each job and whether it is new.
+    def insert(
+        self, rows: list[dict[str, Any]], made: Made | None = None
+    ) -> list[tuple[JobRecord, Replay | None]]:
+        """Insert job rows (one transaction); returns each job, and why it is not new
+        (None: it is).
 
         A row whose (tenant, idempotency key) exists already returns the existing job
         when its request hash matches, and raises :class:`Conflict` (writing nothing)
-        when it does not, including under concurrent duplicate submissions.
+        when it does not. A row whose unique slot a job holds (:mod:`raypipe.store.unique`)
+        returns that job, given the row's payload and ``run_at`` when the row asks to
+        replace it and it is still queued and unheld. Both hold under concurrent
+        duplicate submissions, and between rows of one call: a later row returns an
+        earlier one.
+
+        ``made`` is told, inside the transaction, the positions of the rows that made a
+        job; it may refuse (a tenant's rate limit), which undoes everything.
         """
         now = self.clock()
         _queued(rows, now)
-        job_rows = [_without_payload(row) for row in rows]
+        job_rows = [_columns(row) for row in rows]
         with self.engine.begin() as conn:
-            if any(row.get("idempotency_key") for row in rows):
-                existing = idempotency.insert_once(conn, jobs, job_rows, select_jobs)
+            if unique.keyed(rows):
+                holders = unique.insert(conn, job_rows, select_jobs)
             else:
                 conn.execute(jobs.insert(), job_rows)
-                existing = {}
-            out: list[tuple[JobRecord, bool]] = []
-            for row in rows:
-                first = idempotency.earlier(row, existing, "job")
-                if first is None:
-                    out.append((job_from_mapping({**_JOB_DEFAULTS, **row}), True))
-                else:
-                    out.append((job_from_mapping(first._mapping), False))
-            created = {job.id for job, new in out if new}
-            _write_submitted(conn, [row for row in rows if row["id"] in created], now)
-        return out
+                holders = unique.Holders()
+            answers = [_answer(row, holders) for row in rows]
+            made_at = [i for i, (_, why) in enumerate(answers) if why is None]
+            _write_submitted(conn, [rows[i] for i in made_at], now)
+            duplicates = [
+                (row, job)
+                for row, (job, why) in zip(rows, answers, strict=True)
+                if why is Replay.UNIQUE
+            ]
+            for row, job in duplicates:
+                unique.replace(conn, job.id, row, now)
+            # Read again: replaced, or made by an earlier row of this call (its payload
+            # was not written when its slot was read).
+            fresh = self._read(conn, {job.id for _, job in duplicates})
+            if made is not None:
+                made(conn, made_at)
+        return [(fresh.get(job.id, job), why) for job, why in answers]
 
     @staticmethod
     def add(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
         """Insert prepared job rows, queued, with their payloads and first events, inside
         ``conn``'s transaction (for writes that submit jobs as part of something larger:
-        batches, schedules' fires, follow-ups). :meth:`insert` writes them the same way."""
+        batches, schedules' fires, follow-ups). :meth:`insert` writes them the same way,
+        but a row here whose unique slot is taken makes no job and returns none (a
+        schedule's fire while its last job waits)."""
         _queued(rows, now)
-        conn.execute(jobs.insert(), [_without_payload(row) for row in rows])
+        job_rows = [_columns(row) for row in rows]
+        if unique.keyed(rows):
+            holders = unique.insert(conn, job_rows, select_jobs)
+            rows = [row for row in rows if holders.holder(row) is None]
+        else:
+            conn.execute(jobs.insert(), job_rows)
         _write_submitted(conn, rows, now)
+
+    def _read(self, conn: Connection, ids: Iterable[str]) -> dict[str, JobRecord]:
+        """The jobs ``ids`` as ``conn`` sees them now."""
+        listed = sorted(ids)
+        if not listed:
+            return {}
+        query = select_jobs().where(jobs.c.id.in_(listed))
+        return {row.id: job_from_mapping(row._mapping) for row in conn.execute(query)}
 
     # -- reads --------------------------------------------------------------------
 
@@ -336,8 +368,38 @@ def select_jobs() -> sa.Select[Any]:
     )
 
 
-def _without_payload(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in row.items() if name != "payload"}
+class Replay(Enum):
+    """Why a submission returned a job made earlier instead of a new one."""
+
+    #: The same request came again under its idempotency key.
+    IDEMPOTENT = "idempotent"
+    #: A job of the same tenant, type and unique key is in its window.
+    UNIQUE = "unique"
+
+
+#: Told the positions of the submitted rows that made jobs, inside their transaction.
+Made = Callable[[Connection, list[int]], None]
+
+
+def _answer(row: dict[str, Any], holders: unique.Holders) -> tuple[JobRecord, Replay | None]:
+    """The job a submitted row stands for: the one an earlier request made under its
+    idempotency key, the one holding its unique slot, or itself (new)."""
+    first = idempotency.earlier(row, holders.keys, "job")
+    if first is not None:
+        return job_from_mapping(first._mapping), Replay.IDEMPOTENT
+    holder = holders.holder(row)
+    if holder is not None:
+        return job_from_mapping(holder._mapping), Replay.UNIQUE
+    return job_from_mapping({**_JOB_DEFAULTS, **row}), None
+
+
+#: Fields of a submitted row that are not columns of ``jobs``.
+_NOT_COLUMNS = frozenset({"payload", unique.ON_DUPLICATE})
+
+
+def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A submitted row's ``jobs`` columns (its payload goes to ``job_payloads``)."""
+    return {name: value for name, value in row.items() if name not in _NOT_COLUMNS}
 
 
 def _queued(rows: list[dict[str, Any]], now: datetime) -> None:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from raypipe.followups import follow_up_row
-from raypipe.jobs import CANCELLED_ON_REQUEST, AttemptStatus, ErrorInfo, Outcome
+from raypipe.jobs import CANCELLED_ON_REQUEST, AttemptStatus, ErrorInfo, Outcome, UniqueWhile
 from raypipe.lifecycle import Change, JobStatus
 from raypipe.store import completion, logs
 from raypipe.store.tables import attempts, guard, job_events, jobs
@@ -72,6 +72,17 @@ _STARTED_AT = (
     sa.select(attempts.c.started_at)
     .where(attempts.c.job_id == jobs.c.id, attempts.c.attempt == jobs.c.attempt)
     .scalar_subquery()
+)
+
+
+#: A unique job's slot once an attempt of it began: a job unique while ``queued`` leaves its
+#: window (:mod:`raypipe.store.unique`), and never holds the slot again.
+_SLOT_AFTER_START = sa.case(
+    (
+        sa.and_(jobs.c.unique_while == UniqueWhile.QUEUED.value, _STARTED_AT.is_not(None)),
+        sa.null(),
+    ),
+    else_=jobs.c.unique_slot,
 )
 
 
@@ -151,7 +162,12 @@ def advance(
                 conn,
                 sa.update(jobs)
                 .where(jobs.c.id.in_(ids), jobs.c.attempt == attempt, held)
-                .values(status=processing, started_at=_STARTED_AT, updated_at=now),
+                .values(
+                    status=processing,
+                    started_at=_STARTED_AT,
+                    updated_at=now,
+                    unique_slot=_SLOT_AFTER_START,
+                ),
                 len(ids),
             )
     for group in _alike(ended).values():
@@ -332,6 +348,7 @@ def cancel_unheld(
             updated_at=now,
             cancel_requested=True,
             **error_values(CANCELLED_ON_REQUEST),
+            **LEFT_WINDOW,
         )
         .returning(*ENDED_COLUMNS)
     ).all()
@@ -394,6 +411,11 @@ def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
     }
 
 
+#: What an ended job writes: it leaves any unique window for good (a retry does not
+#: take the slot back, so it may run beside a newer job of its key).
+LEFT_WINDOW: dict[str, Any] = {"unique_slot": None}
+
+
 def error_values(error: ErrorInfo | None) -> dict[str, Any]:
     return {
         "error_type": error.type if error else None,
@@ -412,10 +434,14 @@ def finish_values(outcome: Outcome, now: datetime) -> dict[str, Any]:
     }
     if outcome.status is JobStatus.QUEUED:
         values["run_at"] = outcome.run_at
+        # Queued again after it began (in this round, or an earlier one): out of a
+        # ``queued`` window all the same.
+        values["unique_slot"] = _SLOT_AFTER_START
         if outcome.refund:
             values["max_attempts"] = jobs.c.max_attempts + 1
     else:
         values["finished_at"] = now
+        values.update(LEFT_WINDOW)
     if outcome.status is JobStatus.COMPLETED:
         values["result"] = outcome.result
         values["artifacts"] = list(outcome.artifacts) or None

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy.engine import Connection
 
 from raypipe import artifacts, registry
 from raypipe.api.deps import (
@@ -19,10 +20,11 @@ from raypipe.api.deps import (
     AppServices,
     Caller,
     IdempotencyKey,
+    answered,
     decode_cursor,
     encode_cursor,
+    replayed_in_bulk,
     submission,
-    submitted,
     utc_param,
 )
 from raypipe.api.schemas import (
@@ -38,6 +40,7 @@ from raypipe.api.services import Principal, Services
 from raypipe.exceptions import InvalidInput, NotFound
 from raypipe.job_logs import LogFollower
 from raypipe.jobs import JobRecord, JobStatus, jobs_made
+from raypipe.store.jobs import Replay
 from raypipe.store.logs import attempt_of
 from raypipe.submission import check_text
 
@@ -60,13 +63,17 @@ def router() -> APIRouter:
         """Submit a job; the row is committed before the answer."""
         if idempotency_key:
             spec = spec.model_copy(update={"idempotency_key": idempotency_key})
-        [(job, created)] = _submit(services, caller, [spec], ())
-        submitted(response, f"/v1/jobs/{job.id}", created)
+        [(job, replay)] = _submit(services, caller, [spec], ())
+        answered(response, f"/v1/jobs/{job.id}", replay)
         return JobView.of(job)
 
     @api.post("/jobs/bulk", status_code=202, response_model=BulkAccepted)
-    def create_jobs(body: BulkCreate, caller: Caller, services: AppServices) -> BulkAccepted:
-        """Submit many jobs in one transaction: every one is valid and written, or none."""
+    def create_jobs(
+        body: BulkCreate, caller: Caller, services: AppServices, response: Response
+    ) -> BulkAccepted:
+        """Submit many jobs in one transaction: every one is valid and written, or none.
+        A job made earlier (an idempotency key's, a unique key's) stands in for its spec;
+        headers `Idempotent-Replayed` and `Unique-Replayed` list the positions of those."""
         most = services.settings.limits.max_bulk_jobs
         if len(body.jobs) > most:
             raise InvalidInput(
@@ -74,6 +81,7 @@ def router() -> APIRouter:
                 details=[{"loc": ["jobs"], "msg": f"at most {most} items"}],
             )
         records = _submit(services, caller, body.jobs, ("jobs",))
+        replayed_in_bulk(response, [replay for _, replay in records])
         return BulkAccepted(count=len(records), jobs=[JobView.of(job) for job, _ in records])
 
     @api.get("/jobs", response_model=JobList)
@@ -249,9 +257,16 @@ def router() -> APIRouter:
 
 def _submit(
     services: Services, caller: Principal, specs: list[JobCreate], prefix: tuple[str | int, ...]
-) -> list[tuple[JobRecord, bool]]:
-    services.charge(caller, "submit", jobs_made(specs))
-    return services.submitter.submit(specs, caller.tenant, admin=caller.admin, loc_prefix=prefix)
+) -> list[tuple[JobRecord, Replay | None]]:
+    """Submit ``specs``, charging the tenant's submit rate limit for the jobs they made
+    (and the follow-ups those may make): a replay of a job made earlier is free."""
+
+    def charge(conn: Connection, made: list[int]) -> None:
+        services.charge(caller, "submit", jobs_made(specs[i] for i in made), conn)
+
+    return services.submitter.submit(
+        specs, caller.tenant, admin=caller.admin, loc_prefix=prefix, made=charge
+    )
 
 
 def _chunks(source: Any, size: int = 1 << 20) -> Any:
