@@ -124,6 +124,12 @@ class EngineSettings(Group):
     events_poll_interval_s: float = Field(
         default=0.25, gt=0, description="how often event streams look for new events"
     )
+    priority_aging_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="a queued job waiting this long is raised one priority step, and one"
+        " more each further bound, below its queue's highest (nothing starves); unset: never",
+    )
 
 
 class TenantSettings(Group):
@@ -425,17 +431,17 @@ class AiSettings(Group):
         default=None, description="tried once, in the same attempt, when the model fails"
     )
     timeout_s: float = Field(default=60.0, gt=0, description="one request's whole exchange")
+    run_limit: RunLimit | None = Field(
+        default=None,
+        description='starts of ai.complete jobs per window, across the cluster (e.g. {"key":'
+        ' "ai", "limit": 60, "window_s": 60}); a 429 pauses the key until its Retry-After',
+    )
 
 
 class MaintenanceSettings(Group):
     """The built-in maintenance jobs (prune, orphans, stuck)."""
 
     flat_names = {"schedules": "maintenance_schedules"}
-    run_limit: RunLimit | None = Field(
-        default=None,
-        description='starts of ai.complete jobs per window, across the cluster (e.g. {"key":'
-        ' "ai", "limit": 60, "window_s": 60}); a 429 pauses the key until its Retry-After',
-    )
 
     schedules: bool = Field(
         default=True, description="schedule the built-in maintenance jobs (times in UTC)"

@@ -20,11 +20,13 @@ from raypipe.runtime.recording import Recorder
 from raypipe.runtime.runs import RunTable
 from raypipe.runtime.schedules import ScheduleFiring
 from raypipe.runtime.stopping import Stopper
-from raypipe.store import DispatchStore
+from raypipe.store import DispatchStore, aging
 from raypipe.store.tenants import TenantStore
 
 #: How often the in-flight and queue gauges are refreshed (Ray exports every few seconds).
 METRICS_INTERVAL_S = 5.0
+#: Priority aging looks for jobs to raise this many times per bound.
+AGING_CHECKS_PER_BOUND = 10
 
 
 class Controller:
@@ -59,6 +61,7 @@ class Controller:
         self.drained = threading.Event()
         self._next_metrics = 0.0
         self.tenants = TenantStore(store.engine)
+        self._next_aging = 0.0
         self.pools.size(clock.monotonic())  # each pool's min_size, started before any round
 
     @property
@@ -100,6 +103,7 @@ class Controller:
             self._next_metrics = now + METRICS_INTERVAL_S
             self._observe()
             self._read_weights(now)
+        self._age(now)
         return more
 
     def wait_s(self) -> float:
@@ -131,6 +135,17 @@ class Controller:
             "unrunnable": dict(self.claims.unrunnable),
             "tenants": fair.shares(self.ctx.clock.monotonic()) if fair is not None else {},
         }
+
+    def _age(self, now: float) -> None:
+        """Raise the priority of jobs that waited a bound (a tenth of it apart at most)."""
+        bound = self.ctx.settings.engine.priority_aging_s
+        if bound is None or now < self._next_aging:
+            return
+        self._next_aging = now + bound / AGING_CHECKS_PER_BOUND
+        raised = aging.age(self.ctx.store.engine, bound, self.ctx.clock.wall())
+        if raised:
+            self.ctx.counters["priority_aged"] += raised
+            self.claims.skip = None  # a raised job may now come first
 
     def _read_weights(self, now: float) -> None:
         """Fair share's weights again (an admin may have set some), every few seconds;

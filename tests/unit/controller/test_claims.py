@@ -89,3 +89,27 @@ def test_what_waits_for_resources_is_asked_of_the_autoscaler_and_withdrawn_when_
     assert rig.cluster.launched() == [tpu]
     assert rig.cluster.requests[-1] == []
     assert rig.controller.claims.unrunnable == {}
+
+
+def test_a_low_priority_job_is_raised_as_it_waits_and_is_not_starved(make_rig: MakeRig) -> None:
+    # A bound of 10 s (default 600) so that a few rounds on the fake clock span two.
+    rig = make_rig({"CPU": 1.0}, priority_aging_s=10.0)
+    running = rig.gates(1, priority=2)[0]
+    rig.round()
+    rig.cluster.start(running)
+    low = rig.gates(1, priority=0)[0]
+    stream = []
+    for _ in range(3):  # a steady stream of priority 2 while the CPU is taken
+        stream += rig.gates(1, priority=2)
+        rig.round(after_s=10.0)
+    assert rig.job(low).priority == 2  # raised a bound apart, up to the stream's
+    assert rig.counters["priority_aged"] == 2
+    assert [rig.job(j).priority for j in stream] == [2, 2, 2]
+    # The first of the stream took the prefetch place (one task waits in Ray's queue)
+    # before the low one was raised.
+    assert rig.cluster.launched() == [running, stream[0]]
+    rig.cluster.finish(running)
+    rig.cluster.start(stream[0])
+    rig.round()
+    # as high as the rest of the stream now, and older: it goes next
+    assert rig.cluster.launched() == [running, stream[0], low]
