@@ -199,14 +199,23 @@ def traced(payload: FetchPayload, ctx: JobContext) -> dict[str, int]:
 
 class KeyedPayload(BaseModel):
     key: str = Field(min_length=1)
-    seconds: float = Field(default=0.0, ge=0, le=10)
+    folder: str | None = None
+    meet: int = Field(default=1, ge=1, le=10)
 
 
-@processor("test.keyed", payload=KeyedPayload, concurrency_key=lambda p: p.key)
-def keyed(payload: KeyedPayload, ctx: JobContext) -> dict[str, str]:
-    """A job of 1 CPU whose concurrency key comes from its payload; sleeps ``seconds``."""
-    time.sleep(payload.seconds)
-    return {"key": payload.key}
+@processor("test.keyed", payload=KeyedPayload, num_cpus=0.25, concurrency_key=lambda p: p.key)
+def keyed(payload: KeyedPayload, ctx: JobContext) -> dict[str, int]:
+    """A job whose concurrency key comes from its payload (a quarter of a CPU). Given a
+    folder, it leaves a mark there and waits (30 s at most) for ``meet`` marks: jobs that
+    see each other's marks ran at the same time, however slowly their workers started."""
+    if payload.folder is None:
+        return {"met": 1}
+    folder = Path(payload.folder)
+    (folder / ctx.job_id).write_text(payload.key)
+    deadline = time.monotonic() + 30.0
+    while len(list(folder.iterdir())) < payload.meet and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"met": len(list(folder.iterdir()))}
 
 
 # The same with a key limit of its own: two of one key at once.
