@@ -249,17 +249,21 @@ class DispatchStore:
         per queue so that the claim index serves the ORDER BY instead of a sort of every
         queued row.
 
-        With ``rank`` and several tenants waiting: the first ``limit`` tenants it ranks,
-        each read to its share of ``FAIR_READ`` × ``limit`` rows (and to ``limit`` at
-        most), one index range each."""
+        With ``rank`` and several tenants waiting behind a full read: the first ``limit``
+        tenants it ranks, each read to its share of ``FAIR_READ`` × ``limit`` rows (and
+        to ``limit`` at most), one index range each. A read that is not full saw every
+        runnable job, of every tenant: no more is needed."""
         runnable = (guard(Change.CLAIM), jobs.c.queue == queue, jobs.c.run_at <= now)
-        tenants = self._waiting_tenants(conn, runnable) if rank is not None else []
         readable = (*runnable, *held_back)
-        if len(tenants) <= 1 or rank is None:
-            query = _claim_order(sa.select(*CANDIDATE_COLUMNS).where(*readable)).limit(limit)
-            if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            return [Candidate(*row) for row in conn.execute(query)]
+        query = _claim_order(sa.select(*CANDIDATE_COLUMNS).where(*readable)).limit(limit)
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        read = [Candidate(*row) for row in conn.execute(query)]
+        if rank is None or len(read) < limit:
+            return read
+        tenants = self._waiting_tenants(conn, runnable)
+        if len(tenants) <= 1:
+            return read
         first = rank(tenants)[:limit]
         each = min(limit, -(-FAIR_READ * limit // len(first)))
         # No FOR UPDATE here (PostgreSQL refuses it on a UNION): claims are serialised by
@@ -286,12 +290,21 @@ class DispatchStore:
     @staticmethod
     def _waiting_tenants(conn: Connection, runnable: tuple[Any, ...]) -> list[str]:
         """Tenants with runnable jobs in the queue: one index probe per tenant (a loose
-        index scan, as a recursive query), however many jobs each has waiting."""
-        lowest = sa.func.min(jobs.c.tenant)
-        found = sa.select(lowest.label("tenant")).where(*runnable).cte("tenants", recursive=True)
-        after = sa.select(lowest).where(*runnable, jobs.c.tenant > found.c.tenant)
+        index scan, as a recursive query), however many jobs each has waiting.
+
+        Each probe is the first row in (queue, tenant) order past the last tenant found,
+        not ``min(tenant)``: with conditions the index does not hold (lease, run_at),
+        SQLite works a ``min`` out over every queued row of the queue."""
+
+        def first(*after: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
+            query = sa.select(jobs.c.tenant).where(*runnable, *after)
+            return query.order_by(jobs.c.queue, jobs.c.tenant).limit(1).scalar_subquery()
+
+        found = sa.select(first().label("tenant")).cte("tenants", recursive=True)
         found = found.union_all(
-            sa.select(after.scalar_subquery().label("tenant")).where(found.c.tenant.is_not(None))
+            sa.select(first(jobs.c.tenant > found.c.tenant).label("tenant")).where(
+                found.c.tenant.is_not(None)
+            )
         )
         query = sa.select(found.c.tenant).where(found.c.tenant.is_not(None))
         return [tenant for (tenant,) in conn.execute(query)]
