@@ -50,8 +50,10 @@ from raypipe.jobs import (
     JobRecord,
     JobSpec,
     JobStatus,
+    OnDuplicate,
     PayloadLike,
     SpecLike,
+    UniqueWhile,
     payload_of,
 )
 
@@ -101,6 +103,10 @@ class SubmitOptions(TypedDict, total=False):
     idempotency_key: str | None
     then: dict[str, Any] | None
     webhook_url: str | None
+    concurrency_key: str | None
+    unique_key: str | None
+    unique_while: UniqueWhile | str | None
+    on_duplicate: OnDuplicate | str | None
 
 
 # -- requests -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -249,12 +250,14 @@ class JobSpec(_JobFields):
     unique_while: UniqueWhile = UniqueWhile.QUEUED
     on_duplicate: OnDuplicate = OnDuplicate.SKIP
 
-    @model_validator(mode="after")
-    def _unique_options_need_a_key(self) -> JobSpec:
-        given = {"unique_while", "on_duplicate"} & self.model_fields_set
-        if given and self.unique_key is None:
-            raise ValueError(f"{sorted(given)[0]} needs a unique_key")
-        return self
+    @field_validator("unique_while", "on_duplicate")
+    @classmethod
+    def _unique_options_need_a_key(cls, value: Any, info: ValidationInfo) -> Any:
+        """Located at the option given (a model's own error would be the body's); a
+        ``unique_key`` refused already is not reported again."""
+        if "unique_key" in info.data and info.data["unique_key"] is None:
+            raise ValueError(f"{info.field_name} needs a unique_key")
+        return value
 
     def fingerprint(self) -> str:
         """A stable hash of what was asked, to tell a replay from a conflicting reuse of a key."""

@@ -28,7 +28,7 @@ from raypipe.handle import (
     typed_batch,
     typed_job,
 )
-from raypipe.jobs import SpecLike, payload_of
+from raypipe.jobs import OnDuplicate, SpecLike, UniqueWhile, payload_of
 from raypipe.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -247,6 +247,10 @@ class Processor(Generic[P, R]):
         idempotency_key: str | None = None,
         then: dict[str, Any] | None = None,
         webhook_url: str | None = None,
+        concurrency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_while: UniqueWhile | str | None = None,
+        on_duplicate: OnDuplicate | str | None = None,
         **fields: Any,
     ) -> JobHandle[R]:
         """Submit one job of this type: ``payload`` (a ``P`` or its fields as a dict), or
@@ -271,6 +275,10 @@ class Processor(Generic[P, R]):
         idempotency_key: str | None = None,
         then: dict[str, Any] | None = None,
         webhook_url: str | None = None,
+        concurrency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_while: UniqueWhile | str | None = None,
+        on_duplicate: OnDuplicate | str | None = None,
         **fields: Any,
     ) -> AsyncJobHandle[R]:
         """:meth:`submit` through an :class:`~raypipe.AsyncClient`, awaited."""

@@ -70,10 +70,12 @@ def prepare_batch(
             f"jobs: at most {limit} per batch (RAYPIPE_MAX_BATCH_JOBS)",
             details=[{"loc": ["jobs"], "msg": f"at most {limit} items"}],
         )
+    # A unique job's duplicate would stand for a job of another batch, or of none.
     keyed = [
-        {"loc": ["jobs", i, "idempotency_key"], "msg": "not supported inside a batch"}
+        {"loc": ["jobs", i, field], "msg": "not supported inside a batch"}
         for i, job in enumerate(spec.jobs)
-        if job.idempotency_key
+        for field in ("idempotency_key", "unique_key")
+        if getattr(job, field)
     ]
     if keyed:
         raise InvalidInput(summary(keyed), details=keyed)
@@ -145,6 +147,9 @@ def _row(
         "unique_while": spec.unique_while.value if spec.unique_key else None,
         # Held while the job is in its window (raypipe.store.unique clears it).
         "unique_slot": spec.unique_key,
+        # What a duplicate does to the job holding the slot; asked of the spec, not stored
+        # (raypipe.store.unique.ON_DUPLICATE).
+        "on_duplicate": spec.on_duplicate if spec.unique_key else None,
         "created_at": now,
         "run_at": _run_at(spec, now),
         "then": _follow_up(spec.then, settings, ("then",), 1, admin) if spec.then else None,

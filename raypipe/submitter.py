@@ -14,13 +14,11 @@ from typing import Any
 from raypipe import metrics
 from raypipe.batches import BatchRecord, BatchSpec
 from raypipe.config import Settings
-from raypipe.exceptions import InvalidInput
-from raypipe.jobs import JobRecord, JobSpec, OnDuplicate
+from raypipe.jobs import JobRecord, JobSpec
 from raypipe.store import JobStore
 from raypipe.store.batches import BatchStore
 from raypipe.store.jobs import Made, Replay
-from raypipe.store.unique import ON_DUPLICATE
-from raypipe.submission import prepare, prepare_batch, summary
+from raypipe.submission import prepare, prepare_batch
 
 
 class Submitter:
@@ -47,9 +45,6 @@ class Submitter:
         ``loc_prefix`` locates errors in a body; ``made`` is told, in the transaction,
         which specs made jobs (see :meth:`JobStore.insert`)."""
         rows = prepare(specs, self.settings, self.jobs.clock(), tenant, loc_prefix, admin)
-        for spec, row in zip(specs, rows, strict=True):
-            if row["unique_slot"]:
-                row[ON_DUPLICATE] = _on_duplicate(spec)
         records = self.jobs.insert(rows, made)
         metrics.record_submitted((job.type, job.queue) for job, why in records if why is None)
         self._wake()
@@ -68,28 +63,8 @@ class Submitter:
         rows, fields = prepare_batch(
             spec, self.settings, self.jobs.clock(), tenant, admin, idempotency_key
         )
-        _refuse_unique(rows)
         batch, created = self.batches.create(tenant, rows, **fields)
         if created:
             metrics.record_submitted((row["type"], row["queue"]) for row in rows)
             self._wake()
         return batch, created
-
-
-def _on_duplicate(spec: JobSpec | dict[str, Any]) -> OnDuplicate:
-    """What a valid spec asks of a job holding its unique slot (a row does not store it)."""
-    if isinstance(spec, JobSpec):
-        return spec.on_duplicate
-    return OnDuplicate(spec.get("on_duplicate", OnDuplicate.SKIP))
-
-
-def _refuse_unique(rows: list[dict[str, Any]]) -> None:
-    """A batch's job may not be unique: a duplicate would stand for a job of another
-    batch, or of none."""
-    keyed = [
-        {"loc": ["jobs", i, "unique_key"], "msg": "not supported inside a batch"}
-        for i, row in enumerate(rows)
-        if row["unique_key"]
-    ]
-    if keyed:
-        raise InvalidInput(summary(keyed), details=keyed)

@@ -18,7 +18,9 @@ from raypipe.lifecycle import UNFINISHED_STATUSES, JobStatus
 from raypipe.store.tables import batches, jobs, webhook_deliveries
 from raypipe.webhooks.events import batch_event, job_event
 
-AddJobs = Callable[[Connection, list[dict[str, Any]], datetime], None]
+#: Writes job rows in a transaction (:meth:`raypipe.store.jobs.JobStore.add`); what it
+#: returns is not used here.
+AddJobs = Callable[[Connection, list[dict[str, Any]], datetime], object]
 
 
 def notify(

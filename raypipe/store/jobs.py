@@ -112,20 +112,23 @@ class JobStore:
         return [(fresh.get(job.id, job), why) for job, why in answers]
 
     @staticmethod
-    def add(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+    def add(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
         """Insert prepared job rows, queued, with their payloads and first events, inside
         ``conn``'s transaction (for writes that submit jobs as part of something larger:
-        batches, schedules' fires, follow-ups). :meth:`insert` writes them the same way,
-        but a row here whose unique slot is taken makes no job and returns none (a
-        schedule's fire while its last job waits)."""
+        batches, schedules' fires, follow-ups); returns the rows written.
+
+        :meth:`insert` writes them the same way, but a row here whose unique slot (or
+        idempotency key) is taken makes no job and is not returned (a schedule's fire
+        while its last job waits)."""
         _queued(rows, now)
         job_rows = [_columns(row) for row in rows]
         if unique.keyed(rows):
             holders = unique.insert(conn, job_rows, select_jobs)
-            rows = [row for row in rows if holders.holder(row) is None]
+            rows = [row for row in rows if holders.wrote(row)]
         else:
             conn.execute(jobs.insert(), job_rows)
         _write_submitted(conn, rows, now)
+        return rows
 
     def _read(self, conn: Connection, ids: Iterable[str]) -> dict[str, JobRecord]:
         """The jobs ``ids`` as ``conn`` sees them now."""

@@ -303,6 +303,10 @@ class ScheduleStore:
             due = [_schedule(row._mapping) for row in conn.execute(query)]
             moves: builtins.list[dict[str, Any]] = []
             job_rows: builtins.list[dict[str, Any]] = []
+            # Each schedule that fires: its instants, where it moves to, their rows.
+            fired: builtins.list[
+                tuple[Schedule, builtins.list[datetime], datetime, builtins.list[dict[str, Any]]]
+            ] = []
             for schedule in due:
                 assert schedule.next_fire_at is not None  # the query reads due ones only
                 try:
@@ -330,12 +334,15 @@ class ScheduleStore:
                     moves.append(_moved(schedule, None, enabled=False))
                     continue
                 job_rows.extend(rows)
-                moves.append(_moved(schedule, following, instants, rows))
+                fired.append((schedule, instants, following, rows))
+            # A fire whose unique slot a job holds makes none: not counted, not a last job.
+            made = {row["id"] for row in self.jobs.add(conn, job_rows, now)} if job_rows else set()
+            for schedule, instants, following, rows in fired:
+                written = [row for row in rows if row["id"] in made]
+                moves.append(_moved(schedule, following, instants, written))
             if moves:
                 self._advance(conn, moves, now)
-            if job_rows:
-                self.jobs.add(conn, job_rows, now)
-        return [row["id"] for row in job_rows]
+        return [row["id"] for row in job_rows if row["id"] in made]
 
     def _advance(
         self, conn: Connection, moves: builtins.list[dict[str, Any]], now: datetime

@@ -28,7 +28,7 @@ from raypipe.store.tables import UNHELD_QUEUED, job_payloads, jobs
 SLOT = ("tenant", "type", "unique_slot")
 
 #: A job row's field that says what a duplicate does to the job holding its slot; asked
-#: of the spec, not stored.
+#: of the spec (:func:`raypipe.submission.prepare` writes it), not stored.
 ON_DUPLICATE = "on_duplicate"
 
 
@@ -45,6 +45,15 @@ class Holders:
         """The other job that holds ``row``'s slot (``row`` was not written), or None."""
         held = self.slots.get(key_of(row, SLOT))
         return held if held is not None and held.id != row["id"] else None
+
+    def wrote(self, row: dict[str, Any]) -> bool:
+        """Whether :func:`insert` wrote ``row``: no other job holds its idempotency key or
+        its slot."""
+        for found, key in ((self.keys, IDEMPOTENCY_KEY), (self.slots, SLOT)):
+            held = found.get(key_of(row, key))
+            if held is not None and held.id != row["id"]:
+                return False
+        return True
 
 
 def insert(

@@ -14,7 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from raypipe import Client
+from raypipe.jobs import UniqueWhile
 from tests.conftest import DB_KINDS, wait_for
+from tests.helpers.processors import repeat
 from tests.helpers.serving import Api, module_api, submit_limit
 
 #: Jobs a tenant may make an hour: fewer than one test's duplicates, which are free.
@@ -114,6 +117,20 @@ def test_a_started_job_lets_its_key_go(http: httpx.Client) -> None:
     assert second.status_code == 202 and second.json()["id"] != first["id"]
 
 
+def test_an_idempotency_key_sent_with_a_duplicate_is_not_recorded(http: httpx.Client) -> None:
+    """A request answered by its unique key made no job, and its key stands for none: sent
+    again while the job holding the unique key waits, it gets that job as a duplicate."""
+    spec = {**LATER, "unique_key": "keyed"}
+    answers = [
+        http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": key})
+        for key in ("first", "second", "second", "first")
+    ]
+    assert [a.status_code for a in answers] == [202, 200, 200, 200]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert [a.headers.get("Unique-Replayed") for a in answers] == [None, "true", "true", None]
+    assert answers[3].headers["Idempotent-Replayed"] == "true"
+
+
 def test_duplicates_in_a_bulk_submission_are_listed(http: httpx.Client) -> None:
     held = http.post("/v1/jobs", json={**LATER, "unique_key": "a"}).json()
     body = {"jobs": [{**LATER, "unique_key": key} for key in ("a", "b", "b")] + [LATER]}
@@ -127,8 +144,33 @@ def test_duplicates_in_a_bulk_submission_are_listed(http: httpx.Client) -> None:
 def test_unique_options_need_a_key_and_a_batch_takes_none(http: httpx.Client) -> None:
     refused = http.post("/v1/jobs", json={"type": "noop", "on_duplicate": "replace"})
     assert refused.status_code == 422
-    assert "on_duplicate needs a unique_key" in refused.json()["error"]["message"]
+    error = refused.json()["error"]
+    assert "on_duplicate needs a unique_key" in error["message"]
+    assert error["details"][0]["loc"] == ["on_duplicate"]
+    alone = http.post("/v1/jobs", json={"type": "noop", "unique_while": "running"}).json()
+    assert [d["loc"] for d in alone["error"]["details"]] == [["unique_while"]]
+    bulk = http.post("/v1/jobs/bulk", json={"jobs": [LATER, {**LATER, "unique_while": "queued"}]})
+    assert bulk.json()["error"]["details"][0]["loc"] == ["jobs", 1, "unique_while"]
     batch = http.post("/v1/batches", json={"jobs": [{"type": "noop", "unique_key": "k"}]})
     assert batch.status_code == 422
     assert batch.json()["error"]["details"][0]["loc"] == ["jobs", 0, "unique_key"]
     assert http.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_the_clients_send_the_unique_and_concurrency_options(api: Api) -> None:
+    with Client(api.url, api_key=api.key(f"c-{uuid.uuid4().hex[:8]}")) as client:
+        first = repeat.submit(
+            {"text": "a"},
+            client=client,
+            delay_s=3600,
+            unique_key="word",
+            unique_while=UniqueWhile.RUNNING,
+        )
+        again = repeat.submit(
+            text="b", client=client, delay_s=3600, unique_key="word", on_duplicate="replace"
+        )
+        keyed = client.submit("sleep", {"seconds": 1}, delay_s=3600, concurrency_key="user-42")
+        assert again.id == first.id
+        job = first.refresh()
+        assert (job.unique_key, job.unique_while, job.payload["text"]) == ("word", "running", "b")
+        assert keyed.refresh().concurrency_key == "user-42"

@@ -159,6 +159,25 @@ def test_skip_fires_nothing_when_the_latest_instant_is_past_the_grace(
     assert (after.fires, after.next_fire_at) == (0, FIRST + 3 * PERIOD)
 
 
+def test_a_fire_that_finds_its_unique_job_waiting_makes_none(
+    store: ScheduleStore, settings: Settings, clock: FakeClock
+) -> None:
+    spec = {"type": "sleep", "payload": {"seconds": 0.5}, "unique_key": "report"}
+    schedule = create(store, settings, spec=spec, missed="run_all")
+    clock.set(FIRST)
+    [first] = store.fire_due(settings)
+
+    # The first job still waits: neither the next instant nor two missed ones make a job.
+    clock.set(FIRST + PERIOD)
+    assert store.fire_due(settings) == []
+    clock.set(FIRST + 3 * PERIOD)
+    assert store.fire_due(settings) == []
+    after = store.get(schedule.id)
+    assert (after.fires, after.last_job_id, after.last_fire_at) == (1, first, FIRST + 3 * PERIOD)
+    assert after.next_fire_at == FIRST + 4 * PERIOD
+    assert [j.id for j in jobs_of(store, "report")] == [first]
+
+
 def test_concurrent_dispatchers_fire_each_instant_once(
     open_store: OpenStore, settings: Settings, clock: FakeClock
 ) -> None:

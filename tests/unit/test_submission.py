@@ -14,9 +14,9 @@ from raypipe import registry
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import InvalidInput
-from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, JobSpec
+from raypipe.jobs import MAX_FOLLOW_UP_DEPTH, JobSpec, OnDuplicate
 from raypipe.retry import RetryPolicy
-from raypipe.submission import DEFAULT_TENANT, prepare
+from raypipe.submission import DEFAULT_TENANT, prepare, prepare_batch
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -121,7 +121,44 @@ def test_row_has_exactly_the_expected_columns(settings: Settings) -> None:
         "unique_key",
         "unique_while",
         "unique_slot",
+        "on_duplicate",  # read by the store, not a column
     }
+
+
+def test_a_unique_row_says_what_its_duplicates_do(settings: Settings) -> None:
+    assert one({"type": "noop"}, settings)["on_duplicate"] is None
+    unique = one({"type": "noop", "unique_key": "k"}, settings)
+    assert unique["on_duplicate"] is OnDuplicate.SKIP
+    spec = JobSpec(type="noop", unique_key="k", on_duplicate=OnDuplicate.REPLACE)
+    assert one(spec, settings)["on_duplicate"] is OnDuplicate.REPLACE
+
+
+def test_a_batch_refuses_keys_of_its_jobs_with_their_place(settings: Settings) -> None:
+    jobs = [
+        {"type": "noop"},
+        {"type": "noop", "unique_key": "u"},
+        {"type": "noop", "idempotency_key": "i", "unique_key": "u"},
+    ]
+    with pytest.raises(InvalidInput) as caught:
+        prepare_batch({"jobs": jobs}, settings, NOW)
+    assert [d["loc"] for d in caught.value.details] == [
+        ["jobs", 1, "unique_key"],
+        ["jobs", 2, "idempotency_key"],
+        ["jobs", 2, "unique_key"],
+    ]
+    assert {d["msg"] for d in caught.value.details} == {"not supported inside a batch"}
+
+
+@pytest.mark.parametrize("option", [{"unique_while": "running"}, {"on_duplicate": "replace"}])
+def test_unique_options_without_a_key_are_refused_at_the_option(
+    settings: Settings, option: dict[str, str]
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        one({"type": "noop", **option}, settings)
+    [name] = option
+    assert caught.value.details == [
+        {"loc": [name], "msg": f"Value error, {name} needs a unique_key"}
+    ]
 
 
 def test_ids_are_unique(settings: Settings) -> None:
