@@ -82,6 +82,12 @@ BENCHES = {
         Bench("mesh", "", "--images 12"),
         Bench("batches", "--jobs 10000", "--jobs 2000 --repeat 7"),
         Bench("load", "--jobs 10000 --clients 20", "--jobs 300 --clients 5"),
+        # The smoke leaves Celery out: CI installs no bench extra and runs no Redis.
+        Bench(
+            "fairness",
+            "--a-jobs 2000 --b-jobs 20 --seconds 0.2",
+            "--a-jobs 200 --b-jobs 5 --seconds 0.1 --no-celery",
+        ),
     )
 }
 
