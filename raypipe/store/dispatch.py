@@ -53,6 +53,12 @@ ChooseClaims = Callable[[Sequence[Candidate], dict[str, int]], list[Candidate]]
 RankTenants = Callable[[list[str]], list[str]]
 #: Rows read per pass when several tenants wait, in multiples of the pass's limit.
 FAIR_READ = 2
+#: The most tenants a pass reads (the most deserving): a pass reads one index range per
+#: tenant; those left out are read by the next passes, as the first ones' usage grows.
+FAIR_TENANTS = 32
+#: How long the list of a queue's waiting tenants is reused: finding them costs one index
+#: probe per tenant, and a tenant that starts waiting is seen this much later at most.
+TENANTS_REUSED_S = 1.0
 
 
 #: A candidate's columns, in :class:`Candidate`'s order.
@@ -103,6 +109,8 @@ class DispatchStore:
 
     def __init__(self, jobs: JobStore):
         self.jobs = jobs
+        #: Queue -> its waiting tenants, and when they were found (by the store's clock).
+        self._tenants: dict[str, tuple[list[str], datetime]] = {}
 
     @property
     def engine(self) -> Engine:
@@ -261,10 +269,10 @@ class DispatchStore:
         read = [Candidate(*row) for row in conn.execute(query)]
         if rank is None or len(read) < limit:
             return read
-        tenants = self._waiting_tenants(conn, runnable)
+        tenants = self._tenants_of(conn, queue, runnable, now)
         if len(tenants) <= 1:
             return read
-        first = rank(tenants)[:limit]
+        first = rank(tenants)[: min(limit, FAIR_TENANTS)]
         each = min(limit, -(-FAIR_READ * limit // len(first)))
         # No FOR UPDATE here (PostgreSQL refuses it on a UNION): claims are serialised by
         # CLAIM_LOCK_KEY, and the guarded UPDATE takes only rows still unheld and queued.
@@ -286,6 +294,16 @@ class DispatchStore:
         flow_control.record_starts(conn, [c.run_key for c in taken if c.run_key], now)
         if flow.prune_due(now):
             flow_control.prune(conn, flow.limits, now)
+
+    def _tenants_of(
+        self, conn: Connection, queue: str, runnable: tuple[Any, ...], now: datetime
+    ) -> list[str]:
+        """The queue's waiting tenants, found again once ``TENANTS_REUSED_S`` has passed
+        (a tenant found that no longer waits is read for nothing, once)."""
+        known = self._tenants.get(queue)
+        if known is None or (now - known[1]).total_seconds() >= TENANTS_REUSED_S:
+            known = self._tenants[queue] = (self._waiting_tenants(conn, runnable), now)
+        return known[0]
 
     @staticmethod
     def _waiting_tenants(conn: Connection, runnable: tuple[Any, ...]) -> list[str]:
