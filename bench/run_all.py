@@ -88,6 +88,11 @@ BENCHES = {
             "--a-jobs 2000 --b-jobs 20 --seconds 0.2",
             "--a-jobs 200 --b-jobs 5 --seconds 0.1 --no-celery",
         ),
+        Bench(
+            "claim_scale",
+            f"--rows 1000000 --tenants 1000 {BOTH}",
+            f"--rows 20000 --small 2000 --tenants 100 --rounds 5 {BOTH}",
+        ),
     )
 }
 
