@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from raypipe.flow_control import FlowPass
+from raypipe.flow_control import FlowPass, Keyed
 from raypipe.lifecycle import WAITING_PREFIX
 
 #: What a prefetched task may be short of: CPUs, which turn over fast. Scarcer resources
@@ -24,26 +24,12 @@ BYTE_RESOURCES = frozenset({"memory", "object_store_memory"})
 EPSILON = 1e-9
 
 
-class ClaimCandidate(Protocol):
-    """What admission reads of a candidate (read-only: candidates are frozen)."""
+class ClaimCandidate(Keyed, Protocol):
+    """What admission reads of a candidate (read-only: candidates are frozen): what flow
+    control reads, and its id."""
 
     @property
     def id(self) -> str: ...
-
-    @property
-    def type(self) -> str: ...
-
-    @property
-    def queue(self) -> str: ...
-
-    @property
-    def tenant(self) -> str: ...
-
-    @property
-    def concurrency_key(self) -> str | None: ...
-
-    @property
-    def run_key(self) -> str | None: ...
 
 
 C = TypeVar("C", bound=ClaimCandidate)
