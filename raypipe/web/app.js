@@ -6,7 +6,7 @@
 import { currentKey, forgetKey, getJson, postJson, useKey, withQuery } from "./api.js";
 import { BatchDetail, renderBatches } from "./batches.js";
 import { drawCharts } from "./charts.js";
-import { $, element, notice, Pager, report, row, tableHead } from "./dom.js";
+import { $, element, notice, Pager, percent, report, row, tableHead } from "./dom.js";
 import { forgetEvents, JobDetail, JobTable, statusChoices } from "./jobs.js";
 
 const REFRESH_MS = 5000;
@@ -30,7 +30,7 @@ const batchDetail = new BatchDetail(() => refresh());
 
 // -- queues ------------------------------------------------------------------------------
 
-tableHead($("queues"), [
+const QUEUE_COLUMNS = [
   "Queue",
   "State",
   "Waiting",
@@ -38,27 +38,66 @@ tableHead($("queues"), [
   "Concurrency",
   "Oldest wait",
   "Action",
-]);
+];
+const TENANT_COLUMNS = [
+  "Tenant",
+  "Waiting",
+  "Running",
+  "Weight",
+  "Share",
+  "Recent usage (resource-s)",
+];
+tableHead($("queues"), QUEUE_COLUMNS);
 
 function renderQueues(queues) {
-  $("queues").replaceChildren(
-    ...queues.map((q) => {
-      // Pausing and resuming take an admin key; another key is told so by the API.
-      const verb = q.paused ? "resume" : "pause";
-      const toggle = element("button", { type: "button" }, q.paused ? "Resume" : "Pause");
-      toggle.dataset.action = verb;
-      toggle.addEventListener("click", () => toggleQueue(q.name, verb, toggle));
-      return row({ queue: q.name, paused: String(q.paused) }, [
-        q.name,
-        q.paused ? "paused" : "active",
-        String(q.depth),
-        String(q.running),
-        String(q.concurrency),
-        q.oldest_waiting_s == null ? "–" : `${Math.round(q.oldest_waiting_s)} s`,
-        toggle,
-      ]);
-    }),
+  $("queues").replaceChildren(...queues.flatMap((q) => [queueRow(q), ...tenantRows(q)]));
+}
+
+function queueRow(q) {
+  // Pausing and resuming take an admin key; another key is told so by the API.
+  const verb = q.paused ? "resume" : "pause";
+  const toggle = element("button", { type: "button" }, q.paused ? "Resume" : "Pause");
+  toggle.dataset.action = verb;
+  toggle.addEventListener("click", () => toggleQueue(q.name, verb, toggle));
+  return row({ queue: q.name, paused: String(q.paused) }, [
+    q.name,
+    q.paused ? "paused" : "active",
+    String(q.depth),
+    String(q.running),
+    String(q.concurrency),
+    q.oldest_waiting_s == null ? "–" : `${Math.round(q.oldest_waiting_s)} s`,
+    toggle,
+  ]);
+}
+
+// The tenants with jobs waiting or running in a queue (every one for an admin key, the
+// key's own otherwise), in a table on a row under the queue's; nothing when it has none.
+function tenantRows(q) {
+  if (!q.tenants?.length) return [];
+  const tenants = element(
+    "tbody",
+    {},
+    ...q.tenants.map((t) =>
+      row({ tenant: t.tenant }, [
+        t.tenant,
+        String(t.waiting),
+        String(t.running),
+        String(t.weight),
+        percent(t.share * 100),
+        t.usage_s == null ? "–" : String(Math.round(t.usage_s * 10) / 10),
+      ]),
+    ),
   );
+  const table = element(
+    "table",
+    { className: "tenants" },
+    element("caption", {}, `Tenants in ${q.name}`),
+    tenants,
+  );
+  tableHead(tenants, TENANT_COLUMNS);
+  const under = element("tr", {}, element("td", { colSpan: QUEUE_COLUMNS.length }, table));
+  under.dataset.tenantsOf = q.name;
+  return [under];
 }
 
 async function toggleQueue(name, verb, button) {

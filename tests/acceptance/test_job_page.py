@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -298,6 +299,56 @@ def test_an_admin_pauses_and_resumes_a_queue_and_a_tenant_key_is_told_it_may_not
     finally:
         admin.call("POST", "/v1/queues/solo/resume")
         admin.page.context.close()
+
+
+def tenants_in(visit: Visit, queue: str, tenant: str | None = None) -> Locator:
+    """The tenant rows the page shows under ``queue`` (``tenant``'s only, when given)."""
+    only = "" if tenant is None else f'[data-tenant="{tenant}"]'
+    return visit.page.locator(f'#queues tr[data-tenants-of="{queue}"] tbody tr{only}')
+
+
+def test_each_queue_shows_its_tenants_jobs_and_shares_to_an_admin_and_a_tenant_its_own(
+    browser: Browser, api: Api
+) -> None:
+    # In "pair", which no other test uses: A with a job running and one waiting, B (weight
+    # 3) with two waiting, so that A's share is 1 / (1 + 3).
+    a, b = (f"page-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    admin = Visit.open(browser, api, api.key("ops", admin=True))
+    own = Visit.open(browser, api, api.key(a))
+    later = {"queue": "pair", "delay_s": LATER_S}
+    made: list[str] = []
+    try:
+        admin.call("PUT", f"/v1/tenants/{b}", json={"weight": 3})
+        made.append(own.submit("sleep", {"seconds": 600, "steps": 600}, queue="pair"))
+        made.append(own.submit("noop", {}, **later))
+        with api.client(api.key(b)) as http:
+            answer = http.post("/v1/jobs/bulk", json={"jobs": [{"type": "noop", **later}] * 2})
+            assert answer.status_code == 202, answer.text
+        own.wait_until(made[0], "processing")
+
+        usage = re.compile(r"^(–|\d+(\.\d)?)$")  # resource-seconds, or – before any
+        for visit in (admin, own):
+            visit.refresh()
+            cells = tenants_in(visit, "pair", a).locator("td")
+            expect(cells).to_have_text([a, "1", "1", "1", "25%", usage])
+        cells = tenants_in(admin, "pair", b).locator("td")
+        expect(cells).to_have_text([b, "2", "0", "3", "75%", usage])
+        expect(tenants_in(admin, "pair")).to_have_count(2)
+        expect(tenants_in(own, "pair")).to_have_count(1)  # B's row is not A's to see
+        header = admin.page.locator('#queues tr[data-tenants-of="pair"] th')
+        expect(header).to_have_text(
+            ["Tenant", "Waiting", "Running", "Weight", "Share", "Recent usage (resource-s)"]
+        )
+        # A queue with no jobs has no tenants to show.
+        expect(admin.page.locator('#queues tr[data-queue="solo"]')).to_be_visible()
+        expect(admin.page.locator('#queues tr[data-tenants-of="solo"]')).to_have_count(0)
+        admin.check()
+        own.check()
+    finally:
+        for job_id in made:
+            own.call("POST", f"/v1/jobs/{job_id}/cancel")
+        admin.page.context.close()
+        own.page.context.close()
 
 
 # -- the job detail, search, paging and charts -------------------------------------------

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 from raypipe import registry
-from raypipe.ai_client import Failure, ServiceError, classify
+from raypipe.ai_client import ChatClient, Failure, ServiceError, classify
 from raypipe.config import Settings, get_settings
 from raypipe.context import JobContext
 from raypipe.exceptions import PermanentError, RetryableError
+from raypipe.jobs import utcnow
 from raypipe.processors.ai import CompletePayload, complete
 from raypipe.retry import ErrorKind, RetryDecision, decide
 from raypipe.retry import classify as classify_error
+from raypipe.store import create_engine
+from raypipe.store.tables import run_pauses
+from tests.conftest import fresh_database
 from tests.helpers.contexts import reporting
 from tests.helpers.fake_ai import FakeAI, Reply, completion, error, model_not_found
 
@@ -172,6 +178,88 @@ def test_malformed_success_body_is_retryable(fake_ai: FakeAI, tmp_path: Path, re
     fake_ai.script(reply)
     exc = fail(ai_settings(fake_ai, tmp_path), RetryableError)
     assert "unexpected body" in exc.message
+
+
+# -- a rate limit pauses the service's run key -------------------------------------------
+
+RUN_LIMIT = {"key": "openai", "limit": 60, "window_s": 60}
+SLOW_DOWN = error(429, "slow down", code="rate_limit_exceeded", headers={"Retry-After": "30"})
+
+
+@pytest.fixture
+def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated SQLite database, where the pause is written (the same upsert runs on
+    PostgreSQL in tests/integration/test_flow_control_store.py)."""
+    with fresh_database(request, "sqlite", tmp_path) as url:
+        yield url
+
+
+def pauses(url: str) -> dict[str, datetime]:
+    """The run_pauses rows: run key -> until when."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {key: until for key, until in conn.execute(sa.select(run_pauses))}
+    finally:
+        engine.dispose()
+
+
+def rate_limited(settings: Settings) -> tuple[datetime, datetime]:
+    """Run a job the service answers with :data:`SLOW_DOWN`: it is retried after the
+    Retry-After, as without a pause. Returns the times just before and after."""
+    before = utcnow()
+    exc = fail(settings, RetryableError)
+    after = utcnow()
+    assert exc.delay_s == 30
+    return before, after
+
+
+@pytest.mark.parametrize(
+    ("reply", "heard"),
+    [
+        (SLOW_DOWN, [30.0]),
+        (error(429, "slow down"), []),  # no Retry-After: nothing to pause for
+        (error(503, "overloaded", headers={"Retry-After": "7"}), []),  # not a rate limit
+        (
+            error(429, "quota", code="insufficient_quota", headers={"Retry-After": "7"}),
+            [],  # a spent quota is not over in seconds
+        ),
+    ],
+    ids=["rate-limited", "no-retry-after", "overloaded", "quota"],
+)
+def test_on_rate_limited_hears_a_429s_retry_after_only(
+    fake_ai: FakeAI, reply: Reply, heard: list[float]
+) -> None:
+    fake_ai.script(reply)
+    told: list[float] = []
+    client = ChatClient(
+        fake_ai.url + "/v1", api_key=KEY, timeout_s=0.5, on_rate_limited=told.append
+    )
+    with client as chat, pytest.raises((RetryableError, PermanentError)):
+        chat.complete("m1", HELLO)
+    assert told == heard
+
+
+def test_a_429_pauses_the_run_limits_key_until_its_retry_after(
+    fake_ai: FakeAI, tmp_path: Path, sqlite_url: str
+) -> None:
+    settings = ai_settings(fake_ai, tmp_path, database_url=sqlite_url, ai_run_limit=RUN_LIMIT)
+    fake_ai.script(SLOW_DOWN)
+    before, after = rate_limited(settings)
+    [(key, until)] = pauses(sqlite_url).items()
+    assert key == "openai"
+    wait = timedelta(seconds=30)
+    assert before + wait <= until <= after + wait
+
+
+def test_without_a_run_limit_a_429_pauses_nothing(
+    fake_ai: FakeAI, tmp_path: Path, sqlite_url: str
+) -> None:
+    settings = ai_settings(fake_ai, tmp_path, database_url=sqlite_url)
+    assert settings.ai.run_limit is None
+    fake_ai.script(SLOW_DOWN)
+    rate_limited(settings)  # only this job waits, by its retry's delay
+    assert pauses(sqlite_url) == {}
 
 
 # -- permanent failures ----------------------------------------------------------------
