@@ -86,7 +86,7 @@ class QueueConfig(BaseModel):
 #: round. Admission still bounds what runs by what the cluster holds.
 BUILTIN_QUEUES: dict[str, QueueConfig] = {
     DEFAULT_QUEUE: QueueConfig(concurrency=400),
-    "embeddings": QueueConfig(concurrency=64),
+    "embeddings": QueueConfig(concurrency=128),
     "mesh": QueueConfig(),
     "documents": QueueConfig(),
     "ai": QueueConfig(concurrency=16),
@@ -129,7 +129,9 @@ class PoolConfig(BaseModel):
 #: The built-in pools: ``embeddings`` keeps sentence-transformers models loaded and merges
 #: the requests of its concurrent jobs into model calls (32 jobs at once per actor, sent in
 #: one actor call, so that small jobs fill a call of ``embedding_chunk_size`` texts while
-#: one runs; the ``embeddings`` queue's 64 keeps two such actors busy); ``workers`` runs
+#: one runs; the ``embeddings`` queue's 128 gives two such actors a bundle running and one
+#: waiting each, as the pool's ``prefetch`` asks: with 64, an actor's model idled between
+#: its bundles and its calls after the first were short); ``workers`` runs
 #: tiny CPU jobs (``noop``) in bundles, so Ray's cost per call is shared by many jobs.
 BUILTIN_POOLS: dict[str, PoolConfig] = {
     "embeddings": PoolConfig(num_cpus=1.0, concurrency=32, bundle=32, max_size=2, idle_s=600.0),
@@ -238,9 +240,9 @@ class Settings(BaseSettings):
     queues: dict[str, QueueConfig] = Field(
         default_factory=dict,
         description="JSON: queue -> concurrency, priority, admin_only (only admin keys may"
-        " submit to it); the built-in queues (default 400; mesh, documents 100; embeddings"
-        " 64; ai 16; maintenance 1, admin-only) are always there, and naming one changes only"
-        " the fields given",
+        " submit to it), key_limit (of one concurrency key), run_limit; the built-in queues"
+        " (default 400; mesh, documents 100; embeddings 128; ai 16; maintenance 1, admin-only)"
+        " are always there, and naming one changes only the fields given",
     )
     pools: dict[str, PoolConfig] = Field(
         default_factory=dict,
