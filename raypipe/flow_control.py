@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from raypipe.config_groups import RunLimit
 from raypipe.lifecycle import WAITING_PREFIX
+from raypipe.metrics import JobLike
 
 if TYPE_CHECKING:
     from raypipe.config import Settings
@@ -33,17 +34,8 @@ if TYPE_CHECKING:
 KeyPair = tuple[str, str, str]
 
 
-class Keyed(Protocol):
-    """What flow control reads of a candidate."""
-
-    @property
-    def type(self) -> str: ...
-
-    @property
-    def queue(self) -> str: ...
-
-    @property
-    def tenant(self) -> str: ...
+class Keyed(JobLike, Protocol):
+    """What flow control reads of a candidate: its type, queue and tenant, and its keys."""
 
     @property
     def concurrency_key(self) -> str | None: ...
