@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -146,8 +146,10 @@ class ClaimPass:
         flow = self.flow
         passes: list[FlowPass] = []
 
+        rate_of = self._rates(capacity)
+
         def rate(candidate: Candidate) -> float:
-            return self._rate(self.need(candidate.type), capacity)
+            return rate_of(candidate.type)
 
         def choose(candidates: Sequence[Candidate], queue_free: dict[str, int]) -> list[Any]:
             if fair is not None:
@@ -201,22 +203,35 @@ class ClaimPass:
     def _charge(self, capacity: dict[str, float]) -> None:
         """Charge each tenant for what its running jobs held since the last pass."""
         if self.fair is not None:
+            rate_of = self._rates(capacity)
             self.fair.charge(
                 self.ctx.clock.monotonic(),
                 (
-                    (run.job.tenant, self._rate(self.need(run.job.type), capacity))
+                    (run.job.tenant, rate_of(run.job.type))
                     for run in self.runs
                     if run.started_at is not None and run.ended_at is None
                 ),
             )
 
-    def _rate(self, need: admission.Need, capacity: dict[str, float]) -> float:
-        """What one job of ``need`` costs per second running: its own resources, or on a
-        pool its share of an actor."""
-        pool = self.pools.pools.get(need.pool) if need.pool else None
-        if pool is None:
-            return cost_rate(need.resources, capacity)
-        return cost_rate(pool.actor, capacity) / max(1, pool.slots_per_actor)
+    def _rates(self, capacity: dict[str, float]) -> Callable[[str], float]:
+        """What one running job of a type costs per second (its own resources, or on a
+        pool its share of an actor), worked out once per type for this pass: a pass asks
+        it of every run and every candidate."""
+        rates: dict[str, float] = {}
+
+        def rate_of(job_type: str) -> float:
+            rate = rates.get(job_type)
+            if rate is None:
+                need = self.need(job_type)
+                pool = self.pools.pools.get(need.pool) if need.pool else None
+                if pool is None:
+                    rate = cost_rate(need.resources, capacity)
+                else:
+                    rate = cost_rate(pool.actor, capacity) / max(1, pool.slots_per_actor)
+                rates[job_type] = rate
+            return rate
+
+        return rate_of
 
     def need(self, job_type: str) -> admission.Need:
         """What a job of this type needs to start (fixed per type: worked out once)."""
